@@ -1,0 +1,159 @@
+//! `kiln doctor`: is this machine ready to search kernels? Every check runs
+//! (a failure does not hide the others); exit 0 only when all pass.
+
+use std::process::ExitCode;
+
+use kiln_cuda::{Compiler, DeviceFacts, Gpu, Probes};
+use serde_json::json;
+
+use crate::cli::DoctorArgs;
+
+/// One line of the report.
+struct Check {
+    name: &'static str,
+    outcome: Result<String, String>,
+}
+
+/// Runs every check and prints the report.
+pub fn run(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
+    let mut checks: Vec<Check> = Vec::new();
+    let mut report = serde_json::Map::new();
+
+    let compiler = Compiler::new();
+    checks.push(Check {
+        name: "NVRTC",
+        outcome: match &compiler {
+            Ok(c) => Ok(format!(
+                "version {}; headers {}; cache {}",
+                c.version(),
+                join_paths(c.include_dirs()),
+                c.cache()
+                    .map_or("off".into(), |k| k.dir().display().to_string())
+            )),
+            Err(e) => Err(e.to_string()),
+        },
+    });
+    if let Ok(c) = &compiler {
+        report.insert("nvrtc_version".into(), json!(c.version()));
+        report.insert("include_dirs".into(), json!(c.include_dirs()));
+    }
+
+    let gpu = Gpu::open(args.device);
+    checks.push(Check {
+        name: "GPU",
+        outcome: match &gpu {
+            Ok(g) => Ok(describe(g.facts())),
+            Err(e) => Err(e.to_string()),
+        },
+    });
+
+    if let (Ok(gpu), Ok(compiler)) = (&gpu, &compiler) {
+        report.insert("device".into(), json!(gpu.facts()));
+        match Probes::load(gpu, compiler) {
+            Err(e) => checks.push(Check {
+                name: "probe kernels",
+                outcome: Err(e.to_string()),
+            }),
+            Ok(probes) => {
+                checks.push(Check {
+                    name: "compile + run + verify",
+                    outcome: probes
+                        .self_check(gpu)
+                        .map(|()| "axpy on 1M floats: every element matches".to_string())
+                        .map_err(|e| e.to_string()),
+                });
+                let bw = probes.bandwidth(gpu);
+                if let Ok(b) = &bw {
+                    report.insert("bandwidth".into(), json!(b));
+                    report.insert("peak_bytes_per_s".into(), json!(b.peak_bytes_per_s()));
+                }
+                checks.push(Check {
+                    name: "peak DRAM bandwidth",
+                    outcome: bw
+                        .map(|b| {
+                            format!(
+                                "{:.2} TB/s (copy {:.2} TB/s read+write, read-only stream {:.2} TB/s, {} MiB buffer)",
+                                b.peak_bytes_per_s() / 1e12,
+                                b.copy_bytes_per_s / 1e12,
+                                b.read_bytes_per_s / 1e12,
+                                b.buffer_bytes >> 20
+                            )
+                        })
+                        .map_err(|e| e.to_string()),
+                });
+                let floor = probes.launch_floor(gpu);
+                if let Ok(f) = &floor {
+                    report.insert("launch_floor".into(), json!(f));
+                }
+                checks.push(Check {
+                    name: "launch floor",
+                    outcome: floor
+                        .map(|f| {
+                            format!(
+                                "{:.2} µs per empty kernel in a CUDA graph ({:.2} µs as a single stream launch)",
+                                f.graph_us, f.stream_us
+                            )
+                        })
+                        .map_err(|e| e.to_string()),
+                });
+            }
+        }
+    }
+
+    let ok = checks.iter().all(|c| c.outcome.is_ok());
+    if args.json {
+        report.insert(
+            "checks".into(),
+            json!(checks
+                .iter()
+                .map(|c| json!({
+                    "name": c.name,
+                    "ok": c.outcome.is_ok(),
+                    "detail": match &c.outcome { Ok(s) | Err(s) => s },
+                }))
+                .collect::<Vec<_>>()),
+        );
+        report.insert("ok".into(), json!(ok));
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("kiln {} doctor", env!("CARGO_PKG_VERSION"));
+        for c in &checks {
+            match &c.outcome {
+                Ok(detail) => println!("  ok    {:<24} {detail}", c.name),
+                Err(err) => println!("  FAIL  {:<24} {err}", c.name),
+            }
+        }
+        let failed = checks.iter().filter(|c| c.outcome.is_err()).count();
+        if ok {
+            println!("all {} checks passed", checks.len());
+        } else {
+            println!("{failed} of {} checks failed", checks.len());
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn describe(f: &DeviceFacts) -> String {
+    format!(
+        "{} ({}), {} SMs, L2 {} MiB, {:.1} GiB, smem opt-in {} KiB, driver CUDA {}",
+        f.name,
+        f.arch.sm_name(),
+        f.sm_count,
+        f.l2_bytes >> 20,
+        f.total_mem_bytes as f64 / (1u64 << 30) as f64,
+        f.max_smem_per_block_optin / 1024,
+        f.driver_version
+    )
+}
+
+fn join_paths(paths: &[std::path::PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,50 @@
+// kiln-cuda probe kernels: what `kiln doctor` and the evaluator measure the
+// device with. Not part of the catalog and not searched.
+//
+// kiln_empty()                      does nothing; its graph-batched launch time
+//                                   is the launch floor no kernel can beat.
+//   launch: grid=1 block=32
+// kiln_stream_read(src, n16, sink)  reads n16 16-byte words once, XOR-folds
+//                                   them and writes only if the fold equals a
+//                                   value it never takes, so the reads cannot
+//                                   be optimised away: bytes read / time is the
+//                                   read-streaming bandwidth.
+//   launch: grid = 4 * SMS blocks, block = 512, grid-stride loop, 4 loads in flight
+// kiln_axpy(x, y, out, a, n)        out[i] = a * x[i] + y[i]; the doctor's
+//                                   end-to-end self-check.
+//   launch: grid = ceil_div(n, 256), block = 256
+
+extern "C" __global__ void kiln_empty() {}
+
+extern "C" __global__ void kiln_stream_read(const uint4* __restrict__ src,
+                                            unsigned long long n16,
+                                            unsigned int* __restrict__ sink) {
+    unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
+    const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+    unsigned int acc = 0;
+    for (; i + 3 * stride < n16; i += 4 * stride) {
+        uint4 a = __ldcs(src + i);
+        uint4 b = __ldcs(src + i + stride);
+        uint4 c = __ldcs(src + i + 2 * stride);
+        uint4 d = __ldcs(src + i + 3 * stride);
+        acc ^= a.x ^ a.y ^ a.z ^ a.w ^ b.x ^ b.y ^ b.z ^ b.w;
+        acc ^= c.x ^ c.y ^ c.z ^ c.w ^ d.x ^ d.y ^ d.z ^ d.w;
+    }
+    for (; i < n16; i += stride) {
+        uint4 a = __ldcs(src + i);
+        acc ^= a.x ^ a.y ^ a.z ^ a.w;
+    }
+    // The buffer is filled with a byte pattern whose XOR-fold is never this.
+    if (acc == 0x9E3779B9u) {
+        sink[0] = acc;
+    }
+}
+
+extern "C" __global__ void kiln_axpy(const float* __restrict__ x,
+                                     const float* __restrict__ y,
+                                     float* __restrict__ out, float a, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) {
+        out[i] = a * x[i] + y[i];
+    }
+}

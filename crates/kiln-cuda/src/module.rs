@@ -1,0 +1,183 @@
+//! Loaded modules, their kernels, launch geometry and type-erased launches.
+
+use std::sync::Arc;
+
+use cudarc::driver::sys::CUfunction_attribute as FnAttr;
+use cudarc::driver::{CudaFunction, CudaModule, LaunchConfig, PushKernelArg};
+use serde::{Deserialize, Serialize};
+
+use crate::device::{DeviceFacts, Gpu};
+use crate::error::{CudaError, Result};
+
+/// Shared memory a block gets without opting in.
+const DEFAULT_SMEM_LIMIT: u32 = 48 * 1024;
+
+/// A compiled image loaded into a context.
+#[derive(Debug, Clone)]
+pub struct Module {
+    name: String,
+    inner: Arc<CudaModule>,
+    facts: DeviceFacts,
+}
+
+impl Module {
+    pub(crate) fn new(name: String, inner: Arc<CudaModule>, facts: DeviceFacts) -> Self {
+        Self { name, inner, facts }
+    }
+
+    /// The module's name (the compile request's name).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Looks up an `extern "C" __global__` entry point.
+    pub fn kernel(&self, entry: &str) -> Result<Kernel> {
+        let func = self
+            .inner
+            .load_function(entry)
+            .map_err(|_| CudaError::MissingKernel {
+                module: self.name.clone(),
+                entry: entry.to_string(),
+            })?;
+        Ok(Kernel {
+            name: entry.to_string(),
+            func,
+            facts: self.facts.clone(),
+        })
+    }
+}
+
+/// Grid, block and dynamic shared memory of one launch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LaunchDims {
+    /// Blocks in x, y, z.
+    pub grid: (u32, u32, u32),
+    /// Threads per block in x, y, z.
+    pub block: (u32, u32, u32),
+    /// Dynamic shared memory per block in bytes.
+    pub smem: u32,
+}
+
+impl LaunchDims {
+    /// A 1-D launch.
+    pub fn linear(grid: u32, block: u32, smem: u32) -> Self {
+        Self {
+            grid: (grid, 1, 1),
+            block: (block, 1, 1),
+            smem,
+        }
+    }
+
+    /// Threads per block.
+    pub fn threads_per_block(&self) -> u64 {
+        self.block.0 as u64 * self.block.1 as u64 * self.block.2 as u64
+    }
+
+    /// The cudarc launch configuration.
+    pub fn to_config(&self) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: self.grid,
+            block_dim: self.block,
+            shared_mem_bytes: self.smem,
+        }
+    }
+}
+
+/// One argument of a type-erased launch (candidate kernels have target-defined
+/// signatures known only at run time).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum KernelArg {
+    /// A device pointer.
+    Ptr(u64),
+    /// A 32-bit signed integer.
+    I32(i32),
+    /// A 32-bit unsigned integer.
+    U32(u32),
+    /// A 32-bit float.
+    F32(f32),
+}
+
+/// An entry point ready to launch.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    name: String,
+    func: CudaFunction,
+    facts: DeviceFacts,
+}
+
+impl Kernel {
+    /// The entry point's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The cudarc function, for typed launches through `launch_builder`.
+    pub fn function(&self) -> &CudaFunction {
+        &self.func
+    }
+
+    /// Checks `dims` against the device limits and, when the launch wants more
+    /// than 48 KiB of dynamic shared memory, opts the kernel in.
+    pub fn prepare(&self, dims: &LaunchDims) -> Result<LaunchConfig> {
+        let bad = |reason: String| CudaError::BadLaunch {
+            kernel: self.name.clone(),
+            reason,
+        };
+        let threads = dims.threads_per_block();
+        if threads == 0 || threads > self.facts.max_threads_per_block as u64 {
+            return Err(bad(format!(
+                "block of {threads} threads; the device allows 1..={}",
+                self.facts.max_threads_per_block
+            )));
+        }
+        if dims.grid.0 == 0 || dims.grid.1 == 0 || dims.grid.2 == 0 {
+            return Err(bad(format!("empty grid {:?}", dims.grid)));
+        }
+        if dims.grid.1 > 65_535 || dims.grid.2 > 65_535 {
+            return Err(bad(format!(
+                "grid {:?}: y and z are limited to 65535",
+                dims.grid
+            )));
+        }
+        if dims.smem > self.facts.max_smem_per_block_optin {
+            return Err(bad(format!(
+                "{} bytes of dynamic shared memory; the device allows {}",
+                dims.smem, self.facts.max_smem_per_block_optin
+            )));
+        }
+        if dims.smem > DEFAULT_SMEM_LIMIT {
+            // SAFETY: `func` is a live function of a loaded module.
+            unsafe {
+                cudarc::driver::result::function::set_function_attribute(
+                    self.func.cu_function(),
+                    FnAttr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    dims.smem as i32,
+                )
+            }
+            .map_err(CudaError::driver("cuFuncSetAttribute(max dynamic smem)"))?;
+        }
+        Ok(dims.to_config())
+    }
+
+    /// Launches with type-erased arguments on the GPU's stream.
+    ///
+    /// # Safety
+    /// The arguments must match the kernel's parameter list and every pointer
+    /// must address memory the kernel may touch for these dims.
+    pub unsafe fn launch(&self, gpu: &Gpu, dims: &LaunchDims, args: &[KernelArg]) -> Result<()> {
+        let cfg = self.prepare(dims)?;
+        let mut builder = gpu.stream().launch_builder(&self.func);
+        for arg in args {
+            match arg {
+                KernelArg::Ptr(p) => builder.arg(p),
+                KernelArg::I32(v) => builder.arg(v),
+                KernelArg::U32(v) => builder.arg(v),
+                KernelArg::F32(v) => builder.arg(v),
+            };
+        }
+        // SAFETY: forwarded to the caller.
+        unsafe { builder.launch(cfg) }
+            .map(|_| ())
+            .map_err(CudaError::driver("cuLaunchKernel"))
+    }
+}

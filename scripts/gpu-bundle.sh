@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Builds what the GPU suite needs and puts it in gpu-bundle/ (git-ignored):
+# the release `kiln` binary, every test executable of the workspace, the
+# Python benchmark script, and run.sh, which runs them all on a GPU machine
+# and writes a summary to $OUT. The GPU machine needs no Rust and no network.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+bundle="$root/gpu-bundle"
+rm -rf "$bundle"
+mkdir -p "$bundle/tests"
+
+cargo build --release --locked -p kiln-cli
+cp target/release/kiln "$bundle/kiln"
+
+# Test executables: build them and copy each under "<crate>-<target>".
+# KILN_BUNDLE_PACKAGES="-p kiln-cuda" narrows the set (default: the workspace).
+# shellcheck disable=SC2086
+cargo test --release ${KILN_BUNDLE_PACKAGES:---workspace} --locked --no-run --message-format=json 2>/dev/null \
+  | python3 -c '
+import json, shutil, sys
+dest = sys.argv[1]
+for line in sys.stdin:
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        continue
+    if msg.get("reason") != "compiler-artifact" or not msg.get("executable"):
+        continue
+    if not msg.get("profile", {}).get("test"):
+        continue
+    crate = msg["manifest_path"].split("/")[-2]
+    name = crate + "-" + msg["target"]["name"]
+    shutil.copy(msg["executable"], f"{dest}/{name}")
+    print("bundled test", name)
+' "$bundle/tests"
+
+cp scripts/gpu-run.sh "$bundle/run.sh"
+[ -d bench ] && cp -r bench "$bundle/bench"
+git rev-parse --short HEAD > "$bundle/COMMIT" 2>/dev/null || echo unknown > "$bundle/COMMIT"
+du -sh "$bundle"

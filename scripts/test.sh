@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# kiln's test command (the README's second command; CI runs exactly this).
+# Installs the pinned NVRTC wheels, then: formatting, lints, and every test
+# that needs no GPU — NVRTC compilation of every kernel included. GPU tests
+# are listed as ignored here; scripts/gpu-suite.sh runs them on a GPU.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test (no GPU: GPU tests are reported as ignored and run by scripts/gpu-suite.sh)"
+cargo test --workspace --locked 2>&1 | tee target/test-output.txt
+# NVRTC must have compiled real kernels: refuse a run where those tests did not run.
+for t in probe_kernels_compile_to_sm90_cubin_and_ptx; do
+  if ! grep -q "^test $t ... ok" target/test-output.txt; then
+    echo "error: the NVRTC compile test '$t' did not run and pass; kernels were not compiled" >&2
+    exit 1
+  fi
+done
+ignored=$(grep -c "\.\.\. ignored, needs a CUDA GPU" target/test-output.txt || true)
+echo "NOTE: $ignored GPU tests were not run (no GPU in this test command); run scripts/gpu-suite.sh on an NVIDIA machine."
