@@ -11,13 +11,15 @@ cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test (no GPU: GPU tests are reported as ignored and run by scripts/gpu-suite.sh)"
-cargo test --workspace --locked 2>&1 | tee target/test-output.txt
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$log"
 # NVRTC must have compiled real kernels: refuse a run where those tests did not run.
 for t in probe_kernels_compile_to_sm90_cubin_and_ptx; do
-  if ! grep -q "^test $t ... ok" target/test-output.txt; then
+  if ! grep -q "^test $t ... ok" "$log"; then
     echo "error: the NVRTC compile test '$t' did not run and pass; kernels were not compiled" >&2
     exit 1
   fi
 done
-ignored=$(grep -c "\.\.\. ignored, needs a CUDA GPU" target/test-output.txt || true)
+ignored=$(grep -c "\.\.\. ignored, needs a CUDA GPU" "$log" || true)
 echo "NOTE: $ignored GPU tests were not run (no GPU in this test command); run scripts/gpu-suite.sh on an NVIDIA machine."
