@@ -36,6 +36,7 @@ for line in sys.stdin:
 ' "$bundle/tests"
 
 cp scripts/gpu-run.sh "$bundle/run.sh"
+cp -r crates/kiln-cli/tests/red_team "$bundle/red_team"
 [ -d bench ] && cp -r bench "$bundle/bench"
 git rev-parse --short HEAD > "$bundle/COMMIT" 2>/dev/null || echo unknown > "$bundle/COMMIT"
 du -sh "$bundle"

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Runs kiln's GPU suite from a bundle made by scripts/gpu-bundle.sh, on a
 # machine with an NVIDIA GPU. Writes logs and summary.md to $OUT (default
-# ./gpu-results). Usage: run.sh [suite...]; suites: doctor tests bench
-# sanitizer (default: doctor tests).
+# ./gpu-results). Usage: run.sh [suite...]; suites: doctor tests bench torch
+# discover sanitizer (default: doctor tests).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${OUT:-$PWD/gpu-results}
 mkdir -p "$out"
 export KILN_CACHE_DIR=${KILN_CACHE_DIR:-/tmp/kiln-cache}
+# Tests that start GPU workers use the bundled binary and red-team kernels.
+export KILN_BIN="$here/kiln"
+export KILN_RED_TEAM="$here/red_team"
 suites=${*:-doctor tests}
 summary="$out/summary.md"
 commit=$(cat "$here/COMMIT" 2>/dev/null || echo unknown)
@@ -30,11 +33,13 @@ for suite in $suites; do
     [ $rc = 0 ] || failed=1
     ;;
   tests)
-    for t in "$here"/tests/*; do
+    # KILN_TESTS narrows the binaries by name (space-separated globs; default: all).
+    for t in $(for pat in ${KILN_TESTS:-*}; do ls -d "$here"/tests/$pat 2>/dev/null; done | sort -u); do
+      [ -x "$t" ] || continue
       name=$(basename "$t")
       start=$(date +%s%N)
       # Every test, the GPU ones included; one at a time, they share the GPU.
-      "$t" --include-ignored --test-threads=1 > "$out/test-$name.log" 2>&1; rc=$?
+      "$t" --include-ignored --test-threads=1 --nocapture > "$out/test-$name.log" 2>&1; rc=$?
       ms=$(( ($(date +%s%N) - start) / 1000000 ))
       line=$(grep -E "^test result:" "$out/test-$name.log" | tail -1)
       echo "- $name: $([ $rc = 0 ] && echo PASS || echo FAIL) — ${line:-no result line} (${ms} ms)" >> "$summary"
@@ -45,10 +50,12 @@ for suite in $suites; do
     done
     ;;
   sanitizer)
-    for t in "$here"/tests/*gpu*; do
+    for t in "$here"/tests/${KILN_SANITIZE:-*gpu*}; do
+      [ -x "$t" ] || continue
       name=$(basename "$t")
-      /usr/local/cuda/bin/compute-sanitizer --tool memcheck --error-exitcode 99 \
-        "$t" --include-ignored --test-threads=1 > "$out/sanitizer-$name.log" 2>&1; rc=$?
+      # A few small odd row counts: the sanitizer slows kernels a hundredfold.
+      KILN_GPU_ROWS=${KILN_GPU_ROWS:-1,3,37} /usr/local/cuda/bin/compute-sanitizer --tool memcheck \
+        --error-exitcode 99 "$t" --include-ignored --test-threads=1 > "$out/sanitizer-$name.log" 2>&1; rc=$?
       errs=$(grep -c "========= Invalid\|========= Program hit" "$out/sanitizer-$name.log" || true)
       echo "- compute-sanitizer memcheck $name: $([ $rc = 0 ] && echo CLEAN || echo "FAIL rc=$rc") ($errs reports)" >> "$summary"
       [ $rc = 0 ] || failed=1
@@ -56,17 +63,36 @@ for suite in $suites; do
     ;;
   bench)
     "$here/kiln" kernels bench --json "$out/bench.json" > "$out/bench.txt" 2>&1; rc=$?
-    cat "$out/bench.txt"
+    tail -5 "$out/bench.txt"
     echo "- kernels bench: $([ $rc = 0 ] && echo DONE || echo FAIL)" >> "$summary"
     [ $rc = 0 ] || failed=1
-    if [ -f "$here/bench/torch_ops.py" ]; then
-      python3 "$here/bench/torch_ops.py" --json "$out/torch_bench.json" > "$out/torch_bench.txt" 2>&1; rc=$?
-      tail -60 "$out/torch_bench.txt"
-      echo "- torch bench: $([ $rc = 0 ] && echo DONE || echo FAIL)" >> "$summary"
-    fi
+    ;;
+  torch)
+    # PyTorch eager / torch.compile / Liger side by side (Liger from carried wheels on PYTHONPATH).
+    python3 "$here/bench/torch_ops.py" --json "$out/torch_bench.json" > "$out/torch_bench.txt" 2>&1; rc=$?
+    tail -5 "$out/torch_bench.txt"
+    echo "- torch bench: $([ $rc = 0 ] && echo DONE || echo FAIL)" >> "$summary"
+    [ $rc = 0 ] || failed=1
+    ;;
+  discover)
+    # Autorun over every target (offline proposer), then compare, report and export each session.
+    dir=${KILN_SESSION_DIR:-/tmp/kiln-sessions}
+    start=$(date +%s%N)
+    timeout "${KILN_AUTORUN_LIMIT:-100000}" "$here/kiln" discover autorun --session-dir "$dir" \
+      --steps "${KILN_STEPS:-10}" --candidates-per-step "${KILN_CPS:-4}" ${KILN_AUTORUN_ARGS:-} > "$out/autorun.txt" 2>&1; rc=$?
+    tail -30 "$out/autorun.txt"
+    "$here/kiln" discover compare "$dir" > "$out/compare.txt" 2>&1
+    "$here/kiln" discover compare "$dir" --json > "$dir/compare.json" 2>&1
+    for s in "$dir"/*/session.json; do
+      "$here/kiln" discover report "$s" > /dev/null 2>&1
+      "$here/kiln" discover export "$s" -o "$(dirname "$s")/winner.json" > /dev/null 2>&1
+    done
+    tar czf "$out/sessions.tgz" -C "$dir" .
+    echo "- discover autorun: rc=$rc ($(( ($(date +%s%N) - start) / 1000000 )) ms)" >> "$summary"
+    [ $rc = 0 ] || failed=1
     ;;
   *)
-    echo "unknown suite '$suite' (doctor tests bench sanitizer)" >&2; exit 2 ;;
+    echo "unknown suite '$suite' (doctor tests bench torch discover sanitizer)" >&2; exit 2 ;;
   esac
 done
 

@@ -30,6 +30,13 @@ pub enum Command {
     Models(ModelsCommand),
     /// Prove kernels on a real MoE model: tokens/s and token identity.
     Validate(ValidateArgs),
+    /// The isolated GPU worker the evaluator starts (internal; speaks JSON on stdin/stdout).
+    #[command(name = "__worker", hide = true)]
+    Worker {
+        /// GPU ordinal.
+        #[arg(long, default_value_t = 0)]
+        device: usize,
+    },
 }
 
 /// `kiln doctor` flags.
@@ -49,34 +56,140 @@ pub enum DiscoverCommand {
     /// List the search targets.
     List,
     /// Evaluate one kernel file against a target and print the whole record.
-    Eval {
-        /// Target name (see `kiln discover list`).
-        target: String,
-        /// The candidate CUDA source.
-        file: std::path::PathBuf,
-    },
-    /// Run a PUCT search on one target.
-    Search {
-        /// Target name.
-        target: String,
-    },
-    /// Search every target with every backend.
-    Autorun,
-    /// Compare sessions in a folder.
+    Eval(EvalArgs),
+    /// Run a PUCT search on one target (resumable session file).
+    Search(SearchArgs),
+    /// Search every target with every backend; one session per (target, backend).
+    Autorun(AutorunArgs),
+    /// Compare the sessions in a folder: best speedups and a USE / MARGINAL / KEEP verdict.
     Compare {
-        /// Folder of sessions.
+        /// Folder of sessions (autorun's `--session-dir`).
         dir: std::path::PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
-    /// Render a session as markdown with plots.
+    /// Render a session as Markdown with SVG plots.
     Report {
         /// Session file.
         session: std::path::PathBuf,
+        /// How many top kernels to show.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+        /// Output folder (default: the session's folder).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
     },
-    /// Export a session's winner as a kernel pack entry.
+    /// Export a session's winner as a kernel-pack entry (JSON) plus a standalone .cu.
     Export {
         /// Session file.
         session: std::path::PathBuf,
+        /// Output JSON file; the .cu goes beside it.
+        #[arg(short, long)]
+        out: std::path::PathBuf,
     },
+}
+
+/// Flags shared by `search` and `autorun`.
+#[derive(Debug, Args, Clone)]
+pub struct SearchFlags {
+    /// Proposer's model (LLM backends; default per backend).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// PUCT exploration constant.
+    #[arg(long, default_value_t = 1.0)]
+    pub c_puct: f64,
+    /// Seed of the search and the offline generator (same seed, same search).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Warm-up graph replays per timed shape.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: u32,
+    /// Most timed repetitions per shape (stops earlier once the spread is below 2%).
+    #[arg(long, default_value_t = 100)]
+    pub iters: u32,
+    /// Seconds one candidate may run in the GPU worker before it is killed.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// GPU ordinal.
+    #[arg(long, default_value_t = 0)]
+    pub device: usize,
+    /// Use a session recorded on another GPU, or move an unusable one aside.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `kiln discover search` flags.
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// Target name (see `kiln discover list`).
+    pub target: String,
+    /// Proposer: offline, claude-code, anthropic, openai, mock.
+    #[arg(long, default_value = "offline")]
+    pub backend: String,
+    /// Search steps.
+    #[arg(long, default_value_t = 10)]
+    pub steps: u32,
+    /// Candidates proposed per step.
+    #[arg(long, default_value_t = 8)]
+    pub candidates_per_step: u32,
+    /// Where the session file goes (`<dir>/<target>_<backend>/session.json`).
+    #[arg(long, default_value = "discover_sessions")]
+    pub session_dir: std::path::PathBuf,
+    /// Continue an existing session (without it, an existing session is an error).
+    #[arg(long)]
+    pub resume: bool,
+    #[command(flatten)]
+    pub flags: SearchFlags,
+}
+
+/// `kiln discover autorun` flags.
+#[derive(Debug, Args)]
+pub struct AutorunArgs {
+    /// Targets, comma separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub targets: Vec<String>,
+    /// Proposers, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "offline")]
+    pub backends: Vec<String>,
+    /// Search steps per session.
+    #[arg(long, default_value_t = 10)]
+    pub steps: u32,
+    /// Candidates proposed per step.
+    #[arg(long, default_value_t = 4)]
+    pub candidates_per_step: u32,
+    /// Folder of the sessions and `autorun_summary.json`.
+    #[arg(long, default_value = "discover_sessions/autorun")]
+    pub session_dir: std::path::PathBuf,
+    #[command(flatten)]
+    pub flags: SearchFlags,
+}
+
+/// `kiln discover eval` flags.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Target name (see `kiln discover list`).
+    pub target: String,
+    /// The candidate CUDA source.
+    pub file: std::path::PathBuf,
+    /// Secret seed of the verification inputs (default: fresh from the clock).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Warm-up graph replays per timed shape.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: u32,
+    /// Most timed repetitions per shape (stops earlier once the spread is below 2%).
+    #[arg(long, default_value_t = 100)]
+    pub iters: u32,
+    /// Seconds one candidate may run in the worker before it is killed.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// GPU ordinal.
+    #[arg(long, default_value_t = 0)]
+    pub device: usize,
+    /// Print only the JSON record.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `kiln kernels …`
@@ -84,8 +197,31 @@ pub enum DiscoverCommand {
 pub enum KernelsCommand {
     /// List the catalog's ops.
     List,
-    /// Time every op at the models' shapes.
-    Bench,
+    /// Time every op at the three models' shapes (µs, GB/s, % of peak, × launch floor).
+    Bench(BenchArgs),
+}
+
+/// `kiln kernels bench` flags.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Token counts (rows) to time, comma separated.
+    #[arg(long, value_delimiter = ',', default_values_t = kiln_discover::catalog_bench::BENCH_T)]
+    pub t: Vec<usize>,
+    /// Only ops whose name contains this text.
+    #[arg(long)]
+    pub op: Option<String>,
+    /// Warm-up graph replays per point.
+    #[arg(long, default_value_t = 5)]
+    pub warmup: u32,
+    /// Most timed repetitions per point.
+    #[arg(long, default_value_t = 200)]
+    pub iters: u32,
+    /// Also write the rows as JSON to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+    /// GPU ordinal.
+    #[arg(long, default_value_t = 0)]
+    pub device: usize,
 }
 
 /// `kiln models …`

@@ -160,15 +160,27 @@ impl Gpu {
     /// Fills a buffer with its type's sentinel (a NaN for floats, all ones for
     /// integers), so an output a kernel never wrote cannot pass a check.
     pub fn fill_sentinel<T: Sentinel>(&self, buf: &mut CudaSlice<T>) -> Result<()> {
-        let len = buf.len();
+        self.fill_words(buf, T::WORD_BYTES, T::PATTERN)
+    }
+
+    /// Fills a buffer with a repeated 1-, 2- or 4-byte word (the low bytes of
+    /// `pattern`); for buffers whose element type is known only at run time.
+    pub fn fill_words<T>(
+        &self,
+        buf: &mut CudaSlice<T>,
+        word_bytes: usize,
+        pattern: u32,
+    ) -> Result<()> {
+        let bytes = buf.num_bytes();
         let (ptr, _sync) = buf.device_ptr_mut(&self.stream);
         let stream = self.stream.cu_stream();
-        // SAFETY: `ptr` addresses `len` elements of size T::WORD_BYTES on this context.
+        // SAFETY: `ptr` addresses `bytes` bytes on this context; each memset
+        // writes `bytes / word_bytes` whole words.
         let status = unsafe {
-            match T::WORD_BYTES {
-                2 => cudarc::driver::sys::cuMemsetD16Async(ptr, T::PATTERN as u16, len, stream),
-                4 => cudarc::driver::sys::cuMemsetD32Async(ptr, T::PATTERN, len, stream),
-                _ => cudarc::driver::sys::cuMemsetD8Async(ptr, T::PATTERN as u8, len, stream),
+            match word_bytes {
+                2 => cudarc::driver::sys::cuMemsetD16Async(ptr, pattern as u16, bytes / 2, stream),
+                4 => cudarc::driver::sys::cuMemsetD32Async(ptr, pattern, bytes / 4, stream),
+                _ => cudarc::driver::sys::cuMemsetD8Async(ptr, pattern as u8, bytes, stream),
             }
         };
         status.result().map_err(CudaError::driver("cuMemsetAsync"))

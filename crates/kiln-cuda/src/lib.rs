@@ -51,6 +51,7 @@ pub use probe::{Bandwidth, LaunchFloor, Probes};
 pub use timing::{Graph, L2Flush, Summary};
 
 pub use cudarc::driver::{
-    CudaSlice, CudaView, CudaViewMut, DeviceRepr, PushKernelArg, ValidAsZeroBits,
+    CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr, PushKernelArg,
+    ValidAsZeroBits,
 };
 pub use half::{bf16, f16};

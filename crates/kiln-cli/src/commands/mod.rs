@@ -1,6 +1,12 @@
 //! One module per subcommand; each turns parsed flags into library calls.
 
+mod discover_eval;
+mod discover_list;
+mod discover_report;
+mod discover_search;
 mod doctor;
+mod kernels;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -12,19 +18,20 @@ use crate::cli::{Cli, Command, DiscoverCommand, KernelsCommand, ModelsCommand};
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Doctor(args) => doctor::run(&args),
-        Command::Discover(cmd) => not_yet(match cmd {
-            DiscoverCommand::List => "discover list",
-            DiscoverCommand::Eval { .. } => "discover eval",
-            DiscoverCommand::Search { .. } => "discover search",
-            DiscoverCommand::Autorun => "discover autorun",
-            DiscoverCommand::Compare { .. } => "discover compare",
-            DiscoverCommand::Report { .. } => "discover report",
-            DiscoverCommand::Export { .. } => "discover export",
-        }),
-        Command::Kernels(cmd) => not_yet(match cmd {
-            KernelsCommand::List => "kernels list",
-            KernelsCommand::Bench => "kernels bench",
-        }),
+        Command::Worker { device } => worker::run(device),
+        Command::Discover(cmd) => match cmd {
+            DiscoverCommand::List => discover_list::run(),
+            DiscoverCommand::Eval(args) => discover_eval::run(&args),
+            DiscoverCommand::Search(args) => discover_search::search(&args),
+            DiscoverCommand::Autorun(args) => discover_search::autorun(&args),
+            DiscoverCommand::Compare { dir, json } => discover_report::compare(&dir, json),
+            DiscoverCommand::Report { session, top, out } => {
+                discover_report::report(&session, top, out.as_deref())
+            }
+            DiscoverCommand::Export { session, out } => discover_report::export(&session, &out),
+        },
+        Command::Kernels(KernelsCommand::List) => kernels::list(),
+        Command::Kernels(KernelsCommand::Bench(args)) => kernels::bench(&args),
         Command::Models(ModelsCommand::Synth { .. }) => not_yet("models synth"),
         Command::Validate(_) => not_yet("validate"),
     }
@@ -33,4 +40,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// A subcommand whose implementation has not landed: say so and fail.
 fn not_yet(what: &str) -> anyhow::Result<ExitCode> {
     bail!("`kiln {what}` is not implemented yet in this build; nothing was run")
+}
+
+/// The command that starts this binary as a GPU worker.
+pub fn worker_command(
+    device: usize,
+) -> anyhow::Result<kiln_discover::eval::worker_client::WorkerCommand> {
+    let exe = std::env::current_exe().map_err(|e| {
+        anyhow::anyhow!("cannot find the kiln executable to start a GPU worker: {e}")
+    })?;
+    Ok(kiln_discover::eval::worker_client::WorkerCommand::new(
+        exe,
+        [
+            "__worker".to_string(),
+            "--device".to_string(),
+            device.to_string(),
+        ],
+    ))
 }

@@ -1,0 +1,88 @@
+//! `kiln kernels list` and `kiln kernels bench`.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use kiln_discover::catalog_bench::{cases, run_case, table, BenchRow};
+use kiln_discover::worker::start_device;
+
+use crate::cli::BenchArgs;
+
+/// Lists the catalog's ops with their entry points and launch lines.
+pub fn list() -> anyhow::Result<ExitCode> {
+    for spec in kiln_kernels::CATALOG.iter() {
+        let launch = spec
+            .source
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("// kiln:"))
+            .unwrap_or("(no launch line)")
+            .trim();
+        println!("{:<18} entry {:<18} launch {launch}", spec.name, spec.entry);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Times every case at every requested T and prints a table (and JSON).
+pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    let dev = start_device(args.device)
+        .context("kernels bench needs a working GPU (see `kiln doctor`)")?;
+    let facts = dev.gpu.facts().clone();
+    println!(
+        "{} ({}), measured peak {:.2} TB/s, launch floor {:.2} µs",
+        facts.name,
+        facts.arch.sm_name(),
+        dev.peak_bytes_per_s / 1e12,
+        dev.launch_floor_us
+    );
+    let selected: Vec<_> = cases()
+        .into_iter()
+        .filter(|c| {
+            args.op
+                .as_ref()
+                .is_none_or(|o| c.problem.family().contains(o.as_str()))
+        })
+        .collect();
+    let bar = ProgressBar::new((selected.len() * args.t.len()) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut rows: Vec<BenchRow> = Vec::new();
+    let mut failed = 0;
+    for case in &selected {
+        for &t in &args.t {
+            bar.set_message(format!("{} {} T={t}", case.problem.family(), case.model));
+            match run_case(&dev, case, t, args.warmup, args.iters) {
+                Ok(row) => rows.push(row),
+                Err(f) => {
+                    failed += 1;
+                    bar.println(format!(
+                        "FAILED {} {} T={t}: {:?}: {}",
+                        case.problem.family(),
+                        case.model,
+                        f.stage,
+                        f.reason
+                    ));
+                }
+            }
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    print!("{}", table(&rows));
+    if let Some(path) = &args.json {
+        let doc = serde_json::json!({
+            "device": facts,
+            "peak_bytes_per_s": dev.peak_bytes_per_s,
+            "launch_floor_us": dev.launch_floor_us,
+            "rows": rows,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} benchmark points failed (see above)");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,195 @@
+//! `kiln kernels bench`: every catalog op at the three models' shapes, timed
+//! with the evaluator's own method (CUDA graphs of launches, inputs rotated
+//! beyond L2 for large shapes, medians), reported against the device's
+//! measured peak bandwidth and launch floor.
+
+use kiln_kernels::ops::moe_combine::MoeCombineConfig;
+use kiln_kernels::ops::norm::{AddRmsNormConfig, RmsNormConfig};
+use kiln_kernels::ops::rope::RopeConfig;
+use kiln_kernels::ops::swiglu::{SwigluConfig, SwigluPackedConfig};
+use kiln_kernels::ops::topk::{SigmoidTopkConfig, SoftmaxTopkConfig};
+use kiln_kernels::ops::ttt::TttConfig;
+use kiln_kernels::DType;
+use serde::{Deserialize, Serialize};
+
+use crate::targets::OpProblem;
+use crate::worker::measure::{
+    check_timed_output, load, time_interleaved, timing_sets, Device, Failure,
+};
+
+/// Token counts the benchmark sweeps.
+pub const BENCH_T: [usize; 6] = [1, 4, 16, 64, 512, 4096];
+
+/// One op configuration to benchmark.
+#[derive(Debug, Clone)]
+pub struct BenchCase {
+    /// Model (or `generic`).
+    pub model: &'static str,
+    /// What the rows are (`tokens`, `tokens×heads`).
+    pub rows: &'static str,
+    /// The op.
+    pub problem: OpProblem,
+}
+
+/// One measured point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchRow {
+    /// Op name.
+    pub op: String,
+    /// Model.
+    pub model: String,
+    /// Static dims, e.g. `D=2048`.
+    pub dims: String,
+    /// Rows (T).
+    pub t: usize,
+    /// Median µs per launch.
+    pub median_us: f64,
+    /// 10th percentile.
+    pub p10_us: f64,
+    /// 90th percentile.
+    pub p90_us: f64,
+    /// Bytes one launch moves at least.
+    pub bytes: u64,
+    /// Achieved GB/s.
+    pub gbps: f64,
+    /// Percent of the measured peak bandwidth.
+    pub pct_peak: f64,
+    /// Multiple of the empty-kernel launch floor.
+    pub x_floor: f64,
+    /// Inputs rotated beyond L2.
+    pub rotated: bool,
+}
+
+/// The benchmark's cases: every op at every model's dims (bf16).
+pub fn cases() -> Vec<BenchCase> {
+    let bf = DType::BF16;
+    let case = |model, rows, problem| BenchCase {
+        model,
+        rows,
+        problem,
+    };
+    let mut out = Vec::new();
+    for (model, eps, i, rope) in [
+        ("Qwen3-30B-A3B", 1e-6, 768, RopeConfig::qwen3_30b_a3b(bf)),
+        ("GLM-4.7-Flash", 1e-5, 1536, RopeConfig::glm47_flash(bf)),
+        ("LFM2-8B-A1B", 1e-5, 1792, RopeConfig::lfm2_8b_a1b(bf)),
+    ] {
+        let norm = RmsNormConfig::new(2048, eps, bf);
+        out.push(case(model, "tokens", OpProblem::RmsNorm(norm)));
+        out.push(case(
+            model,
+            "tokens",
+            OpProblem::AddRmsNorm(AddRmsNormConfig(norm)),
+        ));
+        out.push(case(
+            model,
+            "tokens",
+            OpProblem::Swiglu(SwigluConfig::new(i, bf)),
+        ));
+        out.push(case(
+            model,
+            "tokens",
+            OpProblem::SwigluPacked(SwigluPackedConfig(SwigluConfig::new(i, bf))),
+        ));
+        out.push(case(model, "tokens", OpProblem::Rope(rope)));
+    }
+    out.push(case(
+        "Qwen3-30B-A3B",
+        "tokens×heads",
+        OpProblem::RmsNorm(RmsNormConfig::new(128, 1e-6, bf)),
+    ));
+    out.push(case(
+        "Qwen3-30B-A3B",
+        "tokens",
+        OpProblem::SoftmaxTopk(SoftmaxTopkConfig {
+            e: 128,
+            k: 8,
+            renorm: true,
+            dtype: bf,
+        }),
+    ));
+    out.push(case(
+        "GLM-4.7-Flash",
+        "tokens",
+        OpProblem::SigmoidTopk(SigmoidTopkConfig::glm47_flash()),
+    ));
+    out.push(case(
+        "LFM2-8B-A1B",
+        "tokens",
+        OpProblem::SigmoidTopk(SigmoidTopkConfig::lfm2_8b_a1b(bf)),
+    ));
+    for (model, k, shared) in [
+        ("Qwen3-30B-A3B", 8, false),
+        ("GLM-4.7-Flash", 4, true),
+        ("LFM2-8B-A1B", 4, false),
+    ] {
+        out.push(case(
+            model,
+            "tokens",
+            OpProblem::MoeCombine(MoeCombineConfig {
+                d: 2048,
+                k,
+                has_shared: shared,
+                dtype: bf,
+            }),
+        ));
+    }
+    out.push(case(
+        "generic",
+        "batch×heads",
+        OpProblem::Ttt(TttConfig::new(16, bf)),
+    ));
+    out
+}
+
+/// Times one case at `t` rows (and checks the timed launch's output).
+pub fn run_case(
+    dev: &Device,
+    case: &BenchCase,
+    t: usize,
+    warmup: u32,
+    iters: u32,
+) -> Result<BenchRow, Failure> {
+    let build = case
+        .problem
+        .build()
+        .map_err(|e| Failure::machinery("catalog build", e))?;
+    let kernel = load(dev, &case.problem, &build.name, &build.source)?;
+    let mut sets = timing_sets(dev, &case.problem, t, 0xbe9c4)?;
+    let s = time_interleaved(dev, &case.problem, &[&kernel], &sets, warmup, iters)?.remove(0);
+    check_timed_output(dev, &case.problem, &kernel, &mut sets)?;
+    let bytes = case.problem.bytes_moved(t);
+    let gbps = bytes as f64 / (s.median_us * 1e3);
+    Ok(BenchRow {
+        op: case.problem.family().to_string(),
+        model: case.model.to_string(),
+        dims: case
+            .problem
+            .static_vars()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        t,
+        median_us: s.median_us,
+        p10_us: s.p10_us,
+        p90_us: s.p90_us,
+        bytes,
+        gbps,
+        pct_peak: 100.0 * gbps * 1e9 / dev.peak_bytes_per_s,
+        x_floor: s.median_us / dev.launch_floor_us,
+        rotated: sets.rotated_beyond_l2,
+    })
+}
+
+/// Renders rows as an aligned Markdown table.
+pub fn table(rows: &[BenchRow]) -> String {
+    let mut out = String::from("| op | model | dims | T | µs | GB/s | % peak | × floor |\n|---|---|---|---:|---:|---:|---:|---:|\n");
+    for r in rows {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {:.2} | {:.0} | {:.1} | {:.2} |\n",
+            r.op, r.model, r.dims, r.t, r.median_us, r.gbps, r.pct_peak, r.x_floor
+        ));
+    }
+    out
+}

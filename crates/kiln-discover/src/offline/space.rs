@@ -1,0 +1,933 @@
+//! The knob space of each kernel family: which knobs exist, which values they
+//! take, which combinations are valid for a target's static dims, the launch
+//! line of a configuration, and the rendering of a complete CUDA source.
+//!
+//! A rendered source carries its knobs in one header comment,
+//!
+//! ```text
+//! // kiln-offline: family=rmsnorm tpr=32 rpb=4 vec=8 keep=1 pers=0 ldh=ldg sth=plain rs=1 minb=0
+//! ```
+//!
+//! so a child can be derived from any rendered parent. The knobs become
+//! `#define KO_<NAME> <value>` lines in front of the family's CUDA template
+//! (`templates/*.cu`); the template's `static_assert`s restate every
+//! assumption the generator's [`Family::check`] enforces, so a knob
+//! combination that slipped through fails to compile instead of computing
+//! garbage.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// The header marker of a rendered source (a plain comment: the dedup normaliser drops it).
+pub const KNOB_MARKER: &str = "// kiln-offline:";
+
+const PRELUDE: &str = include_str!("templates/prelude.cu");
+const T_SWIGLU: &str = include_str!("templates/swiglu.cu");
+const T_MOE: &str = include_str!("templates/moe_combine.cu");
+const T_RMSNORM: &str = include_str!("templates/rmsnorm.cu");
+const T_TOPK: &str = include_str!("templates/topk.cu");
+const T_TTT: &str = include_str!("templates/ttt.cu");
+
+/// Why the generator cannot work on a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OfflineError {
+    /// The family has no offline templates.
+    #[error("the offline generator has no templates for family `{0}` (known: swiglu, rmsnorm, moe_combine, softmax_topk, sigmoid_topk, ttt_linear_decode)")]
+    UnknownFamily(String),
+    /// A static dim the family's templates need is missing or out of range.
+    #[error("offline {family}: static dim `{dim}` is {problem}")]
+    BadDim {
+        /// The family.
+        family: &'static str,
+        /// The dim (`D`, `I`, …).
+        dim: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The target is outside what the templates cover.
+    #[error("offline {family}: {reason}")]
+    Unsupported {
+        /// The family.
+        family: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A kernel family the offline generator can rewrite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    /// `swiglu(gate, up, out, T)` over `[T, I]`.
+    Swiglu,
+    /// `rmsnorm(x, w, out, T)` over `[T, D]`.
+    RmsNorm,
+    /// `moe_combine(expert_out, weights, shared, out, T)`.
+    MoeCombine,
+    /// `softmax_topk(logits, weights, indices, T)`.
+    SoftmaxTopk,
+    /// `sigmoid_topk(logits, bias, weights, indices, T)`.
+    SigmoidTopk,
+    /// `ttt_linear_decode(…)`: one TTT-Linear decode step per row.
+    TttLinearDecode,
+}
+
+impl Family {
+    /// Every family, in a fixed order.
+    pub const ALL: [Family; 6] = [
+        Family::Swiglu,
+        Family::RmsNorm,
+        Family::MoeCombine,
+        Family::SoftmaxTopk,
+        Family::SigmoidTopk,
+        Family::TttLinearDecode,
+    ];
+
+    /// The family's name (the catalog op's short name).
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Swiglu => "swiglu",
+            Family::RmsNorm => "rmsnorm",
+            Family::MoeCombine => "moe_combine",
+            Family::SoftmaxTopk => "softmax_topk",
+            Family::SigmoidTopk => "sigmoid_topk",
+            Family::TttLinearDecode => "ttt_linear_decode",
+        }
+    }
+
+    /// Looks a family up by name.
+    pub fn from_name(name: &str) -> Result<Family, OfflineError> {
+        Family::ALL
+            .into_iter()
+            .find(|f| f.name() == name)
+            .ok_or_else(|| OfflineError::UnknownFamily(name.to_string()))
+    }
+
+    /// The knobs of this family, in header order.
+    pub fn specs(self) -> &'static [KnobSpec] {
+        match self {
+            Family::Swiglu => SWIGLU,
+            Family::RmsNorm => RMSNORM,
+            Family::MoeCombine => MOE,
+            Family::SoftmaxTopk => SOFTMAX,
+            Family::SigmoidTopk => SIGMOID,
+            Family::TttLinearDecode => TTT,
+        }
+    }
+
+    /// The naive configuration (what a seed or a foreign source maps to).
+    pub fn base(self) -> Knobs {
+        Knobs(self.specs().iter().map(|s| (s.name, s.base)).collect())
+    }
+
+    /// The naive configuration for these dims: [`Family::base`], repaired where the dims need it
+    /// (e.g. more lanes per row when E > 32 experts do not fit one thread's registers).
+    pub fn naive(self, d: &Dims) -> Knobs {
+        let base = self.base();
+        if self.check(&base, d).is_ok() {
+            return base;
+        }
+        self.apply(&base, &[], d).unwrap_or(base)
+    }
+
+    fn spec(self, name: &str) -> Option<&'static KnobSpec> {
+        self.specs().iter().find(|s| s.name == name)
+    }
+
+    /// Knobs whose values are changed to repair an invalid rewrite, in order of preference.
+    fn repair_order(self) -> &'static [&'static str] {
+        match self {
+            Family::Swiglu => &["upt", "minb", "vec"],
+            Family::MoeCombine => &["upt", "map", "minb", "vec", "block"],
+            Family::RmsNorm => &["rpb", "keep", "minb", "vec", "tpr"],
+            Family::SoftmaxTopk | Family::SigmoidTopk => &["rpb", "lay", "minb", "tpr"],
+            Family::TttLinearDecode => &["pre", "cpt", "ks", "minb"],
+        }
+    }
+
+    /// Checks a configuration against the template's assumptions for these dims.
+    pub fn check(self, k: &Knobs, d: &Dims) -> Result<(), String> {
+        for s in self.specs() {
+            let v = k.get(s.name);
+            if !s.values.contains(&v) {
+                return Err(format!("{}={v} is not one of {:?}", s.name, s.values));
+            }
+        }
+        let block = self.block(k, d);
+        if !(32..=1024).contains(&block) || block % 32 != 0 {
+            return Err(format!(
+                "block {block} is not a multiple of 32 in 32..=1024"
+            ));
+        }
+        let minb = k.get("minb");
+        if minb * block > 2048 {
+            return Err(format!(
+                "{minb} blocks of {block} exceed 2048 threads per SM"
+            ));
+        }
+        let ensure = |ok: bool, why: &str| if ok { Ok(()) } else { Err(why.to_string()) };
+        match self {
+            Family::Swiglu => {
+                ensure(d.i % k.get("vec") == 0, "I must be a multiple of vec")?;
+                ensure(
+                    k.get("vec") * k.get("upt") <= 32,
+                    "at most 32 elements per thread",
+                )
+            }
+            Family::MoeCombine => {
+                let (vec, upt) = (k.get("vec"), k.get("upt"));
+                ensure(d.d % vec == 0, "D must be a multiple of vec")?;
+                ensure(
+                    upt * d.k * vec <= 128,
+                    "at most 128 loaded elements per thread",
+                )?;
+                ensure(
+                    k.get("map") == 0 || block * upt * vec <= d.d,
+                    "a row-blocked block must not exceed a row",
+                )
+            }
+            Family::RmsNorm => {
+                let (tpr, vec) = (k.get("tpr"), k.get("vec"));
+                ensure(d.d % (tpr * vec) == 0, "D must be a multiple of tpr*vec")?;
+                ensure(
+                    if tpr <= 32 {
+                        32 % tpr == 0
+                    } else {
+                        tpr % 32 == 0
+                    },
+                    "a row is a lane segment or whole warps",
+                )?;
+                let nv = d.d / (tpr * vec);
+                ensure(
+                    k.get("keep") == 0 || (nv <= 32 && d.d / tpr <= 128),
+                    "keeping the row in registers needs <= 128 elements and <= 32 vectors per thread",
+                )
+            }
+            Family::SoftmaxTopk | Family::SigmoidTopk => {
+                let tpr = k.get("tpr");
+                let epl = (d.e + tpr - 1) / tpr;
+                ensure(tpr <= d.e.max(1), "more lanes than experts")?;
+                ensure(epl <= 32, "at most 32 experts per lane")?;
+                ensure(
+                    k.get("lay") == 0 || d.e % tpr == 0,
+                    "the blocked layout needs E % tpr == 0",
+                )
+            }
+            Family::TttLinearDecode => {
+                let (ks, cpt) = (k.get("ks"), k.get("cpt"));
+                ensure(d.f % ks == 0 && d.f % cpt == 0, "ks and cpt must divide F")?;
+                ensure(
+                    (d.f / ks) * cpt * (1 + k.get("pre")) <= 128,
+                    "at most 128 state registers per thread",
+                )
+            }
+        }
+    }
+
+    /// Threads per block of a configuration.
+    pub fn block(self, k: &Knobs, d: &Dims) -> i64 {
+        match self {
+            Family::Swiglu | Family::MoeCombine => k.get("block"),
+            Family::RmsNorm | Family::SoftmaxTopk | Family::SigmoidTopk => {
+                k.get("tpr") * k.get("rpb")
+            }
+            Family::TttLinearDecode => k.get("ks") * d.f / k.get("cpt").max(1),
+        }
+    }
+
+    /// The text after `// kiln:`.
+    pub fn launch(self, k: &Knobs, d: &Dims) -> String {
+        let block = self.block(k, d);
+        let cap = |g: String| match k.get("pers") {
+            0 => g,
+            p => format!("min({g}, SMS*{p})"),
+        };
+        let grid = match self {
+            Family::Swiglu => cap(format!(
+                "ceil_div(T*I, {})",
+                block * k.get("upt") * k.get("vec")
+            )),
+            Family::MoeCombine => {
+                let per = block * k.get("upt") * k.get("vec");
+                if k.get("map") == 0 {
+                    cap(format!("ceil_div(T*D, {per})"))
+                } else {
+                    cap(format!("T*ceil_div(D, {per})"))
+                }
+            }
+            Family::RmsNorm | Family::SoftmaxTopk | Family::SigmoidTopk => {
+                cap(format!("ceil_div(T, {})", k.get("rpb")))
+            }
+            Family::TttLinearDecode => "T".to_string(),
+        };
+        let block_expr = match self {
+            Family::TttLinearDecode => format!("{}*F/{}", k.get("ks"), k.get("cpt")),
+            _ => block.to_string(),
+        };
+        format!("block={block_expr} grid={grid} smem=0")
+    }
+
+    /// Renders the complete candidate source of a configuration.
+    pub fn render(self, k: &Knobs, d: &Dims) -> String {
+        let mut s = String::new();
+        s.push_str(&format!(
+            "// {} — offline-generated variant.\n",
+            self.name()
+        ));
+        s.push_str(&format!("{KNOB_MARKER} {}\n", k.header(self)));
+        for line in self.describe(k, d) {
+            s.push_str(&format!("// {line}\n"));
+        }
+        s.push_str(&format!("// kiln: {}\n", self.launch(k, d)));
+        for spec in self.specs() {
+            s.push_str(&format!(
+                "#define KO_{} {}\n",
+                spec.name.to_uppercase(),
+                k.get(spec.name)
+            ));
+        }
+        s.push_str(&format!("#define KO_BLOCK {}\n", self.block(k, d)));
+        let body = match self {
+            Family::Swiglu => T_SWIGLU.to_string(),
+            Family::MoeCombine => T_MOE.to_string(),
+            Family::RmsNorm => {
+                let nv = d.d / (k.get("tpr") * k.get("vec")).max(1);
+                let unroll = if nv <= 32 {
+                    "#pragma unroll"
+                } else {
+                    "#pragma unroll 4"
+                };
+                T_RMSNORM.replace("@UNROLL_NV@", unroll)
+            }
+            Family::SoftmaxTopk | Family::SigmoidTopk => {
+                s.push_str(&format!(
+                    "#define KO_SIGMOID {}\n",
+                    i64::from(self == Family::SigmoidTopk)
+                ));
+                if self == Family::SigmoidTopk {
+                    s.push_str("#define KO_ALGO 0\n");
+                }
+                if k.get("lay") == 1 {
+                    s.push_str(&format!("#define KO_VEC {}\n", topk_vec(k, d)));
+                }
+                // The entry is spelled out (not chosen by #if) so static checks see exactly one.
+                let entry = if self == Family::SigmoidTopk {
+                    "extern \"C\" __global__ void KO_BOUNDS sigmoid_topk(const scalar_t* __restrict__ logits,\n\
+                     \x20                                                 const float* __restrict__ bias,\n\
+                     \x20                                                 float* __restrict__ weights,\n\
+                     \x20                                                 unsigned int* __restrict__ indices, int T)"
+                } else {
+                    "extern \"C\" __global__ void KO_BOUNDS softmax_topk(const scalar_t* __restrict__ logits,\n\
+                     \x20                                                 float* __restrict__ weights,\n\
+                     \x20                                                 unsigned int* __restrict__ indices, int T)"
+                };
+                T_TOPK.replace("@ENTRY@", entry)
+            }
+            Family::TttLinearDecode => T_TTT.to_string(),
+        };
+        s.push_str(PRELUDE);
+        s.push('\n');
+        s.push_str(&body);
+        s
+    }
+
+    /// A few lines on the design, for the header comment.
+    fn describe(self, k: &Knobs, d: &Dims) -> Vec<String> {
+        let hint = |n: &str| k.label(self, n);
+        let grid = if k.get("pers") > 0 {
+            format!(
+                "persistent grid of at most {}·SMS blocks (grid-stride loop)",
+                k.get("pers")
+            )
+        } else {
+            "one-shot grid".to_string()
+        };
+        match self {
+            Family::Swiglu | Family::MoeCombine => vec![
+                format!(
+                    "Each thread moves {} vector(s) of {} elements ({} layout), {} threads per block, {grid}.",
+                    k.get("upt"),
+                    k.get("vec"),
+                    hint("lay"),
+                    k.get("block")
+                ),
+                format!("Loads: {}; stores: {}.", hint("ldh"), hint("sth")),
+            ],
+            Family::RmsNorm => vec![
+                format!(
+                    "{} thread(s) per row, {} rows per block, {}-element vectors, row {} between the passes, {grid}.",
+                    k.get("tpr"),
+                    k.get("rpb"),
+                    k.get("vec"),
+                    if k.get("keep") == 1 { "kept in registers" } else { "re-read" }
+                ),
+                format!("x loads: {}; stores: {}; D = {}.", hint("ldh"), hint("sth"), d.d),
+            ],
+            Family::SoftmaxTopk | Family::SigmoidTopk => vec![format!(
+                "{} lane(s) per row, {} rows per block, {} expert layout, top-k by {}, {grid}.",
+                k.get("tpr"),
+                k.get("rpb"),
+                hint("lay"),
+                hint("sel")
+            )],
+            Family::TttLinearDecode => vec![format!(
+                "One block of {} threads per row: k-split {}, {} column(s) per thread; W loads {}, W stores {}.",
+                self.block(k, d),
+                k.get("ks"),
+                k.get("cpt"),
+                hint("wh"),
+                hint("sh")
+            )],
+        }
+    }
+
+    /// Named multi-knob jumps to designs known to be strong (the catalog's and others).
+    pub fn recipes(self, d: &Dims) -> Vec<Recipe> {
+        let r = |name: &'static str, why: &'static str, set: Vec<(&'static str, i64)>| Recipe {
+            name,
+            why,
+            set,
+        };
+        let vec8 = |n: i64| [8, 4, 2, 1].into_iter().find(|v| n % v == 0).unwrap_or(1);
+        match self {
+            Family::Swiglu => {
+                let v = vec8(d.i);
+                vec![
+                    r("recipe-vec-unroll2", "16-byte loads, 2 vectors per thread a block apart, fast sigmoid (the catalog design)",
+                      vec![("vec", v), ("upt", 2), ("block", 256), ("lay", 0), ("ldh", 1), ("act", 1), ("pers", 0)]),
+                    r("recipe-persistent-stream", "16-byte streaming loads and stores, 4 vectors per thread, grid of 4·SMS",
+                      vec![("vec", v), ("upt", 4), ("block", 256), ("lay", 0), ("ldh", 2), ("sth", 1), ("act", 1), ("pers", 4)]),
+                    r("recipe-vec-small-blocks", "16-byte no-allocate loads, one vector per thread, 128-thread blocks (many blocks at small T)",
+                      vec![("vec", v), ("upt", 1), ("block", 128), ("ldh", 4), ("act", 1), ("pers", 0)]),
+                ]
+            }
+            Family::MoeCombine => {
+                let v = vec8(d.d);
+                let blk = (d.d / v).clamp(64, 256);
+                vec![
+                    r("recipe-vec-flat", "16-byte loads, one output vector per thread (the catalog design)",
+                      vec![("vec", v), ("upt", 1), ("block", 256), ("map", 0), ("ldh", 1), ("pers", 0)]),
+                    r("recipe-row-blocks", "16-byte streaming loads, blocks own row slices so the K weights load once",
+                      vec![("vec", v), ("upt", 1), ("block", blk), ("map", 1), ("ldh", 2), ("sth", 1), ("pers", 0)]),
+                    r("recipe-persistent", "16-byte no-allocate loads, grid of 4·SMS with a grid-stride loop",
+                      vec![("vec", v), ("upt", 1), ("block", 256), ("map", 0), ("ldh", 4), ("sth", 1), ("pers", 4)]),
+                ]
+            }
+            Family::RmsNorm => {
+                let v = vec8(d.d);
+                let block_tpr = (d.d / v).clamp(32, 1024);
+                vec![
+                    r("recipe-warp-per-row", "one warp per row, 16-byte loads, row kept in registers, 4 rows per block (the catalog design)",
+                      vec![("tpr", 32), ("rpb", 4), ("vec", v), ("keep", 1), ("ldh", 1), ("rs", 1), ("pers", 0)]),
+                    r("recipe-block-per-row", "one block per row, one 16-byte vector per thread, shared-memory reduction across warps",
+                      vec![("tpr", block_tpr), ("rpb", 1), ("vec", v), ("keep", 1), ("ldh", 1), ("rs", 1), ("pers", 0)]),
+                    r("recipe-multi-warp-rows", "4 warps per row, 2 rows per block, streaming loads and stores",
+                      vec![("tpr", 128), ("rpb", 2), ("vec", v), ("keep", 1), ("ldh", 2), ("sth", 1), ("rs", 1), ("pers", 0)]),
+                ]
+            }
+            Family::SoftmaxTopk | Family::SigmoidTopk => {
+                // Lanes per row such that each lane holds `per` experts.
+                let lanes = |per: i64| {
+                    let mut t = 1;
+                    while t < 32 && (d.e + t - 1) / t > per {
+                        t *= 2;
+                    }
+                    t
+                };
+                let (t4, t8) = (lanes(4), lanes(8));
+                let mut out = vec![
+                    r("recipe-warp-per-row", "one warp per row, K rounds of warp arg-max (the catalog design)",
+                      vec![("tpr", 32.min(pow2_floor(d.e.max(1)))), ("rpb", 4), ("lay", 0), ("sel", 0), ("algo", 0)]),
+                    r("recipe-thread-per-row", "few lanes per row holding up to 8 experts each, vector loads, sorted heads",
+                      vec![("tpr", t8), ("rpb", (128 / t8).max(1)), ("lay", 1), ("sel", 1), ("algo", 1)]),
+                    r("recipe-subwarp-heads", "4 experts per lane, vector loads, sorted heads merged by shuffles",
+                      vec![("tpr", t4), ("rpb", (128 / t4).max(1)), ("lay", 1), ("sel", 1), ("algo", 1)]),
+                ];
+                if self == Family::SigmoidTopk {
+                    for rec in &mut out {
+                        rec.set.retain(|(n, _)| *n != "algo");
+                    }
+                }
+                out
+            }
+            Family::TttLinearDecode => vec![
+                r("recipe-kslice4", "4-way k-split, one column per thread (the catalog design)",
+                  vec![("ks", 4), ("cpt", 1), ("wh", 1), ("pre", 0), ("fuse", 0)]),
+                r("recipe-float4-prefetch", "float4 columns, 4-way k-split, W_grad prefetched, fused sums, streaming W",
+                  vec![("ks", 4), ("cpt", 4), ("wh", 2), ("sh", 1), ("pre", 1), ("fuse", 1)]),
+                r("recipe-kslice8-prefetch", "8-way k-split, float2 columns, W_grad prefetched, fused sums, no-allocate loads",
+                  vec![("ks", 8), ("cpt", 2), ("wh", 4), ("pre", 1), ("fuse", 1)]),
+            ],
+        }
+    }
+
+    /// Sets `name=value` on `k`, repairing one other knob if needed; `None` when no valid result exists.
+    pub fn apply(self, k: &Knobs, set: &[(&'static str, i64)], d: &Dims) -> Option<Knobs> {
+        let mut out = k.clone();
+        for (n, v) in set {
+            self.spec(n)?;
+            out.0.insert(n, *v);
+        }
+        if self.check(&out, d).is_ok() {
+            return Some(out);
+        }
+        let fixed: Vec<&str> = set.iter().map(|(n, _)| *n).collect();
+        // Row families: keep the parent's block size when lanes per row change.
+        if self.spec("rpb").is_some() && !fixed.contains(&"rpb") {
+            let want = self.block(k, d) / out.get("tpr").max(1);
+            let mut t = out.clone();
+            t.0.insert("rpb", want.max(1));
+            if self.check(&t, d).is_ok() {
+                return Some(t);
+            }
+        }
+        for name in self.repair_order().iter().filter(|n| !fixed.contains(n)) {
+            let Some(spec) = self.spec(name) else {
+                continue;
+            };
+            let cur = spec
+                .values
+                .iter()
+                .position(|v| *v == out.get(name))
+                .unwrap_or(0);
+            let mut order: Vec<usize> = (0..spec.values.len()).filter(|i| *i != cur).collect();
+            order.sort_by_key(|i| (i.abs_diff(cur), *i));
+            for i in order {
+                let mut t = out.clone();
+                t.0.insert(spec.name, spec.values[i]);
+                if self.check(&t, d).is_ok() {
+                    return Some(t);
+                }
+            }
+        }
+        None
+    }
+}
+
+fn pow2_floor(n: i64) -> i64 {
+    let mut p = 1;
+    while p * 2 <= n {
+        p *= 2;
+    }
+    p
+}
+
+/// Vector width (elements) of the blocked top-k layout: the largest of 8, 4, 2, 1 dividing both EPL and E.
+fn topk_vec(k: &Knobs, d: &Dims) -> i64 {
+    let epl = (d.e + k.get("tpr") - 1) / k.get("tpr").max(1);
+    [8, 4, 2, 1]
+        .into_iter()
+        .find(|v| epl % v == 0 && d.e % v == 0)
+        .unwrap_or(1)
+}
+
+/// A named multi-knob rewrite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipe {
+    /// The rewrite name (the reasoning prefix).
+    pub name: &'static str,
+    /// Why, in a phrase.
+    pub why: &'static str,
+    /// The knob values it sets.
+    pub set: Vec<(&'static str, i64)>,
+}
+
+/// One knob: its values (with optional labels), the naive value and what it means.
+#[derive(Debug)]
+pub struct KnobSpec {
+    /// Header name (`vec`).
+    pub name: &'static str,
+    /// Allowed values, in increasing order.
+    pub values: &'static [i64],
+    /// Labels of the values for the header (empty: the number itself).
+    pub labels: &'static [&'static str],
+    /// The naive value.
+    pub base: i64,
+    /// What the knob controls.
+    pub doc: &'static str,
+}
+
+impl KnobSpec {
+    /// The header text of `value`.
+    pub fn label(&self, value: i64) -> String {
+        match self.values.iter().position(|v| *v == value) {
+            Some(i) if !self.labels.is_empty() => self.labels[i].to_string(),
+            _ => value.to_string(),
+        }
+    }
+
+    /// The value of a header text (a label or a number).
+    pub fn parse(&self, text: &str) -> Option<i64> {
+        if let Some(i) = self.labels.iter().position(|l| *l == text) {
+            return Some(self.values[i]);
+        }
+        text.parse::<i64>().ok().filter(|v| self.values.contains(v))
+    }
+}
+
+const LD_LABELS: &[&str] = &["plain", "ldg", "cs", "cg", "na"];
+const LD_VALUES: &[i64] = &[0, 1, 2, 3, 4];
+const ST_LABELS: &[&str] = &["plain", "cs"];
+const BOOL: &[i64] = &[0, 1];
+const PERS: &[i64] = &[0, 1, 2, 4, 8];
+const MINB: &[i64] = &[0, 2, 4];
+const VEC: &[i64] = &[1, 2, 4, 8];
+const UPT: &[i64] = &[1, 2, 4, 8];
+const BLOCK: &[i64] = &[64, 128, 256, 512, 1024];
+const LAY: &[&str] = &["strided", "adjacent"];
+
+macro_rules! knob {
+    ($name:literal, $values:expr, $labels:expr, $base:literal, $doc:literal) => {
+        KnobSpec {
+            name: $name,
+            values: $values,
+            labels: $labels,
+            base: $base,
+            doc: $doc,
+        }
+    };
+}
+
+const PERS_K: KnobSpec = knob!(
+    "pers",
+    PERS,
+    &[],
+    0,
+    "grid capped at pers·SMS blocks with a grid-stride loop (0: one-shot grid)"
+);
+const MINB_K: KnobSpec = knob!(
+    "minb",
+    MINB,
+    &[],
+    0,
+    "__launch_bounds__ minimum blocks per SM (0: none)"
+);
+const LDH_K: KnobSpec = knob!(
+    "ldh",
+    LD_VALUES,
+    LD_LABELS,
+    0,
+    "cache hint of the streamed loads"
+);
+const STH_K: KnobSpec = knob!("sth", BOOL, ST_LABELS, 0, "cache hint of the stores");
+
+const SWIGLU: &[KnobSpec] = &[
+    knob!(
+        "vec",
+        VEC,
+        &[],
+        1,
+        "elements per vector load (8 = 16 bytes of bf16)"
+    ),
+    knob!(
+        "upt",
+        UPT,
+        &[],
+        1,
+        "vectors per thread (independent loads in flight)"
+    ),
+    knob!("block", BLOCK, &[], 256, "threads per block"),
+    knob!(
+        "lay",
+        BOOL,
+        LAY,
+        0,
+        "a thread's vectors a block-width apart or adjacent"
+    ),
+    PERS_K,
+    LDH_K,
+    STH_K,
+    knob!(
+        "act",
+        &[0, 1, 2],
+        &["div", "rcp", "fdiv"],
+        0,
+        "sigmoid: IEEE division, __frcp_rn with __expf, or __fdividef with __expf"
+    ),
+    MINB_K,
+];
+
+const MOE: &[KnobSpec] = &[
+    knob!("vec", VEC, &[], 1, "elements per vector load"),
+    knob!("upt", UPT, &[], 1, "output vectors per thread"),
+    knob!("block", BLOCK, &[], 256, "threads per block"),
+    knob!(
+        "lay",
+        BOOL,
+        LAY,
+        0,
+        "a thread's vectors a block-width apart or adjacent"
+    ),
+    knob!(
+        "map",
+        BOOL,
+        &["flat", "row"],
+        0,
+        "flat index over T·D, or blocks owning slices of one row"
+    ),
+    PERS_K,
+    LDH_K,
+    STH_K,
+    MINB_K,
+];
+
+const RMSNORM: &[KnobSpec] = &[
+    knob!(
+        "tpr",
+        &[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024],
+        &[],
+        1,
+        "threads per row (32 = warp per row, more = shared-memory reduction across warps)"
+    ),
+    knob!(
+        "rpb",
+        &[1, 2, 4, 8, 16, 32, 64, 128],
+        &[],
+        128,
+        "rows per block"
+    ),
+    knob!("vec", VEC, &[], 1, "elements per vector load"),
+    knob!(
+        "keep",
+        BOOL,
+        &[],
+        0,
+        "keep the row in registers between the sum of squares and the write"
+    ),
+    PERS_K,
+    LDH_K,
+    STH_K,
+    knob!("rs", BOOL, &["div", "rsqrt"], 0, "1/sqrtf or rsqrtf"),
+    MINB_K,
+];
+
+const TOPK_TPR: &[i64] = &[1, 2, 4, 8, 16, 32];
+const TOPK_RPB: &[i64] = &[1, 2, 4, 8, 16, 32, 64, 128, 256];
+
+const SOFTMAX: &[KnobSpec] = &[
+    knob!("tpr", TOPK_TPR, &[], 1, "lanes per row"),
+    knob!("rpb", TOPK_RPB, &[], 128, "rows per block"),
+    knob!(
+        "lay",
+        BOOL,
+        &["strided", "blocked"],
+        0,
+        "lane l holds experts l + tpr·j, or a contiguous run loaded with vector loads"
+    ),
+    knob!(
+        "sel",
+        BOOL,
+        &["rounds", "heads"],
+        0,
+        "top-k by K arg-max rounds over all slots, or over per-lane sorted heads"
+    ),
+    knob!(
+        "algo",
+        BOOL,
+        &["softmax", "logits"],
+        0,
+        "softmax then select, or select on the logits and exponentiate only the picks"
+    ),
+    knob!("fast", BOOL, &[], 0, "__expf instead of expf"),
+    PERS_K,
+    LDH_K,
+    STH_K,
+    MINB_K,
+];
+
+const SIGMOID: &[KnobSpec] = &[
+    knob!("tpr", TOPK_TPR, &[], 1, "lanes per row"),
+    knob!("rpb", TOPK_RPB, &[], 128, "rows per block"),
+    knob!(
+        "lay",
+        BOOL,
+        &["strided", "blocked"],
+        0,
+        "lane l holds experts l + tpr·j, or a contiguous run loaded with vector loads"
+    ),
+    knob!(
+        "sel",
+        BOOL,
+        &["rounds", "heads"],
+        0,
+        "top-k by K arg-max rounds over all slots, or over per-lane sorted heads"
+    ),
+    knob!(
+        "fast",
+        BOOL,
+        &[],
+        0,
+        "__frcp_rn(1 + __expf(-x)) instead of 1/(1 + expf(-x))"
+    ),
+    PERS_K,
+    LDH_K,
+    STH_K,
+    MINB_K,
+];
+
+const TTT: &[KnobSpec] = &[
+    knob!(
+        "ks",
+        &[1, 2, 4, 8, 16],
+        &[],
+        1,
+        "k-split of the F×F products (threads per column)"
+    ),
+    knob!(
+        "cpt",
+        &[1, 2, 4],
+        &[],
+        1,
+        "columns per thread (float, float2, float4 accesses)"
+    ),
+    knob!(
+        "wh",
+        LD_VALUES,
+        LD_LABELS,
+        1,
+        "cache hint of the W and W_grad loads"
+    ),
+    knob!(
+        "sh",
+        BOOL,
+        ST_LABELS,
+        0,
+        "cache hint of the W_out and W_grad_out stores"
+    ),
+    knob!("pre", BOOL, &[], 0, "prefetch W_grad together with W"),
+    knob!("fuse", BOOL, &[], 0, "one block reduction for Σg and Σg·x̂"),
+    MINB_K,
+];
+
+/// A configuration: knob name → value.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Knobs(BTreeMap<&'static str, i64>);
+
+impl Knobs {
+    /// The value of a knob (0 when absent).
+    pub fn get(&self, name: &str) -> i64 {
+        self.0.get(name).copied().unwrap_or(0)
+    }
+
+    /// The header label of a knob's value.
+    pub fn label(&self, family: Family, name: &str) -> String {
+        family
+            .spec(name)
+            .map_or_else(|| self.get(name).to_string(), |s| s.label(self.get(name)))
+    }
+
+    /// The header text after the marker: `family=… name=value …`.
+    pub fn header(&self, family: Family) -> String {
+        let mut parts = vec![format!("family={}", family.name())];
+        parts.extend(
+            family
+                .specs()
+                .iter()
+                .map(|s| format!("{}={}", s.name, s.label(self.get(s.name)))),
+        );
+        parts.join(" ")
+    }
+
+    /// Parses the knob header of `source` for `family`; `None` when absent, foreign or malformed.
+    ///
+    /// Missing knobs take their naive value, so headers from older templates still parse.
+    pub fn parse(source: &str, family: Family) -> Option<Knobs> {
+        let line = source
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix(KNOB_MARKER))?;
+        let mut out = family.base();
+        let mut fam_ok = false;
+        for pair in line.split_whitespace() {
+            let (key, value) = pair.split_once('=')?;
+            if key == "family" {
+                fam_ok = value == family.name();
+                continue;
+            }
+            let spec = family.spec(key)?;
+            out.0.insert(spec.name, spec.parse(value)?);
+        }
+        fam_ok.then_some(out)
+    }
+}
+
+impl fmt::Display for Knobs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        write!(f, "{}", parts.join(" "))
+    }
+}
+
+/// The static dims a family's templates read (0 where the family does not use one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Dims {
+    /// Row width (rmsnorm, moe_combine).
+    pub d: i64,
+    /// Intermediate width (swiglu).
+    pub i: i64,
+    /// Experts (top-k).
+    pub e: i64,
+    /// Picks per row (top-k, moe_combine).
+    pub k: i64,
+    /// Head dim (ttt).
+    pub f: i64,
+}
+
+impl Dims {
+    /// Reads and validates the dims `family` needs from a target's static dims.
+    pub fn from_static(family: Family, dims: &BTreeMap<String, i64>) -> Result<Dims, OfflineError> {
+        let fam = family.name();
+        let get = |dim: &'static str, min: i64, max: i64| -> Result<i64, OfflineError> {
+            let v = *dims.get(dim).ok_or_else(|| OfflineError::BadDim {
+                family: fam,
+                dim,
+                problem: "missing".into(),
+            })?;
+            if (min..=max).contains(&v) {
+                Ok(v)
+            } else {
+                Err(OfflineError::BadDim {
+                    family: fam,
+                    dim,
+                    problem: format!("{v}, outside {min}..={max}"),
+                })
+            }
+        };
+        let mut d = Dims::default();
+        match family {
+            Family::Swiglu => d.i = get("I", 1, 1 << 20)?,
+            Family::RmsNorm => d.d = get("D", 1, 1 << 16)?,
+            Family::MoeCombine => {
+                d.d = get("D", 1, 1 << 16)?;
+                d.k = get("K", 1, 32)?;
+            }
+            Family::SoftmaxTopk | Family::SigmoidTopk => {
+                d.e = get("E", 1, 256)?;
+                d.k = get("K", 1, 32.min(d.e))?;
+                if family == Family::SigmoidTopk && dims.get("N_GROUP").copied().unwrap_or(1) != 1 {
+                    return Err(OfflineError::Unsupported {
+                        family: fam,
+                        reason: "grouped routing (N_GROUP > 1) has no offline templates; the seed handles it".into(),
+                    });
+                }
+            }
+            Family::TttLinearDecode => d.f = get("F", 32, 128)?,
+        }
+        if matches!(
+            family,
+            Family::Swiglu | Family::RmsNorm | Family::MoeCombine
+        ) {
+            let (name, v) = if family == Family::Swiglu {
+                ("I", d.i)
+            } else {
+                ("D", d.d)
+            };
+            if v % 8 != 0 {
+                return Err(OfflineError::BadDim {
+                    family: fam,
+                    dim: name,
+                    problem: format!("{v}, not a multiple of 8"),
+                });
+            }
+        }
+        Ok(d)
+    }
+}

@@ -1,0 +1,324 @@
+#define E KILN_E
+#define K KILN_K
+#define TPR KO_TPR                    // lanes per row (a power of two <= 32)
+#define RPB KO_RPB                    // rows per block
+#define EPL ((E + TPR - 1) / TPR)     // experts per lane
+#define KL (K < EPL ? K : EPL)        // length of a lane's sorted head list
+#define NEG_INF (-__int_as_float(0x7f800000))
+#define NO_IDX 0x7fffffff
+static_assert(32 % TPR == 0, "offline topk: TPR must divide 32");
+static_assert(KO_BLOCK == TPR * RPB && KO_BLOCK % 32 == 0 && KO_BLOCK <= 1024, "offline topk: bad block");
+static_assert(EPL <= 32, "offline topk: at most 32 experts per lane (the picked mask is 32 bits)");
+static_assert(K >= 1 && K <= E && K <= 32, "offline topk: K must be in 1..=min(E, 32)");
+#if KO_LAY == 1
+// Blocked layout: lane l holds experts [l*EPL, (l+1)*EPL), loaded KO_VEC at a time.
+static_assert(E % TPR == 0 && EPL % KO_VEC == 0 && E % KO_VEC == 0, "offline topk: blocked layout needs E % TPR == 0");
+#endif
+#if KO_SIGMOID
+static_assert(KILN_N_GROUP == 1, "offline sigmoid_topk templates handle N_GROUP = 1 only");
+#endif
+
+// Larger score wins; equal scores go to the lower expert index.
+__device__ __forceinline__ bool better(float ov, int oi, float v, int i) { return ov > v || (ov == v && oi < i); }
+
+__device__ __forceinline__ int expert_of(int l, int j) {
+#if KO_LAY == 0
+    return l + TPR * j;
+#else
+    return l * EPL + j;
+#endif
+}
+__device__ __forceinline__ int owner_lane(int e) {
+#if KO_LAY == 0
+    return e % TPR;
+#else
+    return e / EPL;
+#endif
+}
+__device__ __forceinline__ int owner_slot(int e) {
+#if KO_LAY == 0
+    return e / TPR;
+#else
+    return e % EPL;
+#endif
+}
+
+__device__ __forceinline__ float ex(float v) {
+#if KO_FAST
+    return __expf(v);
+#else
+    return expf(v);
+#endif
+}
+
+__device__ __forceinline__ float seg_max(float v) {
+#pragma unroll
+    for (int o = TPR / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+__device__ __forceinline__ float seg_sum(float v) {
+#pragma unroll
+    for (int o = TPR / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+@ENTRY@ {
+    const int l = (int)threadIdx.x % TPR;
+    const int sub = (int)threadIdx.x / TPR;
+    const long long groups = ((long long)T + RPB - 1) / RPB;
+#if KO_PERS
+    for (long long grp = blockIdx.x; grp < groups; grp += gridDim.x) {
+#else
+    {
+        const long long grp = blockIdx.x;
+#endif
+        const long long row = grp * RPB + sub;
+        // Rows past T join every shuffle (the whole warp must) but never touch memory.
+        const bool live = row < (long long)T;
+        const scalar_t* lr = logits + row * E;
+
+        // x[j]: this lane's raw logits (NEG_INF for padding slots and dead rows).
+        float x[EPL];
+#if KO_LAY == 0
+#pragma unroll
+        for (int j = 0; j < EPL; ++j) {
+            const int e = expert_of(l, j);
+            x[j] = (live && e < E) ? ld_elem<KO_LDH>(lr + e) : NEG_INF;
+        }
+#else
+        if (live) {
+#pragma unroll
+            for (int p = 0; p < EPL / KO_VEC; ++p) {
+                const Pack pk = ld_pack<KO_LDH>(lr + l * EPL + p * KO_VEC);
+#pragma unroll
+                for (int q = 0; q < KO_VEC; ++q) x[p * KO_VEC + q] = pget(pk, q);
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < EPL; ++j) x[j] = NEG_INF;
+        }
+#endif
+
+#if KO_SIGMOID
+        // s: the unbiased sigmoid scores (they make the weights); x becomes the selection score s + bias.
+        float sv[EPL];
+#pragma unroll
+        for (int j = 0; j < EPL; ++j) {
+            const int e = expert_of(l, j);
+            if (live && e < E) {
+#if KO_FAST
+                float s = __frcp_rn(1.0f + __expf(-x[j]));
+#else
+                float s = 1.0f / (1.0f + expf(-x[j]));
+#endif
+#if KILN_SIGMOID_IN_DTYPE
+                s = round_dt(s);
+#endif
+                sv[j] = s;
+                x[j] = s + __ldg(bias + e);
+            } else {
+                sv[j] = 0.f;
+                x[j] = NEG_INF;
+            }
+        }
+#elif KO_ALGO == 0
+        // Full softmax first, then select on the probabilities.
+        {
+            float m = NEG_INF;
+#pragma unroll
+            for (int j = 0; j < EPL; ++j) m = fmaxf(m, x[j]);
+            m = seg_max(m);
+            float s = 0.f;
+#pragma unroll
+            for (int j = 0; j < EPL; ++j) {
+                x[j] = (live && expert_of(l, j) < E) ? ex(x[j] - m) : 0.f;
+                s += x[j];
+            }
+            s = seg_sum(s);
+#pragma unroll
+            for (int j = 0; j < EPL; ++j) x[j] = (live && expert_of(l, j) < E) ? x[j] / s : NEG_INF;
+        }
+#endif
+        // (KO_ALGO == 1: select on the logits themselves; exp is monotonic, so the order is the same.)
+
+        float pv[K];
+        int pi[K];
+#if KO_SIGMOID
+        float ps[K];
+#endif
+#if KO_SEL == 0
+        // K rounds: each lane's best unpicked slot, then an arg-max across the row's lanes.
+        unsigned picked = 0u;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            float bv = NEG_INF;
+            int bi = NO_IDX;
+#if KO_SIGMOID
+            float bs = 0.f;
+#endif
+#pragma unroll
+            for (int j = 0; j < EPL; ++j) {
+                const int e = expert_of(l, j);
+                if (e < E && !((picked >> j) & 1u) && better(x[j], e, bv, bi)) {
+                    bv = x[j];
+                    bi = e;
+#if KO_SIGMOID
+                    bs = sv[j];
+#endif
+                }
+            }
+#pragma unroll
+            for (int o = TPR / 2; o > 0; o >>= 1) {
+                const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+                const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+#if KO_SIGMOID
+                const float os = __shfl_xor_sync(0xffffffffu, bs, o);
+#endif
+                if (better(ov, oi, bv, bi)) {
+                    bv = ov;
+                    bi = oi;
+#if KO_SIGMOID
+                    bs = os;
+#endif
+                }
+            }
+            if (bi != NO_IDX && owner_lane(bi) == l) picked |= 1u << owner_slot(bi);
+            pv[k] = bv;
+            pi[k] = bi;
+#if KO_SIGMOID
+            ps[k] = bs;
+#endif
+        }
+#else
+        // Each lane sorts its own top-KL once; then K rounds compare only the lanes' heads.
+        float hv[KL];
+        int hi[KL];
+#if KO_SIGMOID
+        float hs[KL];
+#endif
+#pragma unroll
+        for (int q = 0; q < KL; ++q) {
+            hv[q] = NEG_INF;
+            hi[q] = NO_IDX;
+#if KO_SIGMOID
+            hs[q] = 0.f;
+#endif
+        }
+#pragma unroll
+        for (int j = 0; j < EPL; ++j) {
+            const int e = expert_of(l, j);
+            if (e < E) {
+                float cv = x[j];
+                int ci = e;
+#if KO_SIGMOID
+                float cs = sv[j];
+#endif
+#pragma unroll
+                for (int q = 0; q < KL; ++q) {
+                    if (better(cv, ci, hv[q], hi[q])) {
+                        const float tv = hv[q]; hv[q] = cv; cv = tv;
+                        const int ti = hi[q]; hi[q] = ci; ci = ti;
+#if KO_SIGMOID
+                        const float ts = hs[q]; hs[q] = cs; cs = ts;
+#endif
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            float bv = hv[0];
+            int bi = hi[0];
+#if KO_SIGMOID
+            float bs = hs[0];
+#endif
+#pragma unroll
+            for (int o = TPR / 2; o > 0; o >>= 1) {
+                const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+                const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+#if KO_SIGMOID
+                const float os = __shfl_xor_sync(0xffffffffu, bs, o);
+#endif
+                if (better(ov, oi, bv, bi)) {
+                    bv = ov;
+                    bi = oi;
+#if KO_SIGMOID
+                    bs = os;
+#endif
+                }
+            }
+            if (bi != NO_IDX && hi[0] == bi) {  // this lane supplied the pick: pop its head
+#pragma unroll
+                for (int q = 0; q + 1 < KL; ++q) {
+                    hv[q] = hv[q + 1];
+                    hi[q] = hi[q + 1];
+#if KO_SIGMOID
+                    hs[q] = hs[q + 1];
+#endif
+                }
+                hv[KL - 1] = NEG_INF;
+                hi[KL - 1] = NO_IDX;
+            }
+            pv[k] = bv;
+            pi[k] = bi;
+#if KO_SIGMOID
+            ps[k] = bs;
+#endif
+        }
+#endif
+
+        // Every lane of the row now holds all K picks; lane k % TPR writes pick k.
+        float wt[K];
+#if KO_SIGMOID
+        float tot = 0.f;
+#pragma unroll
+        for (int k = 0; k < K; ++k) tot += ps[k];
+#if KILN_SIGMOID_IN_DTYPE
+        const float den = round_dt(round_dt(tot) + KILN_NORM_EPS);
+#pragma unroll
+        for (int k = 0; k < K; ++k) wt[k] = round_dt(round_dt(ps[k] / den) * KILN_SCALE);
+#else
+        const float den = tot + KILN_NORM_EPS;
+#pragma unroll
+        for (int k = 0; k < K; ++k) wt[k] = (ps[k] / den) * KILN_SCALE;
+#endif
+#elif KO_ALGO == 0
+#if KILN_RENORM
+        float tot = 0.f;
+#pragma unroll
+        for (int k = 0; k < K; ++k) tot += pv[k];
+#pragma unroll
+        for (int k = 0; k < K; ++k) wt[k] = pv[k] / tot;
+#else
+#pragma unroll
+        for (int k = 0; k < K; ++k) wt[k] = pv[k];
+#endif
+#else
+        // Picks are logits and pv[0] is the row maximum.
+        float ek[K];
+#pragma unroll
+        for (int k = 0; k < K; ++k) ek[k] = ex(pv[k] - pv[0]);
+#if KILN_RENORM
+        float tot = 0.f;
+#pragma unroll
+        for (int k = 0; k < K; ++k) tot += ek[k];
+#else
+        float tot = 0.f;  // the full softmax denominator
+#pragma unroll
+        for (int j = 0; j < EPL; ++j) tot += (live && expert_of(l, j) < E) ? ex(x[j] - pv[0]) : 0.f;
+        tot = seg_sum(tot);
+#endif
+#pragma unroll
+        for (int k = 0; k < K; ++k) wt[k] = ek[k] / tot;
+#endif
+        if (live) {
+#pragma unroll
+            for (int k = 0; k < K; ++k) {
+                if (k % TPR == l) {
+                    st_word<KO_STH>(weights + row * K + k, wt[k]);
+                    st_word<KO_STH>(indices + row * K + k, (unsigned int)pi[k]);
+                }
+            }
+        }
+    }
+}

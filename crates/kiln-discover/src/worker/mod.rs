@@ -1,0 +1,12 @@
+//! The GPU worker: the only process that loads and runs candidate kernels.
+//! The parent (`eval::worker_client`) talks to it over pipes and kills it on a
+//! hang, a crash or a sticky CUDA error.
+
+pub mod device_set;
+pub mod evaluate;
+pub mod measure;
+pub mod serve;
+
+pub use evaluate::{evaluate, Baselines};
+pub use measure::Device;
+pub use serve::{serve, start_device, Exit, ServeError};

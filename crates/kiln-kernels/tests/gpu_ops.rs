@@ -1,0 +1,712 @@
+//! Every catalog op against its float64 reference on a real GPU.
+//!
+//! Fresh seeded random inputs per case (ChaCha8), several shapes per op
+//! including T = 1, 3, 16, 37, 512, 4096, adversarial inputs (large
+//! magnitudes, negatives, exact ties for the routers), outputs pre-filled with
+//! NaN, inputs checked bit-identical after the launch, tolerances from
+//! `kiln_kernels::tolerance`. Run with `scripts/gpu-suite.sh`.
+
+use kiln_cuda::{bf16, f16, Compiler, CudaSlice, Gpu, Sentinel};
+use kiln_kernels::ops::moe_combine::MoeCombineConfig;
+use kiln_kernels::ops::norm::{AddRmsNormConfig, RmsNormConfig};
+use kiln_kernels::ops::rope::RopeConfig;
+use kiln_kernels::ops::swiglu::{SwigluConfig, SwigluPackedConfig};
+use kiln_kernels::ops::topk::{SigmoidTopkConfig, SoftmaxTopkConfig};
+use kiln_kernels::ops::ttt::{TttConfig, TttInputs, TttOutputs};
+use kiln_kernels::reference::topk::{
+    sigmoid_scores, sigmoid_weights, softmax_weights, SigmoidRouting,
+};
+use kiln_kernels::reference::{moe_combine, norm, rope, swiglu, topk, ttt};
+use kiln_kernels::tolerance::{check_topk, Tolerance};
+use kiln_kernels::{DType, Element, Op, OpConfig};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const IGNORE: &str = "needs a CUDA GPU: run scripts/gpu-suite.sh";
+const ROWS: [usize; 6] = [1, 3, 16, 37, 512, 4096];
+
+/// The row counts to test: `ROWS`, or `KILN_GPU_ROWS=1,3,37` (compute-sanitizer
+/// runs use a few small odd sizes: it slows kernels a hundredfold).
+fn rows() -> Vec<usize> {
+    match std::env::var("KILN_GPU_ROWS") {
+        Ok(list) => list
+            .split(',')
+            .map(|v| {
+                v.trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("KILN_GPU_ROWS: bad number `{v}`"))
+            })
+            .collect(),
+        Err(_) => ROWS.to_vec(),
+    }
+}
+
+struct Ctx {
+    gpu: Gpu,
+    compiler: Compiler,
+}
+
+fn ctx() -> Ctx {
+    let gpu = Gpu::open(0).unwrap_or_else(|e| panic!("{e}"));
+    let compiler = Compiler::new().unwrap_or_else(|e| panic!("{e}"));
+    Ctx { gpu, compiler }
+}
+
+/// Input value distributions.
+#[derive(Debug, Clone, Copy)]
+enum Dist {
+    /// Normal with this standard deviation.
+    Normal(f64),
+    /// Mostly normal, with 1 in 16 values scaled by ±`big` (outliers).
+    Outliers(f64),
+    /// Values drawn from a small set, so exact ties are frequent.
+    Ties,
+}
+
+fn normal(rng: &mut ChaCha8Rng) -> f64 {
+    // Box-Muller; rand_distr is not a dependency.
+    let u1: f64 = rng.gen_range(f64::EPSILON..1.0);
+    let u2: f64 = rng.gen();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+/// `n` values representable in `dtype`.
+fn values(rng: &mut ChaCha8Rng, n: usize, dist: Dist, dtype: DType) -> Vec<f64> {
+    (0..n)
+        .map(|_| {
+            let v = match dist {
+                Dist::Normal(s) => s * normal(rng),
+                Dist::Outliers(big) => {
+                    let v = normal(rng);
+                    if rng.gen_range(0..16) == 0 {
+                        v * big
+                    } else {
+                        v
+                    }
+                }
+                Dist::Ties => [-1.5, -0.25, 0.0, 0.5, 1.0, 2.0][rng.gen_range(0..6)],
+            };
+            dtype.round(v)
+        })
+        .collect()
+}
+
+fn up<S: Element>(c: &Ctx, v: &[f64]) -> CudaSlice<S> {
+    let host: Vec<S> = v.iter().map(|&x| S::from_f64(x)).collect();
+    c.gpu.upload(&host).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn up_f32(c: &Ctx, v: &[f64]) -> CudaSlice<f32> {
+    up::<f32>(c, v)
+}
+
+fn down<S: Element + Default + Clone>(c: &Ctx, d: &CudaSlice<S>) -> Vec<f64> {
+    c.gpu
+        .download(d)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .map(|x| x.to_f64())
+        .collect()
+}
+
+/// An output buffer pre-filled with the NaN (or all-ones) sentinel.
+fn poisoned<S: Sentinel + kiln_cuda::ValidAsZeroBits>(c: &Ctx, n: usize) -> CudaSlice<S> {
+    let mut b = c.gpu.alloc_zeros::<S>(n).unwrap_or_else(|e| panic!("{e}"));
+    c.gpu
+        .fill_sentinel(&mut b)
+        .unwrap_or_else(|e| panic!("{e}"));
+    b
+}
+
+/// Inputs must be bit-identical after a launch (values compare exactly, NaN-free).
+fn unchanged<S: Element + Default + Clone>(c: &Ctx, what: &str, d: &CudaSlice<S>, host: &[f64]) {
+    assert_eq!(down(c, d), host, "{what} was modified by the kernel");
+}
+
+fn check(op: Op, dtype: DType, what: &str, reference: &[f64], got: &[f64]) {
+    if let Err(e) = Tolerance::for_op(op, dtype).check(what, reference, got) {
+        panic!("{e}");
+    }
+}
+
+fn seed(tag: &str, t: usize) -> ChaCha8Rng {
+    let h = tag.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    ChaCha8Rng::seed_from_u64(h ^ t as u64)
+}
+
+trait Elem: Element + Sentinel + kiln_cuda::ValidAsZeroBits + Default + Clone {}
+impl Elem for f32 {}
+impl Elem for f16 {}
+impl Elem for bf16 {}
+
+macro_rules! all_dtypes {
+    ($name:ident, $body:ident) => {
+        #[test]
+        #[ignore = "needs a CUDA GPU: run scripts/gpu-suite.sh"]
+        fn $name() {
+            let c = ctx();
+            $body::<f32>(&c);
+            $body::<f16>(&c);
+            $body::<bf16>(&c);
+        }
+    };
+}
+
+// ---------------------------------------------------------------- rmsnorm
+
+fn rmsnorm_cases<S: Elem>(c: &Ctx) {
+    let dt = S::DTYPE;
+    for (d, cast) in [
+        (2048, true),
+        (2048, false),
+        (128, true),
+        (64, true),
+        (576, true),
+        (4096, true),
+    ] {
+        let cfg = RmsNormConfig {
+            d,
+            eps: 1e-6,
+            cast_before_scale: cast,
+            dtype: dt,
+        };
+        let op = cfg
+            .load(&c.gpu, &c.compiler)
+            .unwrap_or_else(|e| panic!("{e}"));
+        for &t in &rows() {
+            if d == 4096 && t > 512 {
+                continue;
+            }
+            let mut rng = seed("rmsnorm", t * 7919 + d);
+            let dist = if t % 2 == 1 {
+                Dist::Outliers(if dt == DType::F16 { 20.0 } else { 300.0 })
+            } else {
+                Dist::Normal(1.0)
+            };
+            let x = values(&mut rng, t * d, dist, dt);
+            let w = values(&mut rng, d, Dist::Normal(1.0), dt);
+            let (xd, wd) = (up::<S>(c, &x), up::<S>(c, &w));
+            let mut out = poisoned::<S>(c, t * d);
+            op.launch(&c.gpu, &xd, &wd, &mut out, t)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let want = norm::rmsnorm(&x, &w, d, 1e-6, cast, dt);
+            check(
+                Op::RmsNorm,
+                dt,
+                &format!("rmsnorm D={d} T={t} {dt} out"),
+                &want,
+                &down(c, &out),
+            );
+            unchanged(c, "x", &xd, &x);
+        }
+    }
+}
+all_dtypes!(rmsnorm_matches_reference, rmsnorm_cases);
+
+fn add_rmsnorm_cases<S: Elem>(c: &Ctx) {
+    let dt = S::DTYPE;
+    for d in [2048, 128, 4096] {
+        let cfg = AddRmsNormConfig(RmsNormConfig::new(d, 1e-5, dt));
+        let op = cfg
+            .load(&c.gpu, &c.compiler)
+            .unwrap_or_else(|e| panic!("{e}"));
+        for &t in &rows() {
+            if d == 4096 && t > 512 {
+                continue;
+            }
+            let mut rng = seed("add_rmsnorm", t * 7919 + d);
+            let x = values(&mut rng, t * d, Dist::Outliers(50.0), dt);
+            let r = values(&mut rng, t * d, Dist::Normal(4.0), dt);
+            let w = values(&mut rng, d, Dist::Normal(1.0), dt);
+            let (xd, rd, wd) = (up::<S>(c, &x), up::<S>(c, &r), up::<S>(c, &w));
+            let mut normed = poisoned::<S>(c, t * d);
+            let mut new_res = poisoned::<S>(c, t * d);
+            op.launch(&c.gpu, &xd, &rd, &wd, &mut normed, &mut new_res, t)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let (want_n, want_r) = norm::add_rmsnorm(&x, &r, &w, d, 1e-5, true, dt);
+            // The residual sum has one rounding in both: it must match exactly.
+            assert_eq!(
+                down(c, &new_res),
+                want_r,
+                "add_rmsnorm D={d} T={t} {dt} new_residual"
+            );
+            check(
+                Op::AddRmsNorm,
+                dt,
+                &format!("add_rmsnorm D={d} T={t} {dt} normed"),
+                &want_n,
+                &down(c, &normed),
+            );
+            unchanged(c, "x", &xd, &x);
+            unchanged(c, "residual", &rd, &r);
+        }
+    }
+}
+all_dtypes!(add_rmsnorm_matches_reference, add_rmsnorm_cases);
+
+// ---------------------------------------------------------------- swiglu
+
+fn swiglu_cases<S: Elem>(c: &Ctx) {
+    let dt = S::DTYPE;
+    for (i, in_dtype) in [(1536, true), (768, false), (1792, true), (8, true)] {
+        let cfg = SwigluConfig {
+            i,
+            silu_in_dtype: in_dtype,
+            dtype: dt,
+        };
+        let op = cfg
+            .load(&c.gpu, &c.compiler)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let packed = SwigluPackedConfig(cfg)
+            .load(&c.gpu, &c.compiler)
+            .unwrap_or_else(|e| panic!("{e}"));
+        for &t in &rows() {
+            let mut rng = seed("swiglu", t * 7919 + i);
+            let g = values(&mut rng, t * i, Dist::Outliers(30.0), dt);
+            let u = values(&mut rng, t * i, Dist::Normal(2.0), dt);
+            let want = swiglu::swiglu(&g, &u, in_dtype, dt);
+            let (gd, ud) = (up::<S>(c, &g), up::<S>(c, &u));
+            let mut out = poisoned::<S>(c, t * i);
+            op.launch(&c.gpu, &gd, &ud, &mut out, t)
+                .unwrap_or_else(|e| panic!("{e}"));
+            check(
+                Op::Swiglu,
+                dt,
+                &format!("swiglu I={i} T={t} {dt}"),
+                &want,
+                &down(c, &out),
+            );
+            unchanged(c, "gate", &gd, &g);
+            // Packed layout: the same values interleaved per row.
+            let gu: Vec<f64> = (0..t)
+                .flat_map(|r| {
+                    g[r * i..(r + 1) * i]
+                        .iter()
+                        .chain(&u[r * i..(r + 1) * i])
+                        .copied()
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let gud = up::<S>(c, &gu);
+            let mut out2 = poisoned::<S>(c, t * i);
+            packed
+                .launch(&c.gpu, &gud, &mut out2, t)
+                .unwrap_or_else(|e| panic!("{e}"));
+            check(
+                Op::SwigluPacked,
+                dt,
+                &format!("swiglu_packed I={i} T={t} {dt}"),
+                &want,
+                &down(c, &out2),
+            );
+            unchanged(c, "gate_up", &gud, &gu);
+        }
+    }
+}
+all_dtypes!(swiglu_matches_reference, swiglu_cases);
+
+// ---------------------------------------------------------------- moe_combine
+
+fn moe_combine_cases<S: Elem>(c: &Ctx) {
+    let dt = S::DTYPE;
+    for (d, k, shared) in [
+        (2048, 4, true),
+        (2048, 8, false),
+        (4096, 2, false),
+        (8, 1, true),
+    ] {
+        let cfg = MoeCombineConfig {
+            d,
+            k,
+            has_shared: shared,
+            dtype: dt,
+        };
+        let op = cfg
+            .load(&c.gpu, &c.compiler)
+            .unwrap_or_else(|e| panic!("{e}"));
+        for &t in &rows() {
+            let mut rng = seed("moe_combine", t * 7919 + d + k);
+            let e = values(&mut rng, t * k * d, Dist::Outliers(40.0), dt);
+            let w: Vec<f64> = (0..t * k)
+                .map(|_| rng.gen_range(-0.5f32..1.8f32) as f64)
+                .collect();
+            let s = values(&mut rng, t * d, Dist::Normal(1.0), dt);
+            let (ed, wd, sd) = (up::<S>(c, &e), up_f32(c, &w), up::<S>(c, &s));
+            let mut out = poisoned::<S>(c, t * d);
+            op.launch(&c.gpu, &ed, &wd, shared.then_some(&sd), &mut out, t)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let want = moe_combine::moe_combine(&e, &w, shared.then_some(&s[..]), d, k, dt);
+            check(
+                Op::MoeCombine,
+                dt,
+                &format!("moe_combine D={d} K={k} T={t} {dt}"),
+                &want,
+                &down(c, &out),
+            );
+            unchanged(c, "expert_out", &ed, &e);
+        }
+    }
+}
+all_dtypes!(moe_combine_matches_reference, moe_combine_cases);
+
+// ---------------------------------------------------------------- routers
+
+fn softmax_topk_cases<S: Elem>(c: &Ctx) {
+    let dt = S::DTYPE;
+    for (e, k, renorm) in [
+        (128, 8, true),
+        (8, 2, true),
+        (8, 2, false),
+        (64, 4, true),
+        (200, 32, true),
+    ] {
+        let cfg = SoftmaxTopkConfig {
+            e,
+            k,
+            renorm,
+            dtype: dt,
+        };
+        let op = cfg
+            .load(&c.gpu, &c.compiler)
+            .unwrap_or_else(|e| panic!("{e}"));
+        for &t in &rows() {
+            for dist in [Dist::Normal(3.0), Dist::Ties, Dist::Outliers(30.0)] {
+                let mut rng = seed("softmax_topk", t * 7919 + e + k);
+                let logits = values(&mut rng, t * e, dist, dt);
+                let ld = up::<S>(c, &logits);
+                let mut w = poisoned::<f32>(c, t * k);
+                let mut idx = poisoned::<u32>(c, t * k);
+                op.launch(&c.gpu, &ld, &mut w, &mut idx, t)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let r = topk::softmax_topk(&logits, e, k, renorm);
+                let gw: Vec<f32> = c.gpu.download(&w).unwrap_or_else(|e| panic!("{e}"));
+                let gi: Vec<u32> = c.gpu.download(&idx).unwrap_or_else(|e| panic!("{e}"));
+                let scores = r.scores.clone();
+                let wf = |row: usize, chosen: &[u32]| {
+                    softmax_weights(&scores[row * e..(row + 1) * e], chosen, renorm)
+                };
+                let tie = 4.0 * f32::EPSILON as f64;
+                if let Err(msg) =
+                    check_topk(&r, &gw, &gi, e, tie, Tolerance::for_dtype(DType::F32), &wf)
+                {
+                    panic!("softmax_topk E={e} K={k} T={t} {dt} {dist:?}: {msg}");
+                }
+                unchanged(c, "logits", &ld, &logits);
+            }
+        }
+    }
+}
+all_dtypes!(softmax_topk_matches_reference, softmax_topk_cases);
+
+fn sigmoid_topk_cases<S: Elem>(c: &Ctx) {
+    let dt = S::DTYPE;
+    let configs = [
+        // GLM-4.7-Flash math (in every logits dtype), LFM2, DeepSeek-V3 grouped, small.
+        SigmoidRouting {
+            e: 64,
+            k: 4,
+            n_group: 1,
+            topk_group: 1,
+            norm_eps: 1e-20,
+            scale: 1.8,
+            sigmoid_in_dtype: false,
+            dtype: dt,
+        },
+        SigmoidRouting {
+            e: 32,
+            k: 4,
+            n_group: 1,
+            topk_group: 1,
+            norm_eps: 1e-6,
+            scale: 1.0,
+            sigmoid_in_dtype: true,
+            dtype: dt,
+        },
+        SigmoidRouting {
+            e: 256,
+            k: 8,
+            n_group: 8,
+            topk_group: 4,
+            norm_eps: 1e-20,
+            scale: 2.5,
+            sigmoid_in_dtype: false,
+            dtype: dt,
+        },
+        SigmoidRouting {
+            e: 8,
+            k: 2,
+            n_group: 4,
+            topk_group: 2,
+            norm_eps: 1e-20,
+            scale: 1.0,
+            sigmoid_in_dtype: false,
+            dtype: dt,
+        },
+    ];
+    for routing in configs {
+        let cfg = SigmoidTopkConfig { routing };
+        let op = cfg
+            .load(&c.gpu, &c.compiler)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let e = routing.e;
+        let k = routing.k;
+        for &t in &rows() {
+            for dist in [Dist::Normal(2.0), Dist::Ties, Dist::Outliers(20.0)] {
+                let mut rng = seed("sigmoid_topk", t * 7919 + e + k);
+                let logits = values(&mut rng, t * e, dist, dt);
+                // Ties: zero bias keeps exact ties exact; otherwise a random f32 bias.
+                let bias: Vec<f64> = match dist {
+                    Dist::Ties => vec![0.0; e],
+                    _ => (0..e)
+                        .map(|_| rng.gen_range(-0.3f32..0.3f32) as f64)
+                        .collect(),
+                };
+                let (ld, bd) = (up::<S>(c, &logits), up_f32(c, &bias));
+                let mut w = poisoned::<f32>(c, t * k);
+                let mut idx = poisoned::<u32>(c, t * k);
+                op.launch(&c.gpu, &ld, &bd, &mut w, &mut idx, t)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let r = topk::sigmoid_topk(&logits, &bias, &routing);
+                let gw: Vec<f32> = c.gpu.download(&w).unwrap_or_else(|e| panic!("{e}"));
+                let gi: Vec<u32> = c.gpu.download(&idx).unwrap_or_else(|e| panic!("{e}"));
+                let wf = |row: usize, chosen: &[u32]| {
+                    let s = sigmoid_scores(&logits[row * e..(row + 1) * e], &routing);
+                    sigmoid_weights(&s, chosen, &routing)
+                };
+                let (tie, wtol) = if routing.sigmoid_in_dtype {
+                    (Tolerance::for_dtype(dt).rtol, Tolerance::for_dtype(dt))
+                } else {
+                    (4.0 * f32::EPSILON as f64, Tolerance::for_dtype(DType::F32))
+                };
+                if let Err(msg) = check_topk(&r, &gw, &gi, e, tie, wtol, &wf) {
+                    panic!("sigmoid_topk {routing:?} T={t} {dist:?}: {msg}");
+                }
+                unchanged(c, "logits", &ld, &logits);
+                unchanged(c, "bias", &bd, &bias);
+            }
+        }
+    }
+}
+all_dtypes!(sigmoid_topk_matches_reference, sigmoid_topk_cases);
+
+// ---------------------------------------------------------------- rope
+
+fn rope_cases<S: Elem>(c: &Ctx) {
+    let dt = S::DTYPE;
+    let mut glm_q = RopeConfig::glm47_flash(dt);
+    glm_q.shape.kh = 0;
+    glm_q.shape.head_dim = 256;
+    glm_q.shape.rot_offset = 192;
+    let mut partial = RopeConfig::lfm2_8b_a1b(dt);
+    partial.shape.rot_dim = 32;
+    partial.shape.rot_offset = 16;
+    partial.shape.hf_rounding = false;
+    for cfg in [
+        RopeConfig::qwen3_30b_a3b(dt),
+        RopeConfig::lfm2_8b_a1b(dt),
+        RopeConfig::glm47_flash(dt),
+        glm_q,
+        partial,
+    ] {
+        let op = cfg
+            .load(&c.gpu, &c.compiler)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let s = cfg.shape;
+        for &t in &rows() {
+            let mut rng = seed("rope", t * 7919 + s.head_dim + s.rot_offset);
+            let q = values(&mut rng, t * s.qh * s.head_dim, Dist::Outliers(10.0), dt);
+            let k = values(&mut rng, t * s.kh * s.head_dim, Dist::Normal(3.0), dt);
+            // Positions from 0 up to long contexts.
+            let pos: Vec<i64> = (0..t)
+                .map(|i| if i == 0 { 0 } else { rng.gen_range(0..131_072) })
+                .collect();
+            let pos32: Vec<i32> = pos.iter().map(|&p| p as i32).collect();
+            let (qd, kd) = (up::<S>(c, &q), up::<S>(c, &k));
+            let pd = c.gpu.upload(&pos32).unwrap_or_else(|e| panic!("{e}"));
+            let mut qo = poisoned::<S>(c, q.len());
+            let mut ko = poisoned::<S>(c, k.len());
+            op.launch(&c.gpu, &qd, &kd, &pd, &mut qo, &mut ko, t)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let wq = rope::rope(&q, s.qh, &pos, &s, dt);
+            let wk = rope::rope(&k, s.kh, &pos, &s, dt);
+            check(
+                Op::Rope,
+                dt,
+                &format!("rope {s:?} T={t} {dt} q"),
+                &wq,
+                &down(c, &qo),
+            );
+            if s.kh > 0 {
+                check(
+                    Op::Rope,
+                    dt,
+                    &format!("rope {s:?} T={t} {dt} k"),
+                    &wk,
+                    &down(c, &ko),
+                );
+            }
+            unchanged(c, "q", &qd, &q);
+        }
+    }
+}
+all_dtypes!(rope_matches_reference, rope_cases);
+
+// ---------------------------------------------------------------- ttt
+
+fn ttt_cases<S: Elem>(c: &Ctx) {
+    let dt = S::DTYPE;
+    for (f, h) in [(64, 4), (32, 3), (128, 2)] {
+        let cfg = TttConfig {
+            f,
+            h,
+            ln_eps: 1e-6,
+            dtype: dt,
+        };
+        let op = cfg
+            .load(&c.gpu, &c.compiler)
+            .unwrap_or_else(|e| panic!("{e}"));
+        for &t in &[1usize, 3, 16, 37, 512] {
+            let mut rng = seed("ttt", t * 7919 + f);
+            let xq = values(&mut rng, t * f, Dist::Normal(1.0), dt);
+            let xk = values(&mut rng, t * f, Dist::Normal(1.0), dt);
+            let xv = values(&mut rng, t * f, Dist::Normal(1.0), dt);
+            let f32v = |rng: &mut ChaCha8Rng, n: usize, s: f64| {
+                values(rng, n, Dist::Normal(s), DType::F32)
+            };
+            let w = f32v(&mut rng, t * f * f, 1.0 / (f as f64).sqrt());
+            let b = f32v(&mut rng, t * f, 0.1);
+            let wg = f32v(&mut rng, t * f * f, 0.01);
+            let bg = f32v(&mut rng, t * f, 0.01);
+            let lnw = values(&mut rng, h * f, Dist::Normal(1.0), dt)
+                .iter()
+                .map(|v| dt.round(1.0 + 0.1 * v))
+                .collect::<Vec<_>>();
+            let lnb = values(&mut rng, h * f, Dist::Normal(0.1), dt);
+            let lr: Vec<f64> = (0..t)
+                .map(|_| rng.gen_range(0.001f32..0.1f32) as f64)
+                .collect();
+            let ti: Vec<f64> = (0..t)
+                .map(|_| 1.0 / rng.gen_range(1..=16) as f32 as f64)
+                .collect();
+            let last: Vec<i32> = (0..t).map(|i| (i % 3 == 0) as i32).collect();
+            let d = (
+                up::<S>(c, &xq),
+                up::<S>(c, &xk),
+                up::<S>(c, &xv),
+                up_f32(c, &w),
+                up_f32(c, &b),
+                up_f32(c, &wg),
+                up_f32(c, &bg),
+                up::<S>(c, &lnw),
+                up::<S>(c, &lnb),
+                up_f32(c, &lr),
+                up_f32(c, &ti),
+            );
+            let lastd = c.gpu.upload(&last).unwrap_or_else(|e| panic!("{e}"));
+            let inputs = TttInputs {
+                xq: &d.0,
+                xk: &d.1,
+                xv: &d.2,
+                w: &d.3,
+                b: &d.4,
+                w_grad: &d.5,
+                b_grad: &d.6,
+                ln_w: &d.7,
+                ln_b: &d.8,
+                lr: &d.9,
+                token_idx: &d.10,
+                last_in_mb: &lastd,
+            };
+            let (mut out, mut wo, mut bo, mut wgo, mut bgo) = (
+                poisoned::<S>(c, t * f),
+                poisoned::<f32>(c, t * f * f),
+                poisoned::<f32>(c, t * f),
+                poisoned::<f32>(c, t * f * f),
+                poisoned::<f32>(c, t * f),
+            );
+            let mut outputs = TttOutputs {
+                out: &mut out,
+                w: &mut wo,
+                b: &mut bo,
+                w_grad: &mut wgo,
+                b_grad: &mut bgo,
+            };
+            op.launch(&c.gpu, &inputs, &mut outputs, t)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let (mut ro, mut rw, mut rb, mut rwg, mut rbg) =
+                (vec![], vec![], vec![], vec![], vec![]);
+            for r in 0..t {
+                let hh = r % h;
+                let row = ttt::TttRow {
+                    xq: &xq[r * f..(r + 1) * f],
+                    xk: &xk[r * f..(r + 1) * f],
+                    xv: &xv[r * f..(r + 1) * f],
+                    w: &w[r * f * f..(r + 1) * f * f],
+                    b: &b[r * f..(r + 1) * f],
+                    w_grad: &wg[r * f * f..(r + 1) * f * f],
+                    b_grad: &bg[r * f..(r + 1) * f],
+                    ln_w: &lnw[hh * f..(hh + 1) * f],
+                    ln_b: &lnb[hh * f..(hh + 1) * f],
+                    lr: lr[r],
+                    token_idx: ti[r],
+                    last_in_mb: last[r] != 0,
+                };
+                let o = ttt::ttt_row(&row, 1e-6);
+                ro.extend(o.out.iter().map(|v| dt.round(*v)));
+                rw.extend(o.w);
+                rb.extend(o.b);
+                rwg.extend(o.w_grad);
+                rbg.extend(o.b_grad);
+            }
+            let tag = format!("ttt F={f} H={h} T={t} {dt}");
+            check(
+                Op::TttLinearDecode,
+                dt,
+                &format!("{tag} out"),
+                &ro,
+                &down(c, &out),
+            );
+            let f32tol = |what: &str, r: &[f64], g: &[f64]| {
+                check(
+                    Op::TttLinearDecode,
+                    DType::F32,
+                    &format!("{tag} {what}"),
+                    r,
+                    g,
+                )
+            };
+            f32tol("W_out", &rw, &down(c, &wo));
+            f32tol("b_out", &rb, &down(c, &bo));
+            f32tol("W_grad_out", &rwg, &down(c, &wgo));
+            f32tol("b_grad_out", &rbg, &down(c, &bgo));
+            unchanged(c, "W", &d.3, &w);
+            unchanged(c, "W_grad", &d.5, &wg);
+        }
+    }
+}
+all_dtypes!(ttt_linear_decode_matches_reference, ttt_cases);
+
+/// Typed errors instead of launches for mismatched buffers or dtypes.
+#[test]
+#[ignore = "needs a CUDA GPU: run scripts/gpu-suite.sh"]
+fn launch_rejects_bad_buffers() {
+    let c = ctx();
+    let op = RmsNormConfig::new(64, 1e-6, DType::BF16)
+        .load(&c.gpu, &c.compiler)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let x = up::<bf16>(&c, &[0.0; 128]);
+    let w = up::<bf16>(&c, &[0.0; 64]);
+    let mut out = poisoned::<bf16>(&c, 64);
+    let err = op
+        .launch(&c.gpu, &x, &w, &mut out, 2)
+        .expect_err("short out");
+    assert!(err.to_string().contains("`out`"), "{err}");
+    let xf = up::<f32>(&c, &[0.0; 128]);
+    let wf = up::<f32>(&c, &[0.0; 64]);
+    let mut of = poisoned::<f32>(&c, 128);
+    assert!(op.launch(&c.gpu, &xf, &wf, &mut of, 2).is_err());
+    assert!(op.launch(&c.gpu, &x, &w, &mut out, 0).is_err());
+    let _ = IGNORE;
+}

@@ -1,0 +1,100 @@
+//! Every catalog kernel compiles with NVRTC for sm_90 in every dtype at every
+//! preset configuration (the three models of MODELS.md plus generic shapes),
+//! with no local-memory spills. Needs NVRTC and the CUDA headers, not a GPU:
+//! `scripts/setup.sh` installs them into `.cache/cuda-wheels`.
+
+use std::sync::Mutex;
+
+use kiln_cuda::Compiler;
+use kiln_kernels::presets::all_builds;
+use kiln_kernels::{DType, KernelBuild};
+
+fn compiler() -> Compiler {
+    // No disk cache: this test is about what NVRTC says now.
+    Compiler::with_cache(None).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `(spill stores, spill loads)` summed over ptxas's `-v` report.
+fn spills(log: &str) -> (u64, u64) {
+    let grab = |line: &str, key: &str| -> u64 {
+        line.split(',')
+            .find(|p| p.contains(key))
+            .and_then(|p| p.split_whitespace().next().and_then(|n| n.parse().ok()))
+            .unwrap_or(0)
+    };
+    log.lines()
+        .filter(|l| l.contains("spill stores"))
+        .fold((0, 0), |(s, l), line| {
+            (
+                s + grab(line, "spill stores"),
+                l + grab(line, "spill loads"),
+            )
+        })
+}
+
+#[test]
+fn every_kernel_compiles_in_every_dtype_without_spills() {
+    let compiler = compiler();
+    let mut jobs: Vec<(DType, String, KernelBuild)> = Vec::new();
+    for dt in DType::ALL {
+        for (label, build) in all_builds(dt).unwrap_or_else(|e| panic!("{e}")) {
+            jobs.push((dt, label, build));
+        }
+    }
+    let failures = Mutex::new(Vec::<String>::new());
+    let next = Mutex::new(0usize);
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(8);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = {
+                    let mut n = next.lock().unwrap_or_else(|p| p.into_inner());
+                    *n += 1;
+                    *n - 1
+                };
+                let Some((dt, label, build)) = jobs.get(i) else { break };
+                let mut req = build.to_request();
+                req.extra_options.push("-Xptxas=-v".to_string());
+                let msg = match compiler.compile(&req) {
+                    Err(e) => Some(format!("{label} [{dt}]: {e}")),
+                    Ok(c) => {
+                        let (st, ld) = spills(&c.log);
+                        (st + ld > 0).then(|| {
+                            format!("{label} [{dt}]: {st} bytes spill stores, {ld} bytes spill loads\n{}", c.log)
+                        })
+                    }
+                };
+                if let Some(m) = msg {
+                    failures.lock().unwrap_or_else(|p| p.into_inner()).push(m);
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap_or_else(|p| p.into_inner());
+    assert!(
+        failures.is_empty(),
+        "{} of {} builds failed:\n{}",
+        failures.len(),
+        jobs.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn a_broken_shape_is_a_compile_error_not_a_silent_success() {
+    // The static_asserts guard shapes that bypass validation (candidates reuse the defines).
+    let compiler = compiler();
+    let spec = kiln_kernels::catalog::spec(kiln_kernels::Op::RmsNorm);
+    let req = kiln_cuda::CompileRequest::new("rmsnorm_bad.cu", spec.source)
+        .define("KILN_DTYPE", "__nv_bfloat16")
+        .define("KILN_D", 100)
+        .define("KILN_EPS", "1e-6f")
+        .define("KILN_CAST_BEFORE_SCALE", 1);
+    let err = compiler.compile(&req).expect_err("D=100 must not compile");
+    assert!(
+        err.to_string().contains("multiple of 8") || format!("{err:?}").contains("multiple of 8"),
+        "{err:?}"
+    );
+}
