@@ -54,7 +54,8 @@ for suite in $suites; do
       [ -x "$t" ] || continue
       name=$(basename "$t")
       # A few small odd row counts: the sanitizer slows kernels a hundredfold.
-      KILN_GPU_ROWS=${KILN_GPU_ROWS:-1,3,37} /usr/local/cuda/bin/compute-sanitizer --tool memcheck \
+      KILN_GPU_ROWS=${KILN_GPU_ROWS:-1,3,37} timeout "${KILN_SANITIZER_LIMIT:-1800}" \
+        /usr/local/cuda/bin/compute-sanitizer --tool memcheck \
         --error-exitcode 99 "$t" --include-ignored --test-threads=1 > "$out/sanitizer-$name.log" 2>&1; rc=$?
       errs=$(grep -c "========= Invalid\|========= Program hit" "$out/sanitizer-$name.log" || true)
       echo "- compute-sanitizer memcheck $name: $([ $rc = 0 ] && echo CLEAN || echo "FAIL rc=$rc") ($errs reports)" >> "$summary"

@@ -25,7 +25,7 @@
 //!       "timeout_s": 30                  // per-candidate evaluation timeout
 //!     },
 //!     "counters": {
-//!       "steps_done": 3,                 // completed steps (all their candidates recorded)
+//!       "steps_done": 3,                 // steps planned; pending nodes of the last one are evaluated first on resume
 //!       "candidates_evaluated": 11,      // evaluations recorded, failures included
 //!       "failures_by_stage": {"compile": 2, "verify": 1},
 //!       "duplicates_skipped": 1,         // proposals refused as duplicates (never evaluated)

@@ -10,8 +10,13 @@ use kiln_kernels::ops::ttt::TttConfig;
 use kiln_kernels::ops::OpConfig;
 use kiln_kernels::reference;
 use kiln_kernels::{KernelBuild, KernelError};
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+
+/// Rows per parallel chunk: a multiple of every head count (TTT's per-head
+/// LayerNorm parameters line up with row % H).
+const CHUNK_ROWS: usize = 64;
 
 use super::problem::{draw, draw_scaled, BufferSpec, Distribution, ElemKind, HostBuffer, Role};
 
@@ -226,8 +231,43 @@ impl OpProblem {
         }
     }
 
+    /// Per buffer: `Some(elements per row)` when it grows with `T`, `None`
+    /// when it is static (weights, biases, per-head parameters).
+    fn row_layout(&self) -> Vec<Option<usize>> {
+        self.buffers(1)
+            .iter()
+            .zip(self.buffers(2))
+            .map(|(one, two)| (one.len > 0 && two.len == 2 * one.len).then_some(one.len))
+            .collect()
+    }
+
     /// Fresh inputs for `t` rows: one buffer per input in signature order.
+    /// Large `t` is drawn in parallel, a seeded stream per chunk of rows.
     pub fn inputs(&self, t: usize, dist: Distribution, rng: &mut ChaCha8Rng) -> Vec<HostBuffer> {
+        if t <= CHUNK_ROWS {
+            return self.inputs_serial(t, dist, rng);
+        }
+        let chunks: Vec<(usize, u64)> = (0..t)
+            .step_by(CHUNK_ROWS)
+            .map(|start| (CHUNK_ROWS.min(t - start), rng.gen()))
+            .collect();
+        let parts: Vec<Vec<HostBuffer>> = chunks
+            .par_iter()
+            .map(|&(rows, seed)| {
+                self.inputs_serial(rows, dist, &mut ChaCha8Rng::seed_from_u64(seed))
+            })
+            .collect();
+        let layout: Vec<Option<usize>> = self
+            .buffers(1)
+            .iter()
+            .zip(self.row_layout())
+            .filter(|(b, _)| b.role == Role::Input)
+            .map(|(_, l)| l)
+            .collect();
+        join_rows(parts, &layout)
+    }
+
+    fn inputs_serial(&self, t: usize, dist: Distribution, rng: &mut ChaCha8Rng) -> Vec<HostBuffer> {
         let specs = self.buffers(t);
         let mut out = Vec::new();
         for spec in specs.iter().filter(|b| b.role == Role::Input) {
@@ -267,8 +307,66 @@ impl OpProblem {
         out
     }
 
-    /// The float64 reference for one input set.
+    /// The float64 reference for one input set; large `t` runs in parallel
+    /// over chunks of rows (rows are independent in every op).
     pub fn reference(&self, t: usize, inputs: &[HostBuffer]) -> Reference {
+        if t <= CHUNK_ROWS {
+            return self.reference_serial(t, inputs);
+        }
+        let specs = self.buffers(1);
+        let layout = self.row_layout();
+        let input_layout: Vec<Option<usize>> = specs
+            .iter()
+            .zip(&layout)
+            .filter(|(b, _)| b.role == Role::Input)
+            .map(|(_, l)| *l)
+            .collect();
+        let starts: Vec<usize> = (0..t).step_by(CHUNK_ROWS).collect();
+        let parts: Vec<Reference> = starts
+            .par_iter()
+            .map(|&start| {
+                let rows = CHUNK_ROWS.min(t - start);
+                let chunk: Vec<HostBuffer> = inputs
+                    .iter()
+                    .zip(&input_layout)
+                    .map(|(b, l)| match l {
+                        Some(per_row) => HostBuffer {
+                            kind: b.kind,
+                            values: b.values[start * per_row..(start + rows) * per_row].to_vec(),
+                        },
+                        None => b.clone(),
+                    })
+                    .collect();
+                self.reference_serial(rows, &chunk)
+            })
+            .collect();
+        let concat = |get: &dyn Fn(&Reference) -> Option<&Vec<f64>>| -> Option<Vec<f64>> {
+            let mut out = Vec::new();
+            for p in &parts {
+                out.extend_from_slice(get(p)?);
+            }
+            Some(out)
+        };
+        let selection_scores = concat(&|r: &Reference| r.selection_scores.as_ref());
+        let expert_weights = concat(&|r: &Reference| r.expert_weights.as_ref());
+        let n_out = parts.first().map_or(0, |p| p.outputs.len());
+        let outputs = (0..n_out)
+            .map(|i| HostBuffer {
+                kind: parts[0].outputs[i].kind,
+                values: parts
+                    .iter()
+                    .flat_map(|p| p.outputs[i].values.iter().copied())
+                    .collect(),
+            })
+            .collect();
+        Reference {
+            outputs,
+            selection_scores,
+            expert_weights,
+        }
+    }
+
+    fn reference_serial(&self, t: usize, inputs: &[HostBuffer]) -> Reference {
         let v = |i: usize| inputs[i].values.as_slice();
         let dt = self.dt();
         let dense = |kind: ElemKind, values: Vec<f64>| HostBuffer { kind, values };
@@ -371,6 +469,23 @@ impl OpProblem {
 /// Builds a router's reference, with the weight of every expert as a tied
 /// substitute: expert `e` swapped for the chosen expert whose selection score
 /// is closest to its own, weighed by the model's own formula (`weights_of`).
+/// Concatenates chunked input sets: per-row buffers row by row, static ones
+/// from the first chunk.
+fn join_rows(parts: Vec<Vec<HostBuffer>>, layout: &[Option<usize>]) -> Vec<HostBuffer> {
+    let mut iter = parts.into_iter();
+    let Some(mut joined) = iter.next() else {
+        return Vec::new();
+    };
+    for part in iter {
+        for ((acc, p), l) in joined.iter_mut().zip(part).zip(layout) {
+            if l.is_some() {
+                acc.values.extend(p.values);
+            }
+        }
+    }
+    joined
+}
+
 fn topk_reference(
     r: reference::topk::TopK,
     e: usize,
@@ -493,5 +608,42 @@ fn ttt_reference(c: &TttConfig, t: usize, inputs: &[HostBuffer]) -> Reference {
         ],
         selection_scores: None,
         expert_weights: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Chunked (parallel) references and inputs must equal the serial ones.
+    #[test]
+    fn parallel_reference_matches_serial_for_every_target() {
+        for target in crate::targets::all() {
+            let p = &target.problem;
+            let t = 3 * CHUNK_ROWS + 5;
+            let mut rng = ChaCha8Rng::seed_from_u64(9);
+            let inputs = p.inputs(t, Distribution::Normal, &mut rng);
+            for (b, spec) in inputs
+                .iter()
+                .zip(p.buffers(t).iter().filter(|b| b.role == Role::Input))
+            {
+                assert_eq!(
+                    b.values.len(),
+                    spec.len,
+                    "{} input {}",
+                    target.name,
+                    spec.name
+                );
+            }
+            let par = p.reference(t, &inputs);
+            let ser = p.reference_serial(t, &inputs);
+            assert_eq!(par.outputs, ser.outputs, "{}", target.name);
+            assert_eq!(
+                par.selection_scores, ser.selection_scores,
+                "{}",
+                target.name
+            );
+            assert_eq!(par.expert_weights, ser.expert_weights, "{}", target.name);
+        }
     }
 }

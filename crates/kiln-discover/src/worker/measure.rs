@@ -171,11 +171,7 @@ fn tolerance(problem: &OpProblem, kind: ElemKind) -> Tolerance {
         ElemKind::Dtype(d) => d,
         _ => kiln_kernels::DType::F32,
     };
-    let t = CatalogTolerance::for_op(problem.op(), dtype);
-    Tolerance {
-        atol_scale: t.atol,
-        rtol: t.rtol,
-    }
+    CatalogTolerance::for_op(problem.op(), dtype).into()
 }
 
 /// Checks every output of one launch against the reference; the error says
