@@ -94,7 +94,7 @@ pub fn cases() -> Vec<BenchCase> {
         out.push(case(model, "tokens", OpProblem::Rope(rope)));
     }
     out.push(case(
-        "Qwen3-30B-A3B",
+        "Qwen3-30B-A3B qk",
         "tokens×heads",
         OpProblem::RmsNorm(RmsNormConfig::new(128, 1e-6, bf)),
     ));
