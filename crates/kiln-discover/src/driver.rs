@@ -385,10 +385,7 @@ fn speedup_of_node(node: &Node) -> Option<f64> {
 }
 
 fn geomean(v: &[f64]) -> Option<f64> {
-    if v.is_empty() || v.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
-        return None;
-    }
-    Some((v.iter().map(|x| x.ln()).sum::<f64>() / v.len() as f64).exp())
+    crate::eval::reward::geometric_mean(v).ok()
 }
 
 /// Speedup over the naive seed (the root), shape by shape.

@@ -96,13 +96,13 @@ fn verify(dev: &Device, target: &Target, loaded: &Loaded, seed: u64) -> Result<(
 /// timing input sets of the current target (drawing and uploading hundreds of
 /// MB per candidate would cap throughput; verification inputs stay fresh).
 #[derive(Default)]
-pub struct Baselines {
+pub struct WorkerCache {
     loaded: BTreeMap<String, Rc<Loaded>>,
     timing_target: String,
     timing: BTreeMap<usize, TimingSets>,
 }
 
-impl Baselines {
+impl WorkerCache {
     /// The timing sets of `t` rows for `target`, made on first use.
     fn timing_sets(
         &mut self,
@@ -123,7 +123,8 @@ impl Baselines {
         }
     }
 
-    fn get(&mut self, dev: &Device, target: &Target) -> Result<Rc<Loaded>, Failure> {
+    /// The catalog kernel of `target`, loaded on first use.
+    fn baseline(&mut self, dev: &Device, target: &Target) -> Result<Rc<Loaded>, Failure> {
         if let Some(b) = self.loaded.get(&target.name) {
             return Ok(b.clone());
         }
@@ -139,8 +140,8 @@ impl Baselines {
 }
 
 /// Evaluates one job; the flag says the worker must exit after answering.
-pub fn evaluate(dev: &Device, baselines: &mut Baselines, job: &EvalJob) -> (EvalOutcome, bool) {
-    match evaluate_inner(dev, baselines, job) {
+pub fn evaluate(dev: &Device, cache: &mut WorkerCache, job: &EvalJob) -> (EvalOutcome, bool) {
+    match evaluate_inner(dev, cache, job) {
         Ok(record) => (EvalOutcome::Scored(record), false),
         Err(f) => (EvalOutcome::failure(f.stage, f.reason), f.sticky),
     }
@@ -148,7 +149,7 @@ pub fn evaluate(dev: &Device, baselines: &mut Baselines, job: &EvalJob) -> (Eval
 
 fn evaluate_inner(
     dev: &Device,
-    baselines: &mut Baselines,
+    cache: &mut WorkerCache,
     job: &EvalJob,
 ) -> Result<EvalRecord, Failure> {
     let target = targets::find(&job.target)
@@ -162,7 +163,7 @@ fn evaluate_inner(
         &job.source,
     )?;
     let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let baseline = baselines.get(dev, &target)?;
+    let baseline = cache.baseline(dev, &target)?;
 
     let t1 = Instant::now();
     verify(dev, &target, &candidate, job.seed)?;
@@ -176,7 +177,7 @@ fn evaluate_inner(
     let mut per_shape = Vec::new();
     let mut timings = Vec::new();
     for &t in &target.timed_t {
-        let sets = baselines.timing_sets(dev, &target, t, job.seed)?;
+        let sets = cache.timing_sets(dev, &target, t, job.seed)?;
         let summaries = time_interleaved(
             dev,
             problem,

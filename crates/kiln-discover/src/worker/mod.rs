@@ -7,6 +7,6 @@ pub mod evaluate;
 pub mod measure;
 pub mod serve;
 
-pub use evaluate::{evaluate, Baselines};
+pub use evaluate::{evaluate, WorkerCache};
 pub use measure::Device;
 pub use serve::{serve, start_device, Exit, ServeError};

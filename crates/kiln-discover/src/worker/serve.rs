@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::eval::protocol::{read_message, write_message, Request, Response, PROTOCOL_VERSION};
 
-use super::evaluate::{evaluate, Baselines};
+use super::evaluate::{evaluate, WorkerCache};
 use super::measure::Device;
 
 /// Why the worker stopped.
@@ -68,7 +68,7 @@ pub fn serve<R: BufRead, W: Write>(
     output: &mut W,
 ) -> Result<Exit, ServeError> {
     let mut device: Option<Device> = None;
-    let mut baselines = Baselines::default();
+    let mut cache = WorkerCache::default();
     loop {
         let request: Request = match read_message(input) {
             Ok(r) => r,
@@ -115,7 +115,7 @@ pub fn serve<R: BufRead, W: Write>(
                     )?;
                     continue;
                 };
-                let (outcome, context_lost) = evaluate(dev, &mut baselines, &job);
+                let (outcome, context_lost) = evaluate(dev, &mut cache, &job);
                 write_message(output, &Response::Result { id, outcome })?;
                 if context_lost {
                     return Ok(Exit::ContextLost);
