@@ -75,6 +75,19 @@ fn locate_and_preload_nvrtc() -> std::result::Result<(), Vec<PathBuf>> {
         }
         searched.push(candidate);
     }
+    // Name the usual places too when they do not exist, so the message says
+    // where kiln looked.
+    for hint in [
+        "$CUDA_HOME/lib64 (CUDA_HOME unset or without NVRTC)",
+        "/usr/local/cuda/lib64",
+        "<repo>/.cache/cuda-wheels/nvidia/cu13/lib (KILN_CUDA_WHEELS)",
+        "python site-packages nvidia/cu13/lib",
+    ] {
+        let hint = PathBuf::from(hint);
+        if !searched.iter().any(|s| s.starts_with(&hint)) {
+            searched.push(hint);
+        }
+    }
     Err(searched)
 }
 
