@@ -11,12 +11,12 @@ use std::time::Instant;
 
 use kiln_cuda::{CompileRequest, Compiler, CudaError};
 use kiln_discover::eval::candidate::{Candidate, TargetSignature};
-use kiln_discover::eval::Dtype;
 use kiln_discover::offline::generate::single_moves;
 use kiln_discover::offline::{propose_offline, seeds, Dims, Family, History};
 use kiln_discover::search::dedup::source_hash;
 use kiln_discover::targets;
 use kiln_kernels::launch::LaunchLine;
+use kiln_kernels::DType;
 use rayon::prelude::*;
 
 /// Parents expanded per level after the first, and children asked of each.
@@ -107,7 +107,7 @@ fn check_launch(job: &Job, dims: &BTreeMap<String, i64>) -> Result<(), String> {
     Ok(())
 }
 
-fn signature_for(sig: &TargetSignature, dtype: Dtype) -> TargetSignature {
+fn signature_for(sig: &TargetSignature, dtype: DType) -> TargetSignature {
     TargetSignature {
         dtype,
         ..sig.clone()
@@ -129,9 +129,9 @@ fn every_offline_source_compiles_for_every_target() {
         let seed_src = seeds::seed_source(family).unwrap_or_else(|| panic!("{family}: no seed"));
         // The seed in every dtype.
         for (dt, cname) in [
-            (Dtype::F32, "float"),
-            (Dtype::F16, "__half"),
-            (Dtype::Bf16, "__nv_bfloat16"),
+            (DType::F32, "float"),
+            (DType::F16, "__half"),
+            (DType::BF16, "__nv_bfloat16"),
         ] {
             if let Err(e) = Candidate::new(seed_src).check(&signature_for(&sig, dt)) {
                 problems.push(format!("{}: seed static check ({cname}): {e}", target.name));

@@ -41,7 +41,7 @@
 //! The scan is a first line of defence, not a proof: the worker also uses
 //! fresh random inputs per trial and fills outputs with a NaN sentinel.
 
-use super::dtype::Dtype;
+use kiln_kernels::DType;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
@@ -143,7 +143,7 @@ pub struct TargetSignature {
     /// The parameters in order.
     pub params: Vec<Param>,
     /// The type `scalar_t` stands for.
-    pub dtype: Dtype,
+    pub dtype: DType,
 }
 
 impl TargetSignature {
@@ -154,11 +154,16 @@ impl TargetSignature {
     }
 
     fn render_with_note(&self) -> String {
-        format!(
-            "{} with scalar_t = {}",
-            self.render(),
-            self.dtype.cuda_name()
-        )
+        format!("{} with scalar_t = {}", self.render(), self.dtype.c_type())
+    }
+}
+
+/// The CUDA C++ spellings of a dtype a candidate may use besides `scalar_t`.
+fn scalar_spellings(dtype: DType) -> &'static [&'static str] {
+    match dtype {
+        DType::BF16 => &["__nv_bfloat16", "nv_bfloat16"],
+        DType::F16 => &["__half", "half"],
+        DType::F32 => &["float"],
     }
 }
 
@@ -1582,7 +1587,7 @@ fn normalize_base(words: &[String]) -> String {
 }
 
 impl ParsedParam {
-    fn matches(&self, kind: ParamKind, dtype: Dtype) -> bool {
+    fn matches(&self, kind: ParamKind, dtype: DType) -> bool {
         match kind {
             ParamKind::ConstPtr(s) => {
                 self.pointer && self.pointee_const && base_is(&self.base, s, dtype)
@@ -1595,9 +1600,9 @@ impl ParsedParam {
     }
 }
 
-fn base_is(base: &str, kind: ScalarKind, dtype: Dtype) -> bool {
+fn base_is(base: &str, kind: ScalarKind, dtype: DType) -> bool {
     match kind {
-        ScalarKind::Dtype => base == "scalar_t" || dtype.cuda_names().contains(&base),
+        ScalarKind::Dtype => base == "scalar_t" || scalar_spellings(dtype).contains(&base),
         ScalarKind::F32 => base == "float",
         ScalarKind::U32 => matches!(base, "unsigned int" | "unsigned" | "uint32_t"),
         ScalarKind::I32 => matches!(base, "int" | "signed int" | "signed" | "int32_t"),
@@ -1629,7 +1634,7 @@ mod tests {
                     kind: ParamKind::Int,
                 },
             ],
-            dtype: Dtype::Bf16,
+            dtype: DType::BF16,
         }
     }
 
@@ -1680,7 +1685,7 @@ mod tests {
         let target = TargetSignature {
             entry: "k".into(),
             params: vec![],
-            dtype: Dtype::F32,
+            dtype: DType::F32,
         };
         let src = format!("{LAUNCH}extern \"C\" {{\n__global__ void k(void) {{}}\n}}\n");
         Candidate::new(src).check(&target).expect("extern C block");
@@ -1816,7 +1821,7 @@ mod tests {
                     kind: ParamKind::MutPtr(ScalarKind::Dtype),
                 },
             ],
-            dtype: Dtype::F16,
+            dtype: DType::F16,
         };
         let src = format!("{LAUNCH}extern \"C\" __global__ void topk(const float* s, int32_t* i, std::uint32_t* u, half* h) {{}}");
         Candidate::new(src).check(&target).expect("spellings");

@@ -18,7 +18,6 @@
 //!    recorded as a JSON-safe [`record::EvalRecord`].
 
 pub mod candidate;
-pub mod dtype;
 pub mod protocol;
 pub mod record;
 pub mod reward;
@@ -27,4 +26,4 @@ pub mod tolerance;
 pub mod topk_compare;
 pub mod worker_client;
 
-pub use dtype::Dtype;
+pub use kiln_kernels::DType;

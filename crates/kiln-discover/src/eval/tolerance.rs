@@ -13,7 +13,7 @@
 //! zeros the tolerance is [`ZERO_REFERENCE_ATOL`], so only (signed) zeros pass.
 //! Any NaN or Inf in the output fails, whatever the reference.
 
-use super::dtype::Dtype;
+use kiln_kernels::DType;
 use serde::{Deserialize, Serialize};
 
 /// Absolute tolerance used when the whole reference is zero: only exact zeros pass.
@@ -30,8 +30,8 @@ pub struct Tolerance {
 
 impl Tolerance {
     /// The documented tolerance for outputs stored as `dtype` (see the module docs).
-    pub fn for_dtype(dtype: Dtype) -> Self {
-        kiln_kernels::Tolerance::for_dtype(dtype.into()).into()
+    pub fn for_dtype(dtype: DType) -> Self {
+        kiln_kernels::Tolerance::for_dtype(dtype).into()
     }
 
     /// The allowed absolute error of an element with reference `r` in a buffer whose largest magnitude is `scale`.
@@ -240,7 +240,7 @@ mod tests {
     use super::*;
 
     fn bf16() -> Tolerance {
-        Tolerance::for_dtype(Dtype::Bf16)
+        Tolerance::for_dtype(DType::BF16)
     }
 
     #[test]
@@ -248,7 +248,7 @@ mod tests {
         let k = kiln_kernels::Tolerance::for_dtype(kiln_kernels::DType::BF16);
         assert_eq!(bf16().rtol, k.rtol);
         assert_eq!(bf16().atol_scale, k.atol);
-        for d in [Dtype::Bf16, Dtype::F16, Dtype::F32] {
+        for d in [DType::BF16, DType::F16, DType::F32] {
             let t = Tolerance::for_dtype(d);
             assert!(t.atol_scale + t.rtol < 1.0);
         }
@@ -289,7 +289,7 @@ mod tests {
 
     #[test]
     fn all_zero_output_never_passes_a_nonzero_reference() {
-        for d in [Dtype::Bf16, Dtype::F16, Dtype::F32] {
+        for d in [DType::BF16, DType::F16, DType::F32] {
             let r = [0.0, 1e-30, -3.0, 2.0];
             let err = compare(&[0.0; 4], &r, &Tolerance::for_dtype(d)).expect_err("zeros fail");
             assert!(

@@ -301,14 +301,14 @@ fn compare_row(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::eval::Dtype;
+    use kiln_kernels::DType;
 
     fn spec(k: usize, e: usize) -> TopkSpec {
         TopkSpec {
             k,
             num_experts: e,
-            score_tol: Tolerance::for_dtype(Dtype::F32),
-            weight_tol: Tolerance::for_dtype(Dtype::F32),
+            score_tol: Tolerance::for_dtype(DType::F32),
+            weight_tol: Tolerance::for_dtype(DType::F32),
         }
     }
 

@@ -370,7 +370,7 @@ pub(crate) mod tests {
     #[test]
     fn system_prompt_example_passes_the_evaluator_static_check() {
         use crate::eval::candidate::{Candidate, Param, ParamKind, ScalarKind, TargetSignature};
-        use crate::eval::Dtype;
+        use kiln_kernels::DType;
         let parsed = crate::propose::parse::parse_answer(system_prompt(), 5);
         let p = |name: &str, kind| Param {
             name: name.into(),
@@ -384,7 +384,7 @@ pub(crate) mod tests {
                 p("y", ParamKind::MutPtr(ScalarKind::Dtype)),
                 p("T", ParamKind::Int),
             ],
-            dtype: Dtype::Bf16,
+            dtype: DType::BF16,
         };
         if let Err(e) = Candidate::new(parsed.proposals[0].source.clone()).check(&target) {
             panic!("the prompt's example fails the static check: {e}");

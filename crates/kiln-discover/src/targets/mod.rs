@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use kiln_kernels::{DType, KernelBuild, KernelError};
 
 use crate::eval::candidate::{Param, ParamKind, ScalarKind, TargetSignature};
-use crate::eval::Dtype;
 pub use op_problem::{OpProblem, Reference, TopkLayout};
 pub use problem::{BufferSpec, Distribution, ElemKind, HostBuffer, Role};
 pub use registry::{all, find};
@@ -97,11 +96,7 @@ impl Target {
         Ok(TargetSignature {
             entry,
             params,
-            dtype: match self.dtype() {
-                DType::F32 => Dtype::F32,
-                DType::F16 => Dtype::F16,
-                DType::BF16 => Dtype::Bf16,
-            },
+            dtype: self.dtype(),
         })
     }
 
