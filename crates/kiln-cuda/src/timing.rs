@@ -109,21 +109,23 @@ impl Summary {
         let mut sorted = samples.to_vec();
         sorted.sort_by(f64::total_cmp);
         Some(Self {
-            median: percentile(&sorted, 0.5),
-            p10: percentile(&sorted, 0.1),
-            p90: percentile(&sorted, 0.9),
+            median: percentile(&sorted, 0.5)?,
+            p10: percentile(&sorted, 0.1)?,
+            p90: percentile(&sorted, 0.9)?,
             n: sorted.len(),
         })
     }
 }
 
-/// Linear-interpolated percentile of sorted samples.
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    let pos = q * (sorted.len() - 1) as f64;
+/// The `p`-quantile (`0 ≤ p ≤ 1`) of ascending `sorted`, linearly
+/// interpolated between order statistics; `None` if empty.
+pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    let last = sorted.len().checked_sub(1)?;
+    let pos = p.clamp(0.0, 1.0) * last as f64;
     let lo = pos.floor() as usize;
     let hi = pos.ceil() as usize;
     let frac = pos - lo as f64;
-    sorted[lo] * (1.0 - frac) + sorted[hi] * frac
+    Some(sorted[lo] + (sorted[hi] - sorted[lo]) * frac)
 }
 
 #[cfg(test)]

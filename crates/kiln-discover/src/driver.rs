@@ -370,16 +370,9 @@ fn record(
     Ok(())
 }
 
-/// The record of a node, when it has one.
-pub fn record_of(node: &Node) -> Option<EvalRecord> {
-    node.eval
-        .as_ref()
-        .and_then(|v| serde_json::from_value::<EvalRecord>(v.clone()).ok())
-}
-
 /// Geometric-mean speedup over the catalog of a passed node.
 fn speedup_of_node(node: &Node) -> Option<f64> {
-    let rec = record_of(node)?;
+    let rec = EvalRecord::of_node(node)?;
     let ratios: Vec<f64> = rec.per_shape.iter().filter_map(|s| s.speedup).collect();
     geomean(&ratios)
 }
@@ -390,7 +383,7 @@ fn geomean(v: &[f64]) -> Option<f64> {
 
 /// Speedup over the naive seed (the root), shape by shape.
 fn speedup_vs_seed(tree: &Tree, rec: &EvalRecord) -> Option<f64> {
-    let root = record_of(tree.get(tree.root())?)?;
+    let root = EvalRecord::of_node(tree.get(tree.root())?)?;
     let ratios: Vec<f64> = rec
         .per_shape
         .iter()
@@ -413,7 +406,7 @@ fn request_for(
     seed: u64,
 ) -> ProposalRequest {
     let node = tree.get(parent);
-    let rec = node.and_then(record_of);
+    let rec = node.and_then(EvalRecord::of_node);
     let per_shape = rec
         .as_ref()
         .map(|r| {

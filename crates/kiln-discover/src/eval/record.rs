@@ -206,6 +206,14 @@ impl EvalRecord {
         }
     }
 
+    /// The record a search node carries, if it has one that parses (the tree
+    /// keeps records as opaque JSON).
+    pub fn of_node(node: &crate::search::Node) -> Option<Self> {
+        node.eval
+            .as_ref()
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+    }
+
     /// A failed record, reward 0.
     pub fn failed(stage: Stage, reason: impl Into<String>) -> Self {
         EvalRecord {

@@ -49,15 +49,8 @@ pub enum TimingError {
     },
 }
 
-/// The `p`-quantile (`0 ≤ p ≤ 1`) of ascending `sorted`, linearly interpolated; `None` if empty.
-pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
-    let last = sorted.len().checked_sub(1)?;
-    let pos = p.clamp(0.0, 1.0) * last as f64;
-    let lo = pos.floor() as usize;
-    let hi = pos.ceil() as usize;
-    let frac = pos - lo as f64;
-    Some(sorted[lo] + (sorted[hi] - sorted[lo]) * frac)
-}
+/// The GPU layer's percentile: one definition for the probes and the evaluator.
+pub use kiln_cuda::timing::percentile;
 
 /// Median, p10, p90 and spread of per-repetition times in µs.
 pub fn summarize(times_us: &[f64]) -> Result<TimingSummary, TimingError> {

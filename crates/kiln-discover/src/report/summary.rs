@@ -13,13 +13,6 @@ use crate::eval::record::{self, EvalRecord};
 use crate::search::{Node, NodeId, Tree};
 use crate::session::Session;
 
-/// The node's evaluator record, or `None` when it has none or it does not parse.
-pub(crate) fn record_of(node: &Node) -> Option<EvalRecord> {
-    node.eval
-        .as_ref()
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
-}
-
 /// One timed shape of a kernel, as reports show it; missing or non-finite values are `None`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ShapeResult {
@@ -81,7 +74,7 @@ impl KernelSummary {
     /// Summarises `id` in `session`; `None` if the node is not in the tree.
     pub fn of(session: &Session, id: NodeId) -> Option<KernelSummary> {
         let node = session.tree.get(id)?;
-        let record = record_of(node);
+        let record = EvalRecord::of_node(node);
         let shapes: Vec<ShapeResult> = record
             .as_ref()
             .map(|r| r.per_shape.iter().map(shape_result).collect())
@@ -147,7 +140,7 @@ fn shape_result(s: &record::ShapeResult) -> ShapeResult {
 /// Speedup over the seed from the seed's (root's) timed shapes, matched by name.
 fn seed_speedup_from_times(tree: &Tree, shapes: &[ShapeResult]) -> Option<f64> {
     let root = tree.get(NodeId::ROOT).filter(|n| n.is_evaluated())?;
-    let seed = record_of(root)?;
+    let seed = EvalRecord::of_node(root)?;
     let seed_times: BTreeMap<String, f64> = seed
         .per_shape
         .iter()
