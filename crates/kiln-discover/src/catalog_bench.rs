@@ -1,9 +1,13 @@
 //! `kiln kernels bench`: every catalog op at the three models' shapes, timed
 //! with the evaluator's own method (CUDA graphs of launches, inputs rotated
 //! beyond L2 for large shapes, medians), reported against the device's
-//! measured peak bandwidth and launch floor.
+//! measured peak bandwidth and launch floor. The decode ops (gathered experts,
+//! attention over a KV cache) run at decode batch sizes only (T <= 64); their
+//! bytes count the expert weights and cache rows actually read.
 
+use kiln_kernels::ops::attention::DecodeAttentionConfig;
 use kiln_kernels::ops::moe_combine::MoeCombineConfig;
+use kiln_kernels::ops::moe_expert::{MoeExpertDownConfig, MoeExpertSwigluConfig};
 use kiln_kernels::ops::norm::{AddRmsNormConfig, RmsNormConfig};
 use kiln_kernels::ops::rope::RopeConfig;
 use kiln_kernels::ops::swiglu::{SwigluConfig, SwigluPackedConfig};
@@ -20,6 +24,13 @@ use crate::worker::measure::{
 /// Token counts the benchmark sweeps.
 pub const BENCH_T: [usize; 6] = [1, 4, 16, 64, 512, 4096];
 
+/// Largest T the decode ops are timed at (decode batches; their float64
+/// references and full expert-stacked weights make larger T slow to check).
+pub const DECODE_MAX_T: usize = 64;
+
+/// KV-cache capacity of the attention cases.
+const ATTN_S_MAX: usize = 4096;
+
 /// One op configuration to benchmark.
 #[derive(Debug, Clone)]
 pub struct BenchCase {
@@ -29,6 +40,15 @@ pub struct BenchCase {
     pub rows: &'static str,
     /// The op.
     pub problem: OpProblem,
+    /// Largest T this case runs at (`None`: any).
+    pub max_t: Option<usize>,
+}
+
+impl BenchCase {
+    /// Whether the case runs at `t` rows.
+    pub fn supports(&self, t: usize) -> bool {
+        !matches!(self.max_t, Some(m) if t > m)
+    }
 }
 
 /// One measured point.
@@ -67,6 +87,13 @@ pub fn cases() -> Vec<BenchCase> {
         model,
         rows,
         problem,
+        max_t: None,
+    };
+    let decode = |model, problem| BenchCase {
+        model,
+        rows: "tokens",
+        problem,
+        max_t: Some(DECODE_MAX_T),
     };
     let mut out = Vec::new();
     for (model, eps, i, rope) in [
@@ -139,6 +166,45 @@ pub fn cases() -> Vec<BenchCase> {
         "batch×heads",
         OpProblem::Ttt(TttConfig::new(16, bf)),
     ));
+    for (model, sw, dn) in [
+        (
+            "Qwen3-30B-A3B",
+            MoeExpertSwigluConfig::qwen3_30b_a3b(bf),
+            MoeExpertDownConfig::qwen3_30b_a3b(bf),
+        ),
+        (
+            "GLM-4.7-Flash",
+            MoeExpertSwigluConfig::glm47_flash(bf),
+            MoeExpertDownConfig::glm47_flash(bf),
+        ),
+        (
+            "LFM2-8B-A1B",
+            MoeExpertSwigluConfig::lfm2_8b_a1b(bf),
+            MoeExpertDownConfig::lfm2_8b_a1b(bf),
+        ),
+    ] {
+        out.push(decode(model, OpProblem::MoeExpertSwiglu(sw)));
+        out.push(decode(model, OpProblem::MoeExpertDown(dn)));
+    }
+    // A long context: the new tokens follow ATTN_S_MAX - DECODE_MAX_T cached positions.
+    let past = ATTN_S_MAX - DECODE_MAX_T;
+    for (model, config) in [
+        (
+            "Qwen3-30B-A3B",
+            DecodeAttentionConfig::qwen3_30b_a3b(ATTN_S_MAX, bf),
+        ),
+        (
+            "GLM-4.7-Flash",
+            DecodeAttentionConfig::glm47_flash(ATTN_S_MAX, bf),
+        ),
+        ("GLM-4-9B", DecodeAttentionConfig::glm4_9b(ATTN_S_MAX, bf)),
+        (
+            "LFM2-8B-A1B",
+            DecodeAttentionConfig::lfm2_8b_a1b(ATTN_S_MAX, bf),
+        ),
+    ] {
+        out.push(decode(model, OpProblem::DecodeAttention { config, past }));
+    }
     out
 }
 
@@ -150,6 +216,15 @@ pub fn run_case(
     warmup: u32,
     iters: u32,
 ) -> Result<BenchRow, Failure> {
+    if !case.supports(t) {
+        return Err(Failure::new(
+            crate::eval::record::Stage::Launch,
+            format!(
+                "T={t} is beyond this case's range (T <= {})",
+                case.max_t.unwrap_or(usize::MAX)
+            ),
+        ));
+    }
     let build = case
         .problem
         .build()
@@ -168,6 +243,13 @@ pub fn run_case(
             .static_vars()
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
+            .chain(
+                case.problem
+                    .scalar_names()
+                    .iter()
+                    .zip(case.problem.scalar_args())
+                    .map(|(k, v)| format!("{k}={v}")),
+            )
             .collect::<Vec<_>>()
             .join(" "),
         t,
@@ -192,4 +274,34 @@ pub fn table(rows: &[BenchRow]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_case_builds_and_decode_cases_stay_at_decode_sizes() {
+        let all = cases();
+        for c in &all {
+            c.problem
+                .build()
+                .unwrap_or_else(|e| panic!("{} {}: {e}", c.problem.family(), c.model));
+        }
+        for family in ["moe_expert_swiglu", "moe_expert_down", "decode_attention"] {
+            let decode: Vec<_> = all
+                .iter()
+                .filter(|c| c.problem.family() == family)
+                .collect();
+            assert!(decode.len() >= 3, "{family}");
+            for c in decode {
+                assert!([1, 4, 16, 64].iter().all(|&t| c.supports(t)));
+                assert!(!c.supports(512));
+            }
+        }
+        assert!(all
+            .iter()
+            .filter(|c| c.problem.family() == "rmsnorm")
+            .all(|c| c.supports(4096)));
+    }
 }

@@ -26,6 +26,12 @@ pub enum Op {
     TttLinearDecode,
     /// Rotary position embedding on q and k.
     Rope,
+    /// Gathered expert gate/up mat-vec with fused SwiGLU (decode MoE).
+    MoeExpertSwiglu,
+    /// Gathered expert down projection fused with the weighted combine (decode MoE).
+    MoeExpertDown,
+    /// Causal GQA attention of new query tokens over a KV cache.
+    DecodeAttention,
 }
 
 /// The fixed facts of one op: its name, entry point, source and signature.
@@ -53,7 +59,7 @@ impl OpSpec {
 }
 
 /// Every catalog op, in a fixed order.
-pub const CATALOG: [OpSpec; 9] = [
+pub const CATALOG: [OpSpec; 12] = [
     OpSpec {
         op: Op::RmsNorm,
         name: "rmsnorm",
@@ -133,6 +139,33 @@ pub const CATALOG: [OpSpec; 9] = [
         signature: "const scalar_t* q, const scalar_t* k, const int* positions, \
                     scalar_t* q_out, scalar_t* k_out, int T",
         static_vars: &["QH", "KH", "HEAD_DIM", "ROT_DIM", "ROT_OFFSET"],
+    },
+    OpSpec {
+        op: Op::MoeExpertSwiglu,
+        name: "moe_expert_swiglu",
+        entry: "moe_expert_swiglu",
+        source: include_str!("../kernels/moe_expert_swiglu.cu"),
+        signature: "const scalar_t* x, const scalar_t* w_gate, const scalar_t* w_up, \
+                    const unsigned int* indices, scalar_t* h, int T",
+        static_vars: &["H", "I", "E", "K"],
+    },
+    OpSpec {
+        op: Op::MoeExpertDown,
+        name: "moe_expert_down",
+        entry: "moe_expert_down",
+        source: include_str!("../kernels/moe_expert_down.cu"),
+        signature: "const scalar_t* h, const scalar_t* w_down, const unsigned int* indices, \
+                    const float* weights, const scalar_t* shared, scalar_t* out, int T",
+        static_vars: &["H", "I", "E", "K"],
+    },
+    OpSpec {
+        op: Op::DecodeAttention,
+        name: "decode_attention",
+        entry: "decode_attention",
+        source: include_str!("../kernels/decode_attention.cu"),
+        signature: "const scalar_t* q, const scalar_t* k_cache, const scalar_t* v_cache, \
+                    scalar_t* out, int T, int past",
+        static_vars: &["QH", "KVH", "DQK", "DV", "S_MAX"],
     },
 ];
 

@@ -3,7 +3,9 @@
 
 use crate::catalog::KernelBuild;
 use crate::error::Result;
+use crate::ops::attention::DecodeAttentionConfig;
 use crate::ops::moe_combine::MoeCombineConfig;
+use crate::ops::moe_expert::{MoeExpertDownConfig, MoeExpertSwigluConfig};
 use crate::ops::norm::{AddRmsNormConfig, RmsNormConfig};
 use crate::ops::rope::RopeConfig;
 use crate::ops::swiglu::{SwigluConfig, SwigluPackedConfig};
@@ -154,6 +156,79 @@ pub fn all_builds(dtype: DType) -> Result<Vec<(String, KernelBuild)>> {
     let mut f32_math = RopeConfig::qwen3_30b_a3b(dtype);
     f32_math.shape.hf_rounding = false;
     push("rope qwen3 f32 math", f32_math.build())?;
+    // Gathered experts: the three models, Qwen3 with one rounding, a generic
+    // DeepSeek-V2-Lite-like shape (H 4096, I 1408, 64 experts, top-6), and a tiny
+    // odd I (the gate/up half supports any I >= 1).
+    for (label, c) in [
+        ("qwen3", MoeExpertSwigluConfig::qwen3_30b_a3b(dtype)),
+        (
+            "glm47 (+ shared as expert 64)",
+            MoeExpertSwigluConfig::glm47_flash(dtype),
+        ),
+        ("lfm2", MoeExpertSwigluConfig::lfm2_8b_a1b(dtype)),
+        (
+            "generic",
+            MoeExpertSwigluConfig::new(4096, 1408, 64, 6, dtype),
+        ),
+        (
+            "generic odd I",
+            MoeExpertSwigluConfig::new(256, 13, 4, 2, dtype),
+        ),
+    ] {
+        push(&format!("moe_expert_swiglu {label}"), c.build())?;
+    }
+    push(
+        "moe_expert_swiglu qwen3 one-rounding",
+        MoeExpertSwigluConfig {
+            silu_in_dtype: false,
+            ..MoeExpertSwigluConfig::qwen3_30b_a3b(dtype)
+        }
+        .build(),
+    )?;
+    for (label, c) in [
+        ("qwen3", MoeExpertDownConfig::qwen3_30b_a3b(dtype)),
+        (
+            "glm47 (+ shared as expert 64)",
+            MoeExpertDownConfig::glm47_flash(dtype),
+        ),
+        (
+            "glm47 (separate shared)",
+            MoeExpertDownConfig {
+                has_shared: true,
+                ..MoeExpertDownConfig::new(2048, 1536, 64, 4, dtype)
+            },
+        ),
+        ("lfm2", MoeExpertDownConfig::lfm2_8b_a1b(dtype)),
+        (
+            "generic",
+            MoeExpertDownConfig::new(4096, 1408, 64, 6, dtype),
+        ),
+    ] {
+        push(&format!("moe_expert_down {label}"), c.build())?;
+    }
+    // Attention: each model's heads at a 4096- and a 512-position cache, plus
+    // GLM's absorbed MLA form (one latent kv head: 512 + 64 rope, v = latent).
+    for s_max in [4096, 512] {
+        for (label, c) in [
+            ("qwen3", DecodeAttentionConfig::qwen3_30b_a3b(s_max, dtype)),
+            (
+                "glm47 (MLA decompressed)",
+                DecodeAttentionConfig::glm47_flash(s_max, dtype),
+            ),
+            ("glm4-9b", DecodeAttentionConfig::glm4_9b(s_max, dtype)),
+            ("lfm2", DecodeAttentionConfig::lfm2_8b_a1b(s_max, dtype)),
+        ] {
+            push(
+                &format!("decode_attention {label} S_MAX={s_max}"),
+                c.build(),
+            )?;
+        }
+    }
+    let mut absorbed = DecodeAttentionConfig::glm47_flash(4096, dtype);
+    absorbed.shape.kvh = 1;
+    absorbed.shape.dqk = 576;
+    absorbed.shape.dv = 512;
+    push("decode_attention glm47 (MLA absorbed)", absorbed.build())?;
     Ok(out)
 }
 

@@ -14,6 +14,19 @@
 //! ≈ √D·2⁻²⁴), so f32 uses 1e-5.
 //! ttt_linear_decode chains two LayerNorms, a backward pass and two F×F products
 //! whose cancellations amplify f32 error: it gets 8× the base.
+//! moe_expert_swiglu rounds three intermediates HF also rounds (the gate and up
+//! dot products, silu) before the output: a flip of the gate value moves the
+//! output by up to |g·silu'(g)/silu(g)| ≈ 2 ulps for moderate negative g, plus
+//! one ulp each for up, silu and the output: 4× the base.
+//! moe_expert_down rounds each expert's dot product (y_k) and sums up to K of
+//! them with weights up to ~2 (GLM scales by 1.8): one flipped y_k costs up to
+//! 2·w_k ulps of an addend, which cancellation can make larger than the
+//! output: 3× the base.
+//! decode_attention rounds only its output, but f32 scores feed `exp`, so their
+//! absolute error (long dot products, large logits) becomes relative error of
+//! the probabilities, and the PV sum runs over up to S_MAX keys in f32: 2× the
+//! base. (HF eager rounds scores and probabilities to the dtype and can differ
+//! from the reference by more: that is a model-level comparison, not this one.)
 
 use crate::catalog::Op;
 use crate::DType;
@@ -51,6 +64,9 @@ impl Tolerance {
         let base = Self::for_dtype(dtype);
         let factor = match op {
             Op::TttLinearDecode => 8.0,
+            Op::MoeExpertSwiglu => 4.0,
+            Op::MoeExpertDown => 3.0,
+            Op::DecodeAttention => 2.0,
             _ => 1.0,
         };
         Self {

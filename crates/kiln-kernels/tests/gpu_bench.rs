@@ -1,10 +1,14 @@
 //! Rough speed check of the bandwidth-bound catalog ops (bf16): achieved
 //! bandwidth at T=4096 with L2 flushed before each launch, and the T=1 launch
-//! time against an empty kernel. Prints a table; asserts nothing (timings are
-//! noisy on shared machines). Run with `scripts/gpu-suite.sh`.
+//! time against an empty kernel; the decode ops (gathered experts, attention)
+//! at T = 1, 4, 16, 64 with L2 flushed, counting the weights and KV rows they
+//! must read. Prints a table; asserts nothing (timings are noisy on shared
+//! machines). Run with `scripts/gpu-suite.sh`.
 
 use kiln_cuda::{bf16, CompileRequest, Compiler, CudaSlice, Gpu, L2Flush, PushKernelArg};
+use kiln_kernels::ops::attention::DecodeAttentionConfig;
 use kiln_kernels::ops::moe_combine::MoeCombineConfig;
+use kiln_kernels::ops::moe_expert::{MoeExpertDownConfig, MoeExpertSwigluConfig};
 use kiln_kernels::ops::norm::{AddRmsNormConfig, RmsNormConfig};
 use kiln_kernels::ops::rope::RopeConfig;
 use kiln_kernels::ops::swiglu::{SwigluConfig, SwigluPackedConfig};
@@ -273,4 +277,130 @@ fn bandwidth_and_launch_time() {
         big,
         small,
     );
+
+    decode_ops(&gpu, &cc, &mut flush, copy_gbs);
+}
+
+/// Decode batch sizes the decode ops are timed at.
+const DECODE_T: [usize; 4] = [1, 4, 16, 64];
+
+/// Router-like indices: token t, slot k → expert (t·K + k) mod E (K distinct
+/// experts per token, min(E, T·K) distinct in all: the most weight traffic);
+/// with `shared_last`, the last slot is the stacked shared expert E−1.
+fn spread_indices(t: usize, k: usize, e: usize, shared_last: bool) -> Vec<u32> {
+    let routed = if shared_last { e - 1 } else { e };
+    (0..t * k)
+        .map(|s| {
+            if shared_last && s % k == k - 1 {
+                (e - 1) as u32
+            } else {
+                let (ti, ki) = (s / k, s % k);
+                ((ti * (k - shared_last as usize) + ki) % routed) as u32
+            }
+        })
+        .collect()
+}
+
+fn distinct(idx: &[u32]) -> usize {
+    idx.iter().collect::<std::collections::BTreeSet<_>>().len()
+}
+
+/// The gathered-expert and attention kernels at the models' shapes.
+fn decode_ops(gpu: &Gpu, cc: &Compiler, flush: &mut L2Flush, copy_gbs: f64) {
+    let dt = DType::BF16;
+    let line = |name: &str, t: usize, bytes: usize, us: f64| {
+        let gbs = bytes as f64 / us / 1e3;
+        println!(
+            "{name:<40} T={t:>2}: {us:8.2} µs {gbs:6.0} GB/s ({:5.1}% of copy)",
+            100.0 * gbs / copy_gbs
+        );
+    };
+    for (model, sc, dc, shared_last) in [
+        (
+            "qwen3",
+            MoeExpertSwigluConfig::qwen3_30b_a3b(dt),
+            MoeExpertDownConfig::qwen3_30b_a3b(dt),
+            false,
+        ),
+        (
+            "glm47",
+            MoeExpertSwigluConfig::glm47_flash(dt),
+            MoeExpertDownConfig::glm47_flash(dt),
+            true,
+        ),
+        (
+            "lfm2",
+            MoeExpertSwigluConfig::lfm2_8b_a1b(dt),
+            MoeExpertDownConfig::lfm2_8b_a1b(dt),
+            false,
+        ),
+    ] {
+        let sw = sc.load(gpu, cc).unwrap_or_else(|e| panic!("{e}"));
+        let dn = dc.load(gpu, cc).unwrap_or_else(|e| panic!("{e}"));
+        let (h, i, e, k) = (sc.h, sc.i, sc.e, sc.k);
+        let (wg, wu, wd) = (
+            buf(gpu, e * i * h),
+            buf(gpu, e * i * h),
+            buf(gpu, e * h * i),
+        );
+        for t in DECODE_T {
+            let idx = spread_indices(t, k, e, shared_last);
+            let n_exp = distinct(&idx);
+            let idxd = gpu.upload(&idx).unwrap_or_else(|e| panic!("{e}"));
+            let x = buf(gpu, t * h);
+            let mut hm = buf(gpu, t * k * i);
+            let us = cold(gpu, flush, || {
+                sw.launch(gpu, &x, &wg, &wu, &idxd, &mut hm, t)
+            });
+            let bytes = n_exp * 2 * i * h * 2 + t * h * 2 + t * k * 4 + t * k * i * 2;
+            line(
+                &format!("moe_expert_swiglu {model} ({n_exp} experts)"),
+                t,
+                bytes,
+                us,
+            );
+            let wts = gpu
+                .upload(&vec![0.25f32; t * k])
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut out = buf(gpu, t * h);
+            let us = cold(gpu, flush, || {
+                dn.launch(gpu, &hm, &wd, &idxd, &wts, None, &mut out, t)
+            });
+            let bytes = n_exp * h * i * 2 + t * k * i * 2 + t * k * 8 + t * h * 2;
+            line(
+                &format!("moe_expert_down {model} ({n_exp} experts)"),
+                t,
+                bytes,
+                us,
+            );
+        }
+    }
+    let s_max = 4096;
+    for (model, cfg) in [
+        ("qwen3", DecodeAttentionConfig::qwen3_30b_a3b(s_max, dt)),
+        ("glm47 MLA", DecodeAttentionConfig::glm47_flash(s_max, dt)),
+        ("glm4-9b", DecodeAttentionConfig::glm4_9b(s_max, dt)),
+        ("lfm2", DecodeAttentionConfig::lfm2_8b_a1b(s_max, dt)),
+    ] {
+        let op = cfg.load(gpu, cc).unwrap_or_else(|e| panic!("{e}"));
+        let s = cfg.shape;
+        let kc = buf(gpu, s.kvh * s_max * s.dqk);
+        let vc = buf(gpu, s.kvh * s_max * s.dv);
+        for t in DECODE_T {
+            // A long context: the last T positions of the cache are the new tokens.
+            let past = s_max - 64;
+            let q = buf(gpu, t * s.qh * s.dqk);
+            let mut out = buf(gpu, t * s.qh * s.dv);
+            let us = cold(gpu, flush, || {
+                op.launch(gpu, &q, &kc, &vc, &mut out, t, past)
+            });
+            let bytes = s.kvh * (past + t) * (s.dqk + s.dv) * 2 + t * s.qh * (s.dqk + s.dv) * 2;
+            line(
+                &format!("decode_attention {model} past={past}"),
+                t,
+                bytes,
+                us,
+            );
+        }
+    }
 }

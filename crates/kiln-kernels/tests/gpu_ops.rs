@@ -1,22 +1,27 @@
 //! Every catalog op against its float64 reference on a real GPU.
 //!
 //! Fresh seeded random inputs per case (ChaCha8), several shapes per op
-//! including T = 1, 3, 16, 37, 512, 4096, adversarial inputs (large
+//! including T = 1, 3, 16, 37, 512, 4096 (the decode ops: 1, 3, 16, 37, 128),
+//! adversarial inputs (large
 //! magnitudes, negatives, exact ties for the routers), outputs pre-filled with
 //! NaN, inputs checked bit-identical after the launch, tolerances from
 //! `kiln_kernels::tolerance`. Run with `scripts/gpu-suite.sh`.
 
 use kiln_cuda::{bf16, f16, Compiler, CudaSlice, Gpu, Sentinel};
+use kiln_kernels::ops::attention::DecodeAttentionConfig;
 use kiln_kernels::ops::moe_combine::MoeCombineConfig;
+use kiln_kernels::ops::moe_expert::{MoeExpertDownConfig, MoeExpertSwigluConfig};
 use kiln_kernels::ops::norm::{AddRmsNormConfig, RmsNormConfig};
 use kiln_kernels::ops::rope::RopeConfig;
 use kiln_kernels::ops::swiglu::{SwigluConfig, SwigluPackedConfig};
 use kiln_kernels::ops::topk::{SigmoidTopkConfig, SoftmaxTopkConfig};
 use kiln_kernels::ops::ttt::{TttConfig, TttInputs, TttOutputs};
+use kiln_kernels::reference::attention::AttentionShape;
+use kiln_kernels::reference::moe_expert::DownInputs;
 use kiln_kernels::reference::topk::{
     sigmoid_scores, sigmoid_weights, softmax_weights, SigmoidRouting,
 };
-use kiln_kernels::reference::{moe_combine, norm, rope, swiglu, topk, ttt};
+use kiln_kernels::reference::{attention, moe_combine, moe_expert, norm, rope, swiglu, topk, ttt};
 use kiln_kernels::tolerance::{check_topk, Tolerance};
 use kiln_kernels::{DType, Element, Op, OpConfig};
 use rand::{Rng, SeedableRng};
@@ -39,6 +44,40 @@ fn rows() -> Vec<usize> {
             .collect(),
         Err(_) => ROWS.to_vec(),
     }
+}
+
+/// Row counts for the decode ops (gathered experts, attention), whose float64
+/// references cost T·K·I·H or T·QH·S·D: `KILN_GPU_ROWS` or 1, 3, 16, 37, 128.
+fn decode_rows() -> Vec<usize> {
+    if std::env::var("KILN_GPU_ROWS").is_ok() {
+        rows()
+    } else {
+        vec![1, 3, 16, 37, 128]
+    }
+}
+
+/// Runs a row-independent reference over `t` rows in parallel chunks and
+/// concatenates the results (`f(start, end)` computes rows `start..end`).
+fn par_rows(t: usize, f: impl Fn(usize, usize) -> Vec<f64> + Sync) -> Vec<f64> {
+    let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
+    let chunk = t.div_ceil(threads).max(1);
+    let parts: Vec<Vec<f64>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..t)
+            .step_by(chunk)
+            .map(|start| {
+                let f = &f;
+                s.spawn(move || f(start, (start + chunk).min(t)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| panic!("reference thread panicked"))
+            })
+            .collect()
+    });
+    parts.concat()
 }
 
 struct Ctx {
@@ -687,6 +726,440 @@ fn ttt_cases<S: Elem>(c: &Ctx) {
     }
 }
 all_dtypes!(ttt_linear_decode_matches_reference, ttt_cases);
+
+// ---------------------------------------------------------------- gathered experts
+
+/// Indices for `t` tokens of `k` slots over `e` experts: random with repeats,
+/// about 1 slot in 8 out of range (E, E+1 or u32::MAX; the last slot of token 0
+/// always on odd T), and, with `shared_last`, the last slot always the stacked
+/// shared expert E-1 (GLM-4.7-Flash).
+fn expert_indices(
+    rng: &mut ChaCha8Rng,
+    t: usize,
+    k: usize,
+    e: usize,
+    shared_last: bool,
+) -> Vec<u32> {
+    let mut idx: Vec<u32> = (0..t * k)
+        .map(|_| match rng.gen_range(0..8) {
+            0 => [e as u32, e as u32 + 1, u32::MAX][rng.gen_range(0..3)],
+            _ => rng.gen_range(0..e as u32),
+        })
+        .collect();
+    if shared_last {
+        for ti in 0..t {
+            idx[ti * k + k - 1] = e as u32 - 1;
+        }
+    }
+    if t % 2 == 1 {
+        idx[k - 1 - shared_last as usize] = u32::MAX;
+    }
+    idx
+}
+
+/// The expert cases: the models' H, I and K with E cut to a few experts (the
+/// kernels only bound-check indices against E; full-E weights would take GBs of
+/// host memory), and a small shape with all 128 of Qwen3's experts.
+/// `(label, swiglu, down, shared expert stacked last)`.
+fn expert_cases(
+    dt: DType,
+) -> Vec<(
+    &'static str,
+    MoeExpertSwigluConfig,
+    MoeExpertDownConfig,
+    bool,
+)> {
+    let cut = |mut s: MoeExpertSwigluConfig, mut d: MoeExpertDownConfig, e: usize| {
+        s.e = e;
+        d.e = e;
+        (s, d)
+    };
+    let (qs, qd) = cut(
+        MoeExpertSwigluConfig::qwen3_30b_a3b(dt),
+        MoeExpertDownConfig::qwen3_30b_a3b(dt),
+        12,
+    );
+    let (gs, gd) = cut(
+        MoeExpertSwigluConfig::glm47_flash(dt),
+        MoeExpertDownConfig::glm47_flash(dt),
+        9,
+    );
+    let (ls, ld) = cut(
+        MoeExpertSwigluConfig::lfm2_8b_a1b(dt),
+        MoeExpertDownConfig::lfm2_8b_a1b(dt),
+        6,
+    );
+    let sep_shared = MoeExpertDownConfig {
+        has_shared: true,
+        ..MoeExpertDownConfig::new(2048, 1536, 8, 4, dt)
+    };
+    let small_s = MoeExpertSwigluConfig {
+        silu_in_dtype: false,
+        ..MoeExpertSwigluConfig::new(256, 24, 128, 8, dt)
+    };
+    let small_d = MoeExpertDownConfig::new(256, 24, 128, 8, dt);
+    let odd_i = MoeExpertSwigluConfig::new(512, 13, 5, 3, dt);
+    vec![
+        ("qwen3 (E cut to 12)", qs, qd, false),
+        ("glm47 stacked shared (E cut to 8+1)", gs, gd, true),
+        ("lfm2 (E cut to 6)", ls, ld, false),
+        (
+            "glm47 separate shared",
+            MoeExpertSwigluConfig::new(2048, 1536, 8, 4, dt),
+            sep_shared,
+            false,
+        ),
+        ("small, all 128 experts", small_s, small_d, false),
+        (
+            "odd I=13 (down at I=16)",
+            odd_i,
+            MoeExpertDownConfig::new(512, 16, 5, 3, dt),
+            false,
+        ),
+    ]
+}
+
+fn moe_expert_cases<S: Elem>(c: &Ctx) {
+    let dt = S::DTYPE;
+    // f16 keeps dot products well inside its range with smaller outliers.
+    let big = if dt == DType::F16 { 8.0 } else { 30.0 };
+    for (label, sc, dc, shared_last) in expert_cases(dt) {
+        let sw = sc
+            .load(&c.gpu, &c.compiler)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let dn = dc
+            .load(&c.gpu, &c.compiler)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut rng = seed("moe_expert weights", sc.h + sc.i + sc.e);
+        let (h, i, e) = (sc.h, sc.i, sc.e);
+        let wg = values(&mut rng, e * i * h, Dist::Normal((h as f64).powf(-0.5)), dt);
+        let wu = values(&mut rng, e * i * h, Dist::Normal((h as f64).powf(-0.5)), dt);
+        let (dh, di) = (dc.h, dc.i);
+        let wd = values(
+            &mut rng,
+            e * dh * di,
+            Dist::Normal((di as f64).powf(-0.5)),
+            dt,
+        );
+        let (wgd, wud, wdd) = (up::<S>(c, &wg), up::<S>(c, &wu), up::<S>(c, &wd));
+        for &t in &decode_rows() {
+            let tag = format!("{label} T={t} {dt}");
+            let mut rng = seed("moe_expert", t * 7919 + h + i);
+            // gate/up: x with outliers on odd T (saturated and strongly negative gates).
+            let dist = if t % 2 == 1 {
+                Dist::Outliers(big)
+            } else {
+                Dist::Normal(1.0)
+            };
+            let x = values(&mut rng, t * h, dist, dt);
+            let idx = expert_indices(&mut rng, t, sc.k, e, shared_last);
+            let (xd, idxd) = (
+                up::<S>(c, &x),
+                c.gpu.upload(&idx).unwrap_or_else(|e| panic!("{e}")),
+            );
+            let mut hout = poisoned::<S>(c, t * sc.k * i);
+            sw.launch(&c.gpu, &xd, &wgd, &wud, &idxd, &mut hout, t)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let dims = sc.dims();
+            let want = par_rows(t, |a, b| {
+                moe_expert::moe_expert_swiglu(
+                    &x[a * h..b * h],
+                    &wg,
+                    &wu,
+                    &idx[a * sc.k..b * sc.k],
+                    dims,
+                    sc.silu_in_dtype,
+                    dt,
+                )
+            });
+            let got = down(c, &hout);
+            check(
+                Op::MoeExpertSwiglu,
+                dt,
+                &format!("moe_expert_swiglu {tag}"),
+                &want,
+                &got,
+            );
+            // Empty slots are exact zeros, not merely small.
+            for (s, &ix) in idx.iter().enumerate() {
+                if ix as usize >= e {
+                    assert!(
+                        got[s * i..(s + 1) * i].iter().all(|v| *v == 0.0),
+                        "{tag}: slot {s} not zero"
+                    );
+                }
+            }
+            unchanged(c, "x", &xd, &x);
+            assert_eq!(
+                c.gpu.download(&idxd).unwrap_or_else(|e| panic!("{e}")),
+                idx,
+                "indices modified"
+            );
+
+            // down + combine: its own activations, weights in [-0.5, 1.8) (GLM scales by 1.8), the
+            // stacked shared slot weighted 1.
+            assert_eq!((dc.k, dc.e), (sc.k, e), "cases pair the ops at one K and E");
+            let hin = values(&mut rng, t * dc.k * di, dist, dt);
+            let w: Vec<f64> = (0..t * dc.k)
+                .map(|s| {
+                    if shared_last && s % dc.k == dc.k - 1 {
+                        1.0
+                    } else {
+                        rng.gen_range(-0.5f32..1.8f32) as f64
+                    }
+                })
+                .collect();
+            let sh = values(&mut rng, t * dh, Dist::Normal(1.0), dt);
+            let (hd, wtd, shd) = (up::<S>(c, &hin), up_f32(c, &w), up::<S>(c, &sh));
+            let mut out = poisoned::<S>(c, t * dh);
+            dn.launch(
+                &c.gpu,
+                &hd,
+                &wdd,
+                &idxd,
+                &wtd,
+                dc.has_shared.then_some(&shd),
+                &mut out,
+                t,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+            let ddims = dc.dims();
+            let want = par_rows(t, |a, b| {
+                let inputs = DownInputs {
+                    h: &hin[a * dc.k * di..b * dc.k * di],
+                    w_down: &wd,
+                    indices: &idx[a * dc.k..b * dc.k],
+                    weights: &w[a * dc.k..b * dc.k],
+                    shared: dc.has_shared.then(|| &sh[a * dh..b * dh]),
+                };
+                moe_expert::moe_expert_down(&inputs, ddims, dc.weight_in_dtype, dt)
+            });
+            check(
+                Op::MoeExpertDown,
+                dt,
+                &format!("moe_expert_down {tag}"),
+                &want,
+                &down(c, &out),
+            );
+            unchanged(c, "h", &hd, &hin);
+            unchanged(c, "w_down", &wdd, &wd);
+        }
+        unchanged(c, "w_gate", &wgd, &wg);
+    }
+}
+all_dtypes!(moe_expert_ops_match_reference, moe_expert_cases);
+
+/// The two halves chained on the GPU equal the HF-style MLP of each slot's
+/// expert, weighted and summed (the reference chain), at Qwen3's dims.
+fn moe_expert_chain_cases<S: Elem>(c: &Ctx) {
+    let dt = S::DTYPE;
+    let mut sc = MoeExpertSwigluConfig::qwen3_30b_a3b(dt);
+    let mut dc = MoeExpertDownConfig::qwen3_30b_a3b(dt);
+    sc.e = 10;
+    dc.e = 10;
+    let sw = sc
+        .load(&c.gpu, &c.compiler)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dn = dc
+        .load(&c.gpu, &c.compiler)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (h, i, e, k) = (sc.h, sc.i, sc.e, sc.k);
+    let mut rng = seed("moe_expert chain", h);
+    let wg = values(&mut rng, e * i * h, Dist::Normal((h as f64).powf(-0.5)), dt);
+    let wu = values(&mut rng, e * i * h, Dist::Normal((h as f64).powf(-0.5)), dt);
+    let wd = values(&mut rng, e * h * i, Dist::Normal((i as f64).powf(-0.5)), dt);
+    let (wgd, wud, wdd) = (up::<S>(c, &wg), up::<S>(c, &wu), up::<S>(c, &wd));
+    for t in [1usize, 4, 16] {
+        let x = values(&mut rng, t * h, Dist::Normal(1.0), dt);
+        let idx = expert_indices(&mut rng, t, k, e, false);
+        let w: Vec<f64> = (0..t * k)
+            .map(|_| rng.gen_range(0.0f32..0.3f32) as f64)
+            .collect();
+        let (xd, idxd, wtd) = (
+            up::<S>(c, &x),
+            c.gpu.upload(&idx).unwrap_or_else(|e| panic!("{e}")),
+            up_f32(c, &w),
+        );
+        let mut hmid = poisoned::<S>(c, t * k * i);
+        let mut out = poisoned::<S>(c, t * h);
+        sw.launch(&c.gpu, &xd, &wgd, &wud, &idxd, &mut hmid, t)
+            .unwrap_or_else(|e| panic!("{e}"));
+        dn.launch(&c.gpu, &hmid, &wdd, &idxd, &wtd, None, &mut out, t)
+            .unwrap_or_else(|e| panic!("{e}"));
+        // The reference chain from the GPU's own intermediate isolates the down half;
+        // the intermediate itself is checked against the reference above.
+        let hm = down(c, &hmid);
+        let want = moe_expert::moe_expert_down(
+            &DownInputs {
+                h: &hm,
+                w_down: &wd,
+                indices: &idx,
+                weights: &w,
+                shared: None,
+            },
+            dc.dims(),
+            dc.weight_in_dtype,
+            dt,
+        );
+        let href =
+            moe_expert::moe_expert_swiglu(&x, &wg, &wu, &idx, sc.dims(), sc.silu_in_dtype, dt);
+        check(
+            Op::MoeExpertSwiglu,
+            dt,
+            &format!("chain T={t} {dt} h"),
+            &href,
+            &hm,
+        );
+        check(
+            Op::MoeExpertDown,
+            dt,
+            &format!("chain T={t} {dt} out"),
+            &want,
+            &down(c, &out),
+        );
+    }
+}
+all_dtypes!(moe_expert_chain_matches_reference, moe_expert_chain_cases);
+
+// ---------------------------------------------------------------- decode attention
+
+fn decode_attention_cases<S: Elem>(c: &Ctx) {
+    let dt = S::DTYPE;
+    let mut absorbed = DecodeAttentionConfig::glm47_flash(512, dt);
+    absorbed.shape.kvh = 1;
+    absorbed.shape.dqk = 576;
+    absorbed.shape.dv = 512;
+    let odd = DecodeAttentionConfig {
+        shape: AttentionShape {
+            qh: 6,
+            kvh: 2,
+            dqk: 24,
+            dv: 40,
+            s_max: 200,
+            scale: 0.3,
+        },
+        dtype: dt,
+    };
+    let big = if dt == DType::F16 { 4.0 } else { 12.0 };
+    for cfg in [
+        DecodeAttentionConfig::qwen3_30b_a3b(4096, dt),
+        DecodeAttentionConfig::qwen3_30b_a3b(512, dt),
+        DecodeAttentionConfig::glm47_flash(512, dt),
+        DecodeAttentionConfig::glm4_9b(512, dt),
+        DecodeAttentionConfig::lfm2_8b_a1b(512, dt),
+        absorbed,
+        odd,
+    ] {
+        let op = cfg
+            .load(&c.gpu, &c.compiler)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let s = cfg.shape;
+        for &t in &decode_rows() {
+            if t > s.s_max {
+                continue;
+            }
+            let mut rng = seed("decode_attention", t * 7919 + s.dqk + s.s_max);
+            // Contexts: empty, random, and a full cache.
+            for past in [0, rng.gen_range(0..=s.s_max - t), s.s_max - t] {
+                let tag = format!("decode_attention {s:?} T={t} past={past} {dt}");
+                // Odd T: outliers make the softmax peaked; else ties in k make exact score ties.
+                let (qdist, kdist) = if t % 2 == 1 {
+                    (Dist::Outliers(big), Dist::Normal(1.0))
+                } else {
+                    (Dist::Normal(1.0), Dist::Ties)
+                };
+                let q = values(&mut rng, t * s.qh * s.dqk, qdist, dt);
+                let mut kc = values(&mut rng, s.kvh * s.s_max * s.dqk, kdist, dt);
+                let mut vc = values(&mut rng, s.kvh * s.s_max * s.dv, Dist::Outliers(big), dt);
+                // Positions past the last token hold NaN: reading them poisons the output.
+                for g in 0..s.kvh {
+                    for p in past + t..s.s_max {
+                        kc[(g * s.s_max + p) * s.dqk..(g * s.s_max + p + 1) * s.dqk].fill(f64::NAN);
+                        vc[(g * s.s_max + p) * s.dv..(g * s.s_max + p + 1) * s.dv].fill(f64::NAN);
+                    }
+                }
+                let (qd, kd, vd) = (up::<S>(c, &q), up::<S>(c, &kc), up::<S>(c, &vc));
+                let k_before = c.gpu.download(&kd).unwrap_or_else(|e| panic!("{e}"));
+                let mut out = poisoned::<S>(c, t * s.qh * s.dv);
+                op.launch(&c.gpu, &qd, &kd, &vd, &mut out, t, past)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let per_row = s.qh * s.dqk;
+                let want = par_rows(t, |a, b| {
+                    attention::decode_attention(
+                        &q[a * per_row..b * per_row],
+                        &kc,
+                        &vc,
+                        past + a,
+                        &s,
+                        dt,
+                    )
+                });
+                check(Op::DecodeAttention, dt, &tag, &want, &down(c, &out));
+                unchanged(c, "q", &qd, &q);
+                let k_after = c.gpu.download(&kd).unwrap_or_else(|e| panic!("{e}"));
+                assert!(
+                    k_before
+                        .iter()
+                        .zip(&k_after)
+                        .all(|(a, b)| a.to_f64().to_bits() == b.to_f64().to_bits()),
+                    "{tag}: k_cache was modified"
+                );
+            }
+        }
+    }
+}
+all_dtypes!(decode_attention_matches_reference, decode_attention_cases);
+
+/// Typed errors of the decode ops: lengths, the shared-buffer rule, past + T.
+#[test]
+#[ignore = "needs a CUDA GPU: run scripts/gpu-suite.sh"]
+fn decode_ops_reject_bad_arguments() {
+    let c = ctx();
+    let dt = DType::BF16;
+    let sc = MoeExpertSwigluConfig::new(256, 8, 2, 2, dt);
+    let sw = sc
+        .load(&c.gpu, &c.compiler)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let x = up::<bf16>(&c, &[0.0; 256]);
+    let w = up::<bf16>(&c, &[0.0; 2 * 8 * 256]);
+    let idx = c.gpu.upload(&[0u32, 1]).unwrap_or_else(|e| panic!("{e}"));
+    let idx3 = c
+        .gpu
+        .upload(&[0u32, 1, 1])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut h = poisoned::<bf16>(&c, 16);
+    sw.launch(&c.gpu, &x, &w, &w, &idx, &mut h, 1)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let err = sw
+        .launch(&c.gpu, &x, &w, &w, &idx3, &mut h, 1)
+        .expect_err("long indices");
+    assert!(err.to_string().contains("`indices`"), "{err}");
+    let dc = MoeExpertDownConfig::new(256, 8, 2, 2, dt);
+    let dn = dc
+        .load(&c.gpu, &c.compiler)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let wd = up::<bf16>(&c, &[0.0; 2 * 256 * 8]);
+    let wts = up_f32(&c, &[0.5, 0.5]);
+    let mut out = poisoned::<bf16>(&c, 256);
+    let err = dn
+        .launch(&c.gpu, &h, &wd, &idx, &wts, Some(&x), &mut out, 1)
+        .expect_err("shared without a shared expert");
+    assert!(err.to_string().contains("shared"), "{err}");
+    dn.launch(&c.gpu, &h, &wd, &idx, &wts, None, &mut out, 1)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let at = DecodeAttentionConfig::new(2, 1, 64, 8, dt)
+        .load(&c.gpu, &c.compiler)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let q = up::<bf16>(&c, &[0.0; 2 * 2 * 64]);
+    let kv = up::<bf16>(&c, &[0.0; 8 * 64]);
+    let mut o = poisoned::<bf16>(&c, 2 * 2 * 64);
+    at.launch(&c.gpu, &q, &kv, &kv, &mut o, 2, 6)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let err = at
+        .launch(&c.gpu, &q, &kv, &kv, &mut o, 2, 7)
+        .expect_err("past + T > S_MAX");
+    assert!(err.to_string().contains("S_MAX"), "{err}");
+}
 
 /// Typed errors instead of launches for mismatched buffers or dtypes.
 #[test]

@@ -43,31 +43,39 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
                 .is_none_or(|o| c.problem.family().contains(o.as_str()))
         })
         .collect();
-    let bar = ProgressBar::new((selected.len() * args.t.len()) as u64);
+    // Decode-only cases (gathered experts, attention) skip the prefill sizes.
+    let points: Vec<(&_, usize)> = selected
+        .iter()
+        .flat_map(|c| {
+            args.t
+                .iter()
+                .filter(|&&t| c.supports(t))
+                .map(move |&t| (c, t))
+        })
+        .collect();
+    let bar = ProgressBar::new(points.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut rows: Vec<BenchRow> = Vec::new();
     let mut failed = 0;
-    for case in &selected {
-        for &t in &args.t {
-            bar.set_message(format!("{} {} T={t}", case.problem.family(), case.model));
-            match run_case(&dev, case, t, args.warmup, args.iters) {
-                Ok(row) => rows.push(row),
-                Err(f) => {
-                    failed += 1;
-                    bar.println(format!(
-                        "FAILED {} {} T={t}: {:?}: {}",
-                        case.problem.family(),
-                        case.model,
-                        f.stage,
-                        f.reason
-                    ));
-                }
+    for (case, t) in points {
+        bar.set_message(format!("{} {} T={t}", case.problem.family(), case.model));
+        match run_case(&dev, case, t, args.warmup, args.iters) {
+            Ok(row) => rows.push(row),
+            Err(f) => {
+                failed += 1;
+                bar.println(format!(
+                    "FAILED {} {} T={t}: {:?}: {}",
+                    case.problem.family(),
+                    case.model,
+                    f.stage,
+                    f.reason
+                ));
             }
-            bar.inc(1);
         }
+        bar.inc(1);
     }
     bar.finish_and_clear();
     print!("{}", table(&rows));

@@ -93,6 +93,10 @@ impl Target {
             name: "T".into(),
             kind: ParamKind::Int,
         });
+        params.extend(self.problem.scalar_names().iter().map(|n| Param {
+            name: n.to_string(),
+            kind: ParamKind::Int,
+        }));
         Ok(TargetSignature {
             entry,
             params,

@@ -1,7 +1,9 @@
 //! Each catalog op family as an evaluator problem: buffers in signature order,
 //! adversarial inputs, the float64 reference, and the bytes a launch moves.
 
+use kiln_kernels::ops::attention::DecodeAttentionConfig;
 use kiln_kernels::ops::moe_combine::MoeCombineConfig;
+use kiln_kernels::ops::moe_expert::{MoeExpertDownConfig, MoeExpertSwigluConfig};
 use kiln_kernels::ops::norm::{AddRmsNormConfig, RmsNormConfig};
 use kiln_kernels::ops::rope::RopeConfig;
 use kiln_kernels::ops::swiglu::{SwigluConfig, SwigluPackedConfig};
@@ -41,6 +43,17 @@ pub enum OpProblem {
     SwigluPacked(SwigluPackedConfig),
     /// Rotary embedding of q and k.
     Rope(RopeConfig),
+    /// Gathered expert gate/up mat-vec with fused SwiGLU.
+    MoeExpertSwiglu(MoeExpertSwigluConfig),
+    /// Gathered expert down projection fused with the weighted combine.
+    MoeExpertDown(MoeExpertDownConfig),
+    /// Causal GQA attention of `T` new tokens after `past` cached positions.
+    DecodeAttention {
+        /// The static configuration.
+        config: DecodeAttentionConfig,
+        /// Cached positions before the first new token (`past + T <= S_MAX`).
+        past: usize,
+    },
 }
 
 /// Calls `$body` with the op's configuration, whatever its type.
@@ -56,6 +69,9 @@ macro_rules! with_config {
             OpProblem::AddRmsNorm($c) => $body,
             OpProblem::SwigluPacked($c) => $body,
             OpProblem::Rope($c) => $body,
+            OpProblem::MoeExpertSwiglu($c) => $body,
+            OpProblem::MoeExpertDown($c) => $body,
+            OpProblem::DecodeAttention { config: $c, .. } => $body,
         }
     };
 }
@@ -201,15 +217,81 @@ impl OpProblem {
                     buf("k_out", dt, Output, t * s.kh * s.head_dim),
                 ]
             }
+            OpProblem::MoeExpertSwiglu(c) => vec![
+                buf("x", dt, Input, t * c.h),
+                buf("w_gate", dt, Input, c.e * c.i * c.h),
+                buf("w_up", dt, Input, c.e * c.i * c.h),
+                buf("indices", U32, Input, t * c.k),
+                buf("h", dt, Output, t * c.k * c.i),
+            ],
+            OpProblem::MoeExpertDown(c) => vec![
+                buf("h", dt, Input, t * c.k * c.i),
+                buf("w_down", dt, Input, c.e * c.h * c.i),
+                buf("indices", U32, Input, t * c.k),
+                buf("weights", F32, Input, t * c.k),
+                buf("shared", dt, Input, if c.has_shared { t * c.h } else { 0 }),
+                buf("out", dt, Output, t * c.h),
+            ],
+            OpProblem::DecodeAttention { config: c, .. } => {
+                let s = &c.shape;
+                vec![
+                    buf("q", dt, Input, t * s.qh * s.dqk),
+                    buf("k_cache", dt, Input, s.kvh * s.s_max * s.dqk),
+                    buf("v_cache", dt, Input, s.kvh * s.s_max * s.dv),
+                    buf("out", dt, Output, t * s.qh * s.dv),
+                ]
+            }
         }
     }
 
-    /// Bytes one launch must move at least: every buffer read or written once.
+    /// Names of the `int` arguments after `T` (decode_attention's `past`).
+    pub fn scalar_names(&self) -> &'static [&'static str] {
+        match self {
+            OpProblem::DecodeAttention { .. } => &["past"],
+            _ => &[],
+        }
+    }
+
+    /// Values of the `int` arguments after `T`, in [`Self::scalar_names`] order.
+    pub fn scalar_args(&self) -> Vec<i32> {
+        match self {
+            // Configs cap S_MAX far below i32::MAX and past <= S_MAX.
+            OpProblem::DecodeAttention { past, .. } => vec![*past as i32],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Experts the timing inputs' indices touch at `t` rows: the Normal-distribution
+    /// index pattern spreads the T·K slots over min(E, T·K) distinct experts.
+    fn experts_read(t: usize, k: usize, e: usize) -> usize {
+        (t * k).min(e)
+    }
+
+    /// Bytes one launch must move at least: every buffer read or written
+    /// once; of expert-stacked weights only the experts the indices name
+    /// (see [`Self::experts_read`]), of a KV cache only positions `0..past+T`.
     pub fn bytes_moved(&self, t: usize) -> u64 {
-        self.buffers(t)
+        let all: u64 = self
+            .buffers(t)
             .iter()
             .map(|b| (b.len * b.kind.size()) as u64)
-            .sum()
+            .sum();
+        let sz = self.dtype().size() as u64;
+        let unread = match self {
+            OpProblem::MoeExpertSwiglu(c) => {
+                2 * ((c.e - Self::experts_read(t, c.k, c.e)) * c.i * c.h) as u64 * sz
+            }
+            OpProblem::MoeExpertDown(c) => {
+                ((c.e - Self::experts_read(t, c.k, c.e)) * c.h * c.i) as u64 * sz
+            }
+            OpProblem::DecodeAttention { config, past } => {
+                let s = &config.shape;
+                let unused = s.s_max.saturating_sub(past + t);
+                (s.kvh * unused * (s.dqk + s.dv)) as u64 * sz
+            }
+            _ => 0,
+        };
+        all - unread
     }
 
     /// Router outputs, for the order-insensitive top-k comparison.
@@ -297,6 +379,26 @@ impl OpProblem {
                     _ => draw_scaled(spec.kind, spec.len, 0.5, rng).values,
                 },
                 (OpProblem::Ttt(c), name) => ttt_input(c, name, spec, dist, rng),
+                (OpProblem::MoeExpertSwiglu(c), "indices") => {
+                    expert_indices(t, c.k, c.e, dist, rng)
+                }
+                (OpProblem::MoeExpertDown(c), "indices") => expert_indices(t, c.k, c.e, dist, rng),
+                // Weights scaled by 1/sqrt(fan-in): activations of unit scale.
+                (OpProblem::MoeExpertSwiglu(c), "w_gate" | "w_up") => {
+                    draw_scaled_par(spec.kind, spec.len, (c.h as f64).powf(-0.5), rng)
+                }
+                (OpProblem::MoeExpertDown(c), "w_down") => {
+                    draw_scaled_par(spec.kind, spec.len, (c.i as f64).powf(-0.5), rng)
+                }
+                (OpProblem::MoeExpertDown(c), "weights") => {
+                    let mut w = Vec::with_capacity(spec.len);
+                    for _ in 0..spec.len / c.k.max(1) {
+                        let raw: Vec<f64> = (0..c.k).map(|_| rng.gen_range(0.01..1.0)).collect();
+                        let sum: f64 = raw.iter().sum();
+                        w.extend(raw.iter().map(|v| spec.kind.round(v / sum)));
+                    }
+                    w
+                }
                 _ => draw(spec.kind, spec.len, dist, rng).values,
             };
             out.push(HostBuffer {
@@ -310,7 +412,8 @@ impl OpProblem {
     /// The float64 reference for one input set; large `t` runs in parallel
     /// over chunks of rows (rows are independent in every op).
     pub fn reference(&self, t: usize, inputs: &[HostBuffer]) -> Reference {
-        if t <= CHUNK_ROWS {
+        // Attention rows depend on their position past + t: one serial pass.
+        if t <= CHUNK_ROWS || matches!(self, OpProblem::DecodeAttention { .. }) {
             return self.reference_serial(t, inputs);
         }
         let specs = self.buffers(1);
@@ -462,8 +565,118 @@ impl OpProblem {
                     expert_weights: None,
                 }
             }
+            OpProblem::MoeExpertSwiglu(c) => {
+                let idx = as_indices(v(3));
+                Reference {
+                    outputs: vec![dense(
+                        dt,
+                        reference::moe_expert::moe_expert_swiglu(
+                            v(0),
+                            v(1),
+                            v(2),
+                            &idx,
+                            c.dims(),
+                            c.silu_in_dtype,
+                            c.dtype,
+                        ),
+                    )],
+                    selection_scores: None,
+                    expert_weights: None,
+                }
+            }
+            OpProblem::MoeExpertDown(c) => {
+                let idx = as_indices(v(2));
+                let inputs = reference::moe_expert::DownInputs {
+                    h: v(0),
+                    w_down: v(1),
+                    indices: &idx,
+                    weights: v(3),
+                    shared: c.has_shared.then(|| v(4)),
+                };
+                Reference {
+                    outputs: vec![dense(
+                        dt,
+                        reference::moe_expert::moe_expert_down(
+                            &inputs,
+                            c.dims(),
+                            c.weight_in_dtype,
+                            c.dtype,
+                        ),
+                    )],
+                    selection_scores: None,
+                    expert_weights: None,
+                }
+            }
+            OpProblem::DecodeAttention { config: c, past } => Reference {
+                outputs: vec![dense(
+                    dt,
+                    reference::attention::decode_attention(
+                        v(0),
+                        v(1),
+                        v(2),
+                        *past,
+                        &c.shape,
+                        c.dtype,
+                    ),
+                )],
+                selection_scores: None,
+                expert_weights: None,
+            },
         }
     }
+}
+
+/// Host index values (exact u32s held as f64) as `u32`.
+fn as_indices(v: &[f64]) -> Vec<u32> {
+    v.iter().map(|&x| x as u32).collect()
+}
+
+/// Indices of `t` tokens × `k` slots over `e` experts. Normal (the timing
+/// inputs): slot s of the set takes expert (offset + s) mod E, K distinct
+/// experts per token and min(E, T·K) in all (the most weight traffic, what
+/// [`OpProblem::bytes_moved`] counts). Ties: every token picks the same K
+/// experts. Otherwise random with repeats and about 1 slot in 8 out of range
+/// (E, E+1 or u32::MAX), which must read nothing.
+fn expert_indices(
+    t: usize,
+    k: usize,
+    e: usize,
+    dist: Distribution,
+    rng: &mut ChaCha8Rng,
+) -> Vec<f64> {
+    let e32 = e as u32;
+    match dist {
+        Distribution::Normal => {
+            let offset = rng.gen_range(0..e);
+            (0..t * k).map(|s| ((offset + s) % e) as f64).collect()
+        }
+        Distribution::Ties => {
+            let chosen: Vec<u32> = (0..k).map(|_| rng.gen_range(0..e32)).collect();
+            (0..t * k).map(|s| chosen[s % k] as f64).collect()
+        }
+        _ => (0..t * k)
+            .map(|_| match rng.gen_range(0..8) {
+                0 => [e32, e32.saturating_add(1), u32::MAX][rng.gen_range(0..3)] as f64,
+                _ => rng.gen_range(0..e32) as f64,
+            })
+            .collect(),
+    }
+}
+
+/// `n` samples of `scale * N(0,1)` rounded to `kind`, drawn in parallel
+/// (expert-stacked weights hold hundreds of millions of values), one seeded
+/// stream per chunk so the result depends only on `rng`.
+fn draw_scaled_par(kind: ElemKind, n: usize, scale: f64, rng: &mut ChaCha8Rng) -> Vec<f64> {
+    const CHUNK: usize = 1 << 20;
+    let seeds: Vec<u64> = (0..n.div_ceil(CHUNK)).map(|_| rng.gen()).collect();
+    seeds
+        .par_iter()
+        .enumerate()
+        .flat_map_iter(|(ci, &seed)| {
+            let len = CHUNK.min(n - ci * CHUNK);
+            draw_scaled(kind, len, scale, &mut ChaCha8Rng::seed_from_u64(seed)).values
+        })
+        .collect()
 }
 
 /// Builds a router's reference, with the weight of every expert as a tied
@@ -614,6 +827,95 @@ fn ttt_reference(c: &TttConfig, t: usize, inputs: &[HostBuffer]) -> Reference {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kiln_kernels::reference::attention::AttentionShape;
+    use kiln_kernels::DType;
+
+    fn decode_problems() -> Vec<OpProblem> {
+        let bf = DType::BF16;
+        let config = DecodeAttentionConfig {
+            shape: AttentionShape {
+                qh: 4,
+                kvh: 2,
+                dqk: 16,
+                dv: 24,
+                s_max: 300,
+                scale: 0.25,
+            },
+            dtype: bf,
+        };
+        vec![
+            OpProblem::MoeExpertSwiglu(MoeExpertSwigluConfig::new(256, 12, 6, 2, bf)),
+            OpProblem::MoeExpertDown(MoeExpertDownConfig {
+                has_shared: true,
+                ..MoeExpertDownConfig::new(64, 16, 6, 2, bf)
+            }),
+            OpProblem::DecodeAttention { config, past: 150 },
+        ]
+    }
+
+    /// The decode ops: inputs fit their buffers, references fit the outputs,
+    /// chunked references equal serial ones, empty slots produce zeros.
+    #[test]
+    fn decode_ops_inputs_and_references_are_consistent() {
+        for p in decode_problems() {
+            for dist in Distribution::ALL {
+                for t in [1, 3, CHUNK_ROWS + 6] {
+                    let mut rng = ChaCha8Rng::seed_from_u64(t as u64);
+                    let inputs = p.inputs(t, dist, &mut rng);
+                    let specs = p.buffers(t);
+                    let ins: Vec<&BufferSpec> =
+                        specs.iter().filter(|b| b.role == Role::Input).collect();
+                    assert_eq!(inputs.len(), ins.len());
+                    for (b, spec) in inputs.iter().zip(&ins) {
+                        assert_eq!(b.values.len(), spec.len, "{} {}", p.family(), spec.name);
+                    }
+                    let r = p.reference(t, &inputs);
+                    let outs: Vec<&BufferSpec> =
+                        specs.iter().filter(|b| b.role == Role::Output).collect();
+                    for (o, spec) in r.outputs.iter().zip(&outs) {
+                        assert_eq!(o.values.len(), spec.len, "{} {}", p.family(), spec.name);
+                        assert!(o.values.iter().all(|v| v.is_finite()), "{}", p.family());
+                    }
+                    assert_eq!(r.outputs, p.reference_serial(t, &inputs).outputs);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn decode_ops_scalars_and_bytes() {
+        let [sw, dn, at] = <[OpProblem; 3]>::try_from(decode_problems()).expect("three problems");
+        assert!(sw.scalar_args().is_empty() && sw.scalar_names().is_empty());
+        assert_eq!(at.scalar_names(), &["past"]);
+        assert_eq!(at.scalar_args(), vec![150]);
+        // T=1, K=2: two experts' gate and up rows (2·12·256 bf16 each), x, indices, h.
+        assert_eq!(
+            sw.bytes_moved(1),
+            (2 * 2 * 12 * 256 * 2 + 256 * 2 + 2 * 4 + 2 * 12 * 2) as u64
+        );
+        // T=4 touches all 6 experts: every weight counts.
+        let all: u64 = sw
+            .buffers(4)
+            .iter()
+            .map(|b| (b.len * b.kind.size()) as u64)
+            .sum();
+        assert_eq!(sw.bytes_moved(4), all);
+        // Down at T=1: two experts' [H,I] rows, h, indices, weights, shared, out.
+        assert_eq!(
+            dn.bytes_moved(1),
+            (2 * 64 * 16 * 2 + 2 * 16 * 2 + 2 * 4 + 2 * 4 + 64 * 2 + 64 * 2) as u64
+        );
+        // Attention: only positions 0..past+T of both caches.
+        assert_eq!(
+            at.bytes_moved(2),
+            (2 * 152 * (16 + 24) * 2 + 2 * 4 * 16 * 2 + 2 * 4 * 24 * 2) as u64
+        );
+        // The Normal index pattern touches exactly min(E, T·K) experts.
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let idx = &sw.inputs(2, Distribution::Normal, &mut rng)[3].values;
+        let distinct: std::collections::BTreeSet<u64> = idx.iter().map(|v| *v as u64).collect();
+        assert_eq!(distinct.len(), 4);
+    }
 
     /// Chunked (parallel) references and inputs must equal the serial ones.
     #[test]

@@ -13,6 +13,8 @@ pub struct DeviceSet {
     bufs: Vec<Option<CudaSlice<u8>>>,
     /// The bytes uploaded into each input (for the inputs-unchanged check).
     uploaded: Vec<Option<Vec<u8>>>,
+    /// `int` arguments passed after `T` (decode_attention's `past`).
+    scalars: Vec<i32>,
 }
 
 impl DeviceSet {
@@ -33,7 +35,14 @@ impl DeviceSet {
             specs,
             bufs,
             uploaded,
+            scalars: Vec::new(),
         })
+    }
+
+    /// Sets the `int` arguments that follow `T` (the op's run-time scalars).
+    pub fn with_scalars(mut self, scalars: Vec<i32>) -> Self {
+        self.scalars = scalars;
+        self
     }
 
     /// Total bytes of every buffer.
@@ -88,7 +97,8 @@ impl DeviceSet {
         Ok(())
     }
 
-    /// The launch arguments: every buffer's pointer (0 for null) then `int T`.
+    /// The launch arguments: every buffer's pointer (0 for null), `int T`,
+    /// then the op's run-time scalars.
     pub fn args(&self, gpu: &Gpu) -> Vec<KernelArg> {
         let mut args: Vec<KernelArg> = self
             .bufs
@@ -99,6 +109,7 @@ impl DeviceSet {
             })
             .collect();
         args.push(KernelArg::I32(self.t as i32));
+        args.extend(self.scalars.iter().map(|&v| KernelArg::I32(v)));
         args
     }
 

@@ -75,7 +75,8 @@ fn verify(dev: &Device, target: &Target, loaded: &Loaded, seed: u64) -> Result<(
     let mut trial = 0u64;
     for (si, &t) in target.verify_t().iter().enumerate() {
         let mut set = DeviceSet::new(&dev.gpu, target.problem.buffers(t), t)
-            .map_err(|e| Failure::machinery("allocating buffers", e))?;
+            .map_err(|e| Failure::machinery("allocating buffers", e))?
+            .with_scalars(target.problem.scalar_args());
         for j in 0..TRIALS_PER_SHAPE {
             let mut dist = Distribution::ALL[(si * TRIALS_PER_SHAPE + j) % Distribution::ALL.len()];
             // Routers meet exact ties on every shape.

@@ -264,7 +264,8 @@ pub fn timing_sets(
     let mut first_inputs = Vec::new();
     for i in 0..n {
         let mut set = DeviceSet::new(gpu, problem.buffers(t), t)
-            .map_err(|e| Failure::machinery("allocating timing buffers", e))?;
+            .map_err(|e| Failure::machinery("allocating timing buffers", e))?
+            .with_scalars(problem.scalar_args());
         let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(0x5151 + i));
         let inputs = problem.inputs(t, Distribution::Normal, &mut rng);
         set.upload_inputs(gpu, &inputs)

@@ -1,7 +1,9 @@
 //! Typed ops over device buffers: one configuration struct per op (validated,
 //! turned into a [`KernelBuild`]) and, once loaded, a typed `launch`.
 
+pub mod attention;
 pub mod moe_combine;
+pub mod moe_expert;
 pub mod norm;
 pub mod rope;
 pub mod swiglu;

@@ -5,7 +5,9 @@
 //! dtype, or to f32 where the model computes in f32), so a correct kernel
 //! differs from it only by f32-versus-f64 arithmetic.
 
+pub mod attention;
 pub mod moe_combine;
+pub mod moe_expert;
 pub mod norm;
 pub mod rope;
 pub mod swiglu;
