@@ -6,8 +6,16 @@
 // Layout: gate_up[T,2I] (each row: I gate values then I up values, as the
 // fused gate_up_proj of the HF MoE experts produces), out[T,I]; 16-byte aligned.
 // Defines: KILN_DTYPE, KILN_I (I % 8 == 0), KILN_SILU_IN_DTYPE (0/1).
-// Launch: 8-element output chunks, 2 per thread a block-width apart.
-// kiln: block=256 grid=ceil_div(T*I, 256*16) smem=0
+// Launch: as swiglu — 8-element output chunks walked by a grid-stride loop;
+// one chunk per thread while T*I/8 fits 8 blocks of 256 per SM, else a grid of
+// 8 resident blocks per SM (__launch_bounds__ holds ptxas to 32 registers)
+// whose threads loop, balanced to within one chunk per thread, so all SMs
+// finish together. One chunk per iteration (two 16-byte loads in 16-bit dtypes;
+// 64 KB in flight per SM at full occupancy): a second one in flight would not fit
+// 32 registers next to the row/column bookkeeping. The (row, column) of a chunk
+// advances incrementally (no 64-bit division per chunk). Inputs are read once:
+// evict-first loads. The activation is branch-free (see act).
+// kiln: block=256 grid=min(ceil_div(T*I, 256*8), SMS*8) smem=0
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -26,11 +34,12 @@ __device__ __forceinline__ float round_dt(float v) { return to_f(from_f<scalar_t
 // 8 consecutive elements: one uint4 for 16-bit types, two for f32.
 #define NU (sizeof(scalar_t) / 2)
 struct Chunk { uint4 u[NU]; };
+// Streaming (evict-first) load: every input element is read exactly once.
 __device__ __forceinline__ Chunk load_chunk(const scalar_t* p) {
     Chunk c;
     const uint4* q = reinterpret_cast<const uint4*>(p);
 #pragma unroll
-    for (int i = 0; i < (int)NU; ++i) c.u[i] = __ldg(q + i);
+    for (int i = 0; i < (int)NU; ++i) c.u[i] = __ldcs(q + i);
     return c;
 }
 __device__ __forceinline__ void store_chunk(scalar_t* p, const Chunk& c) {
@@ -38,21 +47,33 @@ __device__ __forceinline__ void store_chunk(scalar_t* p, const Chunk& c) {
 #pragma unroll
     for (int i = 0; i < (int)NU; ++i) q[i] = c.u[i];
 }
-__device__ __forceinline__ float chunk_get(const Chunk& c, int j) {
-    return to_f(reinterpret_cast<const scalar_t*>(c.u)[j]);
+// Element j as f32; bf16 widens straight from its 32-bit word (bit-identical
+// to __bfloat162float).
+template <typename S> __device__ __forceinline__ float chunk_get_t(const Chunk& c, int j) {
+    return to_f(reinterpret_cast<const S*>(c.u)[j]);
 }
+template <> __device__ __forceinline__ float chunk_get_t<__nv_bfloat16>(const Chunk& c, int j) {
+    const unsigned wd = reinterpret_cast<const unsigned*>(c.u)[j >> 1];
+    return __uint_as_float((j & 1) ? (wd & 0xffff0000u) : (wd << 16));
+}
+__device__ __forceinline__ float chunk_get(const Chunk& c, int j) { return chunk_get_t<scalar_t>(c, j); }
 __device__ __forceinline__ void chunk_set(Chunk& c, int j, float v) {
     reinterpret_cast<scalar_t*>(c.u)[j] = from_f<scalar_t>(v);
 }
 
 static_assert(KILN_I % 8 == 0, "swiglu_packed: I must be a multiple of 8");
-#define UNROLL 2
 #define CPR (KILN_I / 8)   // output chunks per row
 
 __device__ __forceinline__ float act(float g, float u) {
-    // Reciprocal instead of a division: no slow-path subroutine (and its stack
-    // spill); exp(-g) = inf gives s = -0, the right limit.
-    const float s = g * __frcp_rn(1.0f + __expf(-g));
+    // silu(g) = g / (1 + 2^(-g*log2(e))) with the hardware ex2 and rcp (MUFU),
+    // branch-free: no IEEE-division or __frcp_rn slow path, whose per-element
+    // branch serialised the elements of a thread. exp(-g) = inf (g < -88) gives
+    // rcp = 0 and s = -0, the right limit; exp(-g) flushing to 0 (g > 87) gives
+    // s = g, as in f32. Error: a few f32 ulps, far inside every tolerance.
+    float e, r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(g * -1.4426950408889634f));
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.0f + e));
+    const float s = g * r;
 #if KILN_SILU_IN_DTYPE
     return round_dt(s) * u;
 #else
@@ -60,30 +81,28 @@ __device__ __forceinline__ float act(float g, float u) {
 #endif
 }
 
-extern "C" __global__ void __launch_bounds__(256) swiglu_packed(const scalar_t* __restrict__ gate_up,
-                                                                scalar_t* __restrict__ out, int T) {
+extern "C" __global__ void __launch_bounds__(256, 8) swiglu_packed(const scalar_t* __restrict__ gate_up,
+                                                                   scalar_t* __restrict__ out, int T) {
     const long long n_chunks = (long long)T * CPR;
-    const long long first = (long long)blockIdx.x * (blockDim.x * UNROLL) + threadIdx.x;
-    Chunk g[UNROLL], u[UNROLL];
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    // Chunk c reads row c / CPR, column chunk c % CPR of gate_up. The stride
+    // splits the same way once and each step adds it with one carry; rows fit
+    // an int (row < T).
+    const int s_row = (int)(stride / CPR);
+    const int s_col = (int)(stride - (long long)s_row * CPR);
+    int row = (int)(c / CPR);
+    int col = (int)(c - (long long)row * CPR);
+    for (; c < n_chunks; c += stride) {
+        const scalar_t* src = gate_up + (long long)row * (2 * KILN_I) + col * 8;
+        const Chunk g = load_chunk(src);
+        const Chunk u = load_chunk(src + KILN_I);
+        Chunk o;
 #pragma unroll
-    for (int k = 0; k < UNROLL; ++k) {
-        const long long c = first + (long long)k * blockDim.x;
-        if (c < n_chunks) {
-            const long long t = c / CPR;
-            const long long ci = c - t * CPR;
-            const scalar_t* row = gate_up + t * (2 * KILN_I);
-            g[k] = load_chunk(row + ci * 8);
-            u[k] = load_chunk(row + KILN_I + ci * 8);
-        }
-    }
-#pragma unroll
-    for (int k = 0; k < UNROLL; ++k) {
-        const long long c = first + (long long)k * blockDim.x;
-        if (c < n_chunks) {
-            Chunk o;
-#pragma unroll
-            for (int j = 0; j < 8; ++j) chunk_set(o, j, act(chunk_get(g[k], j), chunk_get(u[k], j)));
-            store_chunk(out + c * 8, o);
-        }
+        for (int j = 0; j < 8; ++j) chunk_set(o, j, act(chunk_get(g, j), chunk_get(u, j)));
+        store_chunk(out + c * 8, o);
+        row += s_row;
+        col += s_col;
+        if (col >= CPR) { col -= CPR; ++row; }
     }
 }

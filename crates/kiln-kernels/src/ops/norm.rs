@@ -198,13 +198,23 @@ mod tests {
 
     #[test]
     fn launch_dims_follow_the_source() {
+        // D = 2048: one row per block of 128 threads (two chunks each).
         let c = RmsNormConfig::new(2048, 1e-6, DType::BF16);
         let d = c.launch_dims(4096, 132).expect("dims");
         assert_eq!(d.block, (128, 1, 1));
-        assert_eq!(d.grid, (1024, 1, 1));
+        assert_eq!(d.grid, (4096, 1, 1));
         assert_eq!(c.launch_dims(1, 132).expect("dims").grid, (1, 1, 1));
-        // head_dim 64: 4 rows per warp, 16 rows per block.
+        // D = 4096: 256 threads per row.
+        let g = RmsNormConfig::new(4096, 1e-6, DType::BF16);
+        assert_eq!(g.launch_dims(3, 132).expect("dims").block, (256, 1, 1));
+        assert_eq!(g.launch_dims(3, 132).expect("dims").grid, (3, 1, 1));
+        // D = 768: rows of 64 threads, two per block.
+        let m = AddRmsNormConfig(RmsNormConfig::new(768, 1e-6, DType::BF16));
+        assert_eq!(m.launch_dims(37, 132).expect("dims").block, (128, 1, 1));
+        assert_eq!(m.launch_dims(37, 132).expect("dims").grid, (19, 1, 1));
+        // head_dim 64: 8 lanes per row, 16 rows per block.
         let q = RmsNormConfig::new(64, 1e-6, DType::BF16);
+        assert_eq!(q.launch_dims(37, 132).expect("dims").block, (128, 1, 1));
         assert_eq!(q.launch_dims(37, 132).expect("dims").grid, (3, 1, 1));
         assert!(c.launch_dims(0, 132).is_err());
     }
