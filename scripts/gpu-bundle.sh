@@ -35,6 +35,14 @@ for line in sys.stdin:
     print("bundled test", name)
 ' "$bundle/tests"
 
+# KILN_BUNDLE_MODELS=1 adds kiln-models: kiln built with candle's CUDA
+# backend (`kiln validate`), from scripts/build-models.sh's target folder.
+if [ "${KILN_BUNDLE_MODELS:-0}" = 1 ]; then
+  scripts/build-models.sh
+  # candle embeds its PTX: the binary is ~60 MB, so it travels gzipped (run.sh unpacks it).
+  gzip -c "${KILN_MODELS_TARGET:-$HOME/.cache/kiln/target-models}/release/kiln" > "$bundle/kiln-models.gz"
+fi
+
 cp scripts/gpu-run.sh "$bundle/run.sh"
 cp -r crates/kiln-cli/tests/red_team "$bundle/red_team"
 [ -d bench ] && cp -r bench "$bundle/bench"

@@ -2,7 +2,7 @@
 # Runs kiln's GPU suite from a bundle made by scripts/gpu-bundle.sh, on a
 # machine with an NVIDIA GPU. Writes logs and summary.md to $OUT (default
 # ./gpu-results). Usage: run.sh [suite...]; suites: doctor tests bench torch
-# discover sanitizer (default: doctor tests).
+# discover sanitizer models hf (default: doctor tests).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${OUT:-$PWD/gpu-results}
@@ -12,6 +12,10 @@ export KILN_CACHE_DIR=${KILN_CACHE_DIR:-/tmp/kiln-cache}
 export KILN_BIN="$here/kiln"
 export KILN_RED_TEAM="$here/red_team"
 suites=${*:-doctor tests}
+# kiln-models travels gzipped (candle's PTX makes it large).
+if [ -f "$here/kiln-models.gz" ] && [ ! -x "$here/kiln-models" ]; then
+  gunzip -c "$here/kiln-models.gz" > "$here/kiln-models" && chmod +x "$here/kiln-models"
+fi
 summary="$out/summary.md"
 commit=$(cat "$here/COMMIT" 2>/dev/null || echo unknown)
 {
@@ -39,7 +43,9 @@ for suite in $suites; do
       name=$(basename "$t")
       start=$(date +%s%N)
       # Every test, the GPU ones included; one at a time, they share the GPU.
-      "$t" --include-ignored --test-threads=1 --nocapture > "$out/test-$name.log" 2>&1; rc=$?
+      # KILN_TEST_FILTER narrows the tests inside each binary (libtest filter).
+      # shellcheck disable=SC2086
+      "$t" --include-ignored --test-threads=1 --nocapture ${KILN_TEST_FILTER:-} > "$out/test-$name.log" 2>&1; rc=$?
       ms=$(( ($(date +%s%N) - start) / 1000000 ))
       line=$(grep -E "^test result:" "$out/test-$name.log" | tail -1)
       echo "- $name: $([ $rc = 0 ] && echo PASS || echo FAIL) — ${line:-no result line} (${ms} ms)" >> "$summary"
@@ -92,8 +98,43 @@ for suite in $suites; do
     echo "- discover autorun: rc=$rc ($(( ($(date +%s%N) - start) / 1000000 )) ms)" >> "$summary"
     [ $rc = 0 ] || failed=1
     ;;
+  models)
+    # kiln validate on each preset in KILN_VALIDATE (default: both), synthetic
+    # weights built in GPU memory; KILN_VALIDATE_ARGS adds flags (e.g. --layers 4).
+    if [ ! -x "$here/kiln-models" ]; then
+      echo "- models: NOT RUN (no kiln-models in the bundle; build with KILN_BUNDLE_MODELS=1)" >> "$summary"
+      failed=1
+      continue
+    fi
+    for preset in ${KILN_VALIDATE:-qwen3-30b-a3b glm-4.7-flash}; do
+      start=$(date +%s%N)
+      # shellcheck disable=SC2086
+      "$here/kiln-models" validate --synthetic "$preset" --out "$out/validate" ${KILN_VALIDATE_ARGS:-} \
+        > "$out/validate-$preset.txt" 2>&1; rc=$?
+      cat "$out/validate-$preset.txt"
+      echo "- validate $preset: $([ $rc = 0 ] && echo DONE || echo "FAIL rc=$rc") ($(( ($(date +%s%N) - start) / 1000000 )) ms)" >> "$summary"
+      grep -v "^kiln:" "$out/validate-$preset.txt" | sed 's/^/    /' >> "$summary"
+      [ $rc = 0 ] || { failed=1; tail -5 "$out/validate-$preset.txt" | sed 's/^/    /' >> "$summary"; }
+    done
+    ;;
+  hf)
+    # transformers on a small synthetic checkpoint: logits against kiln's, and its decode speed.
+    for preset in ${KILN_VALIDATE:-qwen3-30b-a3b glm-4.7-flash}; do
+      ck=/tmp/kiln-ck-$preset
+      "$here/kiln-models" models synth "$preset" --layers "${KILN_HF_LAYERS:-4}" --out "$ck" > /dev/null 2>&1
+      "$here/kiln-models" validate "$ck" --dump-logits --runs 1 --max-tokens "${KILN_HF_TOKENS:-32}" \
+        --out "$ck/kiln" > "$out/hf-kiln-$preset.txt" 2>&1
+      python3 "$here/bench/hf_crosscheck.py" --checkpoint "$ck" --kiln "$ck/kiln" \
+        --json "$out/hf-$preset.json" > "$out/hf-$preset.txt" 2>&1; rc=$?
+      cat "$out/hf-$preset.txt"
+      echo "- transformers cross-check $preset: $([ $rc = 0 ] && echo DONE || echo "FAIL rc=$rc")" >> "$summary"
+      sed 's/^/    /' "$out/hf-kiln-$preset.txt" >> "$summary"
+      python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('    hf', d['transformers'], 'steps', d['steps'], 'generate tok/s', round(d['hf_generate_tps_median'],1)); [print('    ', k, {a: round(b, 5) for a, b in v.items()}) for k, v in d['configs'].items()]" "$out/hf-$preset.json" >> "$summary" 2>&1
+      [ $rc = 0 ] || { failed=1; tail -5 "$out/hf-$preset.txt" | sed 's/^/    /' >> "$summary"; }
+    done
+    ;;
   *)
-    echo "unknown suite '$suite' (doctor tests bench torch discover sanitizer)" >&2; exit 2 ;;
+    echo "unknown suite '$suite' (doctor tests bench torch discover sanitizer models hf)" >&2; exit 2 ;;
   esac
 done
 

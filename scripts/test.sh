@@ -21,5 +21,12 @@ for t in probe_kernels_compile_to_sm90_cubin_and_ptx; do
     exit 1
   fi
 done
+# kiln-candle's CUDA build (candle's own kernels need nvcc, from pinned wheels):
+# lint and build it here, where no GPU runs it. Its target folder persists
+# outside the clone (KILN_MODELS_TARGET), so later runs are incremental.
+echo "== kiln-candle with candle's CUDA backend: clippy -D warnings and a release build (not run: no GPU)"
+scripts/build-models.sh clippy --release --locked -p kiln-candle -p kiln-cli \
+  --features kiln-cli/models-cuda --all-targets -- -D warnings
+scripts/build-models.sh
 ignored=$(grep -c "\.\.\. ignored, needs a CUDA GPU" "$log" || true)
 echo "NOTE: $ignored GPU tests were not run (no GPU in this test command); run scripts/gpu-suite.sh on an NVIDIA machine."

@@ -227,16 +227,63 @@ pub struct BenchArgs {
 /// `kiln models …`
 #[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
-    /// Write a checkpoint with seeded random weights.
+    /// List the model presets (the published configs kiln can synthesise).
+    List,
+    /// Write a checkpoint directory (config.json + model.safetensors) with seeded random weights.
     Synth {
-        /// Preset (qwen3-30b-a3b, glm-4.7-flash, lfm2-8b-a1b).
+        /// Preset: qwen3-30b-a3b or glm-4.7-flash (`kiln models list`).
         preset: String,
+        /// Decoder layers (default: the preset's full depth).
+        #[arg(long)]
+        layers: Option<usize>,
+        /// Weight seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output directory.
+        #[arg(long)]
+        out: std::path::PathBuf,
     },
 }
 
 /// `kiln validate` flags.
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
-    /// Model checkpoint directory or preset.
-    pub model: String,
+    /// Checkpoint directory (config.json + *.safetensors); omit with --synthetic.
+    pub model: Option<std::path::PathBuf>,
+    /// Build a preset's seeded weights straight in GPU memory instead of reading a checkpoint.
+    #[arg(long, conflicts_with = "model")]
+    pub synthetic: Option<String>,
+    /// Decoder layers of the synthetic model (default: full depth).
+    #[arg(long, requires = "synthetic")]
+    pub layers: Option<usize>,
+    /// Weight seed of the synthetic model.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Greedy tokens to decode per run.
+    #[arg(long, default_value_t = 200)]
+    pub max_tokens: usize,
+    /// Timed runs per configuration (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Prompt length in tokens (seeded ids; see --prompt).
+    #[arg(long, default_value_t = 32)]
+    pub prompt_len: usize,
+    /// Prompt token ids, comma-separated (overrides --prompt-len).
+    #[arg(long, value_delimiter = ',')]
+    pub prompt: Vec<u32>,
+    /// Run only the baseline (no kiln kernels).
+    #[arg(long)]
+    pub no_patch: bool,
+    /// A kernel pack from `kiln discover export` to try as a third configuration.
+    #[arg(long)]
+    pub pack: Option<std::path::PathBuf>,
+    /// Where benchmark_results.json and the detailed report go.
+    #[arg(long, default_value = "validate-results")]
+    pub out: std::path::PathBuf,
+    /// Run on the CPU (tiny models only; for checking, not timing).
+    #[arg(long)]
+    pub cpu: bool,
+    /// Also write every configuration's teacher-forced logits (logits.safetensors) for bench/hf_crosscheck.py.
+    #[arg(long)]
+    pub dump_logits: bool,
 }

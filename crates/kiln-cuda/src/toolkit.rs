@@ -9,20 +9,33 @@
 //! path, kiln loads it by that path once; the loader then hands cudarc the
 //! same library when it asks for `libnvrtc.so.13` by name (matching SONAME).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use crate::error::{CudaError, Result};
 
 /// The header NVRTC needs for kiln's kernels; its folder is an include dir.
 const MARKER_HEADER: &str = "cuda_bf16.h";
+#[cfg(not(feature = "dynamic-linking"))]
 const NVRTC_FILE: &str = "libnvrtc.so.13";
+#[cfg(not(feature = "dynamic-linking"))]
 const NVRTC_BUILTINS_FILE: &str = "libnvrtc-builtins.so.13.0";
 
 /// Where the pinned wheels live relative to the repository root.
 const WHEEL_CACHE: &str = ".cache/cuda-wheels";
 
 /// Fails with [`CudaError::DriverMissing`] unless libcuda can be loaded.
+///
+/// In a build linked against the CUDA libraries (the `dynamic-linking`
+/// feature, which candle's CUDA backend needs) the loader has already found
+/// them before `main`, so there is nothing left to look for.
+#[cfg(feature = "dynamic-linking")]
+pub fn require_driver() -> Result<()> {
+    Ok(())
+}
+
+/// Fails with [`CudaError::DriverMissing`] unless libcuda can be loaded.
+#[cfg(not(feature = "dynamic-linking"))]
 pub fn require_driver() -> Result<()> {
     // SAFETY: only probes dlopen with the candidate names.
     if unsafe { cudarc::driver::sys::is_culib_present() } {
@@ -37,7 +50,14 @@ pub fn require_driver() -> Result<()> {
     }
 }
 
+/// Makes NVRTC loadable; in a linked build the loader already did.
+#[cfg(feature = "dynamic-linking")]
+pub fn require_nvrtc() -> Result<()> {
+    Ok(())
+}
+
 /// Makes NVRTC loadable, searching the usual places; idempotent.
+#[cfg(not(feature = "dynamic-linking"))]
 pub fn require_nvrtc() -> Result<()> {
     static FOUND: OnceLock<std::result::Result<(), Vec<PathBuf>>> = OnceLock::new();
     FOUND
@@ -46,6 +66,7 @@ pub fn require_nvrtc() -> Result<()> {
         .map_err(|searched| CudaError::NvrtcMissing { searched })
 }
 
+#[cfg(not(feature = "dynamic-linking"))]
 fn locate_and_preload_nvrtc() -> std::result::Result<(), Vec<PathBuf>> {
     let mut searched = Vec::new();
     if let Some(path) = std::env::var_os("KILN_NVRTC_LIB").map(PathBuf::from) {
@@ -92,7 +113,8 @@ fn locate_and_preload_nvrtc() -> std::result::Result<(), Vec<PathBuf>> {
 }
 
 /// Loads a library by absolute path and keeps it loaded for the process.
-fn preload(path: &Path) -> bool {
+#[cfg(not(feature = "dynamic-linking"))]
+fn preload(path: &std::path::Path) -> bool {
     // SAFETY: loading NVIDIA's NVRTC runs only its ordinary initialisers.
     match unsafe { libloading::Library::new(path) } {
         Ok(lib) => {
@@ -107,6 +129,7 @@ fn preload(path: &Path) -> bool {
 }
 
 /// Folders that may hold `libnvrtc.so.13`, in search order.
+#[cfg(not(feature = "dynamic-linking"))]
 fn library_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     for root in toolkit_roots() {

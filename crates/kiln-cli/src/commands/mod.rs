@@ -6,13 +6,12 @@ mod discover_report;
 mod discover_search;
 mod doctor;
 mod kernels;
+mod models;
 mod worker;
 
 use std::process::ExitCode;
 
-use anyhow::bail;
-
-use crate::cli::{Cli, Command, DiscoverCommand, KernelsCommand, ModelsCommand};
+use crate::cli::{Cli, Command, DiscoverCommand, KernelsCommand};
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -32,14 +31,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Kernels(KernelsCommand::List) => kernels::list(),
         Command::Kernels(KernelsCommand::Bench(args)) => kernels::bench(&args),
-        Command::Models(ModelsCommand::Synth { .. }) => not_yet("models synth"),
-        Command::Validate(_) => not_yet("validate"),
+        Command::Models(cmd) => models::models(cmd),
+        Command::Validate(args) => models::validate(&args),
     }
-}
-
-/// A subcommand whose implementation has not landed: say so and fail.
-fn not_yet(what: &str) -> anyhow::Result<ExitCode> {
-    bail!("`kiln {what}` is not implemented yet in this build; nothing was run")
 }
 
 /// The command that starts this binary as a GPU worker.

@@ -1,0 +1,230 @@
+//! `config.json` of the supported models, and the presets `kiln models synth`
+//! and `--synthetic` build (the models' own published configs).
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Qwen3-MoE (`qwen3_moe`); candle's own `Config` reads the same file for the stock baseline.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Qwen3MoeConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Hidden size H.
+    pub hidden_size: usize,
+    /// Decoder layers.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// KV heads.
+    pub num_key_value_heads: usize,
+    /// Head dimension.
+    pub head_dim: usize,
+    /// RMSNorm eps.
+    pub rms_norm_eps: f64,
+    /// RoPE theta.
+    pub rope_theta: f64,
+    /// Expert width I.
+    pub moe_intermediate_size: usize,
+    /// Routed experts E.
+    pub num_experts: usize,
+    /// Experts per token K.
+    pub num_experts_per_tok: usize,
+    /// Renormalise the top-k weights.
+    pub norm_topk_prob: bool,
+    /// Tied input and output embeddings.
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// Every `decoder_sparse_step`-th layer is MoE (kiln supports 1).
+    #[serde(default = "one")]
+    pub decoder_sparse_step: usize,
+    /// Layers with a dense MLP instead (kiln supports none).
+    #[serde(default)]
+    pub mlp_only_layers: Vec<usize>,
+    /// Attention projections with bias (kiln supports none).
+    #[serde(default)]
+    pub attention_bias: bool,
+}
+
+/// GLM-4.7-Flash (`glm4_moe_lite`, DeepSeek-V3 style MLA + MoE).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Glm4MoeLiteConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Hidden size H.
+    pub hidden_size: usize,
+    /// Decoder layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads.
+    pub num_attention_heads: usize,
+    /// Rank of the query compression.
+    pub q_lora_rank: usize,
+    /// Rank of the KV compression.
+    pub kv_lora_rank: usize,
+    /// Per-head query/key width without rotary.
+    pub qk_nope_head_dim: usize,
+    /// Per-head rotary width.
+    pub qk_rope_head_dim: usize,
+    /// Per-head value width.
+    pub v_head_dim: usize,
+    /// RMSNorm eps.
+    pub rms_norm_eps: f64,
+    /// RoPE theta.
+    pub rope_theta: f64,
+    /// Rotary on adjacent pairs (GLM-4.7-Flash: true).
+    #[serde(default = "yes")]
+    pub rope_interleave: bool,
+    /// Leading dense layers.
+    pub first_k_dense_replace: usize,
+    /// Dense MLP width.
+    pub intermediate_size: usize,
+    /// Routed experts E.
+    pub n_routed_experts: usize,
+    /// Shared experts (summed into one MLP of n × I).
+    #[serde(default)]
+    pub n_shared_experts: usize,
+    /// Experts per token K.
+    pub num_experts_per_tok: usize,
+    /// Expert width I.
+    pub moe_intermediate_size: usize,
+    /// Routed weights' scale.
+    pub routed_scaling_factor: f64,
+    /// Expert groups.
+    #[serde(default = "one")]
+    pub n_group: usize,
+    /// Groups kept.
+    #[serde(default = "one")]
+    pub topk_group: usize,
+    /// Tied input and output embeddings.
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A supported model's config.
+#[derive(Debug, Clone)]
+pub enum ModelConfig {
+    /// Qwen3-MoE.
+    Qwen3Moe(Qwen3MoeConfig),
+    /// GLM-4.7-Flash.
+    Glm4MoeLite(Glm4MoeLiteConfig),
+}
+
+impl ModelConfig {
+    /// Parses a `config.json` text, dispatching on `model_type`.
+    pub fn parse(text: &str) -> Result<(Self, serde_json::Value)> {
+        let raw: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| Error::Config(format!("not JSON: {e}")))?;
+        let kind = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+        let bad = |e: serde_json::Error| Error::Config(format!("{kind}: {e}"));
+        let cfg = match kind {
+            "qwen3_moe" => Self::Qwen3Moe(serde_json::from_value(raw.clone()).map_err(bad)?),
+            "glm4_moe_lite" => Self::Glm4MoeLite(serde_json::from_value(raw.clone()).map_err(bad)?),
+            other => {
+                return Err(Error::Config(format!(
+                    "model_type {other:?} is not supported (kiln runs qwen3_moe and glm4_moe_lite)"
+                )))
+            }
+        };
+        Ok((cfg, raw))
+    }
+
+    /// Reads `<dir>/config.json`.
+    pub fn load(dir: &Path) -> Result<(Self, serde_json::Value)> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io { path, source })?;
+        Self::parse(&text)
+    }
+
+    /// The number of decoder layers.
+    pub fn layers(&self) -> usize {
+        match self {
+            Self::Qwen3Moe(c) => c.num_hidden_layers,
+            Self::Glm4MoeLite(c) => c.num_hidden_layers,
+        }
+    }
+}
+
+/// The presets: the published configs of the target models.
+pub const PRESETS: [(&str, &str); 2] = [
+    ("qwen3-30b-a3b", QWEN3_30B_A3B),
+    ("glm-4.7-flash", GLM_47_FLASH),
+];
+
+/// A preset's `config.json` with `num_hidden_layers` optionally overridden.
+pub fn preset(name: &str, layers: Option<usize>) -> Result<serde_json::Value> {
+    let text = PRESETS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, t)| *t)
+        .ok_or_else(|| {
+            let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
+            Error::Config(format!(
+                "unknown preset {name:?}; presets: {}",
+                names.join(", ")
+            ))
+        })?;
+    let mut v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| Error::Config(format!("preset {name}: {e}")))?;
+    if let Some(n) = layers {
+        v["num_hidden_layers"] = n.into();
+        if v.get("max_window_layers").is_some() {
+            v["max_window_layers"] = n.into();
+        }
+    }
+    Ok(v)
+}
+
+const QWEN3_30B_A3B: &str = r#"{
+  "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe",
+  "attention_bias": false, "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151645,
+  "decoder_sparse_step": 1, "head_dim": 128, "hidden_act": "silu", "hidden_size": 2048,
+  "initializer_range": 0.02, "intermediate_size": 6144, "max_position_embeddings": 40960,
+  "max_window_layers": 48, "mlp_only_layers": [], "moe_intermediate_size": 768,
+  "norm_topk_prob": true, "num_attention_heads": 32, "num_experts": 128, "num_experts_per_tok": 8,
+  "num_hidden_layers": 48, "num_key_value_heads": 4, "output_router_logits": false,
+  "rms_norm_eps": 1e-06, "rope_scaling": null, "rope_theta": 1000000.0,
+  "router_aux_loss_coef": 0.001, "sliding_window": null, "tie_word_embeddings": false,
+  "torch_dtype": "bfloat16", "use_cache": true, "use_sliding_window": false, "vocab_size": 151936
+}"#;
+
+const GLM_47_FLASH: &str = r#"{
+  "architectures": ["Glm4MoeLiteForCausalLM"], "model_type": "glm4_moe_lite",
+  "attention_bias": false, "attention_dropout": 0.0, "eos_token_id": [154820, 154827, 154829],
+  "first_k_dense_replace": 1, "hidden_act": "silu", "hidden_size": 2048,
+  "initializer_range": 0.02, "intermediate_size": 10240, "kv_lora_rank": 512,
+  "max_position_embeddings": 202752, "moe_intermediate_size": 1536, "n_group": 1,
+  "n_routed_experts": 64, "n_shared_experts": 1, "norm_topk_prob": true,
+  "num_attention_heads": 20, "num_experts_per_tok": 4, "num_hidden_layers": 47,
+  "num_key_value_heads": 20, "q_lora_rank": 768, "qk_nope_head_dim": 192, "qk_rope_head_dim": 64,
+  "rms_norm_eps": 1e-05, "rope_interleave": true, "rope_scaling": null, "rope_theta": 1000000.0,
+  "routed_scaling_factor": 1.8, "tie_word_embeddings": false, "topk_group": 1,
+  "topk_method": "noaux_tc", "torch_dtype": "bfloat16", "use_cache": true, "v_head_dim": 256,
+  "vocab_size": 154880
+}"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_parse_and_layers_override() {
+        for (name, _) in PRESETS {
+            let v = preset(name, Some(2)).expect("preset");
+            let (cfg, _) = ModelConfig::parse(&v.to_string()).expect("parse");
+            assert_eq!(cfg.layers(), 2, "{name}");
+        }
+        assert!(preset("nope", None).is_err());
+        let e = ModelConfig::parse(r#"{"model_type": "llama"}"#).unwrap_err();
+        assert!(e.to_string().contains("not supported"));
+    }
+}

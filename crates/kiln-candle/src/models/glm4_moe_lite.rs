@@ -1,0 +1,254 @@
+//! GLM-4.7-Flash (`glm4_moe_lite`): DeepSeek-V3 style multi-head latent
+//! attention, a dense first layer, then sigmoid-routed MoE layers with a
+//! shared expert.
+//!
+//! Attention runs in the decompressed form HF's eager path uses: queries and
+//! keys of `qk_nope + qk_rope` values per head, values of `v_head_dim`; the
+//! cache holds decompressed keys and values. RoPE rotates the last
+//! `qk_rope_head_dim` values of every query and key head as adjacent pairs.
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use kiln_kernels::reference::rope::RopeShape;
+use kiln_kernels::reference::topk::SigmoidRouting;
+
+use super::config::Glm4MoeLiteConfig;
+use super::kv_cache::KvCache;
+use super::layers::{add_rms_norm, attention, linear, rms_norm, Mlp, RopeTables};
+use super::moe::{MoeBlock, MoeDims, Router};
+use super::{DecodeModel, Kernels};
+use crate::error::{Error, Result};
+
+/// transformers builds the latent RMSNorms with eps 1e-6 (mlx-lm uses the
+/// config's 1e-5); kiln follows transformers.
+const LATENT_NORM_EPS: f64 = 1e-6;
+
+#[derive(Debug, Clone)]
+enum Ffn {
+    Dense(Mlp),
+    Moe(MoeBlock),
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    ln1: Tensor,
+    ln2: Tensor,
+    q_a: Tensor,
+    q_a_norm: Tensor,
+    q_b: Tensor,
+    kv_a: Tensor,
+    kv_a_norm: Tensor,
+    kv_b: Tensor,
+    o: Tensor,
+    ffn: Ffn,
+}
+
+/// GLM-4.7-Flash for causal LM at batch 1.
+#[derive(Debug)]
+pub struct Glm4MoeLite {
+    cfg: Glm4MoeLiteConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Tensor,
+    rope: RopeTables,
+    caches: Vec<KvCache>,
+    kernels: Kernels,
+    device: Device,
+}
+
+impl Glm4MoeLite {
+    /// Builds the model from HF weight names under `vb`, with a KV cache of `max_len`.
+    pub fn load(
+        cfg: &Glm4MoeLiteConfig,
+        vb: VarBuilder,
+        kernels: Kernels,
+        max_len: usize,
+    ) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let nh = cfg.num_attention_heads;
+        let dqk = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim;
+        let dv = cfg.v_head_dim;
+        if cfg.n_shared_experts > 1 {
+            return Err(Error::Config(
+                "glm4_moe_lite: kiln supports at most one shared expert".into(),
+            ));
+        }
+        let dev = vb.device().clone();
+        let dtype = vb.dtype();
+        let embed = vb
+            .pp("model.embed_tokens")
+            .get((cfg.vocab_size, h), "weight")?;
+        let lm_head = if cfg.tie_word_embeddings {
+            embed.clone()
+        } else {
+            vb.pp("lm_head").get((cfg.vocab_size, h), "weight")?
+        };
+        let routing = SigmoidRouting {
+            e: cfg.n_routed_experts,
+            k: cfg.num_experts_per_tok,
+            n_group: cfg.n_group,
+            topk_group: cfg.topk_group,
+            norm_eps: 1e-20,
+            scale: cfg.routed_scaling_factor,
+            sigmoid_in_dtype: false,
+            dtype: kiln_kernels::DType::F32,
+        };
+        let dims = MoeDims {
+            h,
+            i: cfg.moe_intermediate_size,
+            e: cfg.n_routed_experts,
+            k: cfg.num_experts_per_tok,
+            shared_i: (cfg.n_shared_experts == 1).then_some(cfg.moe_intermediate_size),
+        };
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        let mut caches = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let v = vb.pp(format!("model.layers.{l}"));
+            let a = v.pp("self_attn");
+            let ffn = if l < cfg.first_k_dense_replace {
+                Ffn::Dense(Mlp::load(&v.pp("mlp"), h, cfg.intermediate_size)?)
+            } else {
+                let bias = v.pp("mlp.gate").get_with_hints_dtype(
+                    cfg.n_routed_experts,
+                    "e_score_correction_bias",
+                    Default::default(),
+                    DType::F32,
+                )?;
+                Ffn::Moe(MoeBlock::load(
+                    &v.pp("mlp"),
+                    dims,
+                    Router::Sigmoid { bias, routing },
+                    kernels,
+                )?)
+            };
+            layers.push(Layer {
+                ln1: v.pp("input_layernorm").get(h, "weight")?,
+                ln2: v.pp("post_attention_layernorm").get(h, "weight")?,
+                q_a: a.pp("q_a_proj").get((cfg.q_lora_rank, h), "weight")?,
+                q_a_norm: a.pp("q_a_layernorm").get(cfg.q_lora_rank, "weight")?,
+                q_b: a
+                    .pp("q_b_proj")
+                    .get((nh * dqk, cfg.q_lora_rank), "weight")?,
+                kv_a: a
+                    .pp("kv_a_proj_with_mqa")
+                    .get((cfg.kv_lora_rank + cfg.qk_rope_head_dim, h), "weight")?,
+                kv_a_norm: a.pp("kv_a_layernorm").get(cfg.kv_lora_rank, "weight")?,
+                kv_b: a.pp("kv_b_proj").get(
+                    (nh * (cfg.qk_nope_head_dim + dv), cfg.kv_lora_rank),
+                    "weight",
+                )?,
+                o: a.pp("o_proj").get((h, nh * dv), "weight")?,
+                ffn,
+            });
+            caches.push(KvCache::new(nh, max_len, dqk, dv, dtype, &dev)?);
+        }
+        let rope = RopeTables::new(
+            RopeShape {
+                qh: nh,
+                kh: nh,
+                head_dim: dqk,
+                rot_dim: cfg.qk_rope_head_dim,
+                rot_offset: cfg.qk_nope_head_dim,
+                interleaved: cfg.rope_interleave,
+                theta: cfg.rope_theta,
+                hf_rounding: true,
+            },
+            max_len,
+            dtype,
+            &dev,
+        )?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed,
+            layers,
+            norm: vb.pp("model.norm").get(h, "weight")?,
+            lm_head,
+            rope,
+            caches,
+            kernels,
+            device: dev,
+        })
+    }
+
+    fn attention(&mut self, l: usize, x: &Tensor, pos: usize) -> Result<Tensor> {
+        let c = &self.cfg;
+        let k_ = self.kernels;
+        let (nh, nope, rope_d, dv) = (
+            c.num_attention_heads,
+            c.qk_nope_head_dim,
+            c.qk_rope_head_dim,
+            c.v_head_dim,
+        );
+        let dqk = nope + rope_d;
+        let t = x.dim(0)?;
+        let ly = &self.layers[l];
+        let q = linear(
+            &rms_norm(&linear(x, &ly.q_a)?, &ly.q_a_norm, LATENT_NORM_EPS, k_)?,
+            &ly.q_b,
+        )?;
+        let q = q.reshape((t, nh, dqk))?;
+        let ckv = linear(x, &ly.kv_a)?; // [T, kv_lora + rope]
+        let latent = ckv.narrow(1, 0, c.kv_lora_rank)?.contiguous()?;
+        let k_pe = ckv
+            .narrow(1, c.kv_lora_rank, rope_d)?
+            .reshape((t, 1, rope_d))?;
+        let kv = linear(
+            &rms_norm(&latent, &ly.kv_a_norm, LATENT_NORM_EPS, k_)?,
+            &ly.kv_b,
+        )?;
+        let kv = kv.reshape((t, nh, nope + dv))?;
+        let k_nope = kv.narrow(2, 0, nope)?;
+        let v = kv.narrow(2, nope, dv)?;
+        let k = Tensor::cat(&[&k_nope, &k_pe.broadcast_as((t, nh, rope_d))?], 2)?;
+        let (q, k) = self.rope.apply(&q.contiguous()?, &k, pos, k_)?;
+        self.caches[l].append(&k, &v, pos)?;
+        let o = attention(&q, &self.caches[l], pos, 1.0 / (dqk as f64).sqrt(), k_)?;
+        linear(&o, &self.layers[l].o)
+    }
+}
+
+impl DecodeModel for Glm4MoeLite {
+    fn forward(&mut self, ids: &[u32], pos: usize) -> Result<Tensor> {
+        let t = ids.len();
+        let eps = self.cfg.rms_norm_eps;
+        let k = self.kernels;
+        let ids = Tensor::new(ids, &self.device)?;
+        let mut residual = self.embed.index_select(&ids, 0)?;
+        let mut delta: Option<Tensor> = None;
+        for l in 0..self.layers.len() {
+            let (n, h) = match delta.take() {
+                None => (
+                    rms_norm(&residual, &self.layers[l].ln1, eps, k)?,
+                    residual.clone(),
+                ),
+                Some(d) => add_rms_norm(&d, &residual, &self.layers[l].ln1, eps, k)?,
+            };
+            let a = self.attention(l, &n, pos)?;
+            let (n2, h2) = add_rms_norm(&a, &h, &self.layers[l].ln2, eps, k)?;
+            delta = Some(match &self.layers[l].ffn {
+                Ffn::Dense(m) => m.forward(&n2, k)?,
+                Ffn::Moe(m) => m.forward(&n2)?,
+            });
+            residual = h2;
+        }
+        let n = match delta {
+            Some(d) => add_rms_norm(&d, &residual, &self.norm, eps, k)?.0,
+            None => rms_norm(&residual, &self.norm, eps, k)?,
+        };
+        let last = n.narrow(0, t - 1, 1)?;
+        Ok(linear(&last, &self.lm_head)?
+            .to_dtype(DType::F32)?
+            .squeeze(0)?)
+    }
+
+    fn reset(&mut self) {
+        for c in &mut self.caches {
+            c.reset();
+        }
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+}

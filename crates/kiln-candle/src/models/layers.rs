@@ -1,0 +1,201 @@
+//! The building blocks the models share, each run on kiln's kernels or on
+//! plain candle ops ([`Kernels`]).
+
+use candle_core::{DType, Device, Tensor, D};
+use kiln_kernels::reference::rope::RopeShape;
+
+use super::kv_cache::KvCache;
+use super::Kernels;
+use crate::error::Result;
+use crate::ops;
+
+/// `x · wᵀ` for `x[T, in]`, `w[out, in]` (cuBLAS in both modes).
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    Ok(x.matmul(&w.t()?)?)
+}
+
+/// RMSNorm over the last dimension.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, k: Kernels) -> Result<Tensor> {
+    match k {
+        Kernels::Kiln => ops::norm::rms_norm(x, w, eps),
+        Kernels::Candle => Ok(candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?),
+    }
+}
+
+/// `h = delta + residual`, `(rmsnorm(h) * w, h)`.
+pub fn add_rms_norm(
+    delta: &Tensor,
+    residual: &Tensor,
+    w: &Tensor,
+    eps: f64,
+    k: Kernels,
+) -> Result<(Tensor, Tensor)> {
+    match k {
+        Kernels::Kiln => ops::norm::add_rms_norm(delta, residual, w, eps),
+        Kernels::Candle => {
+            let h = (delta + residual)?;
+            Ok((rms_norm(&h, w, eps, k)?, h))
+        }
+    }
+}
+
+/// `silu(gate) * up` of a packed `[T, 2I]` (gate first).
+pub fn swiglu_packed(gate_up: &Tensor, k: Kernels) -> Result<Tensor> {
+    match k {
+        Kernels::Kiln => ops::swiglu::swiglu_packed(gate_up),
+        Kernels::Candle => {
+            let i = gate_up.dim(D::Minus1)? / 2;
+            let g = gate_up.narrow(D::Minus1, 0, i)?;
+            let u = gate_up.narrow(D::Minus1, i, i)?;
+            Ok((candle_nn::ops::silu(&g)? * u)?)
+        }
+    }
+}
+
+/// A dense SwiGLU MLP with its gate and up weights packed as `[2I, H]`.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    /// `[gate; up]`, `[2I, H]`.
+    pub gate_up: Tensor,
+    /// `[H, I]`.
+    pub down: Tensor,
+}
+
+impl Mlp {
+    /// Loads `gate_proj`, `up_proj`, `down_proj` under `vb`.
+    pub fn load(vb: &candle_nn::VarBuilder, h: usize, i: usize) -> Result<Self> {
+        let g = vb.pp("gate_proj").get((i, h), "weight")?;
+        let u = vb.pp("up_proj").get((i, h), "weight")?;
+        Ok(Self {
+            gate_up: Tensor::cat(&[&g, &u], 0)?,
+            down: vb.pp("down_proj").get((h, i), "weight")?,
+        })
+    }
+
+    /// `down(silu(gate x) * up x)`.
+    pub fn forward(&self, x: &Tensor, k: Kernels) -> Result<Tensor> {
+        linear(&swiglu_packed(&linear(x, &self.gate_up)?, k)?, &self.down)
+    }
+}
+
+/// Rotary tables for candle's rope ops (`[max_len, rot_dim/2]`).
+#[derive(Debug, Clone)]
+pub struct RopeTables {
+    cos: Tensor,
+    sin: Tensor,
+    /// Shape and math, shared with the kiln kernel.
+    pub shape: RopeShape,
+}
+
+impl RopeTables {
+    /// Tables for positions `0..max_len`, built like HF (f32 inv_freq, cast to the dtype).
+    pub fn new(shape: RopeShape, max_len: usize, dtype: DType, dev: &Device) -> Result<Self> {
+        let half = shape.rot_dim / 2;
+        let inv: Vec<f32> = (0..half)
+            .map(|i| 1f32 / (shape.theta as f32).powf((2 * i) as f32 / shape.rot_dim as f32))
+            .collect();
+        let inv = Tensor::from_vec(inv, (1, half), dev)?;
+        let t = Tensor::arange(0u32, max_len as u32, dev)?
+            .to_dtype(DType::F32)?
+            .reshape((max_len, 1))?;
+        let f = t.matmul(&inv)?;
+        Ok(Self {
+            cos: f.cos()?.to_dtype(dtype)?,
+            sin: f.sin()?.to_dtype(dtype)?,
+            shape,
+        })
+    }
+
+    /// Rotates `q[T,QH,HD]` and `k[T,KH,HD]` (the shape's slice) at `pos..pos+T`.
+    pub fn apply(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        pos: usize,
+        kern: Kernels,
+    ) -> Result<(Tensor, Tensor)> {
+        let t = q.dim(0)?;
+        match kern {
+            Kernels::Kiln => {
+                let positions = Tensor::arange(pos as i32, (pos + t) as i32, q.device())?;
+                ops::rope::rope(q, k, &positions, self.shape)
+            }
+            Kernels::Candle => {
+                let cos = self.cos.narrow(0, pos, t)?;
+                let sin = self.sin.narrow(0, pos, t)?;
+                let (off, rot_dim, hd) = (
+                    self.shape.rot_offset,
+                    self.shape.rot_dim,
+                    self.shape.head_dim,
+                );
+                let rot = |x: &Tensor| -> Result<Tensor> {
+                    // candle's rope ops take [B, H, T, D] over the rotated slice only.
+                    let r = x
+                        .narrow(2, off, rot_dim)?
+                        .transpose(0, 1)?
+                        .unsqueeze(0)?
+                        .contiguous()?;
+                    let r = if self.shape.interleaved {
+                        candle_nn::rotary_emb::rope_i(&r, &cos, &sin)?
+                    } else {
+                        candle_nn::rotary_emb::rope(&r, &cos, &sin)?
+                    };
+                    let r = r.squeeze(0)?.transpose(0, 1)?;
+                    if rot_dim == hd {
+                        return Ok(r);
+                    }
+                    let mut parts = Vec::new();
+                    if off > 0 {
+                        parts.push(x.narrow(2, 0, off)?);
+                    }
+                    parts.push(r);
+                    if off + rot_dim < hd {
+                        parts.push(x.narrow(2, off + rot_dim, hd - off - rot_dim)?);
+                    }
+                    Ok(Tensor::cat(&parts, 2)?)
+                };
+                Ok((rot(q)?, rot(k)?))
+            }
+        }
+    }
+}
+
+/// Causal attention of `q[T, QH, DK]` at positions `pos..pos+T` over the
+/// cache (already holding those positions): `[T, QH·DV]`.
+pub fn attention(
+    q: &Tensor,
+    cache: &KvCache,
+    pos: usize,
+    scale: f64,
+    kern: Kernels,
+) -> Result<Tensor> {
+    let (t, qh, dk) = q.dims3()?;
+    if kern == Kernels::Kiln {
+        let (k, v) = cache.buffers();
+        let o = ops::attention::decode_attention(q, k, v, pos, scale)?;
+        let dv = o.dim(2)?;
+        return Ok(o.reshape((t, qh * dv))?);
+    }
+    let (k, v) = cache.history()?;
+    let (kvh, len, _) = k.dims3()?;
+    let dv = v.dim(2)?;
+    let g = qh / kvh;
+    // [T, QH, DK] -> [KVH, G*T, DK]: query head j reads kv head j / G.
+    let q = (q.transpose(0, 1)?.contiguous()? * scale)?.reshape((kvh, g * t, dk))?;
+    let mut scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?;
+    if t > 1 {
+        let mask: Vec<f32> = (0..t)
+            .flat_map(|i| (0..len).map(move |j| if j <= pos + i { 0.0 } else { f32::NEG_INFINITY }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (t, len), q.device())?;
+        scores = scores
+            .reshape((kvh, g, t, len))?
+            .broadcast_add(&mask)?
+            .reshape((kvh, g * t, len))?;
+    }
+    let p = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+    let o = p.matmul(&v)?; // [KVH, G*T, DV]; v is a strided view of the cache
+    Ok(o.reshape((qh, t, dv))?
+        .transpose(0, 1)?
+        .reshape((t, qh * dv))?)
+}

@@ -1,0 +1,277 @@
+//! The sparse MoE block: router, routed experts and the optional shared expert.
+//!
+//! On kiln's kernels a decode step is one router kernel and two expert
+//! kernels (gathered gate/up with SwiGLU, gathered down with the weighted
+//! combine). The shared expert rides along as one more stacked expert with
+//! weight 1, so it costs no extra launch. On plain candle ops the block runs
+//! like candle's own fused MoE (`moe_gemm`, CUDA) or a gather + batched
+//! matmul (CPU).
+
+use candle_core::{DType, Tensor, D};
+use kiln_kernels::reference::topk::SigmoidRouting;
+
+use super::layers::{linear, Mlp};
+use super::Kernels;
+use crate::error::{op_error, Result};
+use crate::ops;
+
+/// How the router picks and weighs experts.
+#[derive(Debug, Clone)]
+pub enum Router {
+    /// Qwen3: softmax over all experts in f32, top-k, optional renormalisation;
+    /// weights rounded to the model dtype before the combine.
+    Softmax {
+        /// Renormalise the top-k probabilities.
+        renorm: bool,
+    },
+    /// GLM-4.7-Flash / DeepSeek-V3: f32 sigmoid scores, `bias` only chooses.
+    Sigmoid {
+        /// Selection bias, f32 `[E]`.
+        bias: Tensor,
+        /// Grouping, eps and scale.
+        routing: SigmoidRouting,
+    },
+}
+
+/// Expert weights stacked over experts.
+#[derive(Debug, Clone)]
+enum ExpertWeights {
+    /// `[E', I, H]`, `[E', I, H]`, `[E', H, I]` (E' = E + shared expert).
+    Kiln {
+        gate: Tensor,
+        up: Tensor,
+        down: Tensor,
+    },
+    /// `[E, 2I, H]` and `[E, H, I]`, candle's fused-MoE layout.
+    Candle { gate_up: Tensor, down: Tensor },
+}
+
+/// One MoE block.
+#[derive(Debug, Clone)]
+pub struct MoeBlock {
+    /// Router weight `[E, H]` (f32 for a sigmoid router, as HF computes it).
+    gate: Tensor,
+    router: Router,
+    experts: ExpertWeights,
+    shared: Option<Mlp>,
+    e: usize,
+    k: usize,
+    i: usize,
+    kernels: Kernels,
+}
+
+/// What a MoE block needs from the config.
+#[derive(Debug, Clone, Copy)]
+pub struct MoeDims {
+    /// Hidden size H.
+    pub h: usize,
+    /// Expert width I.
+    pub i: usize,
+    /// Routed experts E.
+    pub e: usize,
+    /// Experts per token K.
+    pub k: usize,
+    /// Shared-expert width (the shared expert is stacked only when it equals I).
+    pub shared_i: Option<usize>,
+}
+
+impl MoeBlock {
+    /// Loads `gate`, `experts.{e}.*` and `shared_experts.*` (if any) under `vb`.
+    pub fn load(
+        vb: &candle_nn::VarBuilder,
+        dims: MoeDims,
+        router: Router,
+        kernels: Kernels,
+    ) -> Result<Self> {
+        let MoeDims {
+            h,
+            i,
+            e,
+            k,
+            shared_i,
+        } = dims;
+        let mut gate = vb.pp("gate").get((e, h), "weight")?;
+        if matches!(router, Router::Sigmoid { .. }) {
+            gate = gate.to_dtype(DType::F32)?;
+        }
+        let shared = match shared_i {
+            Some(si) => Some(Mlp::load(&vb.pp("shared_experts"), h, si)?),
+            None => None,
+        };
+        let ex = vb.pp("experts");
+        let mut gates = Vec::with_capacity(e + 1);
+        let mut ups = Vec::with_capacity(e + 1);
+        let mut downs = Vec::with_capacity(e + 1);
+        for j in 0..e {
+            let v = ex.pp(j);
+            gates.push(v.pp("gate_proj").get((i, h), "weight")?);
+            ups.push(v.pp("up_proj").get((i, h), "weight")?);
+            downs.push(v.pp("down_proj").get((h, i), "weight")?);
+        }
+        let stack_shared = kernels == Kernels::Kiln && shared_i == Some(i);
+        let experts = match kernels {
+            Kernels::Kiln => {
+                if stack_shared {
+                    let s = vb.pp("shared_experts");
+                    gates.push(s.pp("gate_proj").get((i, h), "weight")?);
+                    ups.push(s.pp("up_proj").get((i, h), "weight")?);
+                    downs.push(s.pp("down_proj").get((h, i), "weight")?);
+                }
+                ExpertWeights::Kiln {
+                    gate: Tensor::stack(&gates, 0)?,
+                    up: Tensor::stack(&ups, 0)?,
+                    down: Tensor::stack(&downs, 0)?,
+                }
+            }
+            Kernels::Candle => {
+                let gu: Vec<Tensor> = gates
+                    .iter()
+                    .zip(&ups)
+                    .map(|(g, u)| Tensor::cat(&[g, u], 0))
+                    .collect::<candle_core::Result<_>>()?;
+                ExpertWeights::Candle {
+                    gate_up: Tensor::stack(&gu, 0)?,
+                    down: Tensor::stack(&downs, 0)?,
+                }
+            }
+        };
+        Ok(Self {
+            gate,
+            router,
+            experts,
+            shared: if stack_shared { None } else { shared },
+            e,
+            k,
+            i,
+            kernels,
+        })
+    }
+
+    /// `x[T, H]` → `[T, H]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (weights, indices) = self.route(x)?;
+        let routed = match &self.experts {
+            ExpertWeights::Kiln { gate, up, down } => {
+                let (mut w, mut idx) = (weights, indices);
+                if gate.dim(0)? > self.e {
+                    // The stacked shared expert: index E, weight exactly 1.
+                    let t = x.dim(0)?;
+                    let ones = Tensor::ones((t, 1), DType::F32, x.device())?;
+                    let shared = Tensor::full(self.e as u32, (t, 1), x.device())?;
+                    w = Tensor::cat(&[&w, &ones], 1)?;
+                    idx = Tensor::cat(&[&idx, &shared], 1)?;
+                }
+                let round_weights = matches!(self.router, Router::Softmax { .. });
+                let h = ops::moe::expert_swiglu(x, gate, up, &idx)?;
+                ops::moe::expert_down(&h, down, &idx, &w, None, round_weights)?
+            }
+            ExpertWeights::Candle { gate_up, down } => {
+                self.candle_experts(x, gate_up, down, &weights, &indices)?
+            }
+        };
+        match &self.shared {
+            Some(mlp) => Ok((routed + mlp.forward(x, self.kernels)?)?),
+            None => Ok(routed),
+        }
+    }
+
+    /// `(weights[T,K] f32, indices[T,K] u32)`.
+    fn route(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        match (&self.router, self.kernels) {
+            (Router::Softmax { renorm }, Kernels::Kiln) => {
+                ops::router::softmax_topk(&linear(x, &self.gate)?, self.k, *renorm)
+            }
+            (Router::Sigmoid { bias, routing }, Kernels::Kiln) => {
+                let logits = linear(&x.to_dtype(DType::F32)?, &self.gate)?;
+                ops::router::sigmoid_topk(&logits, bias, *routing)
+            }
+            (Router::Softmax { renorm }, Kernels::Candle) => {
+                let p = candle_nn::ops::softmax_last_dim(
+                    &linear(x, &self.gate)?.to_dtype(DType::F32)?,
+                )?;
+                let idx = p
+                    .arg_sort_last_dim(false)?
+                    .narrow(D::Minus1, 0, self.k)?
+                    .contiguous()?;
+                let mut w = p.gather(&idx, D::Minus1)?;
+                if *renorm {
+                    w = w.broadcast_div(&w.sum_keepdim(D::Minus1)?)?;
+                }
+                // Qwen3 casts the routing weights to the model dtype.
+                Ok((w.to_dtype(x.dtype())?.to_dtype(DType::F32)?, idx))
+            }
+            (Router::Sigmoid { bias, routing }, Kernels::Candle) => {
+                if routing.n_group != 1 || routing.topk_group != 1 {
+                    return Err(op_error(
+                        "moe",
+                        "grouped routing runs on kiln's kernels only",
+                    ));
+                }
+                let s = candle_nn::ops::sigmoid(&linear(&x.to_dtype(DType::F32)?, &self.gate)?)?;
+                let idx = s
+                    .broadcast_add(bias)?
+                    .arg_sort_last_dim(false)?
+                    .narrow(D::Minus1, 0, self.k)?
+                    .contiguous()?;
+                let w = s.gather(&idx, D::Minus1)?;
+                let w = (w.broadcast_div(&(w.sum_keepdim(D::Minus1)? + routing.norm_eps)?)?
+                    * routing.scale)?;
+                Ok((w, idx))
+            }
+        }
+    }
+
+    fn candle_experts(
+        &self,
+        x: &Tensor,
+        gate_up: &Tensor,
+        down: &Tensor,
+        w: &Tensor,
+        idx: &Tensor,
+    ) -> Result<Tensor> {
+        let (t, hdim) = x.dims2()?;
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda() {
+            let (expert_ids, sorted_token_ids) = idx.flatten_all()?.sort_last_dim(true)?;
+            let prefill = t > 1;
+            let gu = candle_nn::moe::moe_gemm(
+                x,
+                gate_up,
+                &None,
+                &sorted_token_ids,
+                &expert_ids,
+                self.k,
+                prefill,
+            )?;
+            let g = gu.narrow(D::Minus1, 0, self.i)?.contiguous()?;
+            let u = gu.narrow(D::Minus1, self.i, self.i)?.contiguous()?;
+            let act = (u * candle_nn::ops::silu(&g)?)?.reshape(((), self.i))?;
+            let w = w.to_dtype(DType::F32)?;
+            let ys = candle_nn::moe::moe_gemm(
+                &act,
+                down,
+                &Some(w),
+                &sorted_token_ids,
+                &expert_ids,
+                self.k,
+                prefill,
+            )?;
+            return Ok(ys.reshape((t, self.k, hdim))?.sum(1)?.to_dtype(x.dtype())?);
+        }
+        // Gather the chosen experts' weights and run batched mat-vecs.
+        let flat = idx.flatten_all()?;
+        let gu = gate_up.index_select(&flat, 0)?; // [T*K, 2I, H]
+        let xs = x
+            .unsqueeze(1)?
+            .repeat((1, self.k, 1))?
+            .reshape((t * self.k, 1, hdim))?;
+        let h = xs.matmul(&gu.transpose(1, 2)?)?; // [T*K, 1, 2I]
+        let g = h.narrow(D::Minus1, 0, self.i)?;
+        let u = h.narrow(D::Minus1, self.i, self.i)?;
+        let act = (candle_nn::ops::silu(&g)? * u)?;
+        let y = act.matmul(&down.index_select(&flat, 0)?.transpose(1, 2)?)?; // [T*K, 1, H]
+        let y = y.reshape((t, self.k, hdim))?.to_dtype(DType::F32)?;
+        let y = y.broadcast_mul(&w.unsqueeze(2)?)?.sum(1)?;
+        Ok(y.to_dtype(x.dtype())?)
+    }
+}

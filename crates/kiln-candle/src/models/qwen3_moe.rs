@@ -1,0 +1,207 @@
+//! Qwen3-MoE (Qwen3-30B-A3B) on kiln's ops: GQA attention with per-head
+//! qk-norm and NeoX RoPE, softmax-routed experts, no shared expert.
+//!
+//! A decode step per layer: add_rmsnorm, fused qkv matmul, two qk-norms,
+//! rope, the cache write, attention, o_proj, add_rmsnorm, router matmul, then
+//! the router and the two expert kernels.
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use kiln_kernels::reference::rope::RopeShape;
+
+use super::config::Qwen3MoeConfig;
+use super::kv_cache::KvCache;
+use super::layers::{add_rms_norm, attention, linear, rms_norm, RopeTables};
+use super::moe::{MoeBlock, MoeDims, Router};
+use super::{DecodeModel, Kernels};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone)]
+struct Layer {
+    ln1: Tensor,
+    ln2: Tensor,
+    /// `[q; k; v]` projections stacked: `[(QH + 2·KVH)·HD, H]`.
+    qkv: Tensor,
+    o: Tensor,
+    q_norm: Tensor,
+    k_norm: Tensor,
+    moe: MoeBlock,
+}
+
+/// Qwen3-MoE for causal LM at batch 1.
+#[derive(Debug)]
+pub struct Qwen3Moe {
+    cfg: Qwen3MoeConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Tensor,
+    rope: RopeTables,
+    caches: Vec<KvCache>,
+    kernels: Kernels,
+    device: Device,
+}
+
+impl Qwen3Moe {
+    /// Builds the model from HF weight names under `vb`, with a KV cache of `max_len`.
+    pub fn load(
+        cfg: &Qwen3MoeConfig,
+        vb: VarBuilder,
+        kernels: Kernels,
+        max_len: usize,
+    ) -> Result<Self> {
+        if cfg.decoder_sparse_step != 1 || !cfg.mlp_only_layers.is_empty() || cfg.attention_bias {
+            return Err(Error::Config(
+                "qwen3_moe: kiln supports MoE in every layer and no attention bias".into(),
+            ));
+        }
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+        let (qh, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let dev = vb.device().clone();
+        let dtype = vb.dtype();
+        let embed = vb
+            .pp("model.embed_tokens")
+            .get((cfg.vocab_size, h), "weight")?;
+        let lm_head = if cfg.tie_word_embeddings {
+            embed.clone()
+        } else {
+            vb.pp("lm_head").get((cfg.vocab_size, h), "weight")?
+        };
+        let dims = MoeDims {
+            h,
+            i: cfg.moe_intermediate_size,
+            e: cfg.num_experts,
+            k: cfg.num_experts_per_tok,
+            shared_i: None,
+        };
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        let mut caches = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let v = vb.pp(format!("model.layers.{l}"));
+            let a = v.pp("self_attn");
+            let q = a.pp("q_proj").get((qh * hd, h), "weight")?;
+            let k = a.pp("k_proj").get((kvh * hd, h), "weight")?;
+            let vv = a.pp("v_proj").get((kvh * hd, h), "weight")?;
+            layers.push(Layer {
+                ln1: v.pp("input_layernorm").get(h, "weight")?,
+                ln2: v.pp("post_attention_layernorm").get(h, "weight")?,
+                qkv: Tensor::cat(&[&q, &k, &vv], 0)?,
+                o: a.pp("o_proj").get((h, qh * hd), "weight")?,
+                q_norm: a.pp("q_norm").get(hd, "weight")?,
+                k_norm: a.pp("k_norm").get(hd, "weight")?,
+                moe: MoeBlock::load(
+                    &v.pp("mlp"),
+                    dims,
+                    Router::Softmax {
+                        renorm: cfg.norm_topk_prob,
+                    },
+                    kernels,
+                )?,
+            });
+            caches.push(KvCache::new(kvh, max_len, hd, hd, dtype, &dev)?);
+        }
+        let rope = RopeTables::new(
+            RopeShape {
+                qh,
+                kh: kvh,
+                head_dim: hd,
+                rot_dim: hd,
+                rot_offset: 0,
+                interleaved: false,
+                theta: cfg.rope_theta,
+                hf_rounding: true,
+            },
+            max_len,
+            dtype,
+            &dev,
+        )?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed,
+            layers,
+            norm: vb.pp("model.norm").get(h, "weight")?,
+            lm_head,
+            rope,
+            caches,
+            kernels,
+            device: dev,
+        })
+    }
+
+    fn attention(&mut self, l: usize, x: &Tensor, pos: usize) -> Result<Tensor> {
+        let c = &self.cfg;
+        let (qh, kvh, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let t = x.dim(0)?;
+        let layer = &self.layers[l];
+        let qkv = linear(x, &layer.qkv)?;
+        let q = qkv.narrow(1, 0, qh * hd)?.reshape((t, qh, hd))?;
+        let k = qkv.narrow(1, qh * hd, kvh * hd)?.reshape((t, kvh, hd))?;
+        let v = qkv
+            .narrow(1, (qh + kvh) * hd, kvh * hd)?
+            .reshape((t, kvh, hd))?;
+        let q = rms_norm(
+            &q.contiguous()?,
+            &layer.q_norm,
+            c.rms_norm_eps,
+            self.kernels,
+        )?;
+        let k = rms_norm(
+            &k.contiguous()?,
+            &layer.k_norm,
+            c.rms_norm_eps,
+            self.kernels,
+        )?;
+        let (q, k) = self.rope.apply(&q, &k, pos, self.kernels)?;
+        self.caches[l].append(&k, &v, pos)?;
+        let o = attention(
+            &q,
+            &self.caches[l],
+            pos,
+            1.0 / (hd as f64).sqrt(),
+            self.kernels,
+        )?;
+        linear(&o, &self.layers[l].o)
+    }
+}
+
+impl DecodeModel for Qwen3Moe {
+    fn forward(&mut self, ids: &[u32], pos: usize) -> Result<Tensor> {
+        let t = ids.len();
+        let eps = self.cfg.rms_norm_eps;
+        let k = self.kernels;
+        let ids = Tensor::new(ids, &self.device)?;
+        let mut residual = self.embed.index_select(&ids, 0)?;
+        let mut delta: Option<Tensor> = None;
+        for l in 0..self.layers.len() {
+            let (n, h) = match delta.take() {
+                None => (
+                    rms_norm(&residual, &self.layers[l].ln1, eps, k)?,
+                    residual.clone(),
+                ),
+                Some(d) => add_rms_norm(&d, &residual, &self.layers[l].ln1, eps, k)?,
+            };
+            let a = self.attention(l, &n, pos)?;
+            let (n2, h2) = add_rms_norm(&a, &h, &self.layers[l].ln2, eps, k)?;
+            delta = Some(self.layers[l].moe.forward(&n2)?);
+            residual = h2;
+        }
+        let n = match delta {
+            Some(d) => add_rms_norm(&d, &residual, &self.norm, eps, k)?.0,
+            None => rms_norm(&residual, &self.norm, eps, k)?,
+        };
+        let last = n.narrow(0, t - 1, 1)?;
+        Ok(linear(&last, &self.lm_head)?
+            .to_dtype(DType::F32)?
+            .squeeze(0)?)
+    }
+
+    fn reset(&mut self) {
+        for c in &mut self.caches {
+            c.reset();
+        }
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+}

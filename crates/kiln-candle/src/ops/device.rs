@@ -1,0 +1,273 @@
+//! Catalog kernels on candle's CUDA device: NVRTC compile through kiln-cuda
+//! (disk-cached), one module load per configuration and CUDA context, and
+//! launches on candle's stream.
+//!
+//! Arguments are raw device addresses: every op first makes its inputs
+//! contiguous, so an address is the buffer's base plus the layout's offset.
+//! The `SyncOnDrop` guards cudarc hands out are kept alive until after the
+//! launch, so candle's cross-stream event tracking stays correct.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::CudaStorageSlice;
+use candle_core::op::BackpropOp;
+use candle_core::{CudaDevice, CudaStorage, DType, Shape, Storage, Tensor};
+use cudarc::driver::{
+    CudaFunction, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg, SyncOnDrop,
+};
+use half::{bf16, f16};
+use kiln_kernels::{KernelBuild, LaunchDims};
+
+use crate::error::{op_error, Result};
+
+/// The process-wide NVRTC compiler (its disk cache makes reruns instant).
+fn compiler() -> Result<&'static kiln_cuda::Compiler> {
+    static COMPILER: OnceLock<std::result::Result<kiln_cuda::Compiler, String>> = OnceLock::new();
+    COMPILER
+        .get_or_init(|| kiln_cuda::Compiler::new().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| op_error("nvrtc", e.clone()))
+}
+
+/// Loaded functions by (CUDA context, configuration).
+type FunctionCache = Mutex<HashMap<(usize, String), CudaFunction>>;
+
+fn functions() -> &'static FunctionCache {
+    static FUNCS: OnceLock<FunctionCache> = OnceLock::new();
+    FUNCS.get_or_init(Default::default)
+}
+
+/// The compiled and loaded entry point of `build` on `dev`.
+pub(crate) fn function(dev: &CudaDevice, build: &KernelBuild) -> Result<CudaFunction> {
+    let stream = dev.cuda_stream();
+    let ctx = stream.context();
+    let key = (
+        Arc::as_ptr(ctx) as usize,
+        format!("{}{:?}", build.name, build.defines),
+    );
+    let mut cache = functions()
+        .lock()
+        .map_err(|_| op_error("kernel cache", "poisoned by an earlier panic"))?;
+    if let Some(f) = cache.get(&key) {
+        return Ok(f.clone());
+    }
+    let compiled = compiler()?.compile(&build.to_request())?;
+    let module = ctx
+        .load_module(cudarc::nvrtc::Ptx::from_binary(compiled.image))
+        .map_err(kiln_cuda::CudaError::driver("cuModuleLoadData"))?;
+    let func = module
+        .load_function(&build.entry)
+        .map_err(kiln_cuda::CudaError::driver("cuModuleGetFunction"))?;
+    cache.insert(key, func.clone());
+    Ok(func)
+}
+
+/// Streaming multiprocessors of `dev` (launch lines may use `SMS`).
+pub(crate) fn sm_count(dev: &CudaDevice) -> Result<u32> {
+    let n = dev
+        .cuda_stream()
+        .context()
+        .attribute(
+            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+        )
+        .map_err(kiln_cuda::CudaError::driver("cuDeviceGetAttribute"))?;
+    Ok(n.max(1) as u32)
+}
+
+/// The CUDA device of a tensor, or an error naming the op.
+pub(crate) fn cuda_device(op: &'static str, t: &Tensor) -> Result<CudaDevice> {
+    match t.device() {
+        candle_core::Device::Cuda(d) => Ok(d.clone()),
+        other => Err(op_error(
+            op,
+            format!("expected a CUDA tensor, got {other:?}"),
+        )),
+    }
+}
+
+/// One kernel argument.
+pub(crate) enum Arg<'a> {
+    /// A buffer read by the kernel, with the element offset its layout starts at.
+    In(&'a CudaStorage, usize),
+    /// An output buffer written by the kernel.
+    Out(&'a mut CudaStorage),
+    /// A null pointer (an optional input that is absent).
+    Null,
+    /// An `int` scalar.
+    I32(i32),
+    /// A 64-bit scalar (`long long` or `unsigned long long`).
+    U64(u64),
+    /// A `float` scalar.
+    F32(f32),
+}
+
+/// Read guards over input tensors' storage, so their buffers can be passed
+/// as [`Arg::In`] while the guards live.
+pub(crate) struct Inputs<'a> {
+    op: &'static str,
+    guards: Vec<(candle_core::StorageRef<'a>, usize)>,
+}
+
+impl<'a> Inputs<'a> {
+    /// Locks the storage of each tensor (each must be contiguous and on CUDA).
+    pub(crate) fn new(op: &'static str, tensors: &[&'a Tensor]) -> Result<Self> {
+        let mut guards = Vec::with_capacity(tensors.len());
+        for t in tensors {
+            if !t.is_contiguous() {
+                return Err(op_error(op, "inputs must be contiguous"));
+            }
+            let (st, layout) = t.storage_and_layout();
+            if !matches!(&*st, Storage::Cuda(_)) {
+                return Err(op_error(op, "an input is not on the CUDA device"));
+            }
+            guards.push((st, layout.start_offset()));
+        }
+        Ok(Self { op, guards })
+    }
+
+    /// The `i`-th input as a kernel argument.
+    pub(crate) fn arg(&self, i: usize) -> Result<Arg<'_>> {
+        match self.guards.get(i) {
+            Some((st, offset)) => match &**st {
+                Storage::Cuda(cs) => Ok(Arg::In(cs, *offset)),
+                _ => Err(op_error(self.op, "an input is not on the CUDA device")),
+            },
+            None => Err(op_error(self.op, format!("no input {i}"))),
+        }
+    }
+}
+
+/// Allocates an uninitialised output of `n` elements of `dtype` on `dev`.
+pub(crate) fn alloc(dev: &CudaDevice, dtype: DType, n: usize) -> Result<CudaStorage> {
+    // SAFETY: every output is fully written by its kernel before anyone reads it.
+    let s = unsafe {
+        match dtype {
+            DType::BF16 => CudaStorage::wrap_cuda_slice(dev.alloc::<bf16>(n)?, dev.clone()),
+            DType::F16 => CudaStorage::wrap_cuda_slice(dev.alloc::<f16>(n)?, dev.clone()),
+            DType::F32 => CudaStorage::wrap_cuda_slice(dev.alloc::<f32>(n)?, dev.clone()),
+            DType::U32 => CudaStorage::wrap_cuda_slice(dev.alloc::<u32>(n)?, dev.clone()),
+            other => {
+                return Err(op_error(
+                    "alloc",
+                    format!("dtype {other:?} not used by kiln ops"),
+                ))
+            }
+        }
+    };
+    Ok(s)
+}
+
+/// Wraps a filled output buffer as a tensor.
+pub(crate) fn into_tensor(s: CudaStorage, shape: impl Into<Shape>) -> Tensor {
+    Tensor::from_storage(Storage::Cuda(s), shape, BackpropOp::none(), false)
+}
+
+macro_rules! slice_ptr {
+    ($slice:expr, $stream:expr, $method:ident, $op:expr) => {
+        match $slice {
+            CudaStorageSlice::BF16(s) => s.$method($stream),
+            CudaStorageSlice::F16(s) => s.$method($stream),
+            CudaStorageSlice::F32(s) => s.$method($stream),
+            CudaStorageSlice::U32(s) => s.$method($stream),
+            CudaStorageSlice::I32(s) => s.$method($stream),
+            _ => return Err(op_error($op, "unsupported storage dtype")),
+        }
+    };
+}
+
+/// Launches `func` with `args` in order, on the stream of `dev`.
+pub(crate) fn launch(
+    op: &'static str,
+    dev: &CudaDevice,
+    func: &CudaFunction,
+    dims: &LaunchDims,
+    args: Vec<Arg<'_>>,
+) -> Result<()> {
+    let stream: Arc<CudaStream> = dev.cuda_stream();
+    // Each address's guard must outlive the launch.
+    let mut syncs: Vec<SyncOnDrop<'_>> = Vec::with_capacity(args.len());
+    let mut addrs: Vec<u64> = Vec::with_capacity(args.len());
+    let mut ints: Vec<i32> = Vec::new();
+    let mut floats: Vec<f32> = Vec::new();
+    // (kind, index): 0 address/u64, 1 i32, 2 f32.
+    let mut order: Vec<(u8, usize)> = Vec::with_capacity(args.len());
+    for a in args {
+        match a {
+            Arg::In(cs, offset) => {
+                let (ptr, sync) = slice_ptr!(&cs.slice, &stream, device_ptr, op);
+                addrs.push(ptr + (offset * cs.dtype().size_in_bytes()) as u64);
+                syncs.push(sync);
+                order.push((0, addrs.len() - 1));
+            }
+            Arg::Out(cs) => {
+                let (ptr, sync) = slice_ptr!(&mut cs.slice, &stream, device_ptr_mut, op);
+                addrs.push(ptr);
+                syncs.push(sync);
+                order.push((0, addrs.len() - 1));
+            }
+            Arg::Null => {
+                addrs.push(0);
+                order.push((0, addrs.len() - 1));
+            }
+            Arg::I32(v) => {
+                ints.push(v);
+                order.push((1, ints.len() - 1));
+            }
+            Arg::U64(v) => {
+                addrs.push(v);
+                order.push((0, addrs.len() - 1));
+            }
+            Arg::F32(v) => {
+                floats.push(v);
+                order.push((2, floats.len() - 1));
+            }
+        }
+    }
+    if dims.smem > 48 * 1024 {
+        return Err(op_error(
+            op,
+            format!("{} bytes of shared memory exceed 48 KiB", dims.smem),
+        ));
+    }
+    let cfg = LaunchConfig {
+        grid_dim: dims.grid,
+        block_dim: dims.block,
+        shared_mem_bytes: dims.smem,
+    };
+    let mut b = stream.launch_builder(func);
+    for (kind, i) in &order {
+        match kind {
+            0 => b.arg(&addrs[*i]),
+            1 => b.arg(&ints[*i]),
+            _ => b.arg(&floats[*i]),
+        };
+    }
+    // SAFETY: the caller passes arguments in the kernel's parameter order and
+    // sizes every buffer from the op's validated configuration.
+    unsafe { b.launch(cfg) }.map_err(kiln_cuda::CudaError::driver("cuLaunchKernel"))?;
+    drop(syncs);
+    Ok(())
+}
+
+/// The loaded function and launch dimensions of `c` for `t` rows, with the
+/// active kernel pack's source where one applies.
+pub(crate) fn prepare<C: kiln_kernels::OpConfig>(
+    c: &C,
+    dev: &CudaDevice,
+    t: usize,
+) -> Result<(CudaFunction, LaunchDims)> {
+    let op = c.spec().name;
+    let build = super::pack::resolve(c.build()?);
+    let line = kiln_kernels::LaunchLine::parse_source(&build.source)
+        .map_err(|source| kiln_kernels::KernelError::Launch { op, source })?;
+    let rows = i32::try_from(t)
+        .ok()
+        .filter(|&r| r >= 1)
+        .ok_or_else(|| op_error(op, format!("{t} rows")))?;
+    let dims = line
+        .evaluate(&c.vars(rows, sm_count(dev)?))
+        .map_err(|source| kiln_kernels::KernelError::Launch { op, source })?;
+    Ok((function(dev, &build)?, dims))
+}

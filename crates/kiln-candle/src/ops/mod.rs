@@ -1,0 +1,51 @@
+//! The catalog's kernels as candle ops.
+//!
+//! Each op runs the catalog kernel on a CUDA tensor (compiled by NVRTC for the
+//! op's configuration, launched on candle's stream) and the catalog's float64
+//! reference on a CPU tensor, so CPU users and tests get the same math.
+//! Single-output ops are candle [`CustomOp1`](candle_core::CustomOp1) /
+//! [`CustomOp2`](candle_core::CustomOp2) types; ops with several outputs
+//! (add_rmsnorm, rope, the routers, the MoE expert pair) are functions over the
+//! same launch path, since a candle custom op returns one tensor.
+//!
+//! Inputs must be contiguous and in the op's storage dtype (bf16, f16 or f32).
+
+pub mod attention;
+#[cfg(feature = "cuda")]
+pub(crate) mod device;
+pub mod host;
+pub mod moe;
+pub mod norm;
+pub mod pack;
+pub mod rope;
+pub mod router;
+pub mod swiglu;
+
+use candle_core::DType;
+
+use crate::error::{op_error, Result};
+
+/// The catalog dtype for a candle dtype, or an error naming the op.
+pub fn kernel_dtype(op: &'static str, dtype: DType) -> Result<kiln_kernels::DType> {
+    match dtype {
+        DType::BF16 => Ok(kiln_kernels::DType::BF16),
+        DType::F16 => Ok(kiln_kernels::DType::F16),
+        DType::F32 => Ok(kiln_kernels::DType::F32),
+        other => Err(op_error(
+            op,
+            format!("dtype {other:?}: kiln kernels take bf16, f16 or f32"),
+        )),
+    }
+}
+
+/// Rows of a `[.., d]` tensor, checking the last dimension.
+pub(crate) fn rows(op: &'static str, shape: &candle_core::Shape, d: usize) -> Result<usize> {
+    let dims = shape.dims();
+    match dims.last() {
+        Some(&last) if last == d => Ok(shape.elem_count() / d),
+        _ => Err(op_error(
+            op,
+            format!("expected a last dimension of {d}, got shape {dims:?}"),
+        )),
+    }
+}

@@ -1,0 +1,278 @@
+//! The MoE combine, and the decode path's gathered expert pair: gate/up
+//! mat-vec with fused SwiGLU, then down projection fused with the weighted
+//! combine (and the shared expert).
+
+use candle_core::{DType, Tensor};
+use kiln_kernels::ops::moe_combine::MoeCombineConfig;
+
+use super::{host, kernel_dtype};
+use crate::error::{op_error, Result};
+
+/// `out[T,D] = Σ_k weights[t,k] · expert_out[t,k,:] (+ shared[t,:])`, f32 inside.
+pub fn moe_combine(
+    expert_out: &Tensor,
+    weights: &Tensor,
+    shared: Option<&Tensor>,
+) -> Result<Tensor> {
+    let op = "moe_combine";
+    let (t, k, d) = expert_out.dims3()?;
+    if weights.dims() != [t, k] || weights.dtype() != DType::F32 {
+        return Err(op_error(op, format!("weights must be f32 [{t}, {k}]")));
+    }
+    if let Some(s) = shared {
+        if s.dims() != [t, d] || s.dtype() != expert_out.dtype() {
+            return Err(op_error(
+                op,
+                format!("shared must be [{t}, {d}] like expert_out"),
+            ));
+        }
+    }
+    let c = MoeCombineConfig {
+        d,
+        k,
+        has_shared: shared.is_some(),
+        dtype: kernel_dtype(op, expert_out.dtype())?,
+    };
+    let expert_out = expert_out.contiguous()?;
+    let weights = weights.contiguous()?;
+    let shared = shared.map(|s| s.contiguous()).transpose()?;
+    if expert_out.device().is_cpu() {
+        let s = shared.as_ref().map(host::values).transpose()?;
+        let out = kiln_kernels::reference::moe_combine::moe_combine(
+            &host::values(&expert_out)?,
+            &host::values(&weights)?,
+            s.as_deref(),
+            d,
+            k,
+            c.dtype,
+        );
+        return host::tensor(out, (t, d), expert_out.dtype(), expert_out.device());
+    }
+    #[cfg(feature = "cuda")]
+    {
+        use super::device::{alloc, cuda_device, into_tensor, launch, prepare, Arg, Inputs};
+        let dev = cuda_device(op, &expert_out)?;
+        let (func, dims) = prepare(&c, &dev, t)?;
+        let mut out = alloc(&dev, expert_out.dtype(), t * d)?;
+        {
+            let mut tensors = vec![&expert_out, &weights];
+            tensors.extend(shared.as_ref());
+            let inp = Inputs::new(op, &tensors)?;
+            let shared_arg = if shared.is_some() {
+                inp.arg(2)?
+            } else {
+                Arg::Null
+            };
+            launch(
+                op,
+                &dev,
+                &func,
+                &dims,
+                vec![
+                    inp.arg(0)?,
+                    inp.arg(1)?,
+                    shared_arg,
+                    Arg::Out(&mut out),
+                    Arg::I32(t as i32),
+                ],
+            )?;
+        }
+        Ok(into_tensor(out, (t, d)))
+    }
+    #[cfg(not(feature = "cuda"))]
+    Err(op_error(
+        op,
+        "this build has no CUDA support (feature `cuda`)",
+    ))
+}
+
+/// Gathered gate/up mat-vec with fused SwiGLU:
+/// `h[t,k,:] = silu(w_gate[e]·x[t]) ⊙ (w_up[e]·x[t])`, `e = indices[t,k]`.
+/// `x[T,H]`, `w_gate`/`w_up` `[E,I,H]`, `indices[T,K]` u32 → `h[T,K,I]`.
+pub fn expert_swiglu(
+    x: &Tensor,
+    w_gate: &Tensor,
+    w_up: &Tensor,
+    indices: &Tensor,
+) -> Result<Tensor> {
+    use kiln_kernels::ops::moe_expert::MoeExpertSwigluConfig;
+    let op = "moe_expert_swiglu";
+    let (t, h) = x.dims2()?;
+    let (e, i, h2) = w_gate.dims3()?;
+    let (t2, k) = indices.dims2()?;
+    if h2 != h || w_up.dims() != w_gate.dims() || t2 != t || indices.dtype() != DType::U32 {
+        return Err(op_error(
+            op,
+            format!(
+                "x {:?}, w_gate {:?}, w_up {:?}, indices {:?} ({:?}) do not fit",
+                x.dims(),
+                w_gate.dims(),
+                w_up.dims(),
+                indices.dims(),
+                indices.dtype()
+            ),
+        ));
+    }
+    let c = MoeExpertSwigluConfig::new(h, i, e, k, kernel_dtype(op, x.dtype())?);
+    let (x, w_gate, w_up, indices) = (
+        x.contiguous()?,
+        w_gate.contiguous()?,
+        w_up.contiguous()?,
+        indices.contiguous()?,
+    );
+    if x.device().is_cpu() {
+        let idx: Vec<u32> = indices.flatten_all()?.to_vec1()?;
+        let out = kiln_kernels::reference::moe_expert::moe_expert_swiglu(
+            &host::values(&x)?,
+            &host::values(&w_gate)?,
+            &host::values(&w_up)?,
+            &idx,
+            c.dims(),
+            c.silu_in_dtype,
+            c.dtype,
+        );
+        return host::tensor(out, (t, k, i), x.dtype(), x.device());
+    }
+    #[cfg(feature = "cuda")]
+    {
+        use super::device::{alloc, cuda_device, into_tensor, launch, prepare, Arg, Inputs};
+        let dev = cuda_device(op, &x)?;
+        let (func, dims) = prepare(&c, &dev, t)?;
+        let mut out = alloc(&dev, x.dtype(), t * k * i)?;
+        {
+            let inp = Inputs::new(op, &[&x, &w_gate, &w_up, &indices])?;
+            launch(
+                op,
+                &dev,
+                &func,
+                &dims,
+                vec![
+                    inp.arg(0)?,
+                    inp.arg(1)?,
+                    inp.arg(2)?,
+                    inp.arg(3)?,
+                    Arg::Out(&mut out),
+                    Arg::I32(t as i32),
+                ],
+            )?;
+        }
+        Ok(into_tensor(out, (t, k, i)))
+    }
+    #[cfg(not(feature = "cuda"))]
+    Err(op_error(
+        op,
+        "this build has no CUDA support (feature `cuda`)",
+    ))
+}
+
+/// Gathered down projection fused with the weighted combine:
+/// `out[t] = Σ_k w'[t,k]·(w_down[e]·h[t,k]) (+ shared[t])`, f32 inside;
+/// `w'` is the weight rounded to the dtype when `round_weights` (Qwen3).
+/// `h[T,K,I]`, `w_down[E,H,I]`, `indices`/`weights` `[T,K]` → `[T,H]`.
+pub fn expert_down(
+    h: &Tensor,
+    w_down: &Tensor,
+    indices: &Tensor,
+    weights: &Tensor,
+    shared: Option<&Tensor>,
+    round_weights: bool,
+) -> Result<Tensor> {
+    use kiln_kernels::ops::moe_expert::MoeExpertDownConfig;
+    use kiln_kernels::reference::moe_expert::DownInputs;
+    let op = "moe_expert_down";
+    let (t, k, i) = h.dims3()?;
+    let (e, hd, i2) = w_down.dims3()?;
+    if i2 != i
+        || indices.dims() != [t, k]
+        || weights.dims() != [t, k]
+        || weights.dtype() != DType::F32
+    {
+        return Err(op_error(
+            op,
+            format!(
+                "h {:?}, w_down {:?}, indices {:?}, weights {:?} do not fit",
+                h.dims(),
+                w_down.dims(),
+                indices.dims(),
+                weights.dims()
+            ),
+        ));
+    }
+    if let Some(s) = shared {
+        if s.dims() != [t, hd] {
+            return Err(op_error(op, format!("shared must be [{t}, {hd}]")));
+        }
+    }
+    let c = MoeExpertDownConfig {
+        has_shared: shared.is_some(),
+        weight_in_dtype: round_weights,
+        ..MoeExpertDownConfig::new(hd, i, e, k, kernel_dtype(op, h.dtype())?)
+    };
+    let (h, w_down, indices, weights) = (
+        h.contiguous()?,
+        w_down.contiguous()?,
+        indices.contiguous()?,
+        weights.contiguous()?,
+    );
+    let shared = shared.map(|s| s.contiguous()).transpose()?;
+    if h.device().is_cpu() {
+        let idx: Vec<u32> = indices.flatten_all()?.to_vec1()?;
+        let s = shared.as_ref().map(host::values).transpose()?;
+        let (hv, wv, ww) = (
+            host::values(&h)?,
+            host::values(&w_down)?,
+            host::values(&weights)?,
+        );
+        let out = kiln_kernels::reference::moe_expert::moe_expert_down(
+            &DownInputs {
+                h: &hv,
+                w_down: &wv,
+                indices: &idx,
+                weights: &ww,
+                shared: s.as_deref(),
+            },
+            c.dims(),
+            c.weight_in_dtype,
+            c.dtype,
+        );
+        return host::tensor(out, (t, hd), h.dtype(), h.device());
+    }
+    #[cfg(feature = "cuda")]
+    {
+        use super::device::{alloc, cuda_device, into_tensor, launch, prepare, Arg, Inputs};
+        let dev = cuda_device(op, &h)?;
+        let (func, dims) = prepare(&c, &dev, t)?;
+        let mut out = alloc(&dev, h.dtype(), t * hd)?;
+        {
+            let mut tensors = vec![&h, &w_down, &indices, &weights];
+            tensors.extend(shared.as_ref());
+            let inp = Inputs::new(op, &tensors)?;
+            let shared_arg = if shared.is_some() {
+                inp.arg(4)?
+            } else {
+                Arg::Null
+            };
+            launch(
+                op,
+                &dev,
+                &func,
+                &dims,
+                vec![
+                    inp.arg(0)?,
+                    inp.arg(1)?,
+                    inp.arg(2)?,
+                    inp.arg(3)?,
+                    shared_arg,
+                    Arg::Out(&mut out),
+                    Arg::I32(t as i32),
+                ],
+            )?;
+        }
+        Ok(into_tensor(out, (t, hd)))
+    }
+    #[cfg(not(feature = "cuda"))]
+    Err(op_error(
+        op,
+        "this build has no CUDA support (feature `cuda`)",
+    ))
+}

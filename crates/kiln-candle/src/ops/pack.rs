@@ -1,0 +1,139 @@
+//! Kernel packs: discovered kernels (`kiln discover export`) that replace the
+//! catalog's source for the configurations they were found for.
+//!
+//! A pack entry applies to a launch when its entry point and its NVRTC
+//! defines equal the catalog build's exactly, so a kernel found for Qwen3's
+//! rmsnorm (D=2048, eps 1e-6) never runs with another eps or width.
+
+use std::path::Path;
+use std::sync::RwLock;
+
+use kiln_kernels::{KernelBuild, LaunchLine};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The fields of an exported pack entry that kiln-candle uses.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PackKernel {
+    /// The discovery target it was found for.
+    pub target: String,
+    /// Its entry point (the catalog op's).
+    pub entry_point: Option<String>,
+    /// The CUDA source, with its `// kiln:` launch line.
+    pub source: String,
+    /// The NVRTC defines it was verified with, as `NAME=VALUE`.
+    pub defines: Option<Vec<String>>,
+}
+
+/// A loaded pack.
+#[derive(Debug, Clone, Default)]
+pub struct KernelPack {
+    /// Its kernels.
+    pub kernels: Vec<PackKernel>,
+}
+
+impl KernelPack {
+    /// Reads a pack: one exported entry, or a JSON array of entries.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let bad = |e: serde_json::Error| {
+            Error::Config(format!(
+                "{}: not a kernel pack from `kiln discover export` ({e})",
+                path.display()
+            ))
+        };
+        let kernels = if text.trim_start().starts_with('[') {
+            serde_json::from_str::<Vec<PackKernel>>(&text).map_err(bad)?
+        } else {
+            vec![serde_json::from_str::<PackKernel>(&text).map_err(bad)?]
+        };
+        for k in &kernels {
+            LaunchLine::parse_source(&k.source).map_err(|e| {
+                Error::Config(format!("{}: kernel for {}: {e}", path.display(), k.target))
+            })?;
+        }
+        Ok(Self { kernels })
+    }
+
+    /// The pack kernel that replaces `build`, if any.
+    pub fn replacement(&self, build: &KernelBuild) -> Option<&PackKernel> {
+        let want: Vec<String> = build
+            .defines
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        self.kernels.iter().find(|k| {
+            k.entry_point.as_deref().unwrap_or(&build.entry) == build.entry
+                && k.defines.as_ref().is_some_and(|d| same_set(d, &want))
+        })
+    }
+}
+
+fn same_set(a: &[String], b: &[String]) -> bool {
+    let mut a = a.to_vec();
+    let mut b = b.to_vec();
+    a.sort();
+    b.sort();
+    a == b
+}
+
+static ACTIVE: RwLock<Option<KernelPack>> = RwLock::new(None);
+
+/// Makes `pack` the one every op consults (None: the catalog only).
+pub fn set_active(pack: Option<KernelPack>) {
+    if let Ok(mut g) = ACTIVE.write() {
+        *g = pack;
+    }
+}
+
+/// `build` with the active pack's source swapped in where one applies.
+pub fn resolve(build: KernelBuild) -> KernelBuild {
+    let Ok(g) = ACTIVE.read() else {
+        return build;
+    };
+    match g.as_ref().and_then(|p| p.replacement(&build)) {
+        Some(k) => KernelBuild {
+            name: format!("pack_{}_{}", k.target, build.name),
+            source: k.source.clone(),
+            ..build
+        },
+        None => build,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build() -> KernelBuild {
+        KernelBuild {
+            name: "rmsnorm_bf16_D2048.cu".into(),
+            entry: "rmsnorm".into(),
+            source: "// kiln: block=128 grid=T smem=0\n".into(),
+            defines: vec![
+                ("KILN_D".into(), "2048".into()),
+                ("KILN_EPS".into(), "1e-6f".into()),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_pack_kernel_applies_only_to_its_exact_configuration() {
+        let pack = KernelPack {
+            kernels: vec![PackKernel {
+                target: "qwen3_rmsnorm".into(),
+                entry_point: Some("rmsnorm".into()),
+                source: "// kiln: block=256 grid=T smem=0\n".into(),
+                defines: Some(vec!["KILN_EPS=1e-6f".into(), "KILN_D=2048".into()]),
+            }],
+        };
+        assert!(pack.replacement(&build()).is_some());
+        let mut other = build();
+        other.defines[1].1 = "1e-5f".into();
+        assert!(pack.replacement(&other).is_none());
+    }
+}

@@ -1,0 +1,575 @@
+//! `kiln validate`: the same weights and prompt through the baseline, kiln's
+//! default kernels and (optionally) a pack of discovered kernels; decode and
+//! prefill tokens/s, peak GPU memory, greedy token identity and
+//! teacher-forced logit agreement.
+//!
+//! What greedy identity can show on random weights: the logits are nearly
+//! flat, so the top two candidates often differ by less than bf16 rounding,
+//! and two correct implementations may diverge after a few tokens. The
+//! teacher-forced comparison is the sharper check: every configuration is fed
+//! the baseline's own tokens, and its logits at each step are compared with
+//! the baseline's (max |Δ| and top-1 agreement), so one early divergence does
+//! not hide the rest of the sequence.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::models::config::ModelConfig;
+use crate::models::glm4_moe_lite::Glm4MoeLite;
+use crate::models::qwen3_moe::Qwen3Moe;
+use crate::models::stock::StockQwen3Moe;
+use crate::models::{DecodeModel, Kernels};
+use crate::ops::pack::{self, KernelPack};
+use crate::synth::SyntheticBackend;
+
+/// Where the weights come from.
+#[derive(Debug, Clone)]
+pub enum Weights {
+    /// A Hugging Face style directory (`config.json` + `*.safetensors`).
+    Checkpoint(PathBuf),
+    /// A preset's config with seeded weights built in device memory.
+    Synthetic {
+        /// The preset's config (layers already overridden).
+        config: serde_json::Value,
+        /// The weight seed.
+        seed: u64,
+    },
+}
+
+/// `kiln validate` options.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The weights.
+    pub weights: Weights,
+    /// Greedy decode length.
+    pub max_tokens: usize,
+    /// Prompt token ids.
+    pub prompt: Vec<u32>,
+    /// Timed runs per configuration (median reported).
+    pub runs: usize,
+    /// Only the baseline (no kiln kernels).
+    pub no_patch: bool,
+    /// Discovered kernels to try as a third configuration.
+    pub pack: Option<PathBuf>,
+    /// Keep every configuration's teacher-forced logits in the report.
+    pub keep_logits: bool,
+}
+
+/// One configuration's measurements.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigResult {
+    /// `candle (stock)`, `kiln (plain candle ops)`, `kiln (catalog)` or `kiln (pack)`.
+    pub name: String,
+    /// Median decode tokens/s.
+    pub decode_tps: f64,
+    /// Every run's decode tokens/s.
+    pub decode_tps_runs: Vec<f64>,
+    /// Median prefill tokens/s.
+    pub prefill_tps: f64,
+    /// Median milliseconds per decoded token.
+    pub ms_per_token: f64,
+    /// Peak device memory in use during the runs (bytes, whole device).
+    pub peak_memory_bytes: u64,
+    /// Greedy tokens of the first run.
+    pub tokens: Vec<u32>,
+    /// First position where the greedy tokens differ from the baseline's (None: identical).
+    pub first_divergence: Option<usize>,
+    /// Max |Δ logit| against the baseline, teacher-forced on the baseline's tokens.
+    pub tf_max_abs_logit_diff: f64,
+    /// Fraction of teacher-forced steps whose argmax equals the baseline's.
+    pub tf_top1_agreement: f64,
+}
+
+/// The whole validation of one model.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The model (`model_type`, layers).
+    pub model: String,
+    /// The GPU.
+    pub device: String,
+    /// Measured peak DRAM bandwidth (bytes/s), if measured.
+    pub peak_bandwidth: Option<f64>,
+    /// Weight bytes one decoded token reads (active experts only).
+    pub active_weight_bytes: u64,
+    /// Prompt length and decode length.
+    pub prompt_tokens: usize,
+    /// Decoded tokens per run.
+    pub max_tokens: usize,
+    /// The configurations, baseline first.
+    pub configs: Vec<ConfigResult>,
+    /// The prompt.
+    pub prompt: Vec<u32>,
+    /// Per configuration, its logits at each step on the baseline's tokens
+    /// (`Options::keep_logits`).
+    #[serde(skip)]
+    pub logits: Vec<(String, Vec<Vec<f32>>)>,
+}
+
+/// One row of `benchmark_results.json` (DESIGN.md's schema).
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchmarkRow {
+    /// The model.
+    pub model: String,
+    /// Baseline decode tokens/s.
+    pub baseline_tps: f64,
+    /// kiln with its default kernels.
+    pub current_kiln_tps: f64,
+    /// kiln with the pack (or the default kernels when no pack was given).
+    pub discovered_kiln_tps: f64,
+    /// `discovered / current − 1`, in percent.
+    pub discovered_delta_pct: f64,
+    /// Whether every kiln configuration's greedy tokens equal the baseline's.
+    pub token_identical: bool,
+}
+
+impl Report {
+    /// The `benchmark_results.json` row.
+    pub fn benchmark_row(&self) -> BenchmarkRow {
+        let base = self.configs.first().map(|c| c.decode_tps).unwrap_or(0.0);
+        let find = |n: &str| {
+            self.configs
+                .iter()
+                .find(|c| c.name == n)
+                .map(|c| c.decode_tps)
+        };
+        let current = find(CATALOG).unwrap_or(0.0);
+        let discovered = find(PACK).unwrap_or(current);
+        BenchmarkRow {
+            model: self.model.clone(),
+            baseline_tps: base,
+            current_kiln_tps: current,
+            discovered_kiln_tps: discovered,
+            discovered_delta_pct: if current > 0.0 {
+                (discovered / current - 1.0) * 100.0
+            } else {
+                0.0
+            },
+            token_identical: self
+                .configs
+                .iter()
+                .skip(1)
+                .all(|c| c.first_divergence.is_none()),
+        }
+    }
+
+    /// Fraction of the speed-of-light decode rate a configuration reaches.
+    pub fn speed_of_light_fraction(&self, c: &ConfigResult) -> Option<f64> {
+        let bw = self.peak_bandwidth?;
+        let sol_tps = bw / self.active_weight_bytes as f64;
+        Some(c.decode_tps / sol_tps)
+    }
+
+    /// A plain-text table.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "{} on {} — prompt {} tokens, {} decoded, active weights {:.1} MB/token\n",
+            self.model,
+            self.device,
+            self.prompt_tokens,
+            self.max_tokens,
+            self.active_weight_bytes as f64 / 1e6
+        );
+        s += &format!(
+            "{:<26} {:>10} {:>9} {:>11} {:>7} {:>9} {:>12} {:>10} {:>11}\n",
+            "configuration",
+            "decode t/s",
+            "ms/token",
+            "prefill t/s",
+            "× base",
+            "% SoL",
+            "peak GiB",
+            "same toks",
+            "TF top-1"
+        );
+        let base = self.configs.first().map(|c| c.decode_tps).unwrap_or(0.0);
+        for c in &self.configs {
+            let sol = self
+                .speed_of_light_fraction(c)
+                .map(|f| format!("{:.1}", f * 100.0))
+                .unwrap_or_else(|| "-".into());
+            let same = match c.first_divergence {
+                None => "all".to_string(),
+                Some(i) => format!("{i}/{}", c.tokens.len()),
+            };
+            s += &format!(
+                "{:<26} {:>10.1} {:>9.2} {:>11.1} {:>7.2} {:>9} {:>12.1} {:>10} {:>10.1}%  (max|Δlogit| {:.3})\n",
+                c.name,
+                c.decode_tps,
+                c.ms_per_token,
+                c.prefill_tps,
+                if base > 0.0 { c.decode_tps / base } else { 0.0 },
+                sol,
+                c.peak_memory_bytes as f64 / (1u64 << 30) as f64,
+                same,
+                c.tf_top1_agreement * 100.0,
+                c.tf_max_abs_logit_diff
+            );
+        }
+        s
+    }
+}
+
+const STOCK: &str = "candle (stock)";
+const PLAIN: &str = "kiln (plain candle ops)";
+const CATALOG: &str = "kiln (catalog)";
+const PACK: &str = "kiln (pack)";
+
+/// Runs the validation on `dev`; `progress` gets one line per step.
+pub fn run(opts: &Options, dev: &Device, progress: &mut dyn FnMut(&str)) -> Result<Report> {
+    if opts.prompt.is_empty() || opts.max_tokens == 0 || opts.runs == 0 {
+        return Err(Error::Config(
+            "validate needs a prompt, --max-tokens ≥ 1 and --runs ≥ 1".into(),
+        ));
+    }
+    let (cfg, raw) = match &opts.weights {
+        Weights::Checkpoint(dir) => ModelConfig::load(dir)?,
+        Weights::Synthetic { config, .. } => ModelConfig::parse(&config.to_string())?,
+    };
+    let pack = opts.pack.as_deref().map(KernelPack::load).transpose()?;
+    let peak_bandwidth = measure_bandwidth(dev, progress);
+    let max_len = opts.prompt.len() + opts.max_tokens + 8;
+    let dtype = DType::BF16;
+    let model_name = format!(
+        "{} ({} layers)",
+        raw.get("model_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("?"),
+        cfg.layers()
+    );
+
+    let mut configs: Vec<(&str, Kernels)> = Vec::new();
+    match &cfg {
+        ModelConfig::Qwen3Moe(_) => configs.push((STOCK, Kernels::Candle)),
+        ModelConfig::Glm4MoeLite(_) => configs.push((PLAIN, Kernels::Candle)),
+    }
+    if !opts.no_patch {
+        configs.push((CATALOG, Kernels::Kiln));
+    }
+
+    let mut results: Vec<ConfigResult> = Vec::new();
+    let mut logits = Vec::new();
+    let mut reference: Option<(Vec<u32>, Vec<Vec<f32>>)> = None;
+    for (name, kernels) in configs {
+        progress(&format!("building {name}"));
+        let vb = var_builder(&opts.weights, dtype, dev)?;
+        let mut model: Box<dyn DecodeModel> = match (&cfg, name) {
+            (ModelConfig::Qwen3Moe(_), STOCK) => Box::new(StockQwen3Moe::load(&raw, vb)?),
+            (ModelConfig::Qwen3Moe(c), _) => Box::new(Qwen3Moe::load(c, vb, kernels, max_len)?),
+            (ModelConfig::Glm4MoeLite(c), _) => {
+                Box::new(Glm4MoeLite::load(c, vb, kernels, max_len)?)
+            }
+        };
+        let mut names = vec![name];
+        if kernels == Kernels::Kiln && pack.is_some() {
+            names.push(PACK);
+        }
+        for n in names {
+            pack::set_active(if n == PACK { pack.clone() } else { None });
+            let (r, step_logits) = measure(n, model.as_mut(), opts, reference.as_ref(), progress)?;
+            if opts.keep_logits {
+                logits.push((n.to_string(), step_logits.clone()));
+            }
+            if reference.is_none() {
+                reference = Some((r.tokens.clone(), step_logits));
+            }
+            results.push(r);
+        }
+        pack::set_active(None);
+        drop(model);
+        dev.synchronize()?;
+    }
+    Ok(Report {
+        model: model_name,
+        device: device_name(dev),
+        peak_bandwidth,
+        active_weight_bytes: active_weight_bytes(&cfg),
+        prompt_tokens: opts.prompt.len(),
+        max_tokens: opts.max_tokens,
+        configs: results,
+        prompt: opts.prompt.clone(),
+        logits,
+    })
+}
+
+fn var_builder<'a>(w: &Weights, dtype: DType, dev: &Device) -> Result<VarBuilder<'a>> {
+    match w {
+        Weights::Synthetic { seed, .. } => {
+            Ok(SyntheticBackend::new(*seed).into_var_builder(dtype, dev))
+        }
+        Weights::Checkpoint(dir) => {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|source| Error::Io {
+                    path: dir.clone(),
+                    source,
+                })?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+                .collect();
+            files.sort();
+            if files.is_empty() {
+                return Err(Error::Config(format!(
+                    "{}: no *.safetensors files",
+                    dir.display()
+                )));
+            }
+            // SAFETY: the files are memory-mapped read-only; kiln does not modify them while loaded.
+            Ok(unsafe { VarBuilder::from_mmaped_safetensors(&files, dtype, dev)? })
+        }
+    }
+}
+
+/// Greedy runs, timing, and the teacher-forced pass against `reference`.
+/// Returns the result and its per-step logits on the reference tokens (its
+/// own greedy tokens when it is the reference).
+fn measure(
+    name: &str,
+    model: &mut dyn DecodeModel,
+    opts: &Options,
+    reference: Option<&(Vec<u32>, Vec<Vec<f32>>)>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(ConfigResult, Vec<Vec<f32>>)> {
+    let dev = model.device().clone();
+    let mut peak = used_memory(&dev);
+    // Warm-up: compiles kernels, fills caches, settles clocks.
+    progress(&format!("{name}: warm-up"));
+    model.reset();
+    let mut next = argmax(&model.forward(&opts.prompt, 0)?)?;
+    for i in 0..opts.max_tokens.min(8) {
+        next = argmax(&model.forward(&[next], opts.prompt.len() + i)?)?;
+    }
+    let mut decode = Vec::new();
+    let mut prefill = Vec::new();
+    let mut tokens = Vec::new();
+    let mut own_logits = Vec::new();
+    for run in 0..opts.runs {
+        progress(&format!("{name}: run {}/{}", run + 1, opts.runs));
+        model.reset();
+        dev.synchronize()?;
+        let t0 = Instant::now();
+        let logits = model.forward(&opts.prompt, 0)?;
+        let mut tok = argmax(&logits)?;
+        let t1 = Instant::now();
+        let mut toks = vec![tok];
+        let mut steps = Vec::new();
+        if run == 0 {
+            steps.push(logits.to_vec1::<f32>()?);
+        }
+        for i in 0..opts.max_tokens - 1 {
+            let logits = model.forward(&[tok], opts.prompt.len() + i)?;
+            tok = argmax(&logits)?;
+            toks.push(tok);
+            if run == 0 {
+                steps.push(logits.to_vec1::<f32>()?);
+            }
+        }
+        dev.synchronize()?;
+        let t2 = Instant::now();
+        peak = peak.max(used_memory(&dev));
+        prefill.push(opts.prompt.len() as f64 / (t1 - t0).as_secs_f64());
+        // The first token comes from the prefill; the rest are decode steps.
+        decode.push((opts.max_tokens - 1).max(1) as f64 / (t2 - t1).as_secs_f64());
+        if run == 0 {
+            tokens = toks;
+            own_logits = steps;
+        }
+    }
+    let (first_divergence, tf_max, tf_top1, step_logits) = match reference {
+        None => (None, 0.0, 1.0, own_logits),
+        Some((ref_tokens, ref_logits)) => {
+            progress(&format!("{name}: teacher-forced pass"));
+            let div = tokens.iter().zip(ref_tokens).position(|(a, b)| a != b);
+            let (m, a, l) = teacher_forced(model, &opts.prompt, ref_tokens, ref_logits)?;
+            (div, m, a, l)
+        }
+    };
+    let dmed = median(&decode);
+    Ok((
+        ConfigResult {
+            name: name.to_string(),
+            decode_tps: dmed,
+            decode_tps_runs: decode,
+            prefill_tps: median(&prefill),
+            ms_per_token: 1e3 / dmed,
+            peak_memory_bytes: peak,
+            tokens,
+            first_divergence,
+            tf_max_abs_logit_diff: tf_max,
+            tf_top1_agreement: tf_top1,
+        },
+        step_logits,
+    ))
+}
+
+/// Feeds the reference tokens; compares each step's logits with the reference's.
+fn teacher_forced(
+    model: &mut dyn DecodeModel,
+    prompt: &[u32],
+    ref_tokens: &[u32],
+    ref_logits: &[Vec<f32>],
+) -> Result<(f64, f64, Vec<Vec<f32>>)> {
+    model.reset();
+    let mut max_diff = 0f64;
+    let mut agree = 0usize;
+    let mut n = 0usize;
+    let mut logits = model.forward(prompt, 0)?.to_vec1::<f32>()?;
+    let mut all = Vec::with_capacity(ref_logits.len());
+    for (i, want) in ref_logits.iter().enumerate() {
+        for (a, b) in logits.iter().zip(want) {
+            max_diff = max_diff.max((a - b).abs() as f64);
+        }
+        agree += (argmax_host(&logits) == argmax_host(want)) as usize;
+        n += 1;
+        if i + 1 < ref_logits.len() {
+            let next = model
+                .forward(&[ref_tokens[i]], prompt.len() + i)?
+                .to_vec1::<f32>()?;
+            all.push(std::mem::replace(&mut logits, next));
+        }
+    }
+    all.push(logits);
+    Ok((max_diff, agree as f64 / n.max(1) as f64, all))
+}
+
+fn argmax(logits: &Tensor) -> Result<u32> {
+    Ok(logits.argmax(0)?.to_scalar::<u32>()?)
+}
+
+fn argmax_host(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    match s.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => s[n / 2],
+        n => 0.5 * (s[n / 2 - 1] + s[n / 2]),
+    }
+}
+
+/// Bytes of weights one decoded token reads at batch 1 (routed experts: K of E).
+pub fn active_weight_bytes(cfg: &ModelConfig) -> u64 {
+    let b = 2u64; // bf16
+    let params: u64 = match cfg {
+        ModelConfig::Qwen3Moe(c) => {
+            let (h, hd) = (c.hidden_size as u64, c.head_dim as u64);
+            let attn =
+                h * hd * (2 * c.num_attention_heads as u64 + 2 * c.num_key_value_heads as u64);
+            let moe = 3 * h * c.moe_intermediate_size as u64 * c.num_experts_per_tok as u64
+                + h * c.num_experts as u64;
+            c.num_hidden_layers as u64 * (attn + moe) + h * c.vocab_size as u64
+        }
+        ModelConfig::Glm4MoeLite(c) => {
+            let h = c.hidden_size as u64;
+            let nh = c.num_attention_heads as u64;
+            let dqk = (c.qk_nope_head_dim + c.qk_rope_head_dim) as u64;
+            let (ql, kl, dv) = (
+                c.q_lora_rank as u64,
+                c.kv_lora_rank as u64,
+                c.v_head_dim as u64,
+            );
+            let attn = h * ql
+                + ql * nh * dqk
+                + h * (kl + c.qk_rope_head_dim as u64)
+                + kl * nh * (c.qk_nope_head_dim as u64 + dv)
+                + nh * dv * h;
+            let i = c.moe_intermediate_size as u64;
+            let experts = (c.num_experts_per_tok + c.n_shared_experts) as u64;
+            let moe = 3 * h * i * experts + h * c.n_routed_experts as u64;
+            let dense = 3 * h * c.intermediate_size as u64;
+            let layers = c.num_hidden_layers as u64;
+            let k = (c.first_k_dense_replace as u64).min(layers);
+            layers * attn + k * dense + (layers - k) * moe + h * c.vocab_size as u64
+        }
+    };
+    params * b
+}
+
+#[cfg(feature = "cuda")]
+fn used_memory(dev: &Device) -> u64 {
+    if !dev.is_cuda() {
+        return 0;
+    }
+    match cudarc::driver::result::mem_get_info() {
+        Ok((free, total)) => (total - free) as u64,
+        Err(_) => 0,
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn used_memory(_: &Device) -> u64 {
+    0
+}
+
+#[cfg(feature = "cuda")]
+fn measure_bandwidth(dev: &Device, progress: &mut dyn FnMut(&str)) -> Option<f64> {
+    if !dev.is_cuda() {
+        return None;
+    }
+    progress("measuring peak DRAM bandwidth");
+    let run = || -> kiln_cuda::Result<f64> {
+        let gpu = kiln_cuda::Gpu::open(0)?;
+        let compiler = kiln_cuda::Compiler::new()?;
+        let probes = kiln_cuda::Probes::load(&gpu, &compiler)?;
+        Ok(probes.bandwidth(&gpu)?.peak_bytes_per_s())
+    };
+    match run() {
+        Ok(bw) => Some(bw),
+        Err(e) => {
+            progress(&format!("peak bandwidth not measured: {e}"));
+            None
+        }
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn measure_bandwidth(_: &Device, _: &mut dyn FnMut(&str)) -> Option<f64> {
+    None
+}
+
+fn device_name(dev: &Device) -> String {
+    #[cfg(feature = "cuda")]
+    if dev.is_cuda() {
+        if let Ok(gpu) = kiln_cuda::Gpu::open(0) {
+            return gpu.facts().name.clone();
+        }
+    }
+    format!("{dev:?}")
+}
+
+/// Saves the kept logits (`[steps, vocab]` f32 per configuration, named by a
+/// slug of the configuration) and the token sequence they were fed
+/// (`tokens`: prompt then the baseline's tokens, u32).
+pub fn save_logits(report: &Report, path: &std::path::Path) -> Result<()> {
+    let dev = Device::Cpu;
+    let mut map = std::collections::HashMap::new();
+    for (name, steps) in &report.logits {
+        let v = steps.first().map(|s| s.len()).unwrap_or(0);
+        let flat: Vec<f32> = steps.iter().flatten().copied().collect();
+        let slug: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        map.insert(slug, Tensor::from_vec(flat, (steps.len(), v), &dev)?);
+    }
+    let mut tokens = report.prompt.clone();
+    if let Some(base) = report.configs.first() {
+        tokens.extend(&base.tokens);
+    }
+    let n = tokens.len();
+    map.insert("tokens".to_string(), Tensor::from_vec(tokens, n, &dev)?);
+    candle_core::safetensors::save(&map, path)?;
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! The models on candle's CPU backend, tiny configs, f32: kiln's
+//! implementation on kiln's ops (the catalog references) must match kiln's
+//! implementation on plain candle ops, and for Qwen3-MoE candle's own model.
+
+use candle_core::{DType, Device, Tensor};
+use kiln_candle::models::config::ModelConfig;
+use kiln_candle::models::glm4_moe_lite::Glm4MoeLite;
+use kiln_candle::models::qwen3_moe::Qwen3Moe;
+use kiln_candle::models::stock::StockQwen3Moe;
+use kiln_candle::models::{DecodeModel, Kernels};
+use kiln_candle::synth::SyntheticBackend;
+
+fn tiny_qwen3() -> serde_json::Value {
+    serde_json::json!({
+        "model_type": "qwen3_moe", "vocab_size": 96, "hidden_size": 256, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
+        "max_position_embeddings": 128, "max_window_layers": 2, "sliding_window": null,
+        "use_sliding_window": false, "tie_word_embeddings": false, "rope_theta": 1000000.0,
+        "rms_norm_eps": 1e-6, "hidden_act": "silu", "attention_bias": false,
+        "decoder_sparse_step": 1, "moe_intermediate_size": 32, "num_experts": 8,
+        "num_experts_per_tok": 2, "norm_topk_prob": true
+    })
+}
+
+fn tiny_glm() -> serde_json::Value {
+    serde_json::json!({
+        "model_type": "glm4_moe_lite", "vocab_size": 96, "hidden_size": 256, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "q_lora_rank": 64, "kv_lora_rank": 64, "qk_nope_head_dim": 32,
+        "qk_rope_head_dim": 16, "v_head_dim": 32, "rms_norm_eps": 1e-5, "rope_theta": 1000000.0,
+        "rope_interleave": true, "first_k_dense_replace": 1, "intermediate_size": 64,
+        "n_routed_experts": 8, "n_shared_experts": 1, "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32, "routed_scaling_factor": 1.8, "n_group": 1, "topk_group": 1
+    })
+}
+
+fn vb(seed: u64) -> candle_nn::VarBuilder<'static> {
+    SyntheticBackend::new(seed).into_var_builder(DType::F32, &Device::Cpu)
+}
+
+/// Prefill 5 tokens, then decode 4 more, feeding `ids`; logits of each step.
+fn run(model: &mut dyn DecodeModel, ids: &[u32]) -> Vec<Vec<f32>> {
+    model.reset();
+    let mut out = vec![model
+        .forward(&ids[..5], 0)
+        .expect("prefill")
+        .to_vec1()
+        .expect("vec")];
+    for (i, &t) in ids[5..].iter().enumerate() {
+        out.push(
+            model
+                .forward(&[t], 5 + i)
+                .expect("decode")
+                .to_vec1()
+                .expect("vec"),
+        );
+    }
+    out
+}
+
+fn max_rel_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    let scale = a.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
+    let diff = a
+        .iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    diff / scale.max(1e-30)
+}
+
+const IDS: [u32; 9] = [3, 17, 42, 5, 88, 11, 60, 2, 91];
+
+#[test]
+fn qwen3_moe_on_kiln_ops_matches_candle_ops_and_candles_own_model() {
+    let raw = tiny_qwen3();
+    let ModelConfig::Qwen3Moe(cfg) = ModelConfig::parse(&raw.to_string()).expect("config").0 else {
+        panic!("not qwen3")
+    };
+    let mut stock = StockQwen3Moe::load(&raw, vb(1)).expect("stock");
+    let mut plain = Qwen3Moe::load(&cfg, vb(1), Kernels::Candle, 32).expect("plain");
+    let mut kiln = Qwen3Moe::load(&cfg, vb(1), Kernels::Kiln, 32).expect("kiln");
+    let s = run(&mut stock, &IDS);
+    let p = run(&mut plain, &IDS);
+    let k = run(&mut kiln, &IDS);
+    assert_eq!(s.len(), 5);
+    assert!(s[0].iter().any(|x| x.abs() > 0.0), "logits are all zero");
+    let d_plain = max_rel_diff(&s, &p);
+    let d_kiln = max_rel_diff(&s, &k);
+    assert!(
+        d_plain < 1e-4,
+        "plain candle ops vs candle's model: {d_plain}"
+    );
+    assert!(d_kiln < 1e-4, "kiln ops vs candle's model: {d_kiln}");
+}
+
+#[test]
+fn glm4_moe_lite_on_kiln_ops_matches_candle_ops() {
+    let raw = tiny_glm();
+    let ModelConfig::Glm4MoeLite(cfg) = ModelConfig::parse(&raw.to_string()).expect("config").0
+    else {
+        panic!("not glm")
+    };
+    let mut plain = Glm4MoeLite::load(&cfg, vb(2), Kernels::Candle, 32).expect("plain");
+    let mut kiln = Glm4MoeLite::load(&cfg, vb(2), Kernels::Kiln, 32).expect("kiln");
+    let p = run(&mut plain, &IDS);
+    let k = run(&mut kiln, &IDS);
+    assert!(p[0].iter().any(|x| x.abs() > 0.0), "logits are all zero");
+    let d = max_rel_diff(&p, &k);
+    assert!(d < 1e-4, "kiln ops vs plain candle ops: {d}");
+    // A different seed must change the logits (the test can fail).
+    let mut other = Glm4MoeLite::load(&cfg, vb(3), Kernels::Kiln, 32).expect("other");
+    assert!(max_rel_diff(&k, &run(&mut other, &IDS)) > 1e-2);
+}
+
+#[test]
+fn a_written_checkpoint_holds_the_same_weights_as_the_generator() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let raw = tiny_qwen3();
+    let n = kiln_candle::synth::write_checkpoint(&raw, 5, dir.path()).expect("write");
+    assert!(n > 10);
+    let loaded = candle_core::safetensors::load(dir.path().join("model.safetensors"), &Device::Cpu)
+        .expect("load");
+    let name = "model.layers.1.mlp.experts.3.down_proj.weight";
+    let on_disk = loaded[name].to_dtype(DType::F32).expect("f32");
+    let made = kiln_candle::synth::make_tensor(5, name, on_disk.shape(), DType::BF16, &Device::Cpu)
+        .expect("make")
+        .to_dtype(DType::F32)
+        .expect("f32");
+    let diff = (on_disk - made)
+        .expect("sub")
+        .abs()
+        .expect("abs")
+        .max_all()
+        .expect("max");
+    assert_eq!(diff.to_scalar::<f32>().expect("scalar"), 0.0);
+    let (cfg, _) = ModelConfig::load(dir.path()).expect("config back");
+    assert_eq!(cfg.layers(), 2);
+    let _ = Tensor::zeros(1, DType::F32, &Device::Cpu);
+}

@@ -1,0 +1,172 @@
+//! `kiln models …` and `kiln validate`: thin shells over kiln-candle, which
+//! is built only with the `models` feature (`scripts/build-models.sh`).
+
+use std::process::ExitCode;
+
+use crate::cli::{ModelsCommand, ValidateArgs};
+
+#[cfg(not(feature = "models"))]
+const NOT_BUILT: &str = "this kiln was built without its candle models: build it with \
+    `scripts/build-models.sh` (installs nvcc from pinned wheels and builds with `--features models-cuda`)";
+
+/// `kiln models …`
+#[cfg(not(feature = "models"))]
+pub fn models(_: ModelsCommand) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("{NOT_BUILT}")
+}
+
+/// `kiln validate`
+#[cfg(not(feature = "models"))]
+pub fn validate(_: &ValidateArgs) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("{NOT_BUILT}")
+}
+
+/// `kiln models …`
+#[cfg(feature = "models")]
+pub fn models(cmd: ModelsCommand) -> anyhow::Result<ExitCode> {
+    use kiln_candle::models::config::{preset, PRESETS};
+    match cmd {
+        ModelsCommand::List => {
+            for (name, _) in PRESETS {
+                let v = preset(name, None)?;
+                println!(
+                    "{name:<16} model_type {:<14} {} layers, hidden {}",
+                    v["model_type"].as_str().unwrap_or("?"),
+                    v["num_hidden_layers"],
+                    v["hidden_size"]
+                );
+            }
+        }
+        ModelsCommand::Synth {
+            preset: name,
+            layers,
+            seed,
+            out,
+        } => {
+            let cfg = preset(&name, layers)?;
+            eprintln!(
+                "kiln: writing {name} ({} layers, seed {seed}) to {}",
+                cfg["num_hidden_layers"],
+                out.display()
+            );
+            let n = kiln_candle::synth::write_checkpoint(&cfg, seed, &out)?;
+            println!("wrote {n} tensors and config.json to {}", out.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln validate`
+#[cfg(feature = "models")]
+pub fn validate(a: &ValidateArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    use kiln_candle::validate::{run, Options, Weights};
+
+    let weights = match (&a.model, &a.synthetic) {
+        (Some(dir), None) => Weights::Checkpoint(dir.clone()),
+        (None, Some(p)) => Weights::Synthetic {
+            config: kiln_candle::models::config::preset(p, a.layers)?,
+            seed: a.seed,
+        },
+        _ => anyhow::bail!(
+            "give a checkpoint directory or --synthetic PRESET (see `kiln models list`)"
+        ),
+    };
+    let dev = if a.cpu {
+        candle_core_device_cpu()
+    } else {
+        kiln_candle::candle_core::Device::new_cuda(0).context(
+            "no CUDA device for candle (use --cpu for a tiny model, or run on an NVIDIA GPU)",
+        )?
+    };
+    let vocab = match &weights {
+        Weights::Synthetic { config, .. } => config["vocab_size"].as_u64(),
+        Weights::Checkpoint(dir) => std::fs::read_to_string(dir.join("config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["vocab_size"].as_u64()),
+    }
+    .unwrap_or(1000) as u32;
+    let prompt = if a.prompt.is_empty() {
+        seeded_prompt(a.prompt_len, vocab, a.seed)
+    } else {
+        a.prompt.clone()
+    };
+    let opts = Options {
+        weights,
+        max_tokens: a.max_tokens,
+        prompt,
+        runs: a.runs,
+        no_patch: a.no_patch,
+        pack: a.pack.clone(),
+        keep_logits: a.dump_logits,
+    };
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let report = run(&opts, &dev, &mut |msg: &str| {
+        bar.set_message(msg.to_string())
+    })?;
+    bar.finish_and_clear();
+    println!("{}", report.table());
+    write_results(&a.out, &report)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "models")]
+fn candle_core_device_cpu() -> kiln_candle::candle_core::Device {
+    kiln_candle::candle_core::Device::Cpu
+}
+
+/// Prompt ids from a seed (uniform over the vocabulary; random weights have no text).
+#[cfg(feature = "models")]
+fn seeded_prompt(n: usize, vocab: u32, seed: u64) -> Vec<u32> {
+    let mut z = seed ^ 0x6b69_6c6e;
+    (0..n)
+        .map(|_| {
+            z = z
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((z >> 33) % vocab as u64) as u32
+        })
+        .collect()
+}
+
+/// Writes `benchmark_results.json` (one row per model, replacing an earlier
+/// row of the same model), the detailed report, and the logits if kept.
+#[cfg(feature = "models")]
+fn write_results(
+    out: &std::path::Path,
+    report: &kiln_candle::validate::Report,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let bench = out.join("benchmark_results.json");
+    let mut rows: Vec<serde_json::Value> = std::fs::read_to_string(&bench)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let row = serde_json::to_value(report.benchmark_row())?;
+    rows.retain(|r| r["model"] != row["model"]);
+    rows.push(row);
+    std::fs::write(&bench, serde_json::to_string_pretty(&rows)?)
+        .with_context(|| format!("writing {}", bench.display()))?;
+    let slug: String = report
+        .model
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let detail = out.join(format!("validate_{slug}.json"));
+    std::fs::write(&detail, serde_json::to_string_pretty(report)?)
+        .with_context(|| format!("writing {}", detail.display()))?;
+    if !report.logits.is_empty() {
+        let path = out.join(format!("logits_{slug}.safetensors"));
+        kiln_candle::validate::save_logits(report, &path)?;
+        eprintln!("kiln: logits in {}", path.display());
+    }
+    eprintln!(
+        "kiln: results in {} and {}",
+        bench.display(),
+        detail.display()
+    );
+    Ok(())
+}
