@@ -8,7 +8,7 @@ set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-$PWD/gpu-results}
 mkdir -p "$out"
-i=0
+i=${FIRST_RUN:-0}
 for spec in "$@"; do
   i=$((i + 1))
   suites=${spec%%:*}
@@ -25,6 +25,6 @@ for spec in "$@"; do
   ) > "$dir/console.txt" 2>&1
   { echo "## run-$i: $spec"; cat "$dir/summary.md" 2>/dev/null; echo; } >> "$out/summary.txt"
 done
-tar czf "$out/results.tgz" -C "$out" $(cd "$out" && ls -d run-*)
+tar czf "$out/${RESULTS:-results}.tgz" -C "$out" $(cd "$out" && ls -d run-*)
 rm -rf "$out"/run-*
 cat "$out/summary.txt"

@@ -256,6 +256,9 @@ pub fn run(opts: &Options, dev: &Device, progress: &mut dyn FnMut(&str)) -> Resu
     let mut reference: Option<(Vec<u32>, Vec<Vec<f32>>)> = None;
     for (name, kernels) in configs {
         progress(&format!("building {name}"));
+        if name != STOCK {
+            untracked_stream(dev);
+        }
         let vb = var_builder(&opts.weights, dtype, dev)?;
         let mut model: Box<dyn DecodeModel> = match (&cfg, name) {
             (ModelConfig::Qwen3Moe(_), STOCK) => Box::new(StockQwen3Moe::load(&raw, vb)?),
@@ -496,6 +499,20 @@ pub fn active_weight_bytes(cfg: &ModelConfig) -> u64 {
     };
     params * b
 }
+
+/// kiln decodes on one CUDA stream, so candle's cross-stream event tracking
+/// (an event recorded per tensor access) is pure overhead; tensors made after
+/// this call are untracked. The stock baseline runs first, with candle's defaults.
+#[cfg(feature = "cuda")]
+fn untracked_stream(dev: &Device) {
+    if let Device::Cuda(d) = dev {
+        // SAFETY: everything kiln creates afterwards is used on this one stream.
+        unsafe { d.disable_event_tracking() }
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn untracked_stream(_: &Device) {}
 
 #[cfg(feature = "cuda")]
 fn used_memory(dev: &Device) -> u64 {

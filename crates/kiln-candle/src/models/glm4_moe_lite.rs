@@ -171,7 +171,13 @@ impl Glm4MoeLite {
         })
     }
 
-    fn attention(&mut self, l: usize, x: &Tensor, pos: usize) -> Result<Tensor> {
+    fn attention(
+        &mut self,
+        l: usize,
+        x: &Tensor,
+        pos: usize,
+        positions: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let c = &self.cfg;
         let k_ = self.kernels;
         let (nh, nope, rope_d, dv) = (
@@ -201,7 +207,7 @@ impl Glm4MoeLite {
         let k_nope = kv.narrow(2, 0, nope)?;
         let v = kv.narrow(2, nope, dv)?;
         let k = Tensor::cat(&[&k_nope, &k_pe.broadcast_as((t, nh, rope_d))?], 2)?;
-        let (q, k) = self.rope.apply(&q.contiguous()?, &k, pos, k_)?;
+        let (q, k) = self.rope.apply(&q.contiguous()?, &k, pos, positions, k_)?;
         self.caches[l].append(&k, &v, pos)?;
         let o = attention(&q, &self.caches[l], pos, 1.0 / (dqk as f64).sqrt(), k_)?;
         linear(&o, &self.layers[l].o)
@@ -213,6 +219,10 @@ impl DecodeModel for Glm4MoeLite {
         let t = ids.len();
         let eps = self.cfg.rms_norm_eps;
         let k = self.kernels;
+        let positions = match k {
+            Kernels::Kiln => Some(self.rope.positions(pos, t, &self.device)?),
+            Kernels::Candle => None,
+        };
         let ids = Tensor::new(ids, &self.device)?;
         let mut residual = self.embed.index_select(&ids, 0)?;
         let mut delta: Option<Tensor> = None;
@@ -224,7 +234,7 @@ impl DecodeModel for Glm4MoeLite {
                 ),
                 Some(d) => add_rms_norm(&d, &residual, &self.layers[l].ln1, eps, k)?,
             };
-            let a = self.attention(l, &n, pos)?;
+            let a = self.attention(l, &n, pos, positions.as_ref())?;
             let (n2, h2) = add_rms_norm(&a, &h, &self.layers[l].ln2, eps, k)?;
             delta = Some(match &self.layers[l].ffn {
                 Ffn::Dense(m) => m.forward(&n2, k)?,

@@ -106,19 +106,34 @@ impl RopeTables {
         })
     }
 
-    /// Rotates `q[T,QH,HD]` and `k[T,KH,HD]` (the shape's slice) at `pos..pos+T`.
+    /// The i32 positions `pos..pos+t` the kiln kernel reads; make them once per
+    /// forward pass (one host-to-device copy), not once per layer.
+    pub fn positions(&self, pos: usize, t: usize, dev: &Device) -> Result<Tensor> {
+        Ok(Tensor::arange(pos as i32, (pos + t) as i32, dev)?)
+    }
+
+    /// Rotates `q[T,QH,HD]` and `k[T,KH,HD]` (the shape's slice) at `pos..pos+T`;
+    /// `positions` are [`Self::positions`] (kiln's kernel only).
     pub fn apply(
         &self,
         q: &Tensor,
         k: &Tensor,
         pos: usize,
+        positions: Option<&Tensor>,
         kern: Kernels,
     ) -> Result<(Tensor, Tensor)> {
         let t = q.dim(0)?;
         match kern {
             Kernels::Kiln => {
-                let positions = Tensor::arange(pos as i32, (pos + t) as i32, q.device())?;
-                ops::rope::rope(q, k, &positions, self.shape)
+                let made;
+                let positions = match positions {
+                    Some(p) => p,
+                    None => {
+                        made = self.positions(pos, t, q.device())?;
+                        &made
+                    }
+                };
+                ops::rope::rope(q, k, positions, self.shape)
             }
             Kernels::Candle => {
                 let cos = self.cos.narrow(0, pos, t)?;

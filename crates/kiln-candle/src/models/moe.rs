@@ -7,6 +7,8 @@
 //! like candle's own fused MoE (`moe_gemm`, CUDA) or a gather + batched
 //! matmul (CPU).
 
+use std::sync::{Arc, Mutex};
+
 use candle_core::{DType, Tensor, D};
 use kiln_kernels::reference::topk::SigmoidRouting;
 
@@ -58,7 +60,12 @@ pub struct MoeBlock {
     k: usize,
     i: usize,
     kernels: Kernels,
+    /// The stacked shared expert's (weights, indices) columns for the last T.
+    shared_columns: Arc<Mutex<Option<SharedColumns>>>,
 }
+
+/// Weight-1, index-E columns appended to the router's output for T rows.
+type SharedColumns = (usize, Tensor, Tensor);
 
 /// What a MoE block needs from the config.
 #[derive(Debug, Clone, Copy)]
@@ -144,6 +151,7 @@ impl MoeBlock {
             k,
             i,
             kernels,
+            shared_columns: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -155,9 +163,7 @@ impl MoeBlock {
                 let (mut w, mut idx) = (weights, indices);
                 if gate.dim(0)? > self.e {
                     // The stacked shared expert: index E, weight exactly 1.
-                    let t = x.dim(0)?;
-                    let ones = Tensor::ones((t, 1), DType::F32, x.device())?;
-                    let shared = Tensor::full(self.e as u32, (t, 1), x.device())?;
+                    let (ones, shared) = self.shared_columns(x)?;
                     w = Tensor::cat(&[&w, &ones], 1)?;
                     idx = Tensor::cat(&[&idx, &shared], 1)?;
                 }
@@ -173,6 +179,24 @@ impl MoeBlock {
             Some(mlp) => Ok((routed + mlp.forward(x, self.kernels)?)?),
             None => Ok(routed),
         }
+    }
+
+    /// Weight-1 and index-E columns for `x`'s T rows, made once per T.
+    fn shared_columns(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let t = x.dim(0)?;
+        let mut cache = self
+            .shared_columns
+            .lock()
+            .map_err(|_| op_error("moe", "shared-expert cache poisoned"))?;
+        if let Some((ct, w, i)) = cache.as_ref() {
+            if *ct == t {
+                return Ok((w.clone(), i.clone()));
+            }
+        }
+        let w = Tensor::ones((t, 1), DType::F32, x.device())?;
+        let i = Tensor::full(self.e as u32, (t, 1), x.device())?;
+        *cache = Some((t, w.clone(), i.clone()));
+        Ok((w, i))
     }
 
     /// `(weights[T,K] f32, indices[T,K] u32)`.

@@ -128,7 +128,13 @@ impl Qwen3Moe {
         })
     }
 
-    fn attention(&mut self, l: usize, x: &Tensor, pos: usize) -> Result<Tensor> {
+    fn attention(
+        &mut self,
+        l: usize,
+        x: &Tensor,
+        pos: usize,
+        positions: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let c = &self.cfg;
         let (qh, kvh, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let t = x.dim(0)?;
@@ -151,7 +157,7 @@ impl Qwen3Moe {
             c.rms_norm_eps,
             self.kernels,
         )?;
-        let (q, k) = self.rope.apply(&q, &k, pos, self.kernels)?;
+        let (q, k) = self.rope.apply(&q, &k, pos, positions, self.kernels)?;
         self.caches[l].append(&k, &v, pos)?;
         let o = attention(
             &q,
@@ -169,6 +175,10 @@ impl DecodeModel for Qwen3Moe {
         let t = ids.len();
         let eps = self.cfg.rms_norm_eps;
         let k = self.kernels;
+        let positions = match k {
+            Kernels::Kiln => Some(self.rope.positions(pos, t, &self.device)?),
+            Kernels::Candle => None,
+        };
         let ids = Tensor::new(ids, &self.device)?;
         let mut residual = self.embed.index_select(&ids, 0)?;
         let mut delta: Option<Tensor> = None;
@@ -180,7 +190,7 @@ impl DecodeModel for Qwen3Moe {
                 ),
                 Some(d) => add_rms_norm(&d, &residual, &self.layers[l].ln1, eps, k)?,
             };
-            let a = self.attention(l, &n, pos)?;
+            let a = self.attention(l, &n, pos, positions.as_ref())?;
             let (n2, h2) = add_rms_norm(&a, &h, &self.layers[l].ln2, eps, k)?;
             delta = Some(self.layers[l].moe.forward(&n2)?);
             residual = h2;

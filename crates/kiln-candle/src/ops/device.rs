@@ -251,23 +251,63 @@ pub(crate) fn launch(
     Ok(())
 }
 
+/// A configuration's loaded function and parsed launch line.
+struct Prepared {
+    func: CudaFunction,
+    line: kiln_kernels::LaunchLine,
+    sms: u32,
+}
+
+/// Prepared kernels by (CUDA context, pack generation, configuration).
+type PreparedCache = Mutex<HashMap<(usize, u64, String), Arc<Prepared>>>;
+
+fn prepared() -> &'static PreparedCache {
+    static CACHE: OnceLock<PreparedCache> = OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
 /// The loaded function and launch dimensions of `c` for `t` rows, with the
-/// active kernel pack's source where one applies.
+/// active kernel pack's source where one applies. The first call per
+/// configuration compiles, loads and parses; later calls only evaluate the
+/// launch line (a decode step makes hundreds of launches).
 pub(crate) fn prepare<C: kiln_kernels::OpConfig>(
     c: &C,
     dev: &CudaDevice,
     t: usize,
 ) -> Result<(CudaFunction, LaunchDims)> {
     let op = c.spec().name;
-    let build = super::pack::resolve(c.build()?);
-    let line = kiln_kernels::LaunchLine::parse_source(&build.source)
-        .map_err(|source| kiln_kernels::KernelError::Launch { op, source })?;
+    let ctx = Arc::as_ptr(dev.cuda_stream().context()) as usize;
+    let key = (ctx, super::pack::generation(), format!("{op}{c:?}"));
+    let cached = prepared()
+        .lock()
+        .map_err(|_| op_error("kernel cache", "poisoned by an earlier panic"))?
+        .get(&key)
+        .cloned();
+    let p = match cached {
+        Some(p) => p,
+        None => {
+            let build = super::pack::resolve(c.build()?);
+            let line = kiln_kernels::LaunchLine::parse_source(&build.source)
+                .map_err(|source| kiln_kernels::KernelError::Launch { op, source })?;
+            let p = Arc::new(Prepared {
+                func: function(dev, &build)?,
+                line,
+                sms: sm_count(dev)?,
+            });
+            prepared()
+                .lock()
+                .map_err(|_| op_error("kernel cache", "poisoned by an earlier panic"))?
+                .insert(key, p.clone());
+            p
+        }
+    };
     let rows = i32::try_from(t)
         .ok()
         .filter(|&r| r >= 1)
         .ok_or_else(|| op_error(op, format!("{t} rows")))?;
-    let dims = line
-        .evaluate(&c.vars(rows, sm_count(dev)?))
+    let dims = p
+        .line
+        .evaluate(&c.vars(rows, p.sms))
         .map_err(|source| kiln_kernels::KernelError::Launch { op, source })?;
-    Ok((function(dev, &build)?, dims))
+    Ok((p.func.clone(), dims))
 }

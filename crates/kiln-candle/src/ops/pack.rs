@@ -6,6 +6,7 @@
 //! rmsnorm (D=2048, eps 1e-6) never runs with another eps or width.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
 use kiln_kernels::{KernelBuild, LaunchLine};
@@ -82,12 +83,19 @@ fn same_set(a: &[String], b: &[String]) -> bool {
 }
 
 static ACTIVE: RwLock<Option<KernelPack>> = RwLock::new(None);
+static GENERATION: AtomicU64 = AtomicU64::new(0);
 
 /// Makes `pack` the one every op consults (None: the catalog only).
 pub fn set_active(pack: Option<KernelPack>) {
     if let Ok(mut g) = ACTIVE.write() {
         *g = pack;
+        GENERATION.fetch_add(1, Ordering::SeqCst);
     }
+}
+
+/// Changes whenever the active pack does, so cached kernels are not reused across packs.
+pub fn generation() -> u64 {
+    GENERATION.load(Ordering::SeqCst)
 }
 
 /// `build` with the active pack's source swapped in where one applies.

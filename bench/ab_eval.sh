@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# A/B of kernel files against the catalog kernels the `kiln` binary was built
+# with: for each DIR/<target>.cu, `kiln discover eval <target>` times it
+# interleaved with the catalog baseline in one worker and prints, per shape,
+# candidate µs, catalog µs and catalog speedup (candidate / catalog time).
+#   bench/ab_eval.sh KILN_BINARY DIR
+set -uo pipefail
+kiln=$1
+dir=$2
+for f in "$dir"/*.cu; do
+  target=$(basename "$f" .cu)
+  "$kiln" discover eval "$target" "$f" --json 2>/dev/null | python3 -c '
+import json, sys
+target, name = sys.argv[1], sys.argv[2]
+try:
+    r = json.load(sys.stdin)
+except ValueError:
+    print(f"{target:<22} {name}: no record (eval failed)")
+    sys.exit(0)
+status = r.get("status")
+shapes = r.get("per_shape") or []
+for s in shapes:
+    c, b = s.get("median_us"), s.get("baseline_median_us")
+    if c and b:
+        shape = s["shape"]["name"]
+        print(f"{target:<22} {shape:<14} candidate {c:8.2f} us  catalog {b:8.2f} us  catalog speedup {c / b:5.2f}x")
+if not shapes:
+    print(f"{target:<22} {name}: {status} {json.dumps(r)[:300]}")
+' "$target" "$(basename "$dir")"
+done
