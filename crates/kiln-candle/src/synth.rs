@@ -20,6 +20,7 @@ use candle_nn::VarBuilder;
 
 use crate::error::{Error, Result};
 use crate::models::config::ModelConfig;
+use crate::models::glm4::Glm4;
 use crate::models::glm4_moe_lite::Glm4MoeLite;
 use crate::models::qwen3_moe::Qwen3Moe;
 use crate::models::Kernels;
@@ -218,6 +219,7 @@ pub fn write_checkpoint(config: &serde_json::Value, seed: u64, dir: &Path) -> Re
     match &cfg {
         ModelConfig::Qwen3Moe(c) => drop(Qwen3Moe::load(c, vb, Kernels::Candle, 1)?),
         ModelConfig::Glm4MoeLite(c) => drop(Glm4MoeLite::load(c, vb, Kernels::Candle, 1)?),
+        ModelConfig::Glm4(c) => drop(Glm4::load(c, vb, Kernels::Candle, 1)?),
     }
     let tensors = backend
         .record

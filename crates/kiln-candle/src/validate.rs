@@ -20,9 +20,10 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::models::config::ModelConfig;
+use crate::models::glm4::Glm4;
 use crate::models::glm4_moe_lite::Glm4MoeLite;
 use crate::models::qwen3_moe::Qwen3Moe;
-use crate::models::stock::StockQwen3Moe;
+use crate::models::stock::{StockGlm4, StockQwen3Moe};
 use crate::models::{DecodeModel, Kernels};
 use crate::ops::pack::{self, KernelPack};
 use crate::synth::SyntheticBackend;
@@ -244,7 +245,7 @@ pub fn run(opts: &Options, dev: &Device, progress: &mut dyn FnMut(&str)) -> Resu
 
     let mut configs: Vec<(&str, Kernels)> = Vec::new();
     match &cfg {
-        ModelConfig::Qwen3Moe(_) => configs.push((STOCK, Kernels::Candle)),
+        ModelConfig::Qwen3Moe(_) | ModelConfig::Glm4(_) => configs.push((STOCK, Kernels::Candle)),
         ModelConfig::Glm4MoeLite(_) => configs.push((PLAIN, Kernels::Candle)),
     }
     if !opts.no_patch {
@@ -266,6 +267,8 @@ pub fn run(opts: &Options, dev: &Device, progress: &mut dyn FnMut(&str)) -> Resu
             (ModelConfig::Glm4MoeLite(c), _) => {
                 Box::new(Glm4MoeLite::load(c, vb, kernels, max_len)?)
             }
+            (ModelConfig::Glm4(_), STOCK) => Box::new(StockGlm4::load(&raw, vb)?),
+            (ModelConfig::Glm4(c), _) => Box::new(Glm4::load(c, vb, kernels, max_len)?),
         };
         let mut names = vec![name];
         if kernels == Kernels::Kiln && pack.is_some() {
@@ -495,6 +498,16 @@ pub fn active_weight_bytes(cfg: &ModelConfig) -> u64 {
             let layers = c.num_hidden_layers as u64;
             let k = (c.first_k_dense_replace as u64).min(layers);
             layers * attn + k * dense + (layers - k) * moe + h * c.vocab_size as u64
+        }
+        ModelConfig::Glm4(c) => {
+            // Dense: every weight but the embedding table (norms and the qkv bias included).
+            let (h, hd) = (c.hidden_size as u64, c.kv_channels as u64);
+            let qh = c.num_attention_heads as u64;
+            let qkv_rows = (qh + 2 * c.multi_query_group_num as u64) * hd;
+            let attn = h * qkv_rows + if c.add_qkv_bias { qkv_rows } else { 0 } + qh * hd * h;
+            let mlp = 3 * h * c.ffn_hidden_size as u64;
+            let final_norm = if c.post_layer_norm { h } else { 0 };
+            c.num_layers as u64 * (attn + mlp + 2 * h) + final_norm + h * c.padded_vocab_size as u64
         }
     };
     params * b

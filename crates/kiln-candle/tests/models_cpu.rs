@@ -1,12 +1,14 @@
 //! The models on candle's CPU backend, tiny configs, f32: kiln's
 //! implementation on kiln's ops (the catalog references) must match kiln's
-//! implementation on plain candle ops, and for Qwen3-MoE candle's own model.
+//! implementation on plain candle ops, and for Qwen3-MoE and GLM-4 candle's
+//! own model.
 
 use candle_core::{DType, Device, Tensor};
-use kiln_candle::models::config::ModelConfig;
+use kiln_candle::models::config::{preset, ModelConfig};
+use kiln_candle::models::glm4::Glm4;
 use kiln_candle::models::glm4_moe_lite::Glm4MoeLite;
 use kiln_candle::models::qwen3_moe::Qwen3Moe;
-use kiln_candle::models::stock::StockQwen3Moe;
+use kiln_candle::models::stock::{StockGlm4, StockQwen3Moe};
 use kiln_candle::models::{DecodeModel, Kernels};
 use kiln_candle::synth::SyntheticBackend;
 
@@ -30,6 +32,20 @@ fn tiny_glm() -> serde_json::Value {
         "rope_interleave": true, "first_k_dense_replace": 1, "intermediate_size": 64,
         "n_routed_experts": 8, "n_shared_experts": 1, "num_experts_per_tok": 2,
         "moe_intermediate_size": 32, "routed_scaling_factor": 1.8, "n_group": 1, "topk_group": 1
+    })
+}
+
+/// GLM-4-9B's settings at toy size (H = QH·HD, as candle's model needs).
+fn tiny_glm4() -> serde_json::Value {
+    serde_json::json!({
+        "model_type": "chatglm", "num_layers": 2, "padded_vocab_size": 96, "hidden_size": 256,
+        "ffn_hidden_size": 128, "kv_channels": 64, "num_attention_heads": 4,
+        "multi_query_attention": true, "multi_query_group_num": 2, "seq_length": 64,
+        "layernorm_epsilon": 1.5625e-07, "rmsnorm": true,
+        "apply_residual_connection_post_layernorm": false, "post_layer_norm": true,
+        "add_bias_linear": false, "add_qkv_bias": true, "bias_dropout_fusion": true,
+        "apply_query_key_layer_scaling": true, "attention_softmax_in_fp32": true,
+        "fp32_residual_connection": false, "rope_ratio": 500, "tie_word_embeddings": false
     })
 }
 
@@ -109,6 +125,85 @@ fn glm4_moe_lite_on_kiln_ops_matches_candle_ops() {
     // A different seed must change the logits (the test can fail).
     let mut other = Glm4MoeLite::load(&cfg, vb(3), Kernels::Kiln, 32).expect("other");
     assert!(max_rel_diff(&k, &run(&mut other, &IDS)) > 1e-2);
+}
+
+#[test]
+fn glm4_on_kiln_ops_and_candle_ops_matches_candles_own_model() {
+    let raw = tiny_glm4();
+    let ModelConfig::Glm4(cfg) = ModelConfig::parse(&raw.to_string()).expect("config").0 else {
+        panic!("not chatglm")
+    };
+    let mut stock = StockGlm4::load(&raw, vb(4)).expect("stock");
+    let mut plain = Glm4::load(&cfg, vb(4), Kernels::Candle, 32).expect("plain");
+    let mut kiln = Glm4::load(&cfg, vb(4), Kernels::Kiln, 32).expect("kiln");
+    let s = run(&mut stock, &IDS);
+    let p = run(&mut plain, &IDS);
+    let k = run(&mut kiln, &IDS);
+    assert_eq!(s.len(), 5);
+    assert!(s[0].iter().any(|x| x.abs() > 0.0), "logits are all zero");
+    let d_plain = max_rel_diff(&s, &p);
+    let d_kiln = max_rel_diff(&s, &k);
+    assert!(
+        d_plain < 1e-4,
+        "plain candle ops vs candle's model: {d_plain}"
+    );
+    assert!(d_kiln < 1e-4, "kiln ops vs candle's model: {d_kiln}");
+    // A different seed must change the logits (the test can fail).
+    let mut other = Glm4::load(&cfg, vb(5), Kernels::Kiln, 32).expect("other");
+    assert!(max_rel_diff(&k, &run(&mut other, &IDS)) > 1e-2);
+    // candle's model continues from its own cache: a skipped position is an error.
+    assert!(stock.forward(&[1], 3).is_err());
+}
+
+#[test]
+fn a_written_glm4_checkpoint_loads_in_candles_model_and_kilns() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let raw = tiny_glm4();
+    // embedding, output layer, final norm; per layer two norms, qkv weight and bias, dense, two MLP weights.
+    let n = kiln_candle::synth::write_checkpoint(&raw, 6, dir.path()).expect("write");
+    assert_eq!(n, 3 + 2 * 7);
+    let (cfg, raw) = ModelConfig::load(dir.path()).expect("config back");
+    let ModelConfig::Glm4(cfg) = cfg else {
+        panic!("not chatglm")
+    };
+    let file = [dir.path().join("model.safetensors")];
+    // SAFETY: the test's own file, not modified while mapped.
+    let vb = || unsafe {
+        candle_nn::VarBuilder::from_mmaped_safetensors(&file, DType::F32, &Device::Cpu)
+            .expect("mmap")
+    };
+    let mut stock = StockGlm4::load(&raw, vb()).expect("stock from the checkpoint");
+    let mut kiln = Glm4::load(&cfg, vb(), Kernels::Kiln, 32).expect("kiln from the checkpoint");
+    let d = max_rel_diff(&run(&mut stock, &IDS), &run(&mut kiln, &IDS));
+    assert!(d < 1e-4, "kiln vs candle's model on the checkpoint: {d}");
+}
+
+#[test]
+fn the_glm4_preset_parses_with_a_layer_override() {
+    let v = preset("glm-4-9b", Some(2)).expect("preset");
+    let (cfg, raw) = ModelConfig::parse(&v.to_string()).expect("parse");
+    assert_eq!(cfg.layers(), 2);
+    assert_eq!(raw["num_layers"], 2);
+    let ModelConfig::Glm4(c) = cfg else {
+        panic!("not chatglm")
+    };
+    assert_eq!(
+        (
+            c.hidden_size,
+            c.num_attention_heads,
+            c.multi_query_group_num
+        ),
+        (4096, 32, 2)
+    );
+    assert_eq!(
+        (c.kv_channels, c.ffn_hidden_size, c.padded_vocab_size),
+        (128, 13696, 151552)
+    );
+    assert_eq!(c.rope_theta(), 5e6);
+    // candle's own config reads the same file.
+    let stock: candle_transformers::models::glm4::Config =
+        serde_json::from_value(raw).expect("candle's glm4 config");
+    assert_eq!(stock.num_layers, 2);
 }
 
 #[test]

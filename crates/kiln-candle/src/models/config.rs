@@ -102,6 +102,62 @@ pub struct Glm4MoeLiteConfig {
     pub tie_word_embeddings: bool,
 }
 
+/// GLM-4-9B (THUDM's ChatGLM format, `model_type` `chatglm`): the fields and
+/// serde names candle-transformers' `glm4::Config` reads, required where it
+/// requires them, so the stock baseline parses the same file.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Glm4Config {
+    /// Decoder layers.
+    pub num_layers: usize,
+    /// Vocabulary size (embedding and output rows).
+    pub padded_vocab_size: usize,
+    /// Hidden size H.
+    pub hidden_size: usize,
+    /// MLP width I (`dense_h_to_4h` packs gate and up: 2I rows).
+    pub ffn_hidden_size: usize,
+    /// Head dimension.
+    pub kv_channels: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Longest sequence (candle's rotary table length).
+    pub seq_length: usize,
+    /// RMSNorm eps.
+    pub layernorm_epsilon: f64,
+    /// RMSNorm instead of LayerNorm (kiln supports true).
+    pub rmsnorm: bool,
+    /// Residual taken after the layernorm (kiln supports false).
+    pub apply_residual_connection_post_layernorm: bool,
+    /// A final norm before the output layer.
+    pub post_layer_norm: bool,
+    /// Bias on every linear layer (kiln supports false).
+    pub add_bias_linear: bool,
+    /// Bias on `query_key_value`.
+    pub add_qkv_bias: bool,
+    /// Training-only (read for candle's sake).
+    pub bias_dropout_fusion: bool,
+    /// Grouped KV heads (kiln, like candle, supports true).
+    pub multi_query_attention: bool,
+    /// KV heads.
+    pub multi_query_group_num: usize,
+    /// Megatron's score scaling by the layer number, undone after the
+    /// division: the same scores, so it is ignored.
+    pub apply_query_key_layer_scaling: bool,
+    /// Softmax in f32 (kiln always does).
+    pub attention_softmax_in_fp32: bool,
+    /// An f32 residual stream (kiln supports false).
+    pub fp32_residual_connection: bool,
+    /// RoPE base = 10000 · rope_ratio.
+    #[serde(default = "one")]
+    pub rope_ratio: usize,
+}
+
+impl Glm4Config {
+    /// The RoPE base.
+    pub fn rope_theta(&self) -> f64 {
+        10_000.0 * self.rope_ratio as f64
+    }
+}
+
 fn one() -> usize {
     1
 }
@@ -117,6 +173,8 @@ pub enum ModelConfig {
     Qwen3Moe(Qwen3MoeConfig),
     /// GLM-4.7-Flash.
     Glm4MoeLite(Glm4MoeLiteConfig),
+    /// GLM-4-9B (dense).
+    Glm4(Glm4Config),
 }
 
 impl ModelConfig {
@@ -129,9 +187,14 @@ impl ModelConfig {
         let cfg = match kind {
             "qwen3_moe" => Self::Qwen3Moe(serde_json::from_value(raw.clone()).map_err(bad)?),
             "glm4_moe_lite" => Self::Glm4MoeLite(serde_json::from_value(raw.clone()).map_err(bad)?),
+            // THUDM's GLM-4-9B checkpoints say `chatglm` (candle's glm4 config has
+            // no model_type). transformers' own `glm4` (GLM-4-0414) and `glm`
+            // (the `-hf` repos) are other formats (llama-style names, extra
+            // norms), so only `chatglm` is taken.
+            "chatglm" => Self::Glm4(serde_json::from_value(raw.clone()).map_err(bad)?),
             other => {
                 return Err(Error::Config(format!(
-                    "model_type {other:?} is not supported (kiln runs qwen3_moe and glm4_moe_lite)"
+                    "model_type {other:?} is not supported (kiln runs qwen3_moe, glm4_moe_lite and chatglm)"
                 )))
             }
         };
@@ -150,17 +213,20 @@ impl ModelConfig {
         match self {
             Self::Qwen3Moe(c) => c.num_hidden_layers,
             Self::Glm4MoeLite(c) => c.num_hidden_layers,
+            Self::Glm4(c) => c.num_layers,
         }
     }
 }
 
 /// The presets: the published configs of the target models.
-pub const PRESETS: [(&str, &str); 2] = [
+pub const PRESETS: [(&str, &str); 3] = [
     ("qwen3-30b-a3b", QWEN3_30B_A3B),
     ("glm-4.7-flash", GLM_47_FLASH),
+    ("glm-4-9b", GLM_4_9B),
 ];
 
-/// A preset's `config.json` with `num_hidden_layers` optionally overridden.
+/// A preset's `config.json` with its layer count (`num_hidden_layers` and/or
+/// `num_layers`, whichever it has) optionally overridden.
 pub fn preset(name: &str, layers: Option<usize>) -> Result<serde_json::Value> {
     let text = PRESETS
         .iter()
@@ -176,9 +242,10 @@ pub fn preset(name: &str, layers: Option<usize>) -> Result<serde_json::Value> {
     let mut v: serde_json::Value =
         serde_json::from_str(text).map_err(|e| Error::Config(format!("preset {name}: {e}")))?;
     if let Some(n) = layers {
-        v["num_hidden_layers"] = n.into();
-        if v.get("max_window_layers").is_some() {
-            v["max_window_layers"] = n.into();
+        for key in ["num_hidden_layers", "num_layers", "max_window_layers"] {
+            if v.get(key).is_some() {
+                v[key] = n.into();
+            }
         }
     }
     Ok(v)
@@ -212,6 +279,23 @@ const GLM_47_FLASH: &str = r#"{
   "vocab_size": 154880
 }"#;
 
+/// THUDM/glm-4-9b-chat's `config.json` (it carries both `num_layers`, which
+/// the model code reads, and `num_hidden_layers`).
+const GLM_4_9B: &str = r#"{
+  "architectures": ["ChatGLMModel"], "model_type": "chatglm",
+  "add_bias_linear": false, "add_qkv_bias": true, "apply_query_key_layer_scaling": true,
+  "apply_residual_connection_post_layernorm": false, "attention_dropout": 0.0,
+  "attention_softmax_in_fp32": true, "bias_dropout_fusion": true,
+  "eos_token_id": [151329, 151336, 151338], "ffn_hidden_size": 13696,
+  "fp32_residual_connection": false, "hidden_dropout": 0.0, "hidden_size": 4096,
+  "kv_channels": 128, "layernorm_epsilon": 1.5625e-07, "multi_query_attention": true,
+  "multi_query_group_num": 2, "num_attention_heads": 32, "num_hidden_layers": 40,
+  "num_layers": 40, "original_rope": true, "pad_token_id": 151329,
+  "padded_vocab_size": 151552, "post_layer_norm": true, "rmsnorm": true, "rope_ratio": 500,
+  "seq_length": 131072, "tie_word_embeddings": false, "torch_dtype": "bfloat16",
+  "use_cache": true
+}"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,6 +307,15 @@ mod tests {
             let (cfg, _) = ModelConfig::parse(&v.to_string()).expect("parse");
             assert_eq!(cfg.layers(), 2, "{name}");
         }
+        let v = preset("glm-4-9b", Some(3)).expect("glm-4-9b");
+        assert_eq!(
+            (v["num_layers"].as_u64(), v["num_hidden_layers"].as_u64()),
+            (Some(3), Some(3))
+        );
+        let ModelConfig::Glm4(c) = ModelConfig::parse(&v.to_string()).expect("parse").0 else {
+            panic!("glm-4-9b is not chatglm")
+        };
+        assert_eq!((c.rope_theta(), c.multi_query_group_num), (5e6, 2));
         assert!(preset("nope", None).is_err());
         let e = ModelConfig::parse(r#"{"model_type": "llama"}"#).unwrap_err();
         assert!(e.to_string().contains("not supported"));

@@ -1,0 +1,246 @@
+//! GLM-4-9B (THUDM's ChatGLM format, `model_type` `chatglm`) on kiln's ops:
+//! dense, GQA attention with a biased fused qkv projection, partial
+//! interleaved RoPE, a packed SwiGLU MLP.
+//!
+//! The weight names are those of the checkpoint and of candle-transformers'
+//! `glm4` model (`transformer.embedding.word_embeddings`,
+//! `transformer.encoder.layers.N.{input_layernorm, self_attention.{query_key_value, dense},
+//! post_attention_layernorm, mlp.{dense_h_to_4h, dense_4h_to_h}}`,
+//! `transformer.encoder.final_layernorm`, `transformer.output_layer`).
+//!
+//! RoPE as ChatGLM's `apply_rotary_pos_emb`: only the first half of each
+//! head (`kv_channels / 2` values) rotates, on adjacent pairs `(x[2i],
+//! x[2i+1])` with `inv_freq[i] = base^(-2i / (kv_channels / 2))`, base
+//! `10000 · rope_ratio`; the second half passes through. kiln's rope kernel
+//! expresses that exactly (`rot_dim = kv_channels / 2`, `rot_offset = 0`,
+//! `interleaved`). The tables are built in f32 and rounded to the dtype, as
+//! HF does (candle's stock model builds its angles in the model dtype).
+//!
+//! A decode step per layer: add_rmsnorm, the qkv matmul and its bias, rope,
+//! the cache write, attention, the dense matmul, add_rmsnorm, the gate-up
+//! matmul, swiglu, the down matmul.
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use kiln_kernels::reference::rope::RopeShape;
+
+use super::config::Glm4Config;
+use super::kv_cache::KvCache;
+use super::layers::{add_rms_norm, attention, linear, rms_norm, Mlp, RopeTables};
+use super::{DecodeModel, Kernels};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone)]
+struct Layer {
+    ln1: Tensor,
+    ln2: Tensor,
+    /// `query_key_value`: `[(QH + 2·KVH)·HD, H]`, q then k then v.
+    qkv: Tensor,
+    /// Its bias (`add_qkv_bias`), `[(QH + 2·KVH)·HD]`.
+    qkv_bias: Option<Tensor>,
+    /// `dense`: `[H, QH·HD]`.
+    dense: Tensor,
+    /// `dense_h_to_4h` is already `[gate; up]`.
+    mlp: Mlp,
+}
+
+/// GLM-4-9B for causal LM at batch 1.
+#[derive(Debug)]
+pub struct Glm4 {
+    cfg: Glm4Config,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    /// `final_layernorm` (`post_layer_norm`).
+    norm: Option<Tensor>,
+    output: Tensor,
+    rope: RopeTables,
+    caches: Vec<KvCache>,
+    kernels: Kernels,
+    device: Device,
+}
+
+impl Glm4 {
+    /// Builds the model from the checkpoint's weight names under `vb`, with a KV cache of `max_len`.
+    pub fn load(
+        cfg: &Glm4Config,
+        vb: VarBuilder,
+        kernels: Kernels,
+        max_len: usize,
+    ) -> Result<Self> {
+        if !cfg.rmsnorm
+            || cfg.apply_residual_connection_post_layernorm
+            || cfg.add_bias_linear
+            || !cfg.multi_query_attention
+            || cfg.fp32_residual_connection
+        {
+            return Err(Error::Config(
+                "chatglm: kiln supports rmsnorm, multi_query_attention, and no \
+                 apply_residual_connection_post_layernorm, add_bias_linear or \
+                 fp32_residual_connection (GLM-4-9B's settings)"
+                    .into(),
+            ));
+        }
+        let (h, hd, f) = (cfg.hidden_size, cfg.kv_channels, cfg.ffn_hidden_size);
+        let (qh, kvh) = (cfg.num_attention_heads, cfg.multi_query_group_num);
+        if kvh == 0 || qh % kvh != 0 || hd % 4 != 0 {
+            return Err(Error::Config(format!(
+                "chatglm: {qh} heads over {kvh} kv groups of {hd} values: need groups \
+                 dividing the heads and kv_channels a multiple of 4"
+            )));
+        }
+        let dev = vb.device().clone();
+        let dtype = vb.dtype();
+        let vb = vb.pp("transformer");
+        let vocab = cfg.padded_vocab_size;
+        let embed = vb
+            .pp("embedding.word_embeddings")
+            .get((vocab, h), "weight")?;
+        let output = vb.pp("output_layer").get((vocab, h), "weight")?;
+        let qkv_rows = (qh + 2 * kvh) * hd;
+        let enc = vb.pp("encoder");
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        let mut caches = Vec::with_capacity(cfg.num_layers);
+        for l in 0..cfg.num_layers {
+            let v = enc.pp(format!("layers.{l}"));
+            let a = v.pp("self_attention");
+            let m = v.pp("mlp");
+            layers.push(Layer {
+                ln1: v.pp("input_layernorm").get(h, "weight")?,
+                ln2: v.pp("post_attention_layernorm").get(h, "weight")?,
+                qkv: a.pp("query_key_value").get((qkv_rows, h), "weight")?,
+                qkv_bias: if cfg.add_qkv_bias {
+                    Some(a.pp("query_key_value").get(qkv_rows, "bias")?)
+                } else {
+                    None
+                },
+                dense: a.pp("dense").get((h, qh * hd), "weight")?,
+                mlp: Mlp {
+                    gate_up: m.pp("dense_h_to_4h").get((2 * f, h), "weight")?,
+                    down: m.pp("dense_4h_to_h").get((h, f), "weight")?,
+                },
+            });
+            caches.push(KvCache::new(kvh, max_len, hd, hd, dtype, &dev)?);
+        }
+        let norm = if cfg.post_layer_norm {
+            Some(enc.pp("final_layernorm").get(h, "weight")?)
+        } else {
+            None
+        };
+        let rope = RopeTables::new(
+            RopeShape {
+                qh,
+                kh: kvh,
+                head_dim: hd,
+                rot_dim: hd / 2,
+                rot_offset: 0,
+                interleaved: true,
+                theta: cfg.rope_theta(),
+                hf_rounding: true,
+            },
+            max_len,
+            dtype,
+            &dev,
+        )?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed,
+            layers,
+            norm,
+            output,
+            rope,
+            caches,
+            kernels,
+            device: dev,
+        })
+    }
+
+    fn attention(
+        &mut self,
+        l: usize,
+        x: &Tensor,
+        pos: usize,
+        positions: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let c = &self.cfg;
+        let (qh, kvh, hd) = (
+            c.num_attention_heads,
+            c.multi_query_group_num,
+            c.kv_channels,
+        );
+        let t = x.dim(0)?;
+        let layer = &self.layers[l];
+        let qkv = linear(x, &layer.qkv)?;
+        let qkv = match &layer.qkv_bias {
+            Some(b) => qkv.broadcast_add(b)?,
+            None => qkv,
+        };
+        let q = qkv.narrow(1, 0, qh * hd)?.reshape((t, qh, hd))?;
+        let k = qkv.narrow(1, qh * hd, kvh * hd)?.reshape((t, kvh, hd))?;
+        let v = qkv
+            .narrow(1, (qh + kvh) * hd, kvh * hd)?
+            .reshape((t, kvh, hd))?;
+        let (q, k) = self.rope.apply(&q, &k, pos, positions, self.kernels)?;
+        self.caches[l].append(&k, &v, pos)?;
+        let o = attention(
+            &q,
+            &self.caches[l],
+            pos,
+            1.0 / (hd as f64).sqrt(),
+            self.kernels,
+        )?;
+        linear(&o, &self.layers[l].dense)
+    }
+}
+
+impl DecodeModel for Glm4 {
+    fn forward(&mut self, ids: &[u32], pos: usize) -> Result<Tensor> {
+        let t = ids.len();
+        if t == 0 {
+            return Err(Error::Config(
+                "chatglm: forward needs at least one token".into(),
+            ));
+        }
+        let eps = self.cfg.layernorm_epsilon;
+        let k = self.kernels;
+        let positions = match k {
+            Kernels::Kiln => Some(self.rope.positions(pos, t, &self.device)?),
+            Kernels::Candle => None,
+        };
+        let ids = Tensor::new(ids, &self.device)?;
+        let mut residual = self.embed.index_select(&ids, 0)?;
+        let mut delta: Option<Tensor> = None;
+        for l in 0..self.layers.len() {
+            let (n, h) = match delta.take() {
+                None => (
+                    rms_norm(&residual, &self.layers[l].ln1, eps, k)?,
+                    residual.clone(),
+                ),
+                Some(d) => add_rms_norm(&d, &residual, &self.layers[l].ln1, eps, k)?,
+            };
+            let a = self.attention(l, &n, pos, positions.as_ref())?;
+            let (n2, h2) = add_rms_norm(&a, &h, &self.layers[l].ln2, eps, k)?;
+            delta = Some(self.layers[l].mlp.forward(&n2, k)?);
+            residual = h2;
+        }
+        let n = match (delta, &self.norm) {
+            (Some(d), Some(w)) => add_rms_norm(&d, &residual, w, eps, k)?.0,
+            (None, Some(w)) => rms_norm(&residual, w, eps, k)?,
+            (Some(d), None) => (d + residual)?,
+            (None, None) => residual,
+        };
+        let last = n.narrow(0, t - 1, 1)?;
+        Ok(linear(&last, &self.output)?
+            .to_dtype(DType::F32)?
+            .squeeze(0)?)
+    }
+
+    fn reset(&mut self) {
+        for c in &mut self.caches {
+            c.reset();
+        }
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+}
