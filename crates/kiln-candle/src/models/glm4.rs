@@ -20,13 +20,13 @@
 //! the cache write, attention, the dense matmul, add_rmsnorm, the gate-up
 //! matmul, swiglu, the down matmul.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 use kiln_kernels::reference::rope::RopeShape;
 
 use super::config::Glm4Config;
 use super::kv_cache::KvCache;
-use super::layers::{add_rms_norm, attention, linear, rms_norm, Mlp, RopeTables};
+use super::layers::{attention, final_logits, linear, run_layers, DecoderStack, Mlp, RopeTables};
 use super::{DecodeModel, Kernels};
 use crate::error::{Error, Result};
 
@@ -154,7 +154,7 @@ impl Glm4 {
         })
     }
 
-    fn attention(
+    fn attention_layer(
         &mut self,
         l: usize,
         x: &Tensor,
@@ -192,6 +192,30 @@ impl Glm4 {
     }
 }
 
+impl DecoderStack for Glm4 {
+    fn layer_count(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn norms(&self, l: usize) -> (Tensor, Tensor) {
+        (self.layers[l].ln1.clone(), self.layers[l].ln2.clone())
+    }
+
+    fn attention(
+        &mut self,
+        l: usize,
+        x: &Tensor,
+        pos: usize,
+        positions: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        self.attention_layer(l, x, pos, positions)
+    }
+
+    fn feed_forward(&self, l: usize, x: &Tensor) -> Result<Tensor> {
+        self.layers[l].mlp.forward(x, self.kernels)
+    }
+}
+
 impl DecodeModel for Glm4 {
     fn forward(&mut self, ids: &[u32], pos: usize) -> Result<Tensor> {
         let t = ids.len();
@@ -200,38 +224,16 @@ impl DecodeModel for Glm4 {
                 "chatglm: forward needs at least one token".into(),
             ));
         }
-        let eps = self.cfg.layernorm_epsilon;
-        let k = self.kernels;
+        let (eps, k) = (self.cfg.layernorm_epsilon, self.kernels);
         let positions = match k {
             Kernels::Kiln => Some(self.rope.positions(pos, t, &self.device)?),
             Kernels::Candle => None,
         };
-        let ids = Tensor::new(ids, &self.device)?;
-        let mut residual = self.embed.index_select(&ids, 0)?;
-        let mut delta: Option<Tensor> = None;
-        for l in 0..self.layers.len() {
-            let (n, h) = match delta.take() {
-                None => (
-                    rms_norm(&residual, &self.layers[l].ln1, eps, k)?,
-                    residual.clone(),
-                ),
-                Some(d) => add_rms_norm(&d, &residual, &self.layers[l].ln1, eps, k)?,
-            };
-            let a = self.attention(l, &n, pos, positions.as_ref())?;
-            let (n2, h2) = add_rms_norm(&a, &h, &self.layers[l].ln2, eps, k)?;
-            delta = Some(self.layers[l].mlp.forward(&n2, k)?);
-            residual = h2;
-        }
-        let n = match (delta, &self.norm) {
-            (Some(d), Some(w)) => add_rms_norm(&d, &residual, w, eps, k)?.0,
-            (None, Some(w)) => rms_norm(&residual, w, eps, k)?,
-            (Some(d), None) => (d + residual)?,
-            (None, None) => residual,
-        };
-        let last = n.narrow(0, t - 1, 1)?;
-        Ok(linear(&last, &self.output)?
-            .to_dtype(DType::F32)?
-            .squeeze(0)?)
+        let embeddings = self
+            .embed
+            .index_select(&Tensor::new(ids, &self.device)?, 0)?;
+        let out = run_layers(self, embeddings, pos, positions.as_ref(), eps, k)?;
+        final_logits(out, self.norm.as_ref(), &self.output, eps, k)
     }
 
     fn reset(&mut self) {

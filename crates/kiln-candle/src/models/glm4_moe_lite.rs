@@ -14,7 +14,9 @@ use kiln_kernels::reference::topk::SigmoidRouting;
 
 use super::config::Glm4MoeLiteConfig;
 use super::kv_cache::KvCache;
-use super::layers::{add_rms_norm, attention, linear, rms_norm, Mlp, RopeTables};
+use super::layers::{
+    attention, final_logits, linear, rms_norm, run_layers, DecoderStack, Mlp, RopeTables,
+};
 use super::moe::{MoeBlock, MoeDims, Router};
 use super::{DecodeModel, Kernels};
 use crate::error::{Error, Result};
@@ -171,7 +173,7 @@ impl Glm4MoeLite {
         })
     }
 
-    fn attention(
+    fn attention_layer(
         &mut self,
         l: usize,
         x: &Tensor,
@@ -214,42 +216,46 @@ impl Glm4MoeLite {
     }
 }
 
+impl DecoderStack for Glm4MoeLite {
+    fn layer_count(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn norms(&self, l: usize) -> (Tensor, Tensor) {
+        (self.layers[l].ln1.clone(), self.layers[l].ln2.clone())
+    }
+
+    fn attention(
+        &mut self,
+        l: usize,
+        x: &Tensor,
+        pos: usize,
+        positions: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        self.attention_layer(l, x, pos, positions)
+    }
+
+    fn feed_forward(&self, l: usize, x: &Tensor) -> Result<Tensor> {
+        match &self.layers[l].ffn {
+            Ffn::Dense(m) => m.forward(x, self.kernels),
+            Ffn::Moe(m) => m.forward(x),
+        }
+    }
+}
+
 impl DecodeModel for Glm4MoeLite {
     fn forward(&mut self, ids: &[u32], pos: usize) -> Result<Tensor> {
         let t = ids.len();
-        let eps = self.cfg.rms_norm_eps;
-        let k = self.kernels;
+        let (eps, k) = (self.cfg.rms_norm_eps, self.kernels);
         let positions = match k {
             Kernels::Kiln => Some(self.rope.positions(pos, t, &self.device)?),
             Kernels::Candle => None,
         };
-        let ids = Tensor::new(ids, &self.device)?;
-        let mut residual = self.embed.index_select(&ids, 0)?;
-        let mut delta: Option<Tensor> = None;
-        for l in 0..self.layers.len() {
-            let (n, h) = match delta.take() {
-                None => (
-                    rms_norm(&residual, &self.layers[l].ln1, eps, k)?,
-                    residual.clone(),
-                ),
-                Some(d) => add_rms_norm(&d, &residual, &self.layers[l].ln1, eps, k)?,
-            };
-            let a = self.attention(l, &n, pos, positions.as_ref())?;
-            let (n2, h2) = add_rms_norm(&a, &h, &self.layers[l].ln2, eps, k)?;
-            delta = Some(match &self.layers[l].ffn {
-                Ffn::Dense(m) => m.forward(&n2, k)?,
-                Ffn::Moe(m) => m.forward(&n2)?,
-            });
-            residual = h2;
-        }
-        let n = match delta {
-            Some(d) => add_rms_norm(&d, &residual, &self.norm, eps, k)?.0,
-            None => rms_norm(&residual, &self.norm, eps, k)?,
-        };
-        let last = n.narrow(0, t - 1, 1)?;
-        Ok(linear(&last, &self.lm_head)?
-            .to_dtype(DType::F32)?
-            .squeeze(0)?)
+        let embeddings = self
+            .embed
+            .index_select(&Tensor::new(ids, &self.device)?, 0)?;
+        let out = run_layers(self, embeddings, pos, positions.as_ref(), eps, k)?;
+        final_logits(out, Some(&self.norm), &self.lm_head, eps, k)
     }
 
     fn reset(&mut self) {

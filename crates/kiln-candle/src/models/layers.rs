@@ -214,3 +214,67 @@ pub fn attention(
         .transpose(0, 1)?
         .reshape((t, qh * dv))?)
 }
+
+/// What differs between the pre-norm decoders kiln implements; [`run_layers`]
+/// and [`final_logits`] hold what they share.
+pub trait DecoderStack {
+    /// Number of decoder layers.
+    fn layer_count(&self) -> usize;
+    /// Layer `l`'s input and post-attention RMSNorm weights.
+    fn norms(&self, l: usize) -> (Tensor, Tensor);
+    /// Layer `l`'s attention on the normed `x` at positions `pos..` (writes its cache).
+    fn attention(
+        &mut self,
+        l: usize,
+        x: &Tensor,
+        pos: usize,
+        positions: Option<&Tensor>,
+    ) -> Result<Tensor>;
+    /// Layer `l`'s MLP or MoE on the normed `x`.
+    fn feed_forward(&self, l: usize, x: &Tensor) -> Result<Tensor>;
+}
+
+/// Runs every layer over the embeddings `residual`, fusing each residual add
+/// into the next RMSNorm (`add_rmsnorm`), and returns the last layer's output
+/// and the residual stream before it, for [`final_logits`].
+pub fn run_layers<M: DecoderStack>(
+    m: &mut M,
+    mut residual: Tensor,
+    pos: usize,
+    positions: Option<&Tensor>,
+    eps: f64,
+    k: Kernels,
+) -> Result<(Option<Tensor>, Tensor)> {
+    let mut delta: Option<Tensor> = None;
+    for l in 0..m.layer_count() {
+        let (ln1, ln2) = m.norms(l);
+        let (n, h) = match delta.take() {
+            None => (rms_norm(&residual, &ln1, eps, k)?, residual.clone()),
+            Some(d) => add_rms_norm(&d, &residual, &ln1, eps, k)?,
+        };
+        let a = m.attention(l, &n, pos, positions)?;
+        let (n2, h2) = add_rms_norm(&a, &h, &ln2, eps, k)?;
+        delta = Some(m.feed_forward(l, &n2)?);
+        residual = h2;
+    }
+    Ok((delta, residual))
+}
+
+/// The final RMSNorm (with the last residual add fused in; none when `norm`
+/// is None) and the output projection of the last position: f32 `[vocab]`.
+pub fn final_logits(
+    (delta, residual): (Option<Tensor>, Tensor),
+    norm: Option<&Tensor>,
+    lm_head: &Tensor,
+    eps: f64,
+    k: Kernels,
+) -> Result<Tensor> {
+    let n = match (delta, norm) {
+        (Some(d), Some(w)) => add_rms_norm(&d, &residual, w, eps, k)?.0,
+        (None, Some(w)) => rms_norm(&residual, w, eps, k)?,
+        (Some(d), None) => (d + residual)?,
+        (None, None) => residual,
+    };
+    let last = n.narrow(0, n.dim(0)? - 1, 1)?;
+    Ok(linear(&last, lm_head)?.to_dtype(DType::F32)?.squeeze(0)?)
+}

@@ -67,32 +67,24 @@ pub fn decode_attention(
     }
     #[cfg(feature = "cuda")]
     {
-        use super::device::{alloc, cuda_device, into_tensor, launch, prepare, Arg, Inputs};
+        use super::device::{cuda_device, run, Param};
         let dev = cuda_device(op, &q)?;
-        let (func, dims) = prepare(&c, &dev, t)?;
-        let mut out = alloc(&dev, q.dtype(), t * qh * dv)?;
-        {
-            let inp = Inputs::new(op, &[&q, &k_cache, &v_cache])?;
-            launch(
-                op,
-                &dev,
-                &func,
-                &dims,
-                vec![
-                    inp.arg(0)?,
-                    inp.arg(1)?,
-                    inp.arg(2)?,
-                    Arg::Out(&mut out),
-                    Arg::I32(t as i32),
-                    Arg::I32(past as i32),
-                ],
-            )?;
-        }
-        Ok(into_tensor(out, (t, qh, dv)))
+        let mut o = run(
+            &c,
+            &dev,
+            t,
+            &[
+                Param::In(&q),
+                Param::In(&k_cache),
+                Param::In(&v_cache),
+                Param::Out,
+                Param::I32(t as i32),
+                Param::I32(past as i32),
+            ],
+            &[(q.dtype(), candle_core::Shape::from((t, qh, dv)))],
+        )?;
+        o.pop().ok_or_else(|| op_error(op, "missing output"))
     }
     #[cfg(not(feature = "cuda"))]
-    Err(op_error(
-        op,
-        "this build has no CUDA support (feature `cuda`)",
-    ))
+    Err(super::no_cuda(op))
 }

@@ -311,3 +311,67 @@ pub(crate) fn prepare<C: kiln_kernels::OpConfig>(
         .map_err(|source| kiln_kernels::KernelError::Launch { op, source })?;
     Ok((p.func.clone(), dims))
 }
+
+/// One parameter of a kernel run through [`run`], in the kernel's order.
+pub(crate) enum Param<'a> {
+    /// An input tensor (contiguous, on this device).
+    In(&'a Tensor),
+    /// An optional input: a null pointer when absent.
+    Maybe(Option<&'a Tensor>),
+    /// The next output of [`run`]'s `outs`.
+    Out,
+    /// An `int` scalar.
+    I32(i32),
+}
+
+/// Prepares `c` for `t` rows, allocates `outs` (dtype, shape), launches with
+/// `params` and returns the outputs as tensors, in `outs` order.
+pub(crate) fn run<C: kiln_kernels::OpConfig>(
+    c: &C,
+    dev: &CudaDevice,
+    t: usize,
+    params: &[Param<'_>],
+    outs: &[(DType, Shape)],
+) -> Result<Vec<Tensor>> {
+    let op = c.spec().name;
+    let (func, dims) = prepare(c, dev, t)?;
+    let mut bufs = outs
+        .iter()
+        .map(|(dtype, shape)| alloc(dev, *dtype, shape.elem_count().max(1)))
+        .collect::<Result<Vec<_>>>()?;
+    {
+        let tensors: Vec<&Tensor> = params
+            .iter()
+            .filter_map(|p| match p {
+                Param::In(t) => Some(*t),
+                Param::Maybe(t) => *t,
+                _ => None,
+            })
+            .collect();
+        let inputs = Inputs::new(op, &tensors)?;
+        let mut next_in = 0;
+        let mut next_out = bufs.iter_mut();
+        let mut args = Vec::with_capacity(params.len());
+        for p in params {
+            args.push(match p {
+                Param::In(_) | Param::Maybe(Some(_)) => {
+                    next_in += 1;
+                    inputs.arg(next_in - 1)?
+                }
+                Param::Maybe(None) => Arg::Null,
+                Param::Out => Arg::Out(
+                    next_out
+                        .next()
+                        .ok_or_else(|| op_error(op, "more output parameters than outputs"))?,
+                ),
+                Param::I32(v) => Arg::I32(*v),
+            });
+        }
+        launch(op, dev, &func, &dims, args)?;
+    }
+    Ok(bufs
+        .into_iter()
+        .zip(outs)
+        .map(|(b, (_, shape))| into_tensor(b, shape.clone()))
+        .collect())
+}

@@ -25,6 +25,12 @@ use candle_core::DType;
 
 use crate::error::{op_error, Result};
 
+/// The error for a CUDA tensor in a build without the `cuda` feature.
+#[cfg(not(feature = "cuda"))]
+pub(crate) fn no_cuda(op: &'static str) -> crate::Error {
+    op_error(op, "this build has no CUDA support (feature `cuda`)")
+}
+
 /// The catalog dtype for a candle dtype, or an error naming the op.
 pub fn kernel_dtype(op: &'static str, dtype: DType) -> Result<kiln_kernels::DType> {
     match dtype {

@@ -50,40 +50,25 @@ pub fn moe_combine(
     }
     #[cfg(feature = "cuda")]
     {
-        use super::device::{alloc, cuda_device, into_tensor, launch, prepare, Arg, Inputs};
+        use super::device::{cuda_device, run, Param};
         let dev = cuda_device(op, &expert_out)?;
-        let (func, dims) = prepare(&c, &dev, t)?;
-        let mut out = alloc(&dev, expert_out.dtype(), t * d)?;
-        {
-            let mut tensors = vec![&expert_out, &weights];
-            tensors.extend(shared.as_ref());
-            let inp = Inputs::new(op, &tensors)?;
-            let shared_arg = if shared.is_some() {
-                inp.arg(2)?
-            } else {
-                Arg::Null
-            };
-            launch(
-                op,
-                &dev,
-                &func,
-                &dims,
-                vec![
-                    inp.arg(0)?,
-                    inp.arg(1)?,
-                    shared_arg,
-                    Arg::Out(&mut out),
-                    Arg::I32(t as i32),
-                ],
-            )?;
-        }
-        Ok(into_tensor(out, (t, d)))
+        let mut o = run(
+            &c,
+            &dev,
+            t,
+            &[
+                Param::In(&expert_out),
+                Param::In(&weights),
+                Param::Maybe(shared.as_ref()),
+                Param::Out,
+                Param::I32(t as i32),
+            ],
+            &[(expert_out.dtype(), candle_core::Shape::from((t, d)))],
+        )?;
+        o.pop().ok_or_else(|| op_error(op, "missing output"))
     }
     #[cfg(not(feature = "cuda"))]
-    Err(op_error(
-        op,
-        "this build has no CUDA support (feature `cuda`)",
-    ))
+    Err(super::no_cuda(op))
 }
 
 /// Gathered gate/up mat-vec with fused SwiGLU:
@@ -135,34 +120,26 @@ pub fn expert_swiglu(
     }
     #[cfg(feature = "cuda")]
     {
-        use super::device::{alloc, cuda_device, into_tensor, launch, prepare, Arg, Inputs};
+        use super::device::{cuda_device, run, Param};
         let dev = cuda_device(op, &x)?;
-        let (func, dims) = prepare(&c, &dev, t)?;
-        let mut out = alloc(&dev, x.dtype(), t * k * i)?;
-        {
-            let inp = Inputs::new(op, &[&x, &w_gate, &w_up, &indices])?;
-            launch(
-                op,
-                &dev,
-                &func,
-                &dims,
-                vec![
-                    inp.arg(0)?,
-                    inp.arg(1)?,
-                    inp.arg(2)?,
-                    inp.arg(3)?,
-                    Arg::Out(&mut out),
-                    Arg::I32(t as i32),
-                ],
-            )?;
-        }
-        Ok(into_tensor(out, (t, k, i)))
+        let mut o = run(
+            &c,
+            &dev,
+            t,
+            &[
+                Param::In(&x),
+                Param::In(&w_gate),
+                Param::In(&w_up),
+                Param::In(&indices),
+                Param::Out,
+                Param::I32(t as i32),
+            ],
+            &[(x.dtype(), candle_core::Shape::from((t, k, i)))],
+        )?;
+        o.pop().ok_or_else(|| op_error(op, "missing output"))
     }
     #[cfg(not(feature = "cuda"))]
-    Err(op_error(
-        op,
-        "this build has no CUDA support (feature `cuda`)",
-    ))
+    Err(super::no_cuda(op))
 }
 
 /// Gathered down projection fused with the weighted combine:
@@ -239,40 +216,25 @@ pub fn expert_down(
     }
     #[cfg(feature = "cuda")]
     {
-        use super::device::{alloc, cuda_device, into_tensor, launch, prepare, Arg, Inputs};
+        use super::device::{cuda_device, run, Param};
         let dev = cuda_device(op, &h)?;
-        let (func, dims) = prepare(&c, &dev, t)?;
-        let mut out = alloc(&dev, h.dtype(), t * hd)?;
-        {
-            let mut tensors = vec![&h, &w_down, &indices, &weights];
-            tensors.extend(shared.as_ref());
-            let inp = Inputs::new(op, &tensors)?;
-            let shared_arg = if shared.is_some() {
-                inp.arg(4)?
-            } else {
-                Arg::Null
-            };
-            launch(
-                op,
-                &dev,
-                &func,
-                &dims,
-                vec![
-                    inp.arg(0)?,
-                    inp.arg(1)?,
-                    inp.arg(2)?,
-                    inp.arg(3)?,
-                    shared_arg,
-                    Arg::Out(&mut out),
-                    Arg::I32(t as i32),
-                ],
-            )?;
-        }
-        Ok(into_tensor(out, (t, hd)))
+        let mut o = run(
+            &c,
+            &dev,
+            t,
+            &[
+                Param::In(&h),
+                Param::In(&w_down),
+                Param::In(&indices),
+                Param::In(&weights),
+                Param::Maybe(shared.as_ref()),
+                Param::Out,
+                Param::I32(t as i32),
+            ],
+            &[(h.dtype(), candle_core::Shape::from((t, hd)))],
+        )?;
+        o.pop().ok_or_else(|| op_error(op, "missing output"))
     }
     #[cfg(not(feature = "cuda"))]
-    Err(op_error(
-        op,
-        "this build has no CUDA support (feature `cuda`)",
-    ))
+    Err(super::no_cuda(op))
 }

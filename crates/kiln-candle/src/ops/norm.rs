@@ -101,15 +101,12 @@ pub fn add_rms_norm(
     w: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, Tensor)> {
+    let op = "add_rmsnorm";
     let d = x.dim(candle_core::D::Minus1)?;
-    let c = AddRmsNormConfig(RmsNormConfig::new(
-        d,
-        eps,
-        kernel_dtype("add_rmsnorm", x.dtype())?,
-    ));
+    let c = AddRmsNormConfig(RmsNormConfig::new(d, eps, kernel_dtype(op, x.dtype())?));
     if residual.shape() != x.shape() || w.elem_count() != d {
         return Err(op_error(
-            "add_rmsnorm",
+            op,
             format!(
                 "x {:?}, residual {:?} and w {:?} do not match",
                 x.dims(),
@@ -118,7 +115,7 @@ pub fn add_rms_norm(
             ),
         ));
     }
-    let t = rows("add_rmsnorm", x.shape(), d)?;
+    let t = rows(op, x.shape(), d)?;
     let (x, residual, w) = (x.contiguous()?, residual.contiguous()?, w.contiguous()?);
     if x.device().is_cpu() {
         let (n, h) = kiln_kernels::reference::norm::add_rmsnorm(
@@ -138,36 +135,30 @@ pub fn add_rms_norm(
     }
     #[cfg(feature = "cuda")]
     {
-        use super::device::{alloc, cuda_device, into_tensor, launch, prepare, Arg, Inputs};
-        let dev = cuda_device("add_rmsnorm", &x)?;
-        let (func, dims) = prepare(&c, &dev, t)?;
-        let mut normed = alloc(&dev, x.dtype(), t * d)?;
-        let mut h = alloc(&dev, x.dtype(), t * d)?;
-        {
-            let inp = Inputs::new("add_rmsnorm", &[&x, &residual, &w])?;
-            launch(
-                "add_rmsnorm",
-                &dev,
-                &func,
-                &dims,
-                vec![
-                    inp.arg(0)?,
-                    inp.arg(1)?,
-                    inp.arg(2)?,
-                    Arg::Out(&mut normed),
-                    Arg::Out(&mut h),
-                    Arg::I32(t as i32),
-                ],
-            )?;
-        }
-        Ok((into_tensor(normed, x.shape()), into_tensor(h, x.shape())))
+        use super::device::{cuda_device, run, Param};
+        let dev = cuda_device(op, &x)?;
+        let shape = x.shape().clone();
+        let mut o = run(
+            &c,
+            &dev,
+            t,
+            &[
+                Param::In(&x),
+                Param::In(&residual),
+                Param::In(&w),
+                Param::Out,
+                Param::Out,
+                Param::I32(t as i32),
+            ],
+            &[(x.dtype(), shape.clone()), (x.dtype(), shape)],
+        )?;
+        let h = o.pop();
+        let normed = o.pop();
+        normed.zip(h).ok_or_else(|| op_error(op, "missing outputs"))
     }
     #[cfg(not(feature = "cuda"))]
     {
         let _ = t;
-        Err(op_error(
-            "add_rmsnorm",
-            "this build has no CUDA support (feature `cuda`)",
-        ))
+        Err(super::no_cuda(op))
     }
 }

@@ -46,33 +46,29 @@ pub fn rope(
     }
     #[cfg(feature = "cuda")]
     {
-        use super::device::{alloc, cuda_device, into_tensor, launch, prepare, Arg, Inputs};
+        use super::device::{cuda_device, run, Param};
         let dev = cuda_device(op, &q)?;
-        let (func, dims) = prepare(&c, &dev, t)?;
-        let mut qo = alloc(&dev, q.dtype(), q.elem_count())?;
-        let mut ko = alloc(&dev, k.dtype(), k.elem_count().max(1))?;
-        {
-            let inp = Inputs::new(op, &[&q, &k, &positions])?;
-            launch(
-                op,
-                &dev,
-                &func,
-                &dims,
-                vec![
-                    inp.arg(0)?,
-                    inp.arg(1)?,
-                    inp.arg(2)?,
-                    Arg::Out(&mut qo),
-                    Arg::Out(&mut ko),
-                    Arg::I32(t as i32),
-                ],
-            )?;
-        }
-        Ok((into_tensor(qo, q.shape()), into_tensor(ko, k.shape())))
+        let mut o = run(
+            &c,
+            &dev,
+            t,
+            &[
+                Param::In(&q),
+                Param::In(&k),
+                Param::In(&positions),
+                Param::Out,
+                Param::Out,
+                Param::I32(t as i32),
+            ],
+            &[
+                (q.dtype(), q.shape().clone()),
+                (k.dtype(), k.shape().clone()),
+            ],
+        )?;
+        let ko = o.pop();
+        let qo = o.pop();
+        qo.zip(ko).ok_or_else(|| op_error(op, "missing outputs"))
     }
     #[cfg(not(feature = "cuda"))]
-    Err(op_error(
-        op,
-        "this build has no CUDA support (feature `cuda`)",
-    ))
+    Err(super::no_cuda(op))
 }

@@ -90,7 +90,6 @@ fn to_tensors(
     ))
 }
 
-#[cfg(feature = "cuda")]
 fn launch_router<C: kiln_kernels::OpConfig>(
     c: &C,
     logits: &Tensor,
@@ -98,36 +97,33 @@ fn launch_router<C: kiln_kernels::OpConfig>(
     t: usize,
     k: usize,
 ) -> Result<(Tensor, Tensor)> {
-    use super::device::{alloc, cuda_device, into_tensor, launch, prepare, Arg, Inputs};
     let op = c.spec().name;
-    let dev = cuda_device(op, logits)?;
-    let (func, dims) = prepare(c, &dev, t)?;
-    let mut w = alloc(&dev, DType::F32, t * k)?;
-    let mut idx = alloc(&dev, DType::U32, t * k)?;
+    #[cfg(feature = "cuda")]
     {
-        let mut tensors = vec![logits];
-        tensors.extend(bias);
-        let inp = Inputs::new(op, &tensors)?;
-        let mut args = vec![inp.arg(0)?];
-        if bias.is_some() {
-            args.push(inp.arg(1)?);
+        use super::device::{cuda_device, run, Param};
+        let dev = cuda_device(op, logits)?;
+        let mut params = vec![Param::In(logits)];
+        if let Some(b) = bias {
+            params.push(Param::In(b));
         }
-        args.extend([Arg::Out(&mut w), Arg::Out(&mut idx), Arg::I32(t as i32)]);
-        launch(op, &dev, &func, &dims, args)?;
+        params.extend([Param::Out, Param::Out, Param::I32(t as i32)]);
+        let mut o = run(
+            c,
+            &dev,
+            t,
+            &params,
+            &[
+                (DType::F32, candle_core::Shape::from((t, k))),
+                (DType::U32, candle_core::Shape::from((t, k))),
+            ],
+        )?;
+        let idx = o.pop();
+        let w = o.pop();
+        w.zip(idx).ok_or_else(|| op_error(op, "missing outputs"))
     }
-    Ok((into_tensor(w, (t, k)), into_tensor(idx, (t, k))))
-}
-
-#[cfg(not(feature = "cuda"))]
-fn launch_router<C: kiln_kernels::OpConfig>(
-    c: &C,
-    _: &Tensor,
-    _: Option<&Tensor>,
-    _: usize,
-    _: usize,
-) -> Result<(Tensor, Tensor)> {
-    Err(op_error(
-        c.spec().name,
-        "this build has no CUDA support (feature `cuda`)",
-    ))
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (logits, bias, t, k);
+        Err(super::no_cuda(op))
+    }
 }
