@@ -5,8 +5,9 @@
 //! reference on a CPU tensor, so CPU users and tests get the same math.
 //! Single-output ops are candle [`CustomOp1`](candle_core::CustomOp1) /
 //! [`CustomOp2`](candle_core::CustomOp2) types; ops with several outputs
-//! (add_rmsnorm, rope, the routers, the MoE expert pair) are functions over the
-//! same launch path, since a candle custom op returns one tensor.
+//! (add_rmsnorm, rope, the routers, the MoE expert pair, the TTT-Linear step)
+//! are functions over the same launch path, since a candle custom op returns
+//! one tensor.
 //!
 //! Inputs must be contiguous and in the op's storage dtype (bf16, f16 or f32).
 
@@ -20,6 +21,7 @@ pub mod pack;
 pub mod rope;
 pub mod router;
 pub mod swiglu;
+pub mod ttt;
 
 use candle_core::DType;
 

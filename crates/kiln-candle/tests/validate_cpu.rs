@@ -1,0 +1,83 @@
+//! `kiln validate`'s pipeline on the CPU with a tiny synthetic Qwen3-MoE:
+//! the configurations, the benchmark row and the saved logits.
+
+use candle_core::Device;
+use kiln_candle::validate::{run, save_logits, Options, Weights};
+
+fn tiny_qwen3() -> serde_json::Value {
+    serde_json::json!({
+        "model_type": "qwen3_moe", "vocab_size": 96, "hidden_size": 256, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
+        "max_position_embeddings": 128, "max_window_layers": 2, "sliding_window": null,
+        "use_sliding_window": false, "tie_word_embeddings": false, "rope_theta": 1000000.0,
+        "rms_norm_eps": 1e-6, "hidden_act": "silu", "attention_bias": false,
+        "decoder_sparse_step": 1, "moe_intermediate_size": 32, "num_experts": 8,
+        "num_experts_per_tok": 2, "norm_topk_prob": true
+    })
+}
+
+fn options(no_patch: bool) -> Options {
+    Options {
+        weights: Weights::Synthetic {
+            config: tiny_qwen3(),
+            seed: 3,
+        },
+        max_tokens: 6,
+        prompt: vec![5, 9, 40, 2],
+        runs: 2,
+        no_patch,
+        pack: None,
+        keep_logits: true,
+    }
+}
+
+#[test]
+fn validate_compares_stock_candle_with_kiln_and_writes_what_it_measured() {
+    let mut steps = Vec::new();
+    let report = run(&options(false), &Device::Cpu, &mut |m: &str| {
+        steps.push(m.to_string())
+    })
+    .expect("validate");
+    let names: Vec<&str> = report.configs.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["candle (stock)", "kiln (catalog)"]);
+    for c in &report.configs {
+        assert_eq!(c.tokens.len(), 6, "{}", c.name);
+        assert_eq!(c.decode_tps_runs.len(), 2);
+        assert!(c.decode_tps > 0.0 && c.prefill_tps > 0.0);
+    }
+    // bf16 on the CPU: kiln's references round where HF does, candle's ops
+    // elsewhere, so agreement is high but not assumed exact.
+    let kiln = &report.configs[1];
+    assert!(kiln.tf_top1_agreement >= 0.5, "{}", kiln.tf_top1_agreement);
+    assert!(
+        kiln.tf_max_abs_logit_diff < 0.5,
+        "{}",
+        kiln.tf_max_abs_logit_diff
+    );
+    let row = report.benchmark_row();
+    assert_eq!(row.model, "qwen3_moe (2 layers)");
+    assert_eq!(row.current_kiln_tps, kiln.decode_tps);
+    assert_eq!(
+        row.discovered_kiln_tps, kiln.decode_tps,
+        "no pack: discovered = current"
+    );
+    assert!(report.table().contains("kiln (catalog)"));
+    assert!(steps.iter().any(|s| s.contains("teacher-forced")));
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("logits.safetensors");
+    save_logits(&report, &path).expect("save");
+    let saved = candle_core::safetensors::load(&path, &Device::Cpu).expect("load");
+    assert_eq!(saved["tokens"].dims(), [4 + 6]);
+    assert_eq!(saved["kiln__catalog_"].dims(), [6, 96]);
+}
+
+#[test]
+fn no_patch_runs_only_the_baseline_and_bad_options_are_refused() {
+    let report = run(&options(true), &Device::Cpu, &mut |_: &str| {}).expect("validate");
+    assert_eq!(report.configs.len(), 1);
+    let mut bad = options(true);
+    bad.prompt.clear();
+    let e = run(&bad, &Device::Cpu, &mut |_: &str| {}).unwrap_err();
+    assert!(e.to_string().contains("prompt"), "{e}");
+}
