@@ -20,14 +20,15 @@
 //! the cache write, attention, the dense matmul, add_rmsnorm, the gate-up
 //! matmul, swiglu, the down matmul.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use kiln_kernels::reference::rope::RopeShape;
 
 use super::config::Glm4Config;
+use super::decoder::{Decoder, DecoderStack};
 use super::kv_cache::KvCache;
-use super::layers::{attention, final_logits, linear, run_layers, DecoderStack, Mlp, RopeTables};
-use super::{DecodeModel, Kernels};
+use super::layers::{attention, linear, Mlp, RopeTables};
+use super::Kernels;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone)]
@@ -48,15 +49,8 @@ struct Layer {
 #[derive(Debug)]
 pub struct Glm4 {
     cfg: Glm4Config,
-    embed: Tensor,
     layers: Vec<Layer>,
-    /// `final_layernorm` (`post_layer_norm`).
-    norm: Option<Tensor>,
-    output: Tensor,
-    rope: RopeTables,
-    caches: Vec<KvCache>,
-    kernels: Kernels,
-    device: Device,
+    dec: Decoder,
 }
 
 impl Glm4 {
@@ -143,18 +137,39 @@ impl Glm4 {
         )?;
         Ok(Self {
             cfg: cfg.clone(),
-            embed,
             layers,
-            norm,
-            output,
-            rope,
-            caches,
-            kernels,
-            device: dev,
+            dec: Decoder {
+                embed,
+                norm,
+                lm_head: output,
+                eps: cfg.layernorm_epsilon,
+                rope,
+                caches,
+                kernels,
+                device: dev,
+            },
         })
     }
+}
 
-    fn attention_layer(
+impl DecoderStack for Glm4 {
+    fn decoder(&self) -> &Decoder {
+        &self.dec
+    }
+
+    fn decoder_mut(&mut self) -> &mut Decoder {
+        &mut self.dec
+    }
+
+    fn layer_count(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn norms(&self, l: usize) -> (Tensor, Tensor) {
+        (self.layers[l].ln1.clone(), self.layers[l].ln2.clone())
+    }
+
+    fn attention(
         &mut self,
         l: usize,
         x: &Tensor,
@@ -179,70 +194,22 @@ impl Glm4 {
         let v = qkv
             .narrow(1, (qh + kvh) * hd, kvh * hd)?
             .reshape((t, kvh, hd))?;
-        let (q, k) = self.rope.apply(&q, &k, pos, positions, self.kernels)?;
-        self.caches[l].append(&k, &v, pos)?;
+        let (q, k) = self
+            .dec
+            .rope
+            .apply(&q, &k, pos, positions, self.dec.kernels)?;
+        self.dec.caches[l].append(&k, &v, pos)?;
         let o = attention(
             &q,
-            &self.caches[l],
+            &self.dec.caches[l],
             pos,
             1.0 / (hd as f64).sqrt(),
-            self.kernels,
+            self.dec.kernels,
         )?;
         linear(&o, &self.layers[l].dense)
     }
-}
-
-impl DecoderStack for Glm4 {
-    fn layer_count(&self) -> usize {
-        self.layers.len()
-    }
-
-    fn norms(&self, l: usize) -> (Tensor, Tensor) {
-        (self.layers[l].ln1.clone(), self.layers[l].ln2.clone())
-    }
-
-    fn attention(
-        &mut self,
-        l: usize,
-        x: &Tensor,
-        pos: usize,
-        positions: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        self.attention_layer(l, x, pos, positions)
-    }
 
     fn feed_forward(&self, l: usize, x: &Tensor) -> Result<Tensor> {
-        self.layers[l].mlp.forward(x, self.kernels)
-    }
-}
-
-impl DecodeModel for Glm4 {
-    fn forward(&mut self, ids: &[u32], pos: usize) -> Result<Tensor> {
-        let t = ids.len();
-        if t == 0 {
-            return Err(Error::Config(
-                "chatglm: forward needs at least one token".into(),
-            ));
-        }
-        let (eps, k) = (self.cfg.layernorm_epsilon, self.kernels);
-        let positions = match k {
-            Kernels::Kiln => Some(self.rope.positions(pos, t, &self.device)?),
-            Kernels::Candle => None,
-        };
-        let embeddings = self
-            .embed
-            .index_select(&Tensor::new(ids, &self.device)?, 0)?;
-        let out = run_layers(self, embeddings, pos, positions.as_ref(), eps, k)?;
-        final_logits(out, self.norm.as_ref(), &self.output, eps, k)
-    }
-
-    fn reset(&mut self) {
-        for c in &mut self.caches {
-            c.reset();
-        }
-    }
-
-    fn device(&self) -> &Device {
-        &self.device
+        self.layers[l].mlp.forward(x, self.dec.kernels)
     }
 }

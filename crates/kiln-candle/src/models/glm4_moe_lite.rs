@@ -7,18 +7,17 @@
 //! cache holds decompressed keys and values. RoPE rotates the last
 //! `qk_rope_head_dim` values of every query and key head as adjacent pairs.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 use kiln_kernels::reference::rope::RopeShape;
 use kiln_kernels::reference::topk::SigmoidRouting;
 
 use super::config::Glm4MoeLiteConfig;
+use super::decoder::{Decoder, DecoderStack};
 use super::kv_cache::KvCache;
-use super::layers::{
-    attention, final_logits, linear, rms_norm, run_layers, DecoderStack, Mlp, RopeTables,
-};
+use super::layers::{attention, linear, rms_norm, Mlp, RopeTables};
 use super::moe::{MoeBlock, MoeDims, Router};
-use super::{DecodeModel, Kernels};
+use super::Kernels;
 use crate::error::{Error, Result};
 
 /// transformers builds the latent RMSNorms with eps 1e-6 (mlx-lm uses the
@@ -49,14 +48,8 @@ struct Layer {
 #[derive(Debug)]
 pub struct Glm4MoeLite {
     cfg: Glm4MoeLiteConfig,
-    embed: Tensor,
     layers: Vec<Layer>,
-    norm: Tensor,
-    lm_head: Tensor,
-    rope: RopeTables,
-    caches: Vec<KvCache>,
-    kernels: Kernels,
-    device: Device,
+    dec: Decoder,
 }
 
 impl Glm4MoeLite {
@@ -162,18 +155,39 @@ impl Glm4MoeLite {
         )?;
         Ok(Self {
             cfg: cfg.clone(),
-            embed,
             layers,
-            norm: vb.pp("model.norm").get(h, "weight")?,
-            lm_head,
-            rope,
-            caches,
-            kernels,
-            device: dev,
+            dec: Decoder {
+                embed,
+                norm: Some(vb.pp("model.norm").get(h, "weight")?),
+                lm_head,
+                eps: cfg.rms_norm_eps,
+                rope,
+                caches,
+                kernels,
+                device: dev,
+            },
         })
     }
+}
 
-    fn attention_layer(
+impl DecoderStack for Glm4MoeLite {
+    fn decoder(&self) -> &Decoder {
+        &self.dec
+    }
+
+    fn decoder_mut(&mut self) -> &mut Decoder {
+        &mut self.dec
+    }
+
+    fn layer_count(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn norms(&self, l: usize) -> (Tensor, Tensor) {
+        (self.layers[l].ln1.clone(), self.layers[l].ln2.clone())
+    }
+
+    fn attention(
         &mut self,
         l: usize,
         x: &Tensor,
@@ -181,7 +195,7 @@ impl Glm4MoeLite {
         positions: Option<&Tensor>,
     ) -> Result<Tensor> {
         let c = &self.cfg;
-        let k_ = self.kernels;
+        let k_ = self.dec.kernels;
         let (nh, nope, rope_d, dv) = (
             c.num_attention_heads,
             c.qk_nope_head_dim,
@@ -209,62 +223,19 @@ impl Glm4MoeLite {
         let k_nope = kv.narrow(2, 0, nope)?;
         let v = kv.narrow(2, nope, dv)?;
         let k = Tensor::cat(&[&k_nope, &k_pe.broadcast_as((t, nh, rope_d))?], 2)?;
-        let (q, k) = self.rope.apply(&q.contiguous()?, &k, pos, positions, k_)?;
-        self.caches[l].append(&k, &v, pos)?;
-        let o = attention(&q, &self.caches[l], pos, 1.0 / (dqk as f64).sqrt(), k_)?;
+        let (q, k) = self
+            .dec
+            .rope
+            .apply(&q.contiguous()?, &k, pos, positions, k_)?;
+        self.dec.caches[l].append(&k, &v, pos)?;
+        let o = attention(&q, &self.dec.caches[l], pos, 1.0 / (dqk as f64).sqrt(), k_)?;
         linear(&o, &self.layers[l].o)
-    }
-}
-
-impl DecoderStack for Glm4MoeLite {
-    fn layer_count(&self) -> usize {
-        self.layers.len()
-    }
-
-    fn norms(&self, l: usize) -> (Tensor, Tensor) {
-        (self.layers[l].ln1.clone(), self.layers[l].ln2.clone())
-    }
-
-    fn attention(
-        &mut self,
-        l: usize,
-        x: &Tensor,
-        pos: usize,
-        positions: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        self.attention_layer(l, x, pos, positions)
     }
 
     fn feed_forward(&self, l: usize, x: &Tensor) -> Result<Tensor> {
         match &self.layers[l].ffn {
-            Ffn::Dense(m) => m.forward(x, self.kernels),
+            Ffn::Dense(m) => m.forward(x, self.dec.kernels),
             Ffn::Moe(m) => m.forward(x),
         }
-    }
-}
-
-impl DecodeModel for Glm4MoeLite {
-    fn forward(&mut self, ids: &[u32], pos: usize) -> Result<Tensor> {
-        let t = ids.len();
-        let (eps, k) = (self.cfg.rms_norm_eps, self.kernels);
-        let positions = match k {
-            Kernels::Kiln => Some(self.rope.positions(pos, t, &self.device)?),
-            Kernels::Candle => None,
-        };
-        let embeddings = self
-            .embed
-            .index_select(&Tensor::new(ids, &self.device)?, 0)?;
-        let out = run_layers(self, embeddings, pos, positions.as_ref(), eps, k)?;
-        final_logits(out, Some(&self.norm), &self.lm_head, eps, k)
-    }
-
-    fn reset(&mut self) {
-        for c in &mut self.caches {
-            c.reset();
-        }
-    }
-
-    fn device(&self) -> &Device {
-        &self.device
     }
 }

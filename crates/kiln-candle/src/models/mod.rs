@@ -7,6 +7,7 @@
 //! returns the last position's logits in f32.
 
 pub mod config;
+pub mod decoder;
 pub mod glm4;
 pub mod glm4_moe_lite;
 pub mod kv_cache;

@@ -5,17 +5,16 @@
 //! rope, the cache write, attention, o_proj, add_rmsnorm, router matmul, then
 //! the router and the two expert kernels.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use kiln_kernels::reference::rope::RopeShape;
 
 use super::config::Qwen3MoeConfig;
+use super::decoder::{Decoder, DecoderStack};
 use super::kv_cache::KvCache;
-use super::layers::{
-    attention, final_logits, linear, rms_norm, run_layers, DecoderStack, RopeTables,
-};
+use super::layers::{attention, linear, rms_norm, RopeTables};
 use super::moe::{MoeBlock, MoeDims, Router};
-use super::{DecodeModel, Kernels};
+use super::Kernels;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone)]
@@ -34,14 +33,8 @@ struct Layer {
 #[derive(Debug)]
 pub struct Qwen3Moe {
     cfg: Qwen3MoeConfig,
-    embed: Tensor,
     layers: Vec<Layer>,
-    norm: Tensor,
-    lm_head: Tensor,
-    rope: RopeTables,
-    caches: Vec<KvCache>,
-    kernels: Kernels,
-    device: Device,
+    dec: Decoder,
 }
 
 impl Qwen3Moe {
@@ -119,18 +112,39 @@ impl Qwen3Moe {
         )?;
         Ok(Self {
             cfg: cfg.clone(),
-            embed,
             layers,
-            norm: vb.pp("model.norm").get(h, "weight")?,
-            lm_head,
-            rope,
-            caches,
-            kernels,
-            device: dev,
+            dec: Decoder {
+                embed,
+                norm: Some(vb.pp("model.norm").get(h, "weight")?),
+                lm_head,
+                eps: cfg.rms_norm_eps,
+                rope,
+                caches,
+                kernels,
+                device: dev,
+            },
         })
     }
+}
 
-    fn attention_layer(
+impl DecoderStack for Qwen3Moe {
+    fn decoder(&self) -> &Decoder {
+        &self.dec
+    }
+
+    fn decoder_mut(&mut self) -> &mut Decoder {
+        &mut self.dec
+    }
+
+    fn layer_count(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn norms(&self, l: usize) -> (Tensor, Tensor) {
+        (self.layers[l].ln1.clone(), self.layers[l].ln2.clone())
+    }
+
+    fn attention(
         &mut self,
         l: usize,
         x: &Tensor,
@@ -151,73 +165,30 @@ impl Qwen3Moe {
             &q.contiguous()?,
             &layer.q_norm,
             c.rms_norm_eps,
-            self.kernels,
+            self.dec.kernels,
         )?;
         let k = rms_norm(
             &k.contiguous()?,
             &layer.k_norm,
             c.rms_norm_eps,
-            self.kernels,
+            self.dec.kernels,
         )?;
-        let (q, k) = self.rope.apply(&q, &k, pos, positions, self.kernels)?;
-        self.caches[l].append(&k, &v, pos)?;
+        let (q, k) = self
+            .dec
+            .rope
+            .apply(&q, &k, pos, positions, self.dec.kernels)?;
+        self.dec.caches[l].append(&k, &v, pos)?;
         let o = attention(
             &q,
-            &self.caches[l],
+            &self.dec.caches[l],
             pos,
             1.0 / (hd as f64).sqrt(),
-            self.kernels,
+            self.dec.kernels,
         )?;
         linear(&o, &self.layers[l].o)
-    }
-}
-
-impl DecoderStack for Qwen3Moe {
-    fn layer_count(&self) -> usize {
-        self.layers.len()
-    }
-
-    fn norms(&self, l: usize) -> (Tensor, Tensor) {
-        (self.layers[l].ln1.clone(), self.layers[l].ln2.clone())
-    }
-
-    fn attention(
-        &mut self,
-        l: usize,
-        x: &Tensor,
-        pos: usize,
-        positions: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        self.attention_layer(l, x, pos, positions)
     }
 
     fn feed_forward(&self, l: usize, x: &Tensor) -> Result<Tensor> {
         self.layers[l].moe.forward(x)
-    }
-}
-
-impl DecodeModel for Qwen3Moe {
-    fn forward(&mut self, ids: &[u32], pos: usize) -> Result<Tensor> {
-        let t = ids.len();
-        let (eps, k) = (self.cfg.rms_norm_eps, self.kernels);
-        let positions = match k {
-            Kernels::Kiln => Some(self.rope.positions(pos, t, &self.device)?),
-            Kernels::Candle => None,
-        };
-        let embeddings = self
-            .embed
-            .index_select(&Tensor::new(ids, &self.device)?, 0)?;
-        let out = run_layers(self, embeddings, pos, positions.as_ref(), eps, k)?;
-        final_logits(out, Some(&self.norm), &self.lm_head, eps, k)
-    }
-
-    fn reset(&mut self) {
-        for c in &mut self.caches {
-            c.reset();
-        }
-    }
-
-    fn device(&self) -> &Device {
-        &self.device
     }
 }
