@@ -12,17 +12,8 @@ use kiln_candle::models::stock::{StockGlm4, StockQwen3Moe};
 use kiln_candle::models::{DecodeModel, Kernels};
 use kiln_candle::synth::SyntheticBackend;
 
-fn tiny_qwen3() -> serde_json::Value {
-    serde_json::json!({
-        "model_type": "qwen3_moe", "vocab_size": 96, "hidden_size": 256, "intermediate_size": 128,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
-        "max_position_embeddings": 128, "max_window_layers": 2, "sliding_window": null,
-        "use_sliding_window": false, "tie_word_embeddings": false, "rope_theta": 1000000.0,
-        "rms_norm_eps": 1e-6, "hidden_act": "silu", "attention_bias": false,
-        "decoder_sparse_step": 1, "moe_intermediate_size": 32, "num_experts": 8,
-        "num_experts_per_tok": 2, "norm_topk_prob": true
-    })
-}
+mod common;
+use common::tiny_qwen3;
 
 fn tiny_glm() -> serde_json::Value {
     serde_json::json!({
@@ -85,18 +76,17 @@ fn max_rel_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
 
 const IDS: [u32; 9] = [3, 17, 42, 5, 88, 11, 60, 2, 91];
 
-#[test]
-fn qwen3_moe_on_kiln_ops_matches_candle_ops_and_candles_own_model() {
-    let raw = tiny_qwen3();
-    let ModelConfig::Qwen3Moe(cfg) = ModelConfig::parse(&raw.to_string()).expect("config").0 else {
-        panic!("not qwen3")
-    };
-    let mut stock = StockQwen3Moe::load(&raw, vb(1)).expect("stock");
-    let mut plain = Qwen3Moe::load(&cfg, vb(1), Kernels::Candle, 32).expect("plain");
-    let mut kiln = Qwen3Moe::load(&cfg, vb(1), Kernels::Kiln, 32).expect("kiln");
-    let s = run(&mut stock, &IDS);
-    let p = run(&mut plain, &IDS);
-    let k = run(&mut kiln, &IDS);
+/// Runs candle's own model, kiln's on candle ops and kiln's on kiln ops over
+/// the same ids, checks the two kiln runs match the stock one to 1e-4
+/// (relative), and returns the kiln logits.
+fn assert_matches_stock(
+    stock: &mut dyn DecodeModel,
+    plain: &mut dyn DecodeModel,
+    kiln: &mut dyn DecodeModel,
+) -> Vec<Vec<f32>> {
+    let s = run(stock, &IDS);
+    let p = run(plain, &IDS);
+    let k = run(kiln, &IDS);
     assert_eq!(s.len(), 5);
     assert!(s[0].iter().any(|x| x.abs() > 0.0), "logits are all zero");
     let d_plain = max_rel_diff(&s, &p);
@@ -106,6 +96,19 @@ fn qwen3_moe_on_kiln_ops_matches_candle_ops_and_candles_own_model() {
         "plain candle ops vs candle's model: {d_plain}"
     );
     assert!(d_kiln < 1e-4, "kiln ops vs candle's model: {d_kiln}");
+    k
+}
+
+#[test]
+fn qwen3_moe_on_kiln_ops_matches_candle_ops_and_candles_own_model() {
+    let raw = tiny_qwen3();
+    let ModelConfig::Qwen3Moe(cfg) = ModelConfig::parse(&raw.to_string()).expect("config").0 else {
+        panic!("not qwen3")
+    };
+    let mut stock = StockQwen3Moe::load(&raw, vb(1)).expect("stock");
+    let mut plain = Qwen3Moe::load(&cfg, vb(1), Kernels::Candle, 32).expect("plain");
+    let mut kiln = Qwen3Moe::load(&cfg, vb(1), Kernels::Kiln, 32).expect("kiln");
+    assert_matches_stock(&mut stock, &mut plain, &mut kiln);
 }
 
 #[test]
@@ -136,18 +139,7 @@ fn glm4_on_kiln_ops_and_candle_ops_matches_candles_own_model() {
     let mut stock = StockGlm4::load(&raw, vb(4)).expect("stock");
     let mut plain = Glm4::load(&cfg, vb(4), Kernels::Candle, 32).expect("plain");
     let mut kiln = Glm4::load(&cfg, vb(4), Kernels::Kiln, 32).expect("kiln");
-    let s = run(&mut stock, &IDS);
-    let p = run(&mut plain, &IDS);
-    let k = run(&mut kiln, &IDS);
-    assert_eq!(s.len(), 5);
-    assert!(s[0].iter().any(|x| x.abs() > 0.0), "logits are all zero");
-    let d_plain = max_rel_diff(&s, &p);
-    let d_kiln = max_rel_diff(&s, &k);
-    assert!(
-        d_plain < 1e-4,
-        "plain candle ops vs candle's model: {d_plain}"
-    );
-    assert!(d_kiln < 1e-4, "kiln ops vs candle's model: {d_kiln}");
+    let k = assert_matches_stock(&mut stock, &mut plain, &mut kiln);
     // A different seed must change the logits (the test can fail).
     let mut other = Glm4::load(&cfg, vb(5), Kernels::Kiln, 32).expect("other");
     assert!(max_rel_diff(&k, &run(&mut other, &IDS)) > 1e-2);

@@ -4,17 +4,8 @@
 use candle_core::Device;
 use kiln_candle::validate::{run, save_logits, Options, Weights};
 
-fn tiny_qwen3() -> serde_json::Value {
-    serde_json::json!({
-        "model_type": "qwen3_moe", "vocab_size": 96, "hidden_size": 256, "intermediate_size": 128,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
-        "max_position_embeddings": 128, "max_window_layers": 2, "sliding_window": null,
-        "use_sliding_window": false, "tie_word_embeddings": false, "rope_theta": 1000000.0,
-        "rms_norm_eps": 1e-6, "hidden_act": "silu", "attention_bias": false,
-        "decoder_sparse_step": 1, "moe_intermediate_size": 32, "num_experts": 8,
-        "num_experts_per_tok": 2, "norm_topk_prob": true
-    })
-}
+mod common;
+use common::tiny_qwen3;
 
 fn options(no_patch: bool) -> Options {
     Options {
