@@ -149,6 +149,26 @@ fn check_e_k(op: &'static str, e: usize, k: usize) -> Result<()> {
     Ok(())
 }
 
+/// `KILN_H`, `KILN_I`, `KILN_E`, `KILN_K` of both expert kernels.
+fn dim_defines(d: ExpertDims) -> Vec<(String, String)> {
+    vec![
+        ("KILN_H".into(), d.h.to_string()),
+        ("KILN_I".into(), d.i.to_string()),
+        ("KILN_E".into(), d.e.to_string()),
+        ("KILN_K".into(), d.k.to_string()),
+    ]
+}
+
+/// The launch-line variables of both expert kernels.
+fn dim_vars(d: ExpertDims) -> Vec<(&'static str, i64)> {
+    vec![
+        ("H", d.h as i64),
+        ("I", d.i as i64),
+        ("E", d.e as i64),
+        ("K", d.k as i64),
+    ]
+}
+
 impl OpConfig for MoeExpertSwigluConfig {
     const OP: Op = Op::MoeExpertSwiglu;
     fn dtype(&self) -> DType {
@@ -168,24 +188,15 @@ impl OpConfig for MoeExpertSwigluConfig {
         check_e_k(op, self.e, self.k)
     }
     fn op_defines(&self) -> Vec<(String, String)> {
-        vec![
-            ("KILN_H".into(), self.h.to_string()),
-            ("KILN_I".into(), self.i.to_string()),
-            ("KILN_E".into(), self.e.to_string()),
-            ("KILN_K".into(), self.k.to_string()),
-            (
-                "KILN_SILU_IN_DTYPE".into(),
-                (self.silu_in_dtype as u8).to_string(),
-            ),
-        ]
+        let mut d = dim_defines(self.dims());
+        d.extend([(
+            "KILN_SILU_IN_DTYPE".into(),
+            (self.silu_in_dtype as u8).to_string(),
+        )]);
+        d
     }
     fn shape_vars(&self) -> Vec<(&'static str, i64)> {
-        vec![
-            ("H", self.h as i64),
-            ("I", self.i as i64),
-            ("E", self.e as i64),
-            ("K", self.k as i64),
-        ]
+        dim_vars(self.dims())
     }
 }
 
@@ -220,11 +231,8 @@ impl OpConfig for MoeExpertDownConfig {
         Ok(())
     }
     fn op_defines(&self) -> Vec<(String, String)> {
-        vec![
-            ("KILN_H".into(), self.h.to_string()),
-            ("KILN_I".into(), self.i.to_string()),
-            ("KILN_E".into(), self.e.to_string()),
-            ("KILN_K".into(), self.k.to_string()),
+        let mut d = dim_defines(self.dims());
+        d.extend([
             (
                 "KILN_HAS_SHARED".into(),
                 (self.has_shared as u8).to_string(),
@@ -233,15 +241,11 @@ impl OpConfig for MoeExpertDownConfig {
                 "KILN_WEIGHT_IN_DTYPE".into(),
                 (self.weight_in_dtype as u8).to_string(),
             ),
-        ]
+        ]);
+        d
     }
     fn shape_vars(&self) -> Vec<(&'static str, i64)> {
-        vec![
-            ("H", self.h as i64),
-            ("I", self.i as i64),
-            ("E", self.e as i64),
-            ("K", self.k as i64),
-        ]
+        dim_vars(self.dims())
     }
 }
 
