@@ -232,7 +232,7 @@ pub fn run(opts: &Options, dev: &Device, progress: &mut dyn FnMut(&str)) -> Resu
         Weights::Synthetic { config, .. } => ModelConfig::parse(&config.to_string())?,
     };
     let pack = opts.pack.as_deref().map(KernelPack::load).transpose()?;
-    let peak_bandwidth = measure_bandwidth(dev, progress);
+    let (device, peak_bandwidth) = device_facts(dev, progress);
     let max_len = opts.prompt.len() + opts.max_tokens + 8;
     let dtype = DType::BF16;
     let model_name = format!(
@@ -291,7 +291,7 @@ pub fn run(opts: &Options, dev: &Device, progress: &mut dyn FnMut(&str)) -> Resu
     }
     Ok(Report {
         model: model_name,
-        device: device_name(dev),
+        device,
         peak_bandwidth,
         active_weight_bytes: active_weight_bytes(&cfg),
         prompt_tokens: opts.prompt.len(),
@@ -543,40 +543,38 @@ fn used_memory(_: &Device) -> u64 {
     0
 }
 
+/// The device's name and its measured peak DRAM bandwidth (bytes/s; None
+/// when not measured), from one kiln-cuda context on GPU 0.
 #[cfg(feature = "cuda")]
-fn measure_bandwidth(dev: &Device, progress: &mut dyn FnMut(&str)) -> Option<f64> {
+fn device_facts(dev: &Device, progress: &mut dyn FnMut(&str)) -> (String, Option<f64>) {
     if !dev.is_cuda() {
-        return None;
+        return (format!("{dev:?}"), None);
     }
-    progress("measuring peak DRAM bandwidth");
-    let run = || -> kiln_cuda::Result<f64> {
-        let gpu = kiln_cuda::Gpu::open(0)?;
-        let compiler = kiln_cuda::Compiler::new()?;
-        let probes = kiln_cuda::Probes::load(&gpu, &compiler)?;
-        Ok(probes.bandwidth(&gpu)?.peak_bytes_per_s())
+    let gpu = match kiln_cuda::Gpu::open(0) {
+        Ok(gpu) => gpu,
+        Err(e) => {
+            progress(&format!("peak bandwidth not measured: {e}"));
+            return (format!("{dev:?}"), None);
+        }
     };
-    match run() {
+    progress("measuring peak DRAM bandwidth");
+    let bandwidth = kiln_cuda::Compiler::new()
+        .and_then(|compiler| kiln_cuda::Probes::load(&gpu, &compiler))
+        .and_then(|probes| probes.bandwidth(&gpu))
+        .map(|b| b.peak_bytes_per_s());
+    let bandwidth = match bandwidth {
         Ok(bw) => Some(bw),
         Err(e) => {
             progress(&format!("peak bandwidth not measured: {e}"));
             None
         }
-    }
+    };
+    (gpu.facts().name.clone(), bandwidth)
 }
 
 #[cfg(not(feature = "cuda"))]
-fn measure_bandwidth(_: &Device, _: &mut dyn FnMut(&str)) -> Option<f64> {
-    None
-}
-
-fn device_name(dev: &Device) -> String {
-    #[cfg(feature = "cuda")]
-    if dev.is_cuda() {
-        if let Ok(gpu) = kiln_cuda::Gpu::open(0) {
-            return gpu.facts().name.clone();
-        }
-    }
-    format!("{dev:?}")
+fn device_facts(dev: &Device, _: &mut dyn FnMut(&str)) -> (String, Option<f64>) {
+    (format!("{dev:?}"), None)
 }
 
 /// Saves the kept logits (`[steps, vocab]` f32 per configuration, named by a
