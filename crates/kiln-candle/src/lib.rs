@@ -10,10 +10,13 @@
 //! - [`synth`]: seeded random weights for any supported config, in memory or
 //!   written as a checkpoint directory.
 //! - [`validate`]: the comparison runs and `benchmark_results.json`.
+//! - [`check`]: one MoE block on the GPU against its CPU twin (where a
+//!   model-level disagreement comes from).
 //!
 //! Built without the `cuda` feature this crate is CPU-only: ops run their
 //! references and models run on candle's CPU backend.
 
+pub mod check;
 pub mod error;
 pub mod models;
 pub mod ops;

@@ -13,18 +13,7 @@ use kiln_candle::models::{DecodeModel, Kernels};
 use kiln_candle::synth::SyntheticBackend;
 
 mod common;
-use common::tiny_qwen3;
-
-fn tiny_glm() -> serde_json::Value {
-    serde_json::json!({
-        "model_type": "glm4_moe_lite", "vocab_size": 96, "hidden_size": 256, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "q_lora_rank": 64, "kv_lora_rank": 64, "qk_nope_head_dim": 32,
-        "qk_rope_head_dim": 16, "v_head_dim": 32, "rms_norm_eps": 1e-5, "rope_theta": 1000000.0,
-        "rope_interleave": true, "first_k_dense_replace": 1, "intermediate_size": 64,
-        "n_routed_experts": 8, "n_shared_experts": 1, "num_experts_per_tok": 2,
-        "moe_intermediate_size": 32, "routed_scaling_factor": 1.8, "n_group": 1, "topk_group": 1
-    })
-}
+use common::{tiny_glm, tiny_qwen3};
 
 /// GLM-4-9B's settings at toy size (H = QH·HD, as candle's model needs).
 fn tiny_glm4() -> serde_json::Value {

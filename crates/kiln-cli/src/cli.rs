@@ -243,6 +243,28 @@ pub enum ModelsCommand {
         #[arg(long)]
         out: std::path::PathBuf,
     },
+    /// Run one MoE block at the model's real dims on the GPU, on kiln's kernels and on
+    /// plain candle ops, each against the same block on the CPU (same bf16 weights and
+    /// inputs); exits non-zero when a GPU path departs from its CPU twin.
+    CheckMoe {
+        /// Preset (`kiln models list`).
+        preset: String,
+        /// The layer (default: the first MoE layer).
+        #[arg(long)]
+        layer: Option<usize>,
+        /// Rows of random input.
+        #[arg(long, default_value_t = 16)]
+        tokens: usize,
+        /// Weight seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Compare the two CPU paths only (no GPU needed).
+        #[arg(long)]
+        cpu: bool,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
 }
 
 /// `kiln validate` flags.

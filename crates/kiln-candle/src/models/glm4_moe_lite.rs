@@ -79,43 +79,14 @@ impl Glm4MoeLite {
         } else {
             vb.pp("lm_head").get((cfg.vocab_size, h), "weight")?
         };
-        let routing = SigmoidRouting {
-            e: cfg.n_routed_experts,
-            k: cfg.num_experts_per_tok,
-            n_group: cfg.n_group,
-            topk_group: cfg.topk_group,
-            norm_eps: 1e-20,
-            scale: cfg.routed_scaling_factor,
-            sigmoid_in_dtype: false,
-            dtype: kiln_kernels::DType::F32,
-        };
-        let dims = MoeDims {
-            h,
-            i: cfg.moe_intermediate_size,
-            e: cfg.n_routed_experts,
-            k: cfg.num_experts_per_tok,
-            shared_i: (cfg.n_shared_experts == 1).then_some(cfg.moe_intermediate_size),
-        };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         let mut caches = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let v = vb.pp(format!("model.layers.{l}"));
             let a = v.pp("self_attn");
-            let ffn = if l < cfg.first_k_dense_replace {
-                Ffn::Dense(Mlp::load(&v.pp("mlp"), h, cfg.intermediate_size)?)
-            } else {
-                let bias = v.pp("mlp.gate").get_with_hints_dtype(
-                    cfg.n_routed_experts,
-                    "e_score_correction_bias",
-                    Default::default(),
-                    DType::F32,
-                )?;
-                Ffn::Moe(MoeBlock::load(
-                    &v.pp("mlp"),
-                    dims,
-                    Router::Sigmoid { bias, routing },
-                    kernels,
-                )?)
+            let ffn = match moe_block(cfg, &vb, l, kernels)? {
+                Some(m) => Ffn::Moe(m),
+                None => Ffn::Dense(Mlp::load(&v.pp("mlp"), h, cfg.intermediate_size)?),
             };
             layers.push(Layer {
                 ln1: v.pp("input_layernorm").get(h, "weight")?,
@@ -168,6 +139,45 @@ impl Glm4MoeLite {
             },
         })
     }
+}
+
+/// Layer `l`'s MoE block (`model.layers.{l}.mlp` under the root `vb`); None
+/// for the dense first layers.
+pub fn moe_block(
+    cfg: &Glm4MoeLiteConfig,
+    vb: &VarBuilder,
+    l: usize,
+    kernels: Kernels,
+) -> Result<Option<MoeBlock>> {
+    if l < cfg.first_k_dense_replace {
+        return Ok(None);
+    }
+    let routing = SigmoidRouting {
+        e: cfg.n_routed_experts,
+        k: cfg.num_experts_per_tok,
+        n_group: cfg.n_group,
+        topk_group: cfg.topk_group,
+        norm_eps: 1e-20,
+        scale: cfg.routed_scaling_factor,
+        sigmoid_in_dtype: false,
+        dtype: kiln_kernels::DType::F32,
+    };
+    let dims = MoeDims {
+        h: cfg.hidden_size,
+        i: cfg.moe_intermediate_size,
+        e: cfg.n_routed_experts,
+        k: cfg.num_experts_per_tok,
+        shared_i: (cfg.n_shared_experts == 1).then_some(cfg.moe_intermediate_size),
+    };
+    let v = vb.pp(format!("model.layers.{l}.mlp"));
+    let bias = v.pp("gate").get_with_hints_dtype(
+        cfg.n_routed_experts,
+        "e_score_correction_bias",
+        Default::default(),
+        DType::F32,
+    )?;
+    let router = Router::Sigmoid { bias, routing };
+    Ok(Some(MoeBlock::load(&v, dims, router, kernels)?))
 }
 
 impl DecoderStack for Glm4MoeLite {

@@ -199,8 +199,13 @@ impl MoeBlock {
         Ok((w, i))
     }
 
-    /// `(weights[T,K] f32, indices[T,K] u32)`.
-    fn route(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// Experts per token K.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// The router's choice for `x[T, H]`: `(weights[T,K] f32, indices[T,K] u32)`.
+    pub fn route(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         match (&self.router, self.kernels) {
             (Router::Softmax { renorm }, Kernels::Kiln) => {
                 ops::router::softmax_topk(&linear(x, &self.gate)?, self.k, *renorm)
@@ -243,6 +248,32 @@ impl MoeBlock {
                 Ok((w, idx))
             }
         }
+    }
+
+    /// Per row of `x[T, H]`, how far the K-th chosen expert's selection score
+    /// lies above the best unchosen one (softmax probability for Qwen3,
+    /// biased sigmoid score for GLM): how close the row is to a routing tie.
+    pub fn selection_margins(&self, x: &Tensor) -> Result<Vec<f32>> {
+        let scores = match &self.router {
+            Router::Softmax { .. } => {
+                candle_nn::ops::softmax_last_dim(&linear(x, &self.gate)?.to_dtype(DType::F32)?)?
+            }
+            Router::Sigmoid { bias, .. } => {
+                candle_nn::ops::sigmoid(&linear(&x.to_dtype(DType::F32)?, &self.gate)?)?
+                    .broadcast_add(bias)?
+            }
+        };
+        let rows: Vec<Vec<f32>> = scores.to_dtype(DType::F32)?.to_vec2()?;
+        Ok(rows
+            .into_iter()
+            .map(|mut r| {
+                r.sort_by(|a, b| b.total_cmp(a));
+                match (r.get(self.k - 1), r.get(self.k)) {
+                    (Some(a), Some(b)) => a - b,
+                    _ => f32::INFINITY,
+                }
+            })
+            .collect())
     }
 
     fn candle_experts(

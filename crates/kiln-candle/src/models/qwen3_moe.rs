@@ -62,13 +62,6 @@ impl Qwen3Moe {
         } else {
             vb.pp("lm_head").get((cfg.vocab_size, h), "weight")?
         };
-        let dims = MoeDims {
-            h,
-            i: cfg.moe_intermediate_size,
-            e: cfg.num_experts,
-            k: cfg.num_experts_per_tok,
-            shared_i: None,
-        };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         let mut caches = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
@@ -84,14 +77,7 @@ impl Qwen3Moe {
                 o: a.pp("o_proj").get((h, qh * hd), "weight")?,
                 q_norm: a.pp("q_norm").get(hd, "weight")?,
                 k_norm: a.pp("k_norm").get(hd, "weight")?,
-                moe: MoeBlock::load(
-                    &v.pp("mlp"),
-                    dims,
-                    Router::Softmax {
-                        renorm: cfg.norm_topk_prob,
-                    },
-                    kernels,
-                )?,
+                moe: moe_block(cfg, &vb, l, kernels)?,
             });
             caches.push(KvCache::new(kvh, max_len, hd, hd, dtype, &dev)?);
         }
@@ -125,6 +111,31 @@ impl Qwen3Moe {
             },
         })
     }
+}
+
+/// Layer `l`'s MoE block (`model.layers.{l}.mlp` under the root `vb`).
+pub fn moe_block(
+    cfg: &Qwen3MoeConfig,
+    vb: &VarBuilder,
+    l: usize,
+    kernels: Kernels,
+) -> Result<MoeBlock> {
+    let dims = MoeDims {
+        h: cfg.hidden_size,
+        i: cfg.moe_intermediate_size,
+        e: cfg.num_experts,
+        k: cfg.num_experts_per_tok,
+        shared_i: None,
+    };
+    let router = Router::Softmax {
+        renorm: cfg.norm_topk_prob,
+    };
+    MoeBlock::load(
+        &vb.pp(format!("model.layers.{l}.mlp")),
+        dims,
+        router,
+        kernels,
+    )
 }
 
 impl DecoderStack for Qwen3Moe {

@@ -52,6 +52,14 @@ pub fn models(cmd: ModelsCommand) -> anyhow::Result<ExitCode> {
             let n = kiln_candle::synth::write_checkpoint(&cfg, seed, &out)?;
             println!("wrote {n} tensors and config.json to {}", out.display());
         }
+        ModelsCommand::CheckMoe {
+            preset: name,
+            layer,
+            tokens,
+            seed,
+            cpu,
+            json,
+        } => return check_moe(&name, layer, tokens, seed, cpu, json.as_deref()),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -110,6 +118,51 @@ pub fn validate(a: &ValidateArgs) -> anyhow::Result<ExitCode> {
     println!("{}", report.table());
     write_results(&a.out, &report)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln models check-moe`
+#[cfg(feature = "models")]
+fn check_moe(
+    name: &str,
+    layer: Option<usize>,
+    tokens: usize,
+    seed: u64,
+    cpu: bool,
+    json: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    use kiln_candle::check::{check_moe, MoeCheckOptions};
+    let config = kiln_candle::models::config::preset(name, None)?;
+    let gpu = if cpu {
+        None
+    } else {
+        Some(
+            kiln_candle::candle_core::Device::new_cuda(0)
+                .context("no CUDA device for candle (use --cpu to compare the CPU paths only)")?,
+        )
+    };
+    let opts = MoeCheckOptions {
+        config,
+        seed,
+        tokens,
+        layer,
+    };
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let report = check_moe(&opts, gpu.as_ref(), &mut |msg: &str| {
+        bar.set_message(msg.to_string())
+    })?;
+    bar.finish_and_clear();
+    print!("{}", report.table());
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 #[cfg(feature = "models")]
