@@ -78,6 +78,18 @@ pub fn value(s: u64, i: u64, fill: Fill) -> f32 {
     fill.offset + fill.half_width * x
 }
 
+/// How the f32 values become the storage dtype.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Rounding {
+    /// Round to nearest, ties to even: the weights.
+    #[default]
+    Nearest,
+    /// Round toward zero (bf16 only): the same model with every weight moved
+    /// by under one bf16 ulp, so the divergence between the two measures how
+    /// far bf16 rounding alone moves the model (`kiln validate`'s noise floor).
+    TowardZero,
+}
+
 /// Builds one tensor on `dev` (the GPU fills it in place; the CPU computes it).
 pub fn make_tensor(
     seed: u64,
@@ -86,16 +98,41 @@ pub fn make_tensor(
     dtype: DType,
     dev: &Device,
 ) -> Result<Tensor> {
+    make_tensor_rounded(seed, name, shape, dtype, dev, Rounding::Nearest)
+}
+
+/// [`make_tensor`] with a choice of rounding.
+pub fn make_tensor_rounded(
+    seed: u64,
+    name: &str,
+    shape: &Shape,
+    dtype: DType,
+    dev: &Device,
+    rounding: Rounding,
+) -> Result<Tensor> {
     let s = tensor_seed(seed, name);
     let fill = fill_for(name);
     let n = shape.elem_count();
+    let toward_zero = rounding == Rounding::TowardZero;
+    if toward_zero && dtype != DType::BF16 {
+        return Err(Error::Config(format!(
+            "synthetic weights rounded toward zero exist in bf16 only, not {dtype:?}"
+        )));
+    }
     match dev {
+        Device::Cpu if toward_zero => {
+            // Dropping the low 16 bits of an f32 rounds it toward zero in bf16.
+            let v: Vec<half::bf16> = (0..n as u64)
+                .map(|i| half::bf16::from_bits((value(s, i, fill).to_bits() >> 16) as u16))
+                .collect();
+            Ok(Tensor::from_vec(v, shape, dev)?)
+        }
         Device::Cpu => {
             let v: Vec<f32> = (0..n as u64).map(|i| value(s, i, fill)).collect();
             Ok(Tensor::from_vec(v, shape, dev)?.to_dtype(dtype)?)
         }
         #[cfg(feature = "cuda")]
-        Device::Cuda(d) => gpu_fill(d, s, fill, shape, dtype),
+        Device::Cuda(d) => gpu_fill(d, s, fill, shape, dtype, toward_zero),
         other => Err(Error::Config(format!(
             "synthetic weights on {other:?} are not supported"
         ))),
@@ -109,6 +146,7 @@ fn gpu_fill(
     fill: Fill,
     shape: &Shape,
     dtype: DType,
+    toward_zero: bool,
 ) -> Result<Tensor> {
     use crate::ops::device::{alloc, function, into_tensor, launch, Arg};
     let n = shape.elem_count();
@@ -137,6 +175,7 @@ fn gpu_fill(
             Arg::U64(s),
             Arg::F32(fill.offset),
             Arg::F32(fill.half_width),
+            Arg::I32(toward_zero as i32),
         ],
     )?;
     Ok(into_tensor(out, shape.clone()))
@@ -145,6 +184,7 @@ fn gpu_fill(
 /// A candle weight source that makes each tensor when a model asks for it.
 pub struct SyntheticBackend {
     seed: u64,
+    rounding: Rounding,
     /// Every tensor handed out, when recording for a checkpoint.
     record: Option<Mutex<HashMap<String, Tensor>>>,
 }
@@ -152,14 +192,26 @@ pub struct SyntheticBackend {
 impl SyntheticBackend {
     /// A source with `seed`.
     pub fn new(seed: u64) -> Self {
-        Self { seed, record: None }
+        Self {
+            seed,
+            rounding: Rounding::Nearest,
+            record: None,
+        }
+    }
+
+    /// The same weights rounded to the storage dtype with `rounding`.
+    pub fn with_rounding(seed: u64, rounding: Rounding) -> Self {
+        Self {
+            rounding,
+            ..Self::new(seed)
+        }
     }
 
     /// A source that also keeps what it hands out (for [`write_checkpoint`]).
     pub fn recording(seed: u64) -> Self {
         Self {
-            seed,
             record: Some(Mutex::new(HashMap::new())),
+            ..Self::new(seed)
         }
     }
 
@@ -185,7 +237,13 @@ impl SimpleBackend for SyntheticBackend {
                 }
             }
         }
-        let t = make_tensor(self.seed, name, &s, dtype, dev)?;
+        // Selection biases stay f32 (and exact) whatever the rounding.
+        let rounding = if dtype == DType::BF16 {
+            self.rounding
+        } else {
+            Rounding::Nearest
+        };
+        let t = make_tensor_rounded(self.seed, name, &s, dtype, dev, rounding)?;
         if let Some(rec) = &self.record {
             if let Ok(mut map) = rec.lock() {
                 map.insert(name.to_string(), t.clone());
@@ -278,5 +336,61 @@ mod tests {
         assert!(v.iter().all(|x| x.abs() <= f.half_width));
         let norm = fill_for("model.norm.weight");
         assert!((0..100).all(|i| (value(s, i, norm) - 1.0).abs() <= 0.1));
+    }
+
+    #[test]
+    fn toward_zero_twin_moves_each_weight_by_under_one_ulp() {
+        let name = "model.layers.0.mlp.gate_proj.weight";
+        let shape = Shape::from((64, 32));
+        let near = make_tensor(3, name, &shape, DType::BF16, &Device::Cpu).expect("nearest");
+        let rz = make_tensor_rounded(
+            3,
+            name,
+            &shape,
+            DType::BF16,
+            &Device::Cpu,
+            Rounding::TowardZero,
+        )
+        .expect("toward zero");
+        let exact: Vec<f32> = (0..shape.elem_count() as u64)
+            .map(|i| value(tensor_seed(3, name), i, fill_for(name)))
+            .collect();
+        let near: Vec<f32> = near
+            .to_dtype(DType::F32)
+            .expect("f32")
+            .flatten_all()
+            .expect("flat")
+            .to_vec1()
+            .expect("vec");
+        let rz: Vec<f32> = rz
+            .to_dtype(DType::F32)
+            .expect("f32")
+            .flatten_all()
+            .expect("flat")
+            .to_vec1()
+            .expect("vec");
+        let mut moved = 0;
+        for ((x, n), z) in exact.iter().zip(&near).zip(&rz) {
+            assert!(
+                z.abs() <= x.abs() && x.signum() == z.signum() || *z == 0.0,
+                "{x} -> {z}"
+            );
+            // Within one bf16 ulp (2^-7 relative) of the exact value, as nearest is within half.
+            assert!((z - x).abs() <= x.abs() * 2f32.powi(-7), "{x} -> {z}");
+            moved += (n != z) as usize;
+        }
+        assert!(
+            moved > exact.len() / 4,
+            "about half the weights differ from nearest: {moved}"
+        );
+        let f16 = make_tensor_rounded(
+            3,
+            name,
+            &shape,
+            DType::F16,
+            &Device::Cpu,
+            Rounding::TowardZero,
+        );
+        assert!(f16.is_err(), "toward zero is bf16 only");
     }
 }

@@ -26,7 +26,7 @@ use crate::models::qwen3_moe::Qwen3Moe;
 use crate::models::stock::{StockGlm4, StockQwen3Moe};
 use crate::models::{DecodeModel, Kernels};
 use crate::ops::pack::{self, KernelPack};
-use crate::synth::SyntheticBackend;
+use crate::synth::{Rounding, SyntheticBackend};
 
 /// Where the weights come from.
 #[derive(Debug, Clone)]
@@ -59,6 +59,29 @@ pub struct Options {
     pub pack: Option<PathBuf>,
     /// Keep every configuration's teacher-forced logits in the report.
     pub keep_logits: bool,
+    /// Also measure the noise floor (synthetic weights only): the baseline on
+    /// the same weights rounded toward zero, against the baseline.
+    pub noise_floor: bool,
+}
+
+/// How far bf16 rounding alone moves the baseline: the baseline's own
+/// implementation on the same synthetic weights rounded toward zero instead
+/// of to nearest (every weight moved by under one bf16 ulp), compared with
+/// the baseline exactly as the kiln configurations are. A kiln configuration
+/// whose agreement with the baseline is no worse than this differs from it by
+/// rounding, not by math.
+#[derive(Debug, Clone, Serialize)]
+pub struct NoiseFloor {
+    /// What ran.
+    pub name: String,
+    /// Greedy tokens of one run.
+    pub tokens: Vec<u32>,
+    /// First position where they differ from the baseline's.
+    pub first_divergence: Option<usize>,
+    /// Max |Δ logit| against the baseline, teacher-forced.
+    pub tf_max_abs_logit_diff: f64,
+    /// Teacher-forced top-1 agreement with the baseline.
+    pub tf_top1_agreement: f64,
 }
 
 /// One configuration's measurements.
@@ -74,6 +97,11 @@ pub struct ConfigResult {
     pub prefill_tps: f64,
     /// Median milliseconds per decoded token.
     pub ms_per_token: f64,
+    /// Median milliseconds per decoded token that the host spends inside the
+    /// model's forward call (op dispatch, allocation, launches) before it waits
+    /// for the logits: when this is close to `ms_per_token`, the GPU waits on
+    /// the host, not the other way round.
+    pub host_ms_per_token: f64,
     /// Peak device memory in use during the runs (bytes, whole device).
     pub peak_memory_bytes: u64,
     /// Greedy tokens of the first run.
@@ -103,6 +131,10 @@ pub struct Report {
     pub max_tokens: usize,
     /// The configurations, baseline first.
     pub configs: Vec<ConfigResult>,
+    /// The baseline against itself on re-rounded weights (None: not measured).
+    pub noise_floor: Option<NoiseFloor>,
+    /// Why the noise floor was not measured, when it was asked for.
+    pub noise_floor_not_run: Option<String>,
     /// The prompt.
     pub prompt: Vec<u32>,
     /// Per configuration, its logits at each step on the baseline's tokens
@@ -176,10 +208,11 @@ impl Report {
             self.active_weight_bytes as f64 / 1e6
         );
         s += &format!(
-            "{:<26} {:>10} {:>9} {:>11} {:>7} {:>9} {:>12} {:>10} {:>11}\n",
+            "{:<26} {:>10} {:>9} {:>9} {:>11} {:>7} {:>9} {:>12} {:>10} {:>11}\n",
             "configuration",
             "decode t/s",
             "ms/token",
+            "host ms",
             "prefill t/s",
             "× base",
             "% SoL",
@@ -198,10 +231,11 @@ impl Report {
                 Some(i) => format!("{i}/{}", c.tokens.len()),
             };
             s += &format!(
-                "{:<26} {:>10.1} {:>9.2} {:>11.1} {:>7.2} {:>9} {:>12.1} {:>10} {:>10.1}%  (max|Δlogit| {:.3})\n",
+                "{:<26} {:>10.1} {:>9.2} {:>9.2} {:>11.1} {:>7.2} {:>9} {:>12.1} {:>10} {:>10.1}%  (max|Δlogit| {:.3})\n",
                 c.name,
                 c.decode_tps,
                 c.ms_per_token,
+                c.host_ms_per_token,
                 c.prefill_tps,
                 if base > 0.0 { c.decode_tps / base } else { 0.0 },
                 sol,
@@ -210,6 +244,23 @@ impl Report {
                 c.tf_top1_agreement * 100.0,
                 c.tf_max_abs_logit_diff
             );
+        }
+        if let Some(n) = &self.noise_floor {
+            let same = match n.first_divergence {
+                None => "all".to_string(),
+                Some(i) => format!("{i}/{}", n.tokens.len()),
+            };
+            s += &format!(
+                "{:<26} {:<74} {:>10} {:>10.1}%  (max|Δlogit| {:.3})\n",
+                "noise floor",
+                "(baseline on its weights rounded toward zero)",
+                same,
+                n.tf_top1_agreement * 100.0,
+                n.tf_max_abs_logit_diff
+            );
+        }
+        if let Some(why) = &self.noise_floor_not_run {
+            s += &format!("noise floor NOT RUN: {why}\n");
         }
         s
     }
@@ -255,25 +306,19 @@ pub fn run(opts: &Options, dev: &Device, progress: &mut dyn FnMut(&str)) -> Resu
     let mut results: Vec<ConfigResult> = Vec::new();
     let mut logits = Vec::new();
     let mut reference: Option<(Vec<u32>, Vec<Vec<f32>>)> = None;
+    let mut noise = None;
     for (name, kernels) in configs {
         progress(&format!("building {name}"));
         if name != STOCK {
             untracked_stream(dev);
         }
         let vb = var_builder(&opts.weights, dtype, dev)?;
-        let mut model: Box<dyn DecodeModel> = match (&cfg, name) {
-            (ModelConfig::Qwen3Moe(_), STOCK) => Box::new(StockQwen3Moe::load(&raw, vb)?),
-            (ModelConfig::Qwen3Moe(c), _) => Box::new(Qwen3Moe::load(c, vb, kernels, max_len)?),
-            (ModelConfig::Glm4MoeLite(c), _) => {
-                Box::new(Glm4MoeLite::load(c, vb, kernels, max_len)?)
-            }
-            (ModelConfig::Glm4(_), STOCK) => Box::new(StockGlm4::load(&raw, vb)?),
-            (ModelConfig::Glm4(c), _) => Box::new(Glm4::load(c, vb, kernels, max_len)?),
-        };
+        let mut model = load(&cfg, &raw, name, kernels, vb, max_len)?;
         let mut names = vec![name];
         if kernels == Kernels::Kiln && pack.is_some() {
             names.push(PACK);
         }
+        let is_baseline = reference.is_none();
         for n in names {
             pack::set_active(if n == PACK { pack.clone() } else { None });
             let (r, step_logits) = measure(n, model.as_mut(), opts, reference.as_ref(), progress)?;
@@ -288,7 +333,25 @@ pub fn run(opts: &Options, dev: &Device, progress: &mut dyn FnMut(&str)) -> Resu
         pack::set_active(None);
         drop(model);
         dev.synchronize()?;
+        if is_baseline && opts.noise_floor {
+            if let (Weights::Synthetic { seed, .. }, Some(r)) = (&opts.weights, &reference) {
+                progress("noise floor: the baseline on weights rounded toward zero");
+                let vb = SyntheticBackend::with_rounding(*seed, Rounding::TowardZero)
+                    .into_var_builder(dtype, dev);
+                let mut twin = load(&cfg, &raw, name, kernels, vb, max_len)?;
+                noise = Some(noise_floor(name, twin.as_mut(), opts, r)?);
+                drop(twin);
+                dev.synchronize()?;
+            }
+        }
     }
+    let noise_floor_not_run = match (&opts.weights, opts.noise_floor) {
+        (Weights::Checkpoint(_), true) => Some(
+            "needs synthetic weights (their f32 values are re-rounded; a checkpoint has only its bf16 values)"
+                .to_string(),
+        ),
+        _ => None,
+    };
     Ok(Report {
         model: model_name,
         device,
@@ -297,8 +360,46 @@ pub fn run(opts: &Options, dev: &Device, progress: &mut dyn FnMut(&str)) -> Resu
         prompt_tokens: opts.prompt.len(),
         max_tokens: opts.max_tokens,
         configs: results,
+        noise_floor: noise,
+        noise_floor_not_run,
         prompt: opts.prompt.clone(),
         logits,
+    })
+}
+
+/// Builds configuration `name`'s model.
+fn load(
+    cfg: &ModelConfig,
+    raw: &serde_json::Value,
+    name: &str,
+    kernels: Kernels,
+    vb: VarBuilder,
+    max_len: usize,
+) -> Result<Box<dyn DecodeModel>> {
+    Ok(match (cfg, name) {
+        (ModelConfig::Qwen3Moe(_), STOCK) => Box::new(StockQwen3Moe::load(raw, vb)?),
+        (ModelConfig::Qwen3Moe(c), _) => Box::new(Qwen3Moe::load(c, vb, kernels, max_len)?),
+        (ModelConfig::Glm4MoeLite(c), _) => Box::new(Glm4MoeLite::load(c, vb, kernels, max_len)?),
+        (ModelConfig::Glm4(_), STOCK) => Box::new(StockGlm4::load(raw, vb)?),
+        (ModelConfig::Glm4(c), _) => Box::new(Glm4::load(c, vb, kernels, max_len)?),
+    })
+}
+
+/// One greedy run and the teacher-forced pass of the baseline's twin.
+fn noise_floor(
+    name: &str,
+    model: &mut dyn DecodeModel,
+    opts: &Options,
+    reference: &(Vec<u32>, Vec<Vec<f32>>),
+) -> Result<NoiseFloor> {
+    let tokens = greedy(model, &opts.prompt, opts.max_tokens, false)?.tokens;
+    let (m, a, _) = teacher_forced(model, &opts.prompt, &reference.0, &reference.1)?;
+    Ok(NoiseFloor {
+        name: format!("{name}, weights rounded toward zero"),
+        first_divergence: tokens.iter().zip(&reference.0).position(|(a, b)| a != b),
+        tokens,
+        tf_max_abs_logit_diff: m,
+        tf_top1_agreement: a,
     })
 }
 
@@ -349,39 +450,21 @@ fn measure(
         next = argmax(&model.forward(&[next], opts.prompt.len() + i)?)?;
     }
     let mut decode = Vec::new();
+    let mut host = Vec::new();
     let mut prefill = Vec::new();
     let mut tokens = Vec::new();
     let mut own_logits = Vec::new();
     for run in 0..opts.runs {
         progress(&format!("{name}: run {}/{}", run + 1, opts.runs));
-        model.reset();
-        dev.synchronize()?;
-        let t0 = Instant::now();
-        let logits = model.forward(&opts.prompt, 0)?;
-        let mut tok = argmax(&logits)?;
-        let t1 = Instant::now();
-        let mut toks = vec![tok];
-        let mut steps = Vec::new();
-        if run == 0 {
-            steps.push(logits.to_vec1::<f32>()?);
-        }
-        for i in 0..opts.max_tokens - 1 {
-            let logits = model.forward(&[tok], opts.prompt.len() + i)?;
-            tok = argmax(&logits)?;
-            toks.push(tok);
-            if run == 0 {
-                steps.push(logits.to_vec1::<f32>()?);
-            }
-        }
-        dev.synchronize()?;
-        let t2 = Instant::now();
+        let g = greedy(model, &opts.prompt, opts.max_tokens, run == 0)?;
         peak = peak.max(used_memory(&dev));
-        prefill.push(opts.prompt.len() as f64 / (t1 - t0).as_secs_f64());
+        prefill.push(opts.prompt.len() as f64 / g.prefill_s);
         // The first token comes from the prefill; the rest are decode steps.
-        decode.push((opts.max_tokens - 1).max(1) as f64 / (t2 - t1).as_secs_f64());
+        decode.push((opts.max_tokens - 1).max(1) as f64 / g.decode_s);
+        host.push(1e3 * g.host_s / (opts.max_tokens - 1).max(1) as f64);
         if run == 0 {
-            tokens = toks;
-            own_logits = steps;
+            tokens = g.tokens;
+            own_logits = g.logits;
         }
     }
     let (first_divergence, tf_max, tf_top1, step_logits) = match reference {
@@ -401,6 +484,7 @@ fn measure(
             decode_tps_runs: decode,
             prefill_tps: median(&prefill),
             ms_per_token: 1e3 / dmed,
+            host_ms_per_token: median(&host),
             peak_memory_bytes: peak,
             tokens,
             first_divergence,
@@ -409,6 +493,60 @@ fn measure(
         },
         step_logits,
     ))
+}
+
+/// One greedy run from an empty cache.
+struct GreedyRun {
+    tokens: Vec<u32>,
+    /// Each step's logits (when kept).
+    logits: Vec<Vec<f32>>,
+    prefill_s: f64,
+    decode_s: f64,
+    /// Of `decode_s`, the time spent inside `forward` (host work before the
+    /// argmax waits for the GPU).
+    host_s: f64,
+}
+
+/// Prefills `prompt`, then decodes greedily to `max_tokens` tokens,
+/// synchronising the device around each timed part.
+fn greedy(
+    model: &mut dyn DecodeModel,
+    prompt: &[u32],
+    max_tokens: usize,
+    keep_logits: bool,
+) -> Result<GreedyRun> {
+    let dev = model.device().clone();
+    model.reset();
+    dev.synchronize()?;
+    let t0 = Instant::now();
+    let logits = model.forward(prompt, 0)?;
+    let mut tok = argmax(&logits)?;
+    let t1 = Instant::now();
+    let mut tokens = vec![tok];
+    let mut steps = Vec::new();
+    if keep_logits {
+        steps.push(logits.to_vec1::<f32>()?);
+    }
+    let mut host_s = 0.0;
+    for i in 0..max_tokens - 1 {
+        let before = Instant::now();
+        let logits = model.forward(&[tok], prompt.len() + i)?;
+        host_s += before.elapsed().as_secs_f64();
+        tok = argmax(&logits)?;
+        tokens.push(tok);
+        if keep_logits {
+            steps.push(logits.to_vec1::<f32>()?);
+        }
+    }
+    dev.synchronize()?;
+    let t2 = Instant::now();
+    Ok(GreedyRun {
+        tokens,
+        logits: steps,
+        prefill_s: (t1 - t0).as_secs_f64(),
+        decode_s: (t2 - t1).as_secs_f64(),
+        host_s,
+    })
 }
 
 /// Feeds the reference tokens; compares each step's logits with the reference's.

@@ -19,6 +19,7 @@ fn options(no_patch: bool) -> Options {
         no_patch,
         pack: None,
         keep_logits: true,
+        noise_floor: true,
     }
 }
 
@@ -53,6 +54,13 @@ fn validate_compares_stock_candle_with_kiln_and_writes_what_it_measured() {
         "no pack: discovered = current"
     );
     assert!(report.table().contains("kiln (catalog)"));
+    // The noise floor: the baseline on its weights rounded toward zero is a
+    // different model by under one bf16 ulp per weight, so its logits move, a little.
+    let floor = report.noise_floor.as_ref().expect("noise floor measured");
+    assert_eq!(floor.tokens.len(), 6);
+    assert!(floor.tf_max_abs_logit_diff > 0.0 && floor.tf_max_abs_logit_diff < 0.5);
+    assert!(report.table().contains("noise floor"));
+    assert!(report.noise_floor_not_run.is_none());
     assert!(steps.iter().any(|s| s.contains("teacher-forced")));
 
     let dir = tempfile::tempdir().expect("tmp");
@@ -65,8 +73,11 @@ fn validate_compares_stock_candle_with_kiln_and_writes_what_it_measured() {
 
 #[test]
 fn no_patch_runs_only_the_baseline_and_bad_options_are_refused() {
-    let report = run(&options(true), &Device::Cpu, &mut |_: &str| {}).expect("validate");
+    let mut only_base = options(true);
+    only_base.noise_floor = false;
+    let report = run(&only_base, &Device::Cpu, &mut |_: &str| {}).expect("validate");
     assert_eq!(report.configs.len(), 1);
+    assert!(report.noise_floor.is_none());
     let mut bad = options(true);
     bad.prompt.clear();
     let e = run(&bad, &Device::Cpu, &mut |_: &str| {}).unwrap_err();

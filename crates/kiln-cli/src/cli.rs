@@ -308,4 +308,8 @@ pub struct ValidateArgs {
     /// Also write every configuration's teacher-forced logits (logits.safetensors) for bench/hf_crosscheck.py.
     #[arg(long)]
     pub dump_logits: bool,
+    /// Skip the noise floor (the baseline on its synthetic weights rounded toward zero,
+    /// which shows how far bf16 rounding alone moves the model).
+    #[arg(long)]
+    pub no_noise_floor: bool,
 }

@@ -108,6 +108,7 @@ pub fn validate(a: &ValidateArgs) -> anyhow::Result<ExitCode> {
         no_patch: a.no_patch,
         pack: a.pack.clone(),
         keep_logits: a.dump_logits,
+        noise_floor: !a.no_noise_floor,
     };
     let bar = indicatif::ProgressBar::new_spinner();
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
