@@ -5,7 +5,10 @@ Loads a checkpoint directory (e.g. from `kiln models synth`) with transformers
 in bf16 on the GPU, runs it teacher-forced on the tokens kiln decoded
 (`kiln validate --dump-logits` writes them with each configuration's logits),
 compares transformers' logits with every kiln configuration's, and times
-transformers' own greedy decode from the same prompt.
+transformers' own greedy decode from the same prompt. It also runs
+transformers in float32 on the same bf16 weights: that is the model's math
+without bf16 activations, so each bf16 implementation's distance to it (kiln's
+configurations and transformers' own bf16 run) says which one rounds least.
 
 usage: hf_crosscheck.py --checkpoint DIR --kiln KILN_OUT_DIR [--json FILE]
 """
@@ -66,17 +69,31 @@ def main() -> int:
         "hf_max_abs_logit": scale,
         "configs": {},
     }
+    def distance(k, ref, ref_scale):
+        d = (k - ref).abs()
+        return {
+            "max_abs_diff": d.max().item(),
+            "mean_abs_diff": d.mean().item(),
+            "max_abs_diff_rel_to_max_logit": d.max().item() / max(ref_scale, 1e-30),
+            "top1_agreement": (k.argmax(-1) == ref.argmax(-1)).float().mean().item(),
+        }
+
     for name, t in kiln.items():
         if name == "tokens":
             continue
-        k = t[: hf.shape[0]].float()
-        d = (k - hf).abs()
-        out["configs"][name] = {
-            "max_abs_diff": d.max().item(),
-            "mean_abs_diff": d.mean().item(),
-            "max_abs_diff_rel_to_max_logit": d.max().item() / max(scale, 1e-30),
-            "top1_agreement": (k.argmax(-1) == hf.argmax(-1)).float().mean().item(),
-        }
+        out["configs"][name] = distance(t[: hf.shape[0]].float(), hf, scale)
+
+    # The same weights in float32: the reference every bf16 run is measured against.
+    model32 = AutoModelForCausalLM.from_pretrained(args.checkpoint, torch_dtype=torch.float32).cuda().eval()
+    with torch.no_grad():
+        ref = model32(ids).logits[0].float()[len(prompt) - 1 : len(prompt) - 1 + n_steps].cpu()
+    del model32
+    torch.cuda.empty_cache()
+    ref_scale = ref.abs().max().item()
+    out["against_transformers_f32"] = {"transformers_bf16": distance(hf, ref, ref_scale)}
+    for name, t in kiln.items():
+        if name != "tokens":
+            out["against_transformers_f32"][name] = distance(t[: ref.shape[0]].float(), ref, ref_scale)
 
     # transformers' own greedy decode speed from the same prompt.
     p = torch.tensor([prompt], device="cuda")
