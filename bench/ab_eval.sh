@@ -2,7 +2,7 @@
 # A/B of kernel files against the catalog kernels the `kiln` binary was built
 # with: for each DIR/<target>.cu, `kiln discover eval <target>` times it
 # interleaved with the catalog baseline in one worker and prints, per shape,
-# candidate µs, catalog µs and catalog speedup (candidate / catalog time).
+# candidate µs, catalog µs and their ratio (below 1: the candidate is faster).
 #   bench/ab_eval.sh KILN_BINARY DIR
 set -uo pipefail
 kiln=$1
@@ -23,7 +23,7 @@ for s in shapes:
     c, b = s.get("median_us"), s.get("baseline_median_us")
     if c and b:
         shape = s["shape"]["name"]
-        print(f"{target:<22} {shape:<14} candidate {c:8.2f} us  catalog {b:8.2f} us  catalog speedup {c / b:5.2f}x")
+        print(f"{name:<20} {target:<20} {shape:<12} candidate {c:8.2f} us  catalog {b:8.2f} us  candidate/catalog time {c / b:5.2f}")
 if not shapes:
     print(f"{target:<22} {name}: {status} {json.dumps(r)[:300]}")
 ' "$target" "$(basename "$dir")"

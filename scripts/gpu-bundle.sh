@@ -13,12 +13,13 @@ mkdir -p "$bundle/tests"
 cargo build --release --locked -p kiln-cli
 cp target/release/kiln "$bundle/kiln"
 
-# Test executables: build them and copy each under "<crate>-<target>".
+# Test executables with GPU tests (ignored in scripts/test.sh): build them
+# and copy each under "<crate>-<target>".
 # KILN_BUNDLE_PACKAGES="-p kiln-cuda" narrows the set (default: the workspace).
 # shellcheck disable=SC2086
 cargo test --release ${KILN_BUNDLE_PACKAGES:---workspace} --locked --no-run --message-format=json 2>/dev/null \
   | python3 -c '
-import json, shutil, sys
+import json, shutil, subprocess, sys
 dest = sys.argv[1]
 for line in sys.stdin:
     try:
@@ -31,6 +32,11 @@ for line in sys.stdin:
         continue
     crate = msg["manifest_path"].split("/")[-2]
     name = crate + "-" + msg["target"]["name"]
+    # Only executables with GPU tests travel (the rest ran in scripts/test.sh):
+    # the device call carries at most 64 MiB.
+    listed = subprocess.run([msg["executable"], "--list", "--ignored"], capture_output=True, text=True)
+    if not any(line.endswith(": test") for line in listed.stdout.splitlines()):
+        continue
     shutil.copy(msg["executable"], f"{dest}/{name}")
     print("bundled test", name)
 ' "$bundle/tests"

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # One device-tool call's worth of suites: runs `gpu-bundle/run.sh` once per
-# argument (each "SUITES[:ENV=VAL,...]" in its own results folder), then packs
-# every folder into $OUT/results.tgz and the summaries into $OUT/summary.txt,
-# since only a few files come back from the GPU machine.
+# argument (each "SUITES[:ENV=VAL;ENV=VAL]" in its own results folder), and
+# after each one packs every folder so far into $OUT/${RESULTS:-results}.tgz
+# and appends its summary to $OUT/summary.txt: only a few files come back from
+# the GPU machine, and a call cut off by its time limit still returns what
+# finished.
 #   scripts/gpu-call.sh "tests:KILN_TESTS=kiln-kernels-gpu_ops" "models:KILN_VALIDATE_ARGS=--layers 2"
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-$PWD/gpu-results}
+work=$(mktemp -d)
 mkdir -p "$out"
 i=${FIRST_RUN:-0}
 for spec in "$@"; do
@@ -14,8 +17,9 @@ for spec in "$@"; do
   suites=${spec%%:*}
   envs=""
   [ "$spec" != "$suites" ] && envs=${spec#*:}
-  dir="$out/run-$i"
+  dir="$work/run-$i"
   mkdir -p "$dir"
+  start=$(date +%s)
   (
     IFS=';'
     for kv in $envs; do export "${kv?}"; done
@@ -23,8 +27,8 @@ for spec in "$@"; do
     # shellcheck disable=SC2086
     OUT="$dir" "$root/gpu-bundle/run.sh" $suites
   ) > "$dir/console.txt" 2>&1
-  { echo "## run-$i: $spec"; cat "$dir/summary.md" 2>/dev/null; echo; } >> "$out/summary.txt"
+  { echo "## run-$i: $spec ($(( $(date +%s) - start )) s)"; cat "$dir/summary.md" 2>/dev/null; echo; } >> "$out/summary.txt"
+  tar czf "$out/${RESULTS:-results}.tgz" -C "$work" $(cd "$work" && ls -d run-*)
 done
-tar czf "$out/${RESULTS:-results}.tgz" -C "$out" $(cd "$out" && ls -d run-*)
-rm -rf "$out"/run-*
+rm -rf "$work"
 cat "$out/summary.txt"

@@ -2,7 +2,7 @@
 # Runs kiln's GPU suite from a bundle made by scripts/gpu-bundle.sh, on a
 # machine with an NVIDIA GPU. Writes logs and summary.md to $OUT (default
 # ./gpu-results). Usage: run.sh [suite...]; suites: doctor tests bench torch
-# discover sanitizer models hf (default: doctor tests).
+# discover sanitizer models moecheck hf ab (default: doctor tests).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${OUT:-$PWD/gpu-results}
@@ -60,23 +60,30 @@ for suite in $suites; do
       [ -x "$t" ] || continue
       name=$(basename "$t")
       # A few small odd row counts: the sanitizer slows kernels a hundredfold.
+      # KILN_TEST_FILTER narrows the tests (libtest filters, space-separated).
+      # shellcheck disable=SC2086
       KILN_GPU_ROWS=${KILN_GPU_ROWS:-1,3,37} timeout "${KILN_SANITIZER_LIMIT:-1800}" \
         /usr/local/cuda/bin/compute-sanitizer --tool memcheck \
-        --error-exitcode 99 "$t" --include-ignored --test-threads=1 > "$out/sanitizer-$name.log" 2>&1; rc=$?
+        --error-exitcode 99 "$t" --include-ignored --test-threads=1 ${KILN_TEST_FILTER:-} > "$out/sanitizer-$name.log" 2>&1; rc=$?
       errs=$(grep -c "========= Invalid\|========= Program hit" "$out/sanitizer-$name.log" || true)
-      echo "- compute-sanitizer memcheck $name: $([ $rc = 0 ] && echo CLEAN || echo "FAIL rc=$rc") ($errs reports)" >> "$summary"
+      line=$(grep -E "^test result:" "$out/sanitizer-$name.log" | tail -1)
+      echo "- compute-sanitizer memcheck $name ${KILN_TEST_FILTER:-(all tests)}: $([ $rc = 0 ] && echo CLEAN || echo "FAIL rc=$rc") ($errs reports) — ${line:-no result line}" >> "$summary"
       [ $rc = 0 ] || failed=1
     done
     ;;
   bench)
-    "$here/kiln" kernels bench --json "$out/bench.json" > "$out/bench.txt" 2>&1; rc=$?
+    # KILN_BENCH_ARGS narrows it (e.g. "--op rmsnorm --t 1,16,4096").
+    # shellcheck disable=SC2086
+    "$here/kiln" kernels bench --json "$out/bench.json" ${KILN_BENCH_ARGS:-} > "$out/bench.txt" 2>&1; rc=$?
     tail -5 "$out/bench.txt"
     echo "- kernels bench: $([ $rc = 0 ] && echo DONE || echo FAIL)" >> "$summary"
     [ $rc = 0 ] || failed=1
     ;;
   torch)
     # PyTorch eager / torch.compile / Liger side by side (Liger from carried wheels on PYTHONPATH).
-    python3 "$here/bench/torch_ops.py" --json "$out/torch_bench.json" > "$out/torch_bench.txt" 2>&1; rc=$?
+    # KILN_TORCH_ARGS narrows it (e.g. "--ops rmsnorm,swiglu --t 1,16,4096").
+    # shellcheck disable=SC2086
+    python3 "$here/bench/torch_ops.py" --json "$out/torch_bench.json" ${KILN_TORCH_ARGS:-} > "$out/torch_bench.txt" 2>&1; rc=$?
     tail -5 "$out/torch_bench.txt"
     echo "- torch bench: $([ $rc = 0 ] && echo DONE || echo FAIL)" >> "$summary"
     [ $rc = 0 ] || failed=1
@@ -117,6 +124,32 @@ for suite in $suites; do
       [ $rc = 0 ] || { failed=1; tail -5 "$out/validate-$preset.txt" | sed 's/^/    /' >> "$summary"; }
     done
     ;;
+  moecheck)
+    # One MoE block per model at real dims: each GPU path against its CPU twin.
+    if [ ! -x "$here/kiln-models" ]; then
+      echo "- moecheck: NOT RUN (no kiln-models in the bundle; build with KILN_BUNDLE_MODELS=1)" >> "$summary"
+      failed=1
+      continue
+    fi
+    for preset in ${KILN_MOECHECK:-qwen3-30b-a3b glm-4.7-flash}; do
+      # shellcheck disable=SC2086
+      "$here/kiln-models" models check-moe "$preset" --json "$out/moecheck-$preset.json" ${KILN_MOECHECK_ARGS:-} \
+        > "$out/moecheck-$preset.txt" 2>&1; rc=$?
+      cat "$out/moecheck-$preset.txt"
+      echo "- check-moe $preset: $([ $rc = 0 ] && echo PASS || echo "FAIL rc=$rc")" >> "$summary"
+      grep -v "^kiln:" "$out/moecheck-$preset.txt" | sed 's/^/    /' >> "$summary"
+      [ $rc = 0 ] || failed=1
+    done
+    ;;
+  ab)
+    # Kernel variants (bench/ab/<variant>/<target>.cu) against the catalog, interleaved in one worker.
+    for dir in "$here"/bench/ab/${KILN_AB:-*}/; do
+      [ -d "$dir" ] || continue
+      bash "$here/bench/ab_eval.sh" "$here/kiln" "${dir%/}" | tee -a "$out/ab.txt"
+    done
+    echo "- kernel A/B: $(grep -c "candidate/catalog" "$out/ab.txt" 2>/dev/null || echo 0) shapes timed (ab.txt)" >> "$summary"
+    sed 's/^/    /' "$out/ab.txt" >> "$summary" 2>/dev/null
+    ;;
   hf)
     # transformers on a small synthetic checkpoint: logits against kiln's, and its decode speed.
     for preset in ${KILN_VALIDATE:-qwen3-30b-a3b glm-4.7-flash}; do
@@ -129,12 +162,12 @@ for suite in $suites; do
       cat "$out/hf-$preset.txt"
       echo "- transformers cross-check $preset: $([ $rc = 0 ] && echo DONE || echo "FAIL rc=$rc")" >> "$summary"
       sed 's/^/    /' "$out/hf-kiln-$preset.txt" >> "$summary"
-      python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('    hf', d['transformers'], 'steps', d['steps'], 'generate tok/s', round(d['hf_generate_tps_median'],1)); [print('    ', k, {a: round(b, 5) for a, b in v.items()}) for k, v in d['configs'].items()]" "$out/hf-$preset.json" >> "$summary" 2>&1
+      python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('    hf', d['transformers'], 'steps', d['steps'], 'generate tok/s', round(d['hf_generate_tps_median'],1)); [print('    vs hf bf16:', k, {a: round(b, 5) for a, b in v.items()}) for k, v in d['configs'].items()]; [print('    vs hf f32:', k, {a: round(b, 5) for a, b in v.items()}) for k, v in d.get('against_transformers_f32', {}).items()]" "$out/hf-$preset.json" >> "$summary" 2>&1
       [ $rc = 0 ] || { failed=1; tail -5 "$out/hf-$preset.txt" | sed 's/^/    /' >> "$summary"; }
     done
     ;;
   *)
-    echo "unknown suite '$suite' (doctor tests bench torch discover sanitizer models hf)" >&2; exit 2 ;;
+    echo "unknown suite '$suite' (doctor tests bench torch discover sanitizer models moecheck hf ab)" >&2; exit 2 ;;
   esac
 done
 
