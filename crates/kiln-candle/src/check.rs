@@ -309,6 +309,8 @@ fn side(block: &MoeBlock, x: &Tensor) -> Result<Side> {
 }
 
 /// The decode form: each row on its own (T = 1), as a decode step runs it.
+/// Rows are views into `x` (a start offset, no copy), so a path that ignores
+/// the offset reads the wrong row and fails here.
 fn side_by_rows(block: &MoeBlock, x: &Tensor) -> Result<Side> {
     let mut all = Side {
         out: Vec::new(),

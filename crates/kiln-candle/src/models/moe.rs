@@ -287,6 +287,16 @@ impl MoeBlock {
         let (t, hdim) = x.dims2()?;
         #[cfg(feature = "cuda")]
         if x.device().is_cuda() {
+            // candle 0.11's moe_gemm reads its input from the start of the
+            // storage, whatever the layout's offset: a row view (`narrow`)
+            // would silently read row 0. Hand it a tensor of its own.
+            let owned;
+            let x = if x.layout().start_offset() != 0 || !x.is_contiguous() {
+                owned = x.copy()?;
+                &owned
+            } else {
+                x
+            };
             let (expert_ids, sorted_token_ids) = idx.flatten_all()?.sort_last_dim(true)?;
             let prefill = t > 1;
             let gu = candle_nn::moe::moe_gemm(
