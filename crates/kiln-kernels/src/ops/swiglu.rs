@@ -145,11 +145,11 @@ mod tests {
                 .to_string(),
             "swiglu: I=100 is not a positive multiple of 8"
         );
-        // One 8-element chunk per thread until the grid reaches 8 blocks per SM.
+        // One 8-element chunk per thread, a grid over every chunk.
         let c = SwigluPackedConfig(SwigluConfig::new(1536, DType::BF16));
         assert_eq!(c.launch_dims(1, 132).expect("dims").grid, (1, 1, 1));
         assert_eq!(c.launch_dims(16, 132).expect("dims").grid, (12, 1, 1));
-        assert_eq!(c.launch_dims(4096, 132).expect("dims").grid, (1056, 1, 1));
+        assert_eq!(c.launch_dims(4096, 132).expect("dims").grid, (3072, 1, 1));
         let s = SwigluConfig::new(1536, DType::BF16);
         assert_eq!(s.launch_dims(4096, 132).expect("dims").block, (256, 1, 1));
         assert_eq!(s.launch_dims(1000, 132).expect("dims").grid, (750, 1, 1));
