@@ -292,7 +292,7 @@ impl MoeBlock {
             // would silently read row 0. Hand it a tensor of its own.
             let owned;
             let x = if x.layout().start_offset() != 0 || !x.is_contiguous() {
-                owned = x.copy()?;
+                owned = x.force_contiguous()?;
                 &owned
             } else {
                 x
