@@ -21,7 +21,8 @@
 // critical path). Now every load of a thread (x and w together) is issued
 // before the reduction, registers stay low (32 in bf16 at D = 2048) so an SM
 // keeps 16 such blocks resident, and the cross-warp part of the reduction is a
-// single barrier over a tiny shared array. x is read once: evict-first loads.
+// single barrier over a tiny shared array. x and w load through the read-only
+// path with normal caching (evict-first x was 2 % slower at T = 4096, H200 A/B).
 // kiln: block=min(D/8, min(32*ceil_div(D, 512), 512))*max(1, 128/min(D/8, min(32*ceil_div(D, 512), 512))) grid=ceil_div(T, max(1, 128/min(D/8, min(32*ceil_div(D, 512), 512)))) smem=0
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -47,14 +48,6 @@ __device__ __forceinline__ Chunk load_chunk(const scalar_t* p) {
     const uint4* q = reinterpret_cast<const uint4*>(p);
 #pragma unroll
     for (int i = 0; i < (int)NU; ++i) c.u[i] = __ldg(q + i);
-    return c;
-}
-// Streaming (evict-first) load for data read exactly once.
-__device__ __forceinline__ Chunk load_chunk_once(const scalar_t* p) {
-    Chunk c;
-    const uint4* q = reinterpret_cast<const uint4*>(p);
-#pragma unroll
-    for (int i = 0; i < (int)NU; ++i) c.u[i] = __ldcs(q + i);
     return c;
 }
 __device__ __forceinline__ void store_chunk(scalar_t* p, const Chunk& c) {
@@ -116,7 +109,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK, MIN_BLOCKS) rmsnorm(const sc
     for (int i = 0; i < CPT; ++i) {
         const int ci = tr + i * TPR;
         if (live && ci < CPR) {
-            c[i] = load_chunk_once(xr + ci * 8);
+            c[i] = load_chunk(xr + ci * 8);
             wc[i] = load_chunk(w + ci * 8);
         }
     }
