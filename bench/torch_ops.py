@@ -194,15 +194,17 @@ def main():
     ap.add_argument("--t", default="1,4,16,64,512,4096")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--ops", default="", help="comma-separated op names to time (default: all)")
+    ap.add_argument("--models", default="", help="comma-separated model names (default: all)")
     args = ap.parse_args()
     only = {o for o in args.ops.split(",") if o}
+    models = {m for m in args.models.split(",") if m}
     ts = [int(x) for x in args.t.split(",")]
     props = torch.cuda.get_device_properties(0)
     l2 = getattr(props, "L2_cache_size", 50 * 2**20)
     rows = []
     print(f"{props.name}, torch {torch.__version__}", flush=True)
     for op, model, make, eager, liger in cases():
-        if only and op not in only:
+        if (only and op not in only) or (models and model not in models):
             continue
         impls = [("eager", eager)]
         if not args.no_compile:

@@ -207,9 +207,10 @@ pub struct BenchArgs {
     /// Token counts (rows) to time, comma separated.
     #[arg(long, value_delimiter = ',', default_values_t = kiln_discover::catalog_bench::BENCH_T)]
     pub t: Vec<usize>,
-    /// Only ops whose name contains this text.
-    #[arg(long)]
-    pub op: Option<String>,
+    /// Only these ops, comma separated: an op whose name equals an item, or
+    /// contains it when no op is named exactly that.
+    #[arg(long, value_delimiter = ',')]
+    pub op: Vec<String>,
     /// Warm-up graph replays per point.
     #[arg(long, default_value_t = 5)]
     pub warmup: u32,

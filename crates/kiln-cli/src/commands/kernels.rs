@@ -35,14 +35,15 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         dev.peak_bytes_per_s / 1e12,
         dev.launch_floor_us
     );
-    let selected: Vec<_> = cases()
-        .into_iter()
-        .filter(|c| {
-            args.op
-                .as_ref()
-                .is_none_or(|o| c.problem.family().contains(o.as_str()))
-        })
-        .collect();
+    let all = cases();
+    let wanted = |family: &str| {
+        args.op.is_empty()
+            || args.op.iter().any(|o| {
+                let exact = all.iter().any(|c| c.problem.family() == o.as_str());
+                family == o.as_str() || (!exact && family.contains(o.as_str()))
+            })
+    };
+    let selected: Vec<_> = all.iter().filter(|c| wanted(c.problem.family())).collect();
     // Decode-only cases (gathered experts, attention) skip the prefill sizes.
     let points: Vec<(&_, usize)> = selected
         .iter()
