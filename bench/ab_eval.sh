@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
 # A/B of kernel files against the catalog kernels the `kiln` binary was built
-# with: for each DIR/<target>.cu, `kiln discover eval <target>` times it
+# with: for each DIR/<target>.cu (or DIR/kernel.cu against every target named
+# in DIR/targets, one per line), `kiln discover eval <target>` times it
 # interleaved with the catalog baseline in one worker and prints, per shape,
 # candidate µs, catalog µs and their ratio (below 1: the candidate is faster).
 #   bench/ab_eval.sh KILN_BINARY DIR
 set -uo pipefail
 kiln=$1
 dir=$2
-for f in "$dir"/*.cu; do
-  target=$(basename "$f" .cu)
-  "$kiln" discover eval "$target" "$f" --json 2>/dev/null | python3 -c '
+pairs() {
+  for f in "$dir"/*.cu; do
+    if [ "$(basename "$f")" = kernel.cu ] && [ -f "$dir/targets" ]; then
+      while read -r t; do [ -n "$t" ] && echo "$t $f"; done < "$dir/targets"
+    else
+      echo "$(basename "$f" .cu) $f"
+    fi
+  done
+}
+pairs | while read -r target f; do
+  "$kiln" discover eval "$target" "$f" --json 2>/dev/null </dev/null | python3 -c '
 import json, sys
 target, name = sys.argv[1], sys.argv[2]
 try:

@@ -342,33 +342,15 @@ mod tests {
     fn toward_zero_twin_moves_each_weight_by_under_one_ulp() {
         let name = "model.layers.0.mlp.gate_proj.weight";
         let shape = Shape::from((64, 32));
-        let near = make_tensor(3, name, &shape, DType::BF16, &Device::Cpu).expect("nearest");
-        let rz = make_tensor_rounded(
-            3,
-            name,
-            &shape,
-            DType::BF16,
-            &Device::Cpu,
-            Rounding::TowardZero,
-        )
-        .expect("toward zero");
+        let host = |rounding| -> Vec<f32> {
+            make_tensor_rounded(3, name, &shape, DType::BF16, &Device::Cpu, rounding)
+                .and_then(|t| Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?))
+                .expect("synthetic tensor")
+        };
+        let (near, rz) = (host(Rounding::Nearest), host(Rounding::TowardZero));
         let exact: Vec<f32> = (0..shape.elem_count() as u64)
             .map(|i| value(tensor_seed(3, name), i, fill_for(name)))
             .collect();
-        let near: Vec<f32> = near
-            .to_dtype(DType::F32)
-            .expect("f32")
-            .flatten_all()
-            .expect("flat")
-            .to_vec1()
-            .expect("vec");
-        let rz: Vec<f32> = rz
-            .to_dtype(DType::F32)
-            .expect("f32")
-            .flatten_all()
-            .expect("flat")
-            .to_vec1()
-            .expect("vec");
         let mut moved = 0;
         for ((x, n), z) in exact.iter().zip(&near).zip(&rz) {
             assert!(
