@@ -199,11 +199,6 @@ impl MoeBlock {
         Ok((w, i))
     }
 
-    /// Experts per token K.
-    pub fn k(&self) -> usize {
-        self.k
-    }
-
     /// The router's choice for `x[T, H]`: `(weights[T,K] f32, indices[T,K] u32)`.
     pub fn route(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         match (&self.router, self.kernels) {
@@ -215,9 +210,7 @@ impl MoeBlock {
                 ops::router::sigmoid_topk(&logits, bias, *routing)
             }
             (Router::Softmax { renorm }, Kernels::Candle) => {
-                let p = candle_nn::ops::softmax_last_dim(
-                    &linear(x, &self.gate)?.to_dtype(DType::F32)?,
-                )?;
+                let p = self.router_scores(x)?;
                 let idx = p
                     .arg_sort_last_dim(false)?
                     .narrow(D::Minus1, 0, self.k)?
@@ -236,7 +229,7 @@ impl MoeBlock {
                         "grouped routing runs on kiln's kernels only",
                     ));
                 }
-                let s = candle_nn::ops::sigmoid(&linear(&x.to_dtype(DType::F32)?, &self.gate)?)?;
+                let s = self.router_scores(x)?;
                 let idx = s
                     .broadcast_add(bias)?
                     .arg_sort_last_dim(false)?
@@ -255,15 +248,10 @@ impl MoeBlock {
     /// biased sigmoid score for GLM): how close the row is to a routing tie.
     pub fn selection_margins(&self, x: &Tensor) -> Result<Vec<f32>> {
         let scores = match &self.router {
-            Router::Softmax { .. } => {
-                candle_nn::ops::softmax_last_dim(&linear(x, &self.gate)?.to_dtype(DType::F32)?)?
-            }
-            Router::Sigmoid { bias, .. } => {
-                candle_nn::ops::sigmoid(&linear(&x.to_dtype(DType::F32)?, &self.gate)?)?
-                    .broadcast_add(bias)?
-            }
+            Router::Softmax { .. } => self.router_scores(x)?,
+            Router::Sigmoid { bias, .. } => self.router_scores(x)?.broadcast_add(bias)?,
         };
-        let rows: Vec<Vec<f32>> = scores.to_dtype(DType::F32)?.to_vec2()?;
+        let rows: Vec<Vec<f32>> = scores.to_vec2()?;
         Ok(rows
             .into_iter()
             .map(|mut r| {
@@ -274,6 +262,20 @@ impl MoeBlock {
                 }
             })
             .collect())
+    }
+
+    /// The router's unbiased f32 scores `[T, E]` on plain candle ops: softmax
+    /// probabilities (logits in the model dtype, as Qwen3) or sigmoid scores
+    /// (f32 logits, as GLM).
+    fn router_scores(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match &self.router {
+            Router::Softmax { .. } => {
+                candle_nn::ops::softmax_last_dim(&linear(x, &self.gate)?.to_dtype(DType::F32)?)?
+            }
+            Router::Sigmoid { .. } => {
+                candle_nn::ops::sigmoid(&linear(&x.to_dtype(DType::F32)?, &self.gate)?)?
+            }
+        })
     }
 
     fn candle_experts(

@@ -36,12 +36,17 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         dev.launch_floor_us
     );
     let all = cases();
+    // Each --op item with whether some op carries exactly that name.
+    let items: Vec<(&str, bool)> = args
+        .op
+        .iter()
+        .map(|o| (o.as_str(), all.iter().any(|c| c.problem.family() == o)))
+        .collect();
     let wanted = |family: &str| {
-        args.op.is_empty()
-            || args.op.iter().any(|o| {
-                let exact = all.iter().any(|c| c.problem.family() == o.as_str());
-                family == o.as_str() || (!exact && family.contains(o.as_str()))
-            })
+        items.is_empty()
+            || items
+                .iter()
+                .any(|&(o, exact)| family == o || (!exact && family.contains(o)))
     };
     let selected: Vec<_> = all.iter().filter(|c| wanted(c.problem.family())).collect();
     // Decode-only cases (gathered experts, attention) skip the prefill sizes.
