@@ -4,6 +4,12 @@
 per launch) for PyTorch eager, torch.compile and Liger-Kernel (where Liger has
 the op). Writes JSON rows {op, model, t, impl, median_us}.
 
+Every call in a captured graph keeps its output alive, so each writes to its own
+buffer, as kiln's rotated sets do. With --reuse-outputs the outputs are dropped
+at once, the caching allocator hands the next call the same buffer, and a large
+op's writes can land on lines still in L2: faster than DRAM, and not what kiln
+measures.
+
 Usage: python3 bench/torch_ops.py [--json FILE] [--t 1,4,16,64,512,4096]
 """
 import argparse
@@ -151,7 +157,7 @@ def nbytes(tree):
     return 0
 
 
-def time_fn(fn, make, t, l2_bytes):
+def time_fn(fn, make, t, l2_bytes, keep_outputs=True):
     """Median µs per call: a CUDA graph of calls over rotated input sets."""
     first = make(t)
     # Inputs and outputs, as kiln counts them: sets are rotated once they
@@ -170,10 +176,13 @@ def time_fn(fn, make, t, l2_bytes):
     torch.cuda.current_stream().wait_stream(s)
     torch.cuda.synchronize()
     g = torch.cuda.CUDAGraph()
+    kept = []
     with torch.cuda.graph(g):
         for _ in range(rounds):
             for a in sets:
-                fn(*a)
+                out = fn(*a)
+                if keep_outputs:
+                    kept.append(out)
     for _ in range(3):
         g.replay()
     torch.cuda.synchronize()
@@ -195,6 +204,8 @@ def main():
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--ops", default="", help="comma-separated op names to time (default: all)")
     ap.add_argument("--models", default="", help="comma-separated model names (default: all)")
+    ap.add_argument("--reuse-outputs", action="store_true",
+                    help="let every call in a graph write the same output buffer (see the module doc)")
     args = ap.parse_args()
     only = {o for o in args.ops.split(",") if o}
     models = {m for m in args.models.split(",") if m}
@@ -202,7 +213,8 @@ def main():
     props = torch.cuda.get_device_properties(0)
     l2 = getattr(props, "L2_cache_size", 50 * 2**20)
     rows = []
-    print(f"{props.name}, torch {torch.__version__}", flush=True)
+    outputs = "reused" if args.reuse_outputs else "kept"
+    print(f"{props.name}, torch {torch.__version__}, outputs {outputs}", flush=True)
     for op, model, make, eager, liger in cases():
         if (only and op not in only) or (models and model not in models):
             continue
@@ -215,7 +227,7 @@ def main():
             line = [f"{op:<14} {model:<18} T={t:<5}"]
             for name, fn in impls:
                 try:
-                    us = time_fn(fn, make, t, l2)
+                    us = time_fn(fn, make, t, l2, keep_outputs=not args.reuse_outputs)
                     rows.append({"op": op, "model": model, "t": t, "impl": name, "median_us": us})
                     line.append(f"{name} {us:8.2f}")
                 except Exception as e:  # noqa: BLE001
@@ -223,7 +235,8 @@ def main():
             print("  ".join(line), flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": props.name, "torch": torch.__version__, "rows": rows}, f, indent=1)
+            json.dump({"device": props.name, "torch": torch.__version__, "outputs": outputs, "rows": rows}, f,
+                  indent=1)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,24 @@
 //                                   be optimised away: bytes read / time is the
 //                                   read-streaming bandwidth.
 //   launch: grid = 4 * SMS blocks, block = 512, grid-stride loop, 4 loads in flight
+// kiln_copy(src, dst, n16)          dst[i] = src[i] for n16 16-byte words: the
+//                                   plainest kernel that moves a given number of
+//                                   bytes, shaped like kiln's elementwise ops
+//                                   (one word per thread, one wave or more).
+//                                   Its time at an op's byte count is the
+//                                   ceiling that op is measured against.
+//   launch: grid = ceil_div(n16, 256), block = 256
+// kiln_copy_pdl(src, dst, n16)      the same copy for programmatic dependent
+//                                   launch (sm_90+): each block lets the next
+//                                   grid launch at once, then waits for the
+//                                   previous grid's writes before touching
+//                                   memory, as an op reading its predecessor's
+//                                   output must. Launched with programmatic
+//                                   stream serialization, a chain of these
+//                                   overlaps each launch with the previous
+//                                   grid's tail; what that saves is what PDL
+//                                   would buy kiln's ops.
+//   launch: as kiln_copy, plus the launch attribute
 // kiln_axpy(x, y, out, a, n)        out[i] = a * x[i] + y[i]; the doctor's
 //                                   end-to-end self-check.
 //   launch: grid = ceil_div(n, 256), block = 256
@@ -37,6 +55,28 @@ extern "C" __global__ void kiln_stream_read(const uint4* __restrict__ src,
     // The buffer is filled with a byte pattern whose XOR-fold is never this.
     if (acc == 0x9E3779B9u) {
         sink[0] = acc;
+    }
+}
+
+extern "C" __global__ void kiln_copy(const uint4* __restrict__ src,
+                                     uint4* __restrict__ dst,
+                                     unsigned long long n16) {
+    const unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
+    if (i < n16) {
+        dst[i] = __ldg(src + i);
+    }
+}
+
+extern "C" __global__ void kiln_copy_pdl(const uint4* __restrict__ src,
+                                         uint4* __restrict__ dst,
+                                         unsigned long long n16) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+    const unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
+    if (i < n16) {
+        dst[i] = __ldg(src + i);
     }
 }
 

@@ -47,7 +47,7 @@ pub use compiler::{nvrtc_version, Arch, CompileRequest, Compiled, Compiler, Outp
 pub use device::{device_count, driver_version, DeviceFacts, Gpu, Sentinel};
 pub use error::{CudaError, Result};
 pub use module::{Kernel, KernelArg, LaunchDims, Module};
-pub use probe::{Bandwidth, LaunchFloor, Probes};
+pub use probe::{Bandwidth, CopyCeiling, LaunchFloor, Probes};
 pub use timing::{Graph, L2Flush, Summary};
 
 pub use cudarc::driver::{

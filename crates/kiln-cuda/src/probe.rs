@@ -1,6 +1,8 @@
 //! Measurements of the device that bound every kernel: the peak DRAM streaming
 //! bandwidth (speed-of-light for memory-bound kernels) and the empty-kernel
-//! launch time (the floor for tiny shapes), plus an end-to-end self-check.
+//! launch time (the floor for tiny shapes), the time of a plain copy that moves
+//! a given number of bytes (the ceiling for an op of that size), plus an
+//! end-to-end self-check.
 
 use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
 use serde::{Deserialize, Serialize};
@@ -44,10 +46,41 @@ pub struct LaunchFloor {
     pub stream_us: f64,
 }
 
+/// Launches of a copy per captured graph (as many as the evaluator's graphs hold).
+const COPY_LAUNCHES_PER_GRAPH: usize = 20;
+/// Rotated copy buffers must total this many L2 sizes (as the evaluator's sets).
+const COPY_L2_MULTIPLE: usize = 3;
+
+/// What a plain copy of a given size costs, timed the way kiln times ops.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CopyCeiling {
+    /// Bytes moved per launch: half read, half written.
+    pub bytes_moved: u64,
+    /// Median µs of `kiln_copy` (one 16-byte word per thread).
+    pub kernel_us: f64,
+    /// Median µs of the driver's device-to-device copy.
+    pub memcpy_us: f64,
+    /// Median µs of `kiln_copy_pdl` chained with programmatic dependent
+    /// launch (sm_90 and later; `None` before): not part of the ceiling,
+    /// since kiln's ops launch without it, but what PDL would save them.
+    pub pdl_kernel_us: Option<f64>,
+    /// Buffers rotated beyond L2 (large sizes), as the op's inputs are.
+    pub rotated: bool,
+}
+
+impl CopyCeiling {
+    /// The faster of the two copies: what moving these bytes costs at best.
+    pub fn best_us(&self) -> f64 {
+        self.kernel_us.min(self.memcpy_us)
+    }
+}
+
 /// The probe kernels, compiled and loaded once.
 pub struct Probes {
     empty: Kernel,
     stream_read: Kernel,
+    copy: Kernel,
+    copy_pdl: Kernel,
     axpy: Kernel,
 }
 
@@ -59,6 +92,8 @@ impl Probes {
         Ok(Self {
             empty: module.kernel("kiln_empty")?,
             stream_read: module.kernel("kiln_stream_read")?,
+            copy: module.kernel("kiln_copy")?,
+            copy_pdl: module.kernel("kiln_copy_pdl")?,
             axpy: module.kernel("kiln_axpy")?,
         })
     }
@@ -158,6 +193,109 @@ impl Probes {
         })
     }
 
+    /// Times a plain copy that moves `bytes_moved` bytes (half read, half
+    /// written) the way the evaluator times an op of that size: graphs of
+    /// launches, buffers rotated beyond L2 once a pair stops fitting in it,
+    /// per-launch medians. An op that moves as many bytes cannot beat it by much;
+    /// the ratio says how much of a launch is data movement and how much the
+    /// fixed cost every kernel of that size pays.
+    pub fn copy_ceiling(&self, gpu: &Gpu, bytes_moved: u64) -> Result<CopyCeiling> {
+        let half = ((bytes_moved / 2).max(16) as usize).div_ceil(16) * 16;
+        let per_pair = 2 * half;
+        let l2 = gpu.facts().l2_bytes as usize;
+        let (free, _) = gpu.memory_info()?;
+        let mut pairs = if per_pair * 2 >= l2 {
+            (COPY_L2_MULTIPLE * l2).div_ceil(per_pair).max(2)
+        } else {
+            1
+        };
+        pairs = pairs.min((free / 4 / per_pair).max(1));
+        let mut bufs = Vec::with_capacity(pairs);
+        for _ in 0..pairs {
+            let mut src = gpu.alloc_zeros::<u8>(half)?;
+            gpu.memset_bytes(&mut src, 0x3C)?;
+            bufs.push((src, gpu.alloc_zeros::<u8>(half)?));
+        }
+        let rounds = COPY_LAUNCHES_PER_GRAPH.div_ceil(pairs).max(1);
+        let per_graph = (rounds * pairs) as f64;
+        let n16 = (half / 16) as u64;
+        let grid = u32::try_from(n16.div_ceil(256)).map_err(|_| {
+            CudaError::SelfCheck(format!("copy of {bytes_moved} bytes needs too many blocks"))
+        })?;
+        let cfg = self.copy.prepare(&LaunchDims::linear(grid, 256, 0))?;
+        let stream = gpu.stream();
+        let kernel_graph = gpu.capture(|| {
+            for _ in 0..rounds {
+                for (src, dst) in bufs.iter_mut() {
+                    let mut b = stream.launch_builder(self.copy.function());
+                    b.arg(&*src).arg(dst).arg(&n16);
+                    // SAFETY: src and dst hold n16 16-byte words each.
+                    unsafe { b.launch(cfg) }
+                        .map_err(CudaError::driver("cuLaunchKernel(kiln_copy)"))?;
+                }
+            }
+            Ok(())
+        })?;
+        let memcpy_graph = gpu.capture(|| {
+            for _ in 0..rounds {
+                for (src, dst) in bufs.iter_mut() {
+                    let (s, _g1) = src.device_ptr(stream);
+                    let (d, _g2) = dst.device_ptr_mut(stream);
+                    // SAFETY: both buffers hold `half` bytes on this context.
+                    unsafe {
+                        cudarc::driver::sys::cuMemcpyDtoDAsync_v2(d, s, half, stream.cu_stream())
+                    }
+                    .result()
+                    .map_err(CudaError::driver("cuMemcpyDtoDAsync"))?;
+                }
+            }
+            Ok(())
+        })?;
+        let pdl_graph = if gpu.facts().arch.major >= 9 {
+            self.copy_pdl.prepare(&LaunchDims::linear(grid, 256, 0))?;
+            Some(gpu.capture(|| {
+                for _ in 0..rounds {
+                    for (src, dst) in bufs.iter_mut() {
+                        let (s, _g1) = src.device_ptr(stream);
+                        let (d, _g2) = dst.device_ptr_mut(stream);
+                        launch_programmatic(gpu, &self.copy_pdl, grid, 256, &[s, d, n16])?;
+                    }
+                }
+                Ok(())
+            })?)
+        } else {
+            None
+        };
+        // Warm up, then alternate so drift of the machine hits all alike.
+        for _ in 0..2 {
+            kernel_graph.replay()?;
+            memcpy_graph.replay()?;
+            if let Some(g) = &pdl_graph {
+                g.replay()?;
+            }
+        }
+        gpu.synchronize()?;
+        let (mut k, mut m, mut p) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..15 {
+            k.push(gpu.time_us(|| kernel_graph.replay())? / per_graph);
+            m.push(gpu.time_us(|| memcpy_graph.replay())? / per_graph);
+            if let Some(g) = &pdl_graph {
+                p.push(gpu.time_us(|| g.replay())? / per_graph);
+            }
+        }
+        Ok(CopyCeiling {
+            bytes_moved: per_pair as u64,
+            kernel_us: median(&k)?,
+            memcpy_us: median(&m)?,
+            pdl_kernel_us: if p.is_empty() {
+                None
+            } else {
+                Some(median(&p)?)
+            },
+            rotated: pairs > 1 && pairs * per_pair >= 2 * l2,
+        })
+    }
+
     /// Compiles nothing new: runs `out = a*x + y` on 1M floats and checks every
     /// element on the host.
     pub fn self_check(&self, gpu: &Gpu) -> Result<()> {
@@ -188,6 +326,51 @@ impl Probes {
         }
         Ok(())
     }
+}
+
+/// Launches `kernel` (1-D, arguments all 64-bit) with programmatic stream
+/// serialization, so it may start while the previous grid on the stream ends.
+fn launch_programmatic(
+    gpu: &Gpu,
+    kernel: &Kernel,
+    grid: u32,
+    block: u32,
+    args: &[u64],
+) -> Result<()> {
+    use cudarc::driver::sys;
+    // SAFETY: an all-zero launch attribute is a valid value of the C union.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    let config = sys::CUlaunchConfig {
+        gridDimX: grid,
+        gridDimY: 1,
+        gridDimZ: 1,
+        blockDimX: block,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: 0,
+        hStream: gpu.stream().cu_stream(),
+        attrs: &mut attr,
+        numAttrs: 1,
+    };
+    let mut params: Vec<*mut std::ffi::c_void> = args
+        .iter()
+        .map(|a| a as *const u64 as *mut std::ffi::c_void)
+        .collect();
+    // SAFETY: `params` points at one live 64-bit value per kernel parameter,
+    // which the driver copies before returning; the function belongs to a
+    // module loaded on this context.
+    unsafe {
+        sys::cuLaunchKernelEx(
+            &config,
+            kernel.function().cu_function(),
+            params.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+    }
+    .result()
+    .map_err(CudaError::driver("cuLaunchKernelEx(programmatic)"))
 }
 
 fn median(samples: &[f64]) -> Result<f64> {

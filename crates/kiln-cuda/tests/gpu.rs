@@ -59,6 +59,23 @@ fn bandwidth_and_launch_floor_are_physical() {
     // Any datacenter GPU from the last decade streams 0.3–10 TB/s.
     assert!((3e11..1e13).contains(&peak), "peak {peak:e} B/s");
     assert!(floor.graph_us > 0.05 && floor.graph_us < 50.0, "{floor:?}");
+
+    // A copy of 256 MiB runs near the peak; a copy of 16 bytes costs about
+    // one launch; a larger copy never takes less time than a smaller one.
+    let big = probes.copy_ceiling(&gpu, 256 << 20).expect("copy 256 MiB");
+    let tiny = probes.copy_ceiling(&gpu, 32).expect("copy 32 B");
+    eprintln!("copy ceilings: {big:?}, {tiny:?}");
+    assert!(big.rotated && !tiny.rotated);
+    let big_rate = big.bytes_moved as f64 / (big.best_us() * 1e-6);
+    assert!(
+        big_rate > 0.5 * peak && big_rate < 1.1 * peak,
+        "256 MiB copy at {big_rate:e} B/s against peak {peak:e}"
+    );
+    assert!(
+        tiny.best_us() > 0.5 * floor.graph_us && tiny.best_us() < 20.0 * floor.graph_us,
+        "{tiny:?} against floor {floor:?}"
+    );
+    assert!(big.best_us() > tiny.best_us());
 }
 
 #[test]

@@ -1,10 +1,12 @@
 //! `kiln kernels bench`: every catalog op at the three models' shapes, timed
 //! with the evaluator's own method (CUDA graphs of launches, inputs rotated
 //! beyond L2 for large shapes, medians), reported against the device's
-//! measured peak bandwidth and launch floor. The decode ops (gathered experts,
+//! measured peak bandwidth, launch floor, and a plain copy of the same bytes
+//! timed the same way (the ceiling at that size). The decode ops (gathered experts,
 //! attention over a KV cache) run at decode batch sizes only (T <= 64); their
 //! bytes count the expert weights and cache rows actually read.
 
+use kiln_cuda::{CopyCeiling, Probes};
 use kiln_kernels::ops::attention::DecodeAttentionConfig;
 use kiln_kernels::ops::moe_combine::MoeCombineConfig;
 use kiln_kernels::ops::moe_expert::{MoeExpertDownConfig, MoeExpertSwigluConfig};
@@ -15,6 +17,7 @@ use kiln_kernels::ops::topk::{SigmoidTopkConfig, SoftmaxTopkConfig};
 use kiln_kernels::ops::ttt::TttConfig;
 use kiln_kernels::DType;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 use crate::targets::OpProblem;
 use crate::worker::measure::{
@@ -78,6 +81,47 @@ pub struct BenchRow {
     pub x_floor: f64,
     /// Inputs rotated beyond L2.
     pub rotated: bool,
+    /// Median µs of a plain copy of `bytes` in the same harness.
+    #[serde(default)]
+    pub copy_us: f64,
+    /// The copy's time as a percentage of the op's: 100 is as fast as a
+    /// kernel that only moves the op's bytes can be.
+    #[serde(default)]
+    pub pct_copy: f64,
+    /// Median µs of the same copy chained with programmatic dependent launch
+    /// (sm_90+): what the copy would cost if launches overlapped.
+    #[serde(default)]
+    pub copy_pdl_us: Option<f64>,
+}
+
+/// Copy ceilings, measured once per byte count.
+pub struct CopyCeilings {
+    probes: Probes,
+    by_bytes: BTreeMap<u64, CopyCeiling>,
+}
+
+impl CopyCeilings {
+    /// Loads the probe kernels on the bench's device.
+    pub fn load(dev: &Device) -> Result<Self, Failure> {
+        Ok(Self {
+            probes: Probes::load(&dev.gpu, &dev.compiler)
+                .map_err(|e| Failure::machinery("loading the copy probe", e))?,
+            by_bytes: BTreeMap::new(),
+        })
+    }
+
+    /// The ceiling for an op that moves `bytes`.
+    pub fn get(&mut self, dev: &Device, bytes: u64) -> Result<CopyCeiling, Failure> {
+        if let Some(c) = self.by_bytes.get(&bytes) {
+            return Ok(*c);
+        }
+        let c = self
+            .probes
+            .copy_ceiling(&dev.gpu, bytes)
+            .map_err(|e| Failure::machinery("timing the copy ceiling", e))?;
+        self.by_bytes.insert(bytes, c);
+        Ok(c)
+    }
 }
 
 /// The benchmark's cases: every op at every model's dims (bf16).
@@ -208,9 +252,11 @@ pub fn cases() -> Vec<BenchCase> {
     out
 }
 
-/// Times one case at `t` rows (and checks the timed launch's output).
+/// Times one case at `t` rows (and checks the timed launch's output), with
+/// the copy ceiling for its bytes.
 pub fn run_case(
     dev: &Device,
+    ceilings: &mut CopyCeilings,
     case: &BenchCase,
     t: usize,
     warmup: u32,
@@ -234,6 +280,8 @@ pub fn run_case(
     let s = time_interleaved(dev, &case.problem, &[&kernel], &sets, warmup, iters)?.remove(0);
     check_timed_output(dev, &case.problem, &kernel, &mut sets)?;
     let bytes = case.problem.bytes_moved(t);
+    let ceiling = ceilings.get(dev, bytes)?;
+    let copy_us = ceiling.best_us();
     let gbps = bytes as f64 / (s.median_us * 1e3);
     Ok(BenchRow {
         op: case.problem.family().to_string(),
@@ -261,16 +309,29 @@ pub fn run_case(
         pct_peak: 100.0 * gbps * 1e9 / dev.peak_bytes_per_s,
         x_floor: s.median_us / dev.launch_floor_us,
         rotated: sets.rotated_beyond_l2,
+        copy_us,
+        pct_copy: 100.0 * copy_us / s.median_us,
+        copy_pdl_us: ceiling.pdl_kernel_us,
     })
 }
 
 /// Renders rows as an aligned Markdown table.
 pub fn table(rows: &[BenchRow]) -> String {
-    let mut out = String::from("| op | model | dims | T | µs | GB/s | % peak | × floor |\n|---|---|---|---:|---:|---:|---:|---:|\n");
+    let mut out = String::from("| op | model | dims | T | µs | GB/s | % peak | × floor | copy µs | % copy | copy+PDL µs |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in rows {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {:.2} | {:.0} | {:.1} | {:.2} |\n",
-            r.op, r.model, r.dims, r.t, r.median_us, r.gbps, r.pct_peak, r.x_floor
+            "| {} | {} | {} | {} | {:.2} | {:.0} | {:.1} | {:.2} | {:.2} | {:.1} | {} |\n",
+            r.op,
+            r.model,
+            r.dims,
+            r.t,
+            r.median_us,
+            r.gbps,
+            r.pct_peak,
+            r.x_floor,
+            r.copy_us,
+            r.pct_copy,
+            r.copy_pdl_us.map_or("–".into(), |p| format!("{p:.2}"))
         ));
     }
     out

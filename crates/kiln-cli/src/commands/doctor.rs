@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use kiln_cuda::{Compiler, DeviceFacts, Gpu, Probes};
+use kiln_cuda::{Compiler, CopyCeiling, DeviceFacts, Gpu, Probes};
 use serde_json::json;
 
 use crate::cli::DoctorArgs;
@@ -63,6 +63,7 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
                         .map_err(|e| e.to_string()),
                 });
                 let bw = probes.bandwidth(gpu);
+                let bw_copy = bw.as_ref().ok().copied();
                 if let Ok(b) = &bw {
                     report.insert("bandwidth".into(), json!(b));
                     report.insert("peak_bytes_per_s".into(), json!(b.peak_bytes_per_s()));
@@ -81,6 +82,7 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
                         })
                         .map_err(|e| e.to_string()),
                 });
+                let peak = bw_copy.map(|b| b.peak_bytes_per_s());
                 let floor = probes.launch_floor(gpu);
                 if let Ok(f) = &floor {
                     report.insert("launch_floor".into(), json!(f));
@@ -94,6 +96,19 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
                                 f.graph_us, f.stream_us
                             )
                         })
+                        .map_err(|e| e.to_string()),
+                });
+                let curve: Result<Vec<_>, _> = COPY_CURVE_BYTES
+                    .iter()
+                    .map(|&b| probes.copy_ceiling(gpu, b))
+                    .collect();
+                if let Ok(c) = &curve {
+                    report.insert("copy_ceilings".into(), json!(c));
+                }
+                checks.push(Check {
+                    name: "copy ceiling by size",
+                    outcome: curve
+                        .map(|c| copy_curve_lines(&c, peak))
                         .map_err(|e| e.to_string()),
                 });
             }
@@ -135,6 +150,43 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Bytes moved (read + written) at which the doctor times a plain copy: from a
+/// decode-sized op to the peak probe's size.
+const COPY_CURVE_BYTES: [u64; 6] = [64 << 10, 1 << 20, 8 << 20, 32 << 20, 128 << 20, 1 << 30];
+
+/// One line per size: what a kernel that only moves those bytes reaches.
+fn copy_curve_lines(curve: &[CopyCeiling], peak: Option<f64>) -> String {
+    let mut out = String::from(
+        "what a plain copy reaches by size (graph-batched, rotated beyond L2 like `kernels bench`)",
+    );
+    for c in curve {
+        let pct = |us: f64| {
+            peak.map_or(String::new(), |p| {
+                format!(
+                    " ({:.0} % of peak)",
+                    100.0 * c.bytes_moved as f64 / (us * 1e-6) / p
+                )
+            })
+        };
+        out.push_str(&format!(
+            "\n{:>30}{:>9} KiB moved: copy kernel {:.2} µs{}, driver memcpy {:.2} µs{}",
+            "",
+            c.bytes_moved >> 10,
+            c.kernel_us,
+            pct(c.kernel_us),
+            c.memcpy_us,
+            pct(c.memcpy_us)
+        ));
+        if let Some(p) = c.pdl_kernel_us {
+            out.push_str(&format!(
+                ", copy kernel chained with PDL {p:.2} µs{}",
+                pct(p)
+            ));
+        }
+    }
+    out
 }
 
 fn describe(f: &DeviceFacts) -> String {

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use kiln_discover::catalog_bench::{cases, run_case, table, BenchRow};
+use kiln_discover::catalog_bench::{cases, run_case, table, BenchRow, CopyCeilings};
 use kiln_discover::worker::start_device;
 
 use crate::cli::BenchArgs;
@@ -35,6 +35,9 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         dev.peak_bytes_per_s / 1e12,
         dev.launch_floor_us
     );
+    let mut ceilings = CopyCeilings::load(&dev)
+        .map_err(|f| anyhow::anyhow!("{}", f.reason))
+        .context("kernels bench needs the copy probe to rate each op")?;
     let all = cases();
     // Each --op item with whether some op carries exactly that name.
     let items: Vec<(&str, bool)> = args
@@ -68,7 +71,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let mut failed = 0;
     for (case, t) in points {
         bar.set_message(format!("{} {} T={t}", case.problem.family(), case.model));
-        match run_case(&dev, case, t, args.warmup, args.iters) {
+        match run_case(&dev, &mut ceilings, case, t, args.warmup, args.iters) {
             Ok(row) => rows.push(row),
             Err(f) => {
                 failed += 1;
