@@ -220,6 +220,12 @@ pub struct BenchArgs {
     /// Also write the rows as JSON to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// A variant of the selected op's kernel (a `.cu` file with the catalog
+    /// kernel's entry point and a launch line): timed interleaved with the
+    /// catalog kernel at every point, its timed output checked too. `--op`
+    /// must select exactly one op.
+    #[arg(long)]
+    pub candidate: Option<std::path::PathBuf>,
     /// GPU ordinal.
     #[arg(long, default_value_t = 0)]
     pub device: usize,

@@ -92,6 +92,9 @@ pub struct BenchRow {
     /// (sm_90+): what the copy would cost if launches overlapped.
     #[serde(default)]
     pub copy_pdl_us: Option<f64>,
+    /// Median µs of the `--candidate` kernel, timed interleaved with this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate_us: Option<f64>,
 }
 
 /// Copy ceilings, measured once per byte count.
@@ -253,12 +256,14 @@ pub fn cases() -> Vec<BenchCase> {
 }
 
 /// Times one case at `t` rows (and checks the timed launch's output), with
-/// the copy ceiling for its bytes.
+/// the copy ceiling for its bytes; with a `candidate` source, times it
+/// interleaved with the catalog kernel and checks its timed output too.
 pub fn run_case(
     dev: &Device,
     ceilings: &mut CopyCeilings,
     case: &BenchCase,
     t: usize,
+    candidate: Option<&str>,
     warmup: u32,
     iters: u32,
 ) -> Result<BenchRow, Failure> {
@@ -277,7 +282,21 @@ pub fn run_case(
         .map_err(|e| Failure::machinery("catalog build", e))?;
     let kernel = load(dev, &case.problem, &build.name, &build.source)?;
     let mut sets = timing_sets(dev, &case.problem, t, 0xbe9c4)?;
-    let s = time_interleaved(dev, &case.problem, &[&kernel], &sets, warmup, iters)?.remove(0);
+    let (s, candidate_us) = match candidate {
+        None => (
+            time_interleaved(dev, &case.problem, &[&kernel], &sets, warmup, iters)?.remove(0),
+            None,
+        ),
+        Some(src) => {
+            let cand = load(dev, &case.problem, "candidate.cu", src)?;
+            // The candidate goes first: its failures are reported as its own.
+            let mut both =
+                time_interleaved(dev, &case.problem, &[&cand, &kernel], &sets, warmup, iters)?;
+            check_timed_output(dev, &case.problem, &cand, &mut sets)?;
+            let catalog = both.remove(1);
+            (catalog, Some(both.remove(0).median_us))
+        }
+    };
     check_timed_output(dev, &case.problem, &kernel, &mut sets)?;
     let bytes = case.problem.bytes_moved(t);
     let ceiling = ceilings.get(dev, bytes)?;
@@ -312,15 +331,27 @@ pub fn run_case(
         copy_us,
         pct_copy: 100.0 * copy_us / s.median_us,
         copy_pdl_us: ceiling.pdl_kernel_us,
+        candidate_us,
     })
 }
 
-/// Renders rows as an aligned Markdown table.
+/// Renders rows as an aligned Markdown table (with the candidate's µs and its
+/// time over the catalog kernel's when a candidate was timed).
 pub fn table(rows: &[BenchRow]) -> String {
-    let mut out = String::from("| op | model | dims | T | µs | GB/s | % peak | × floor | copy µs | % copy | copy+PDL µs |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    let with_candidate = rows.iter().any(|r| r.candidate_us.is_some());
+    let mut out = String::from(
+        "| op | model | dims | T | µs | GB/s | % peak | × floor | copy µs | % copy | copy+PDL µs |",
+    );
+    out.push_str(if with_candidate {
+        " candidate µs | candidate/catalog |\n"
+    } else {
+        "\n"
+    });
+    out.push_str("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    out.push_str(if with_candidate { "---:|---:|\n" } else { "\n" });
     for r in rows {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {:.2} | {:.0} | {:.1} | {:.2} | {:.2} | {:.1} | {} |\n",
+            "| {} | {} | {} | {} | {:.2} | {:.0} | {:.1} | {:.2} | {:.2} | {:.1} | {} |",
             r.op,
             r.model,
             r.dims,
@@ -333,6 +364,13 @@ pub fn table(rows: &[BenchRow]) -> String {
             r.pct_copy,
             r.copy_pdl_us.map_or("–".into(), |p| format!("{p:.2}"))
         ));
+        if with_candidate {
+            match r.candidate_us {
+                Some(c) => out.push_str(&format!(" {c:.2} | {:.3} |", c / r.median_us)),
+                None => out.push_str(" – | – |"),
+            }
+        }
+        out.push('\n');
     }
     out
 }

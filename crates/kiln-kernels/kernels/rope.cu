@@ -17,9 +17,13 @@
 // Defines: KILN_DTYPE, KILN_QH (>=1), KILN_KH (>=0), KILN_HEAD_DIM, KILN_ROT_DIM, KILN_ROT_OFFSET
 //   (all three multiples of 8, OFFSET+ROT_DIM <= HEAD_DIM), KILN_INTERLEAVED (0/1),
 //   KILN_THETA (float literal), KILN_HF_ROUNDING (0/1).
-// Launch: one block per token: its threads first build the token's cos/sin table in
-// shared memory (ROT_DIM/2 entries, one sincos each), then stream all heads of q and k
-// in 8-element units.
+// Launch: one block per token. Each thread first issues the loads of all its
+// 8-element units of the token's q and k heads (up to ceil((QH+KH)*HEAD_DIM/8 / 256)
+// of them, held in registers), then the block builds the token's cos/sin table in
+// shared memory (ROT_DIM/2 entries, one sincos each), then each thread rotates and
+// stores its units. Why: loading after the table's barrier put two dependent memory
+// round trips (position, then q) in every block's life; at T = 4096 that made rope
+// 2.2x slower than a copy of its bytes (H200, kernels bench).
 // kiln: block=256 grid=T smem=0
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -47,46 +51,36 @@ static_assert(HD % 8 == 0 && ROT % 8 == 0 && OFF % 8 == 0, "rope: HEAD_DIM, ROT_
 static_assert(ROT >= 8 && OFF + ROT <= HD, "rope: the rotary slice must lie inside the head");
 static_assert(KILN_QH >= 1 && KILN_KH >= 0, "rope: QH >= 1, KH >= 0");
 
-// n consecutive elements <-> f32 (n = 4 or 8), with 8/16-byte accesses.
-template <int N> __device__ __forceinline__ void load_n(const scalar_t* p, float* v) {
-    constexpr int BYTES = N * (int)sizeof(scalar_t);
-    if constexpr (BYTES == 8) {
-        uint2 u = __ldg(reinterpret_cast<const uint2*>(p));
-        const scalar_t* e = reinterpret_cast<const scalar_t*>(&u);
+#define UNITS (NH * UPH)
+#define UPT ((UNITS + 255) / 256)  // units per thread (block of 256)
+#define NU (sizeof(scalar_t) / 2)  // uint4 words per 8 elements
+
+// 8 elements as raw words: a pass-through unit, an interleaved rotary unit (4
+// adjacent pairs), or a rotate-half unit (elements 0-3 from the first half of
+// the slice, 4-7 from the second).
+struct Unit { uint4 u[NU]; };
+// 4 elements: 8 bytes in 16-bit dtypes, 16 in f32.
+template <int BYTES> struct QuadOf;
+template <> struct QuadOf<2> { typedef uint2 T; };
+template <> struct QuadOf<4> { typedef uint4 T; };
+typedef QuadOf<(int)sizeof(scalar_t)>::T Quad;
+
+__device__ __forceinline__ void load8(Unit& x, const scalar_t* p) {
 #pragma unroll
-        for (int j = 0; j < N; ++j) v[j] = to_f(e[j]);
-    } else {
-        uint4 u[BYTES / 16];
-#pragma unroll
-        for (int i = 0; i < BYTES / 16; ++i) u[i] = __ldg(reinterpret_cast<const uint4*>(p) + i);
-        const scalar_t* e = reinterpret_cast<const scalar_t*>(u);
-#pragma unroll
-        for (int j = 0; j < N; ++j) v[j] = to_f(e[j]);
-    }
+    for (int i = 0; i < (int)NU; ++i) x.u[i] = __ldg(reinterpret_cast<const uint4*>(p) + i);
 }
-template <int N> __device__ __forceinline__ void store_n(scalar_t* p, const float* v) {
-    constexpr int BYTES = N * (int)sizeof(scalar_t);
-    if constexpr (BYTES == 8) {
-        uint2 u;
-        scalar_t* e = reinterpret_cast<scalar_t*>(&u);
+__device__ __forceinline__ void store8(scalar_t* p, const Unit& x) {
 #pragma unroll
-        for (int j = 0; j < N; ++j) e[j] = from_f<scalar_t>(v[j]);
-        *reinterpret_cast<uint2*>(p) = u;
-    } else {
-        uint4 u[BYTES / 16];
-        scalar_t* e = reinterpret_cast<scalar_t*>(u);
-#pragma unroll
-        for (int j = 0; j < N; ++j) e[j] = from_f<scalar_t>(v[j]);
-#pragma unroll
-        for (int i = 0; i < BYTES / 16; ++i) reinterpret_cast<uint4*>(p)[i] = u[i];
-    }
+    for (int i = 0; i < (int)NU; ++i) reinterpret_cast<uint4*>(p)[i] = x.u[i];
 }
-// Values stored straight back: no conversion round trip.
-__device__ __forceinline__ void copy8(const scalar_t* src, scalar_t* dst) {
-#pragma unroll
-    for (int i = 0; i < (int)sizeof(scalar_t) / 2; ++i)
-        reinterpret_cast<uint4*>(dst)[i] = __ldg(reinterpret_cast<const uint4*>(src) + i);
+__device__ __forceinline__ void load4(Unit& x, int half, const scalar_t* p) {
+    reinterpret_cast<Quad*>(x.u)[half] = __ldg(reinterpret_cast<const Quad*>(p));
 }
+__device__ __forceinline__ void store4(scalar_t* p, const Unit& x, int half) {
+    *reinterpret_cast<Quad*>(p) = reinterpret_cast<const Quad*>(x.u)[half];
+}
+__device__ __forceinline__ float get(const Unit& x, int j) { return to_f(reinterpret_cast<const scalar_t*>(x.u)[j]); }
+__device__ __forceinline__ void set(Unit& x, int j, float v) { reinterpret_cast<scalar_t*>(x.u)[j] = from_f<scalar_t>(v); }
 
 __device__ __forceinline__ void rotate(float x1, float x2, float c, float s, float& y1, float& y2) {
 #if KILN_HF_ROUNDING
@@ -106,7 +100,30 @@ extern "C" __global__ void __launch_bounds__(256) rope(const scalar_t* __restric
     __shared__ float cs[HALF], sn[HALF];
     const long long t = blockIdx.x;
     if (t >= (long long)T) return;  // block-uniform
-    const float pos = (float)__ldg(positions + t);
+    const int posi = __ldg(positions + t);
+    // Every load of this thread goes out before the table and its barrier.
+    Unit x[UPT];
+#pragma unroll
+    for (int r = 0; r < UPT; ++r) {
+        const int u = threadIdx.x + r * 256;
+        if (u >= UNITS) break;
+        const int h = u / UPH;
+        const int c8 = u - h * UPH;
+        const scalar_t* src = h < KILN_QH ? q + (t * KILN_QH + h) * HD
+                                          : k + (t * KILN_KH + (h - KILN_QH)) * HD;
+        if (c8 >= ROT_U) {
+            const int cc = c8 - ROT_U;
+            load8(x[r], src + (cc * 8 < OFF ? cc * 8 : cc * 8 + ROT));
+        } else {
+#if KILN_INTERLEAVED
+            load8(x[r], src + OFF + c8 * 8);
+#else
+            load4(x[r], 0, src + OFF + c8 * 4);
+            load4(x[r], 1, src + OFF + HALF + c8 * 4);
+#endif
+        }
+    }
+    const float pos = (float)posi;
     for (int i = threadIdx.x; i < HALF; i += blockDim.x) {
         // HF builds inv_freq in f32: exponent 2i/ROT in f32, THETA^exponent rounded
         // to f32, then 1/that. The power goes through double so it is the correctly
@@ -126,39 +143,41 @@ extern "C" __global__ void __launch_bounds__(256) rope(const scalar_t* __restric
     }
     __syncthreads();
 
-    for (int u = threadIdx.x; u < NH * UPH; u += blockDim.x) {
+#pragma unroll
+    for (int r = 0; r < UPT; ++r) {
+        const int u = threadIdx.x + r * 256;
+        if (u >= UNITS) break;
         const int h = u / UPH;
         const int c8 = u - h * UPH;
-        const scalar_t* src = h < KILN_QH ? q + (t * KILN_QH + h) * HD
-                                          : k + (t * KILN_KH + (h - KILN_QH)) * HD;
         scalar_t* dst = h < KILN_QH ? q_out + (t * KILN_QH + h) * HD
                                     : k_out + (t * KILN_KH + (h - KILN_QH)) * HD;
         if (c8 >= ROT_U) {
             const int cc = c8 - ROT_U;
-            const int d = cc * 8 < OFF ? cc * 8 : cc * 8 + ROT;
-            copy8(src + d, dst + d);
+            store8(dst + (cc * 8 < OFF ? cc * 8 : cc * 8 + ROT), x[r]);
             continue;
         }
+        Unit y;
 #if KILN_INTERLEAVED
-        float v[8], y[8];
-        load_n<8>(src + OFF + c8 * 8, v);
 #pragma unroll
         for (int m = 0; m < 4; ++m) {
             const int i = c8 * 4 + m;
-            rotate(v[2 * m], v[2 * m + 1], cs[i], sn[i], y[2 * m], y[2 * m + 1]);
+            float y1, y2;
+            rotate(get(x[r], 2 * m), get(x[r], 2 * m + 1), cs[i], sn[i], y1, y2);
+            set(y, 2 * m, y1);
+            set(y, 2 * m + 1, y2);
         }
-        store_n<8>(dst + OFF + c8 * 8, y);
+        store8(dst + OFF + c8 * 8, y);
 #else
-        float a[4], b[4], ya[4], yb[4];
-        load_n<4>(src + OFF + c8 * 4, a);
-        load_n<4>(src + OFF + HALF + c8 * 4, b);
 #pragma unroll
         for (int m = 0; m < 4; ++m) {
             const int i = c8 * 4 + m;
-            rotate(a[m], b[m], cs[i], sn[i], ya[m], yb[m]);
+            float y1, y2;
+            rotate(get(x[r], m), get(x[r], 4 + m), cs[i], sn[i], y1, y2);
+            set(y, m, y1);
+            set(y, 4 + m, y2);
         }
-        store_n<4>(dst + OFF + c8 * 4, ya);
-        store_n<4>(dst + OFF + HALF + c8 * 4, yb);
+        store4(dst + OFF + c8 * 4, y, 0);
+        store4(dst + OFF + HALF + c8 * 4, y, 1);
 #endif
     }
 }

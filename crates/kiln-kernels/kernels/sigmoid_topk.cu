@@ -22,6 +22,11 @@
 //          KILN_SIGMOID_IN_DTYPE (0/1).
 // Launch: one warp per row (lane l holds experts l, l+32, ...), 4 rows per block;
 // grouped routing stages the row's scores in E floats of static shared memory per warp.
+// The expert top-k is K rounds of a warp arg-max done with two single-instruction
+// warp reductions (redux.sync, sm_80+) on order-preserving integer keys of c: the
+// largest key, then the lowest index holding it; the winner's s comes from its
+// lane in one shuffle, and every lane sums the winners as they come. Why: the
+// shuffle arg-max took five dependent triples of shuffles per round.
 // kiln: block=128 grid=ceil_div(T, 4) smem=0
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -53,6 +58,27 @@ static_assert(NG == 1 || E / NG >= 2, "sigmoid_topk: groups need at least 2 expe
 
 __device__ __forceinline__ bool better(float ov, int oi, float v, int i) {
     return ov > v || (ov == v && oi < i);
+}
+
+// Warp-wide max and min of unsigned keys: one redux.sync instruction from sm_80
+// on, a butterfly of shuffles before it.
+__device__ __forceinline__ unsigned warp_max_u32(unsigned v) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+    return __reduce_max_sync(0xffffffffu, v);
+#else
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+#endif
+}
+__device__ __forceinline__ unsigned warp_min_u32(unsigned v) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+    return __reduce_min_sync(0xffffffffu, v);
+#else
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+#endif
 }
 
 extern "C" __global__ void __launch_bounds__(128) sigmoid_topk(const scalar_t* __restrict__ logits,
@@ -120,31 +146,33 @@ extern "C" __global__ void __launch_bounds__(128) sigmoid_topk(const scalar_t* _
     }
 #endif
 
-    unsigned picked = 0;
-    float my_s = 0.f;
-    int my_i = 0;
+    // Keys: c mapped to unsigned integers in the same order; 0 marks padding
+    // and experts already taken (every finite or infinite c maps above 0).
+    unsigned key[EPL];
+#pragma unroll
+    for (int j = 0; j < EPL; ++j) {
+        const unsigned b = __float_as_uint(c[j]);
+        key[j] = (lane + 32 * j) < E ? (b ^ ((unsigned)((int)b >> 31) | 0x80000000u)) : 0u;
+    }
+    float my_s = 0.f, tot = 0.f;
+    unsigned my_i = 0;
 #pragma unroll 1
     for (int k = 0; k < K; ++k) {
-        float bv = NEG_INF, bs = 0.f;
-        int bi = 0x7fffffff;
+        // This lane's best untaken expert; ascending j keeps the lower index on ties.
+        unsigned bk = 0, bi = 0xffffffffu;
+        float bs = 0.f;
 #pragma unroll
-        for (int j = 0; j < EPL; ++j) {
-            const int e = lane + 32 * j;
-            if (e < E && !((picked >> j) & 1u) && better(c[j], e, bv, bi)) { bv = c[j]; bi = e; bs = s[j]; }
-        }
+        for (int j = 0; j < EPL; ++j)
+            if (key[j] > bk) { bk = key[j]; bi = lane + 32 * j; bs = s[j]; }
+        const unsigned top = warp_max_u32(bk);
+        const unsigned win = warp_min_u32(bk == top ? bi : 0xffffffffu);
+        const float ws = __shfl_sync(0xffffffffu, bs, win & 31);
 #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-            const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-            const float os = __shfl_xor_sync(0xffffffffu, bs, o);
-            if (better(ov, oi, bv, bi)) { bv = ov; bi = oi; bs = os; }
-        }
-        if ((bi & 31) == lane) picked |= 1u << (bi >> 5);
-        if (lane == k) { my_s = bs; my_i = bi; }
+        for (int j = 0; j < EPL; ++j)
+            if (lane + 32 * j == (int)win) key[j] = 0u;
+        tot += ws;
+        if (lane == k) { my_s = ws; my_i = win; }
     }
-    float tot = lane < K ? my_s : 0.f;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) tot += __shfl_xor_sync(0xffffffffu, tot, o);
 #if KILN_SIGMOID_IN_DTYPE
     const float den = round_dt(round_dt(tot) + KILN_NORM_EPS);
     const float w = round_dt(round_dt(my_s / den) * KILN_SCALE);
@@ -155,6 +183,6 @@ extern "C" __global__ void __launch_bounds__(128) sigmoid_topk(const scalar_t* _
 #endif
     if (lane < K) {
         weights[row * K + lane] = w;
-        indices[row * K + lane] = (unsigned int)my_i;
+        indices[row * K + lane] = my_i;
     }
 }

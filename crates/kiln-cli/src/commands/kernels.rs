@@ -25,19 +25,6 @@ pub fn list() -> anyhow::Result<ExitCode> {
 
 /// Times every case at every requested T and prints a table (and JSON).
 pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
-    let dev = start_device(args.device)
-        .context("kernels bench needs a working GPU (see `kiln doctor`)")?;
-    let facts = dev.gpu.facts().clone();
-    println!(
-        "{} ({}), measured peak {:.2} TB/s, launch floor {:.2} µs",
-        facts.name,
-        facts.arch.sm_name(),
-        dev.peak_bytes_per_s / 1e12,
-        dev.launch_floor_us
-    );
-    let mut ceilings = CopyCeilings::load(&dev)
-        .map_err(|f| anyhow::anyhow!("{}", f.reason))
-        .context("kernels bench needs the copy probe to rate each op")?;
     let all = cases();
     // Each --op item with whether some op carries exactly that name.
     let items: Vec<(&str, bool)> = args
@@ -52,6 +39,38 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
                 .any(|&(o, exact)| family == o || (!exact && family.contains(o)))
     };
     let selected: Vec<_> = all.iter().filter(|c| wanted(c.problem.family())).collect();
+    let candidate = match &args.candidate {
+        None => None,
+        Some(path) => {
+            let mut families: Vec<&str> = selected.iter().map(|c| c.problem.family()).collect();
+            families.sort_unstable();
+            families.dedup();
+            if families.len() != 1 {
+                anyhow::bail!(
+                    "--candidate times a variant of one op, but --op selects {}: name exactly one op",
+                    if families.is_empty() { "none".to_string() } else { families.join(", ") }
+                );
+            }
+            Some(
+                std::fs::read_to_string(path).with_context(|| {
+                    format!("cannot read the candidate kernel {}", path.display())
+                })?,
+            )
+        }
+    };
+    let dev = start_device(args.device)
+        .context("kernels bench needs a working GPU (see `kiln doctor`)")?;
+    let facts = dev.gpu.facts().clone();
+    println!(
+        "{} ({}), measured peak {:.2} TB/s, launch floor {:.2} µs",
+        facts.name,
+        facts.arch.sm_name(),
+        dev.peak_bytes_per_s / 1e12,
+        dev.launch_floor_us
+    );
+    let mut ceilings = CopyCeilings::load(&dev)
+        .map_err(|f| anyhow::anyhow!("{}", f.reason))
+        .context("kernels bench needs the copy probe to rate each op")?;
     // Decode-only cases (gathered experts, attention) skip the prefill sizes.
     let points: Vec<(&_, usize)> = selected
         .iter()
@@ -71,7 +90,15 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let mut failed = 0;
     for (case, t) in points {
         bar.set_message(format!("{} {} T={t}", case.problem.family(), case.model));
-        match run_case(&dev, &mut ceilings, case, t, args.warmup, args.iters) {
+        match run_case(
+            &dev,
+            &mut ceilings,
+            case,
+            t,
+            candidate.as_deref(),
+            args.warmup,
+            args.iters,
+        ) {
             Ok(row) => rows.push(row),
             Err(f) => {
                 failed += 1;
