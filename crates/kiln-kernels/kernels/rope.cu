@@ -20,8 +20,8 @@
 // Launch: one block per token. Each thread first issues the loads of all its
 // 8-element units of the token's q and k heads (up to ceil((QH+KH)*HEAD_DIM/8 / 256)
 // of them, held in registers), then the block builds the token's cos/sin table in
-// shared memory (ROT_DIM/2 entries, one sincos each), then each thread rotates and
-// stores its units. Why: loading after the table's barrier put two dependent memory
+// shared memory (ROT_DIM/2 entries, one sincos each, inv_freq from a table built
+// at compile time), then each thread rotates and stores its units. Why: loading after the table's barrier put two dependent memory
 // round trips (position, then q) in every block's life; at T = 4096 that made rope
 // 2.2x slower than a copy of its bytes (H200, kernels bench).
 // kiln: block=256 grid=T smem=0
@@ -82,6 +82,47 @@ __device__ __forceinline__ void store4(scalar_t* p, const Unit& x, int half) {
 __device__ __forceinline__ float get(const Unit& x, int j) { return to_f(reinterpret_cast<const scalar_t*>(x.u)[j]); }
 __device__ __forceinline__ void set(Unit& x, int j, float v) { reinterpret_cast<scalar_t*>(x.u)[j] = from_f<scalar_t>(v); }
 
+// inv_freq depends only on THETA and ROT_DIM, so it is built at compile time:
+// HF's f32 steps (exponent 2i/ROT in f32, THETA^exponent rounded to f32, then
+// 1/that), with the power taken in double so it rounds to the correct f32 (powf
+// may be 1 ulp off, and at long positions 1 ulp of inv_freq moves the angle by
+// more than the f32 tolerance). Why: a double pow per table entry at run time
+// sat on every block's critical path, before any sincos could start.
+constexpr double LN2_HI = 6.93147180369123816490e-01;  // ln 2 = LN2_HI + LN2_LO, HI exact in 32 bits
+constexpr double LN2_LO = 1.90821492927058770002e-10;
+// ln(x), x > 0: x = m * 2^k with m in [1, 2), ln m = 2 atanh((m-1)/(m+1)) as a series.
+constexpr double const_ln(double x) {
+    int k = 0;
+    while (x >= 2.0) { x *= 0.5; ++k; }
+    while (x < 1.0) { x *= 2.0; --k; }
+    const double z = (x - 1.0) / (x + 1.0), z2 = z * z;
+    double term = z, sum = 0.0;
+    for (int n = 1; n < 99; n += 2) { sum += term / n; term *= z2; }
+    return 2.0 * sum + k * LN2_LO + k * LN2_HI;
+}
+// exp(y): y = k ln 2 + r with |r| <= ln2/2, exp r as a Taylor series, times 2^k.
+constexpr double const_exp(double y) {
+    const int k = (int)(y / (LN2_HI + LN2_LO) + (y >= 0.0 ? 0.5 : -0.5));
+    const double r = (y - k * LN2_HI) - k * LN2_LO;
+    double term = 1.0, sum = 1.0;
+    for (int n = 1; n < 30; ++n) { term *= r / n; sum += term; }
+    for (int i = 0; i < k; ++i) sum *= 2.0;
+    for (int i = 0; i > k; --i) sum *= 0.5;
+    return sum;
+}
+struct InvFreq { float v[HALF]; };
+constexpr InvFreq make_inv_freq() {
+    InvFreq f{};
+    const double ln_theta = const_ln((double)(KILN_THETA));
+    for (int i = 0; i < HALF; ++i) {
+        const float expo = (float)(2 * i) / (float)ROT;
+        const float p = (float)const_exp((double)expo * ln_theta);
+        f.v[i] = 1.0f / p;
+    }
+    return f;
+}
+__constant__ InvFreq INV_FREQ = make_inv_freq();
+
 __device__ __forceinline__ void rotate(float x1, float x2, float c, float s, float& y1, float& y2) {
 #if KILN_HF_ROUNDING
     y1 = round_dt(x1 * c) - round_dt(x2 * s);
@@ -125,13 +166,7 @@ extern "C" __global__ void __launch_bounds__(256) rope(const scalar_t* __restric
     }
     const float pos = (float)posi;
     for (int i = threadIdx.x; i < HALF; i += blockDim.x) {
-        // HF builds inv_freq in f32: exponent 2i/ROT in f32, THETA^exponent rounded
-        // to f32, then 1/that. The power goes through double so it is the correctly
-        // rounded f32 (powf may be 1 ulp off, and at long positions 1 ulp of
-        // inv_freq moves the angle by more than the f32 tolerance).
-        const float expo = (float)(2 * i) / (float)ROT;
-        const float p = (float)pow((double)(KILN_THETA), (double)expo);
-        const float inv_freq = 1.0f / p;
+        const float inv_freq = INV_FREQ.v[i];
         float s, c;
         sincosf(pos * inv_freq, &s, &c);
 #if KILN_HF_ROUNDING
