@@ -11,7 +11,11 @@ fn main() {
     }
     let dir = match std::env::var_os("KILN_CUDA_LINK_DIR") {
         Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/cuda-build/link"),
+        // Cargo's run-time value, not env!(): the models' target folder is shared
+        // between checkouts, and a build script compiled in one of them would
+        // otherwise point every other checkout at the first one's folder.
+        None => PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default())
+            .join("../../.cache/cuda-build/link"),
     };
     if !dir.join("libcuda.so").is_file() {
         panic!(
