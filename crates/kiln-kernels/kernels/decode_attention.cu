@@ -13,13 +13,21 @@
 // 0..past+T-1 already written, including the new tokens'); out[T,QH,DV]; pointers 16-byte aligned.
 // Defines: KILN_DTYPE, KILN_QH, KILN_KVH (QH % KVH == 0), KILN_DQK (% 8 == 0, <= 1024),
 // KILN_DV (% 8 == 0, <= 2048), KILN_S_MAX (>= 1), KILN_SCALE (float literal).
-// Launch: a block per (token, query head); the heads of one kv group are adjacent blocks, so they
-// share the group's K/V rows in L2. Scores live in dynamic shared memory (S_MAX floats). Pass 1:
-// lane groups of min(32, DQK/8) lanes take one key each, about 4 loads per lane in flight, q in registers,
+// Launch: a cluster of NSPLIT = 8 blocks per (token, query head) (sm_90 thread-block clusters);
+// block r of a cluster takes the r-th of 8 contiguous slices of the keys, and computes its
+// slice's max score m_r, sum l_r = sum exp(s - m_r) and unnormalised V sum acc_r; after a cluster
+// barrier block 0 reads the others' (m_r, l_r, acc_r) from their shared memory and writes
+//   out = dtype( sum_r exp(m_r - M) acc_r / sum_r exp(m_r - M) l_r ),  M = max_r m_r.
+// Why: one block per (token, head) left a decode step with T*QH blocks (32 for Qwen3) each
+// streaming the whole cache, 3 % of the DRAM peak at 4K positions (H200). The heads of one kv
+// group are adjacent clusters, so they share the group's K/V rows in L2. Inside a block: scores
+// of the slice in dynamic shared memory (ceil(S_MAX/8) floats). Pass 1: lane groups of
+// min(32, DQK/8) lanes take one key each, about 4 loads per lane in flight, q in registers,
 // shuffles within the group. Block max and sum reductions, then the probabilities overwrite the
-// scores. Pass 2: groups of DV/8 threads sweep the keys for the weighted V sum (4 rows in flight
-// per thread); the groups' partial sums meet in shared memory.
-// kiln: block=256 grid=T*QH smem=S_MAX*4
+// scores. Pass 2: groups of DV/8 threads sweep the slice for the weighted V sum (4 rows in
+// flight per thread); the groups' partial sums meet in shared memory. Before sm_90 (no
+// clusters) block 0 of each 8 takes every key and the other 7 leave at once.
+// kiln: block=256 grid=T*QH*8 smem=ceil_div(S_MAX, 8)*4
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -55,6 +63,14 @@ static_assert(KILN_DV % 8 == 0 && KILN_DV >= 8 && KILN_DV <= 2048, "decode_atten
 static_assert(KILN_S_MAX >= 1, "decode_attention: S_MAX must be >= 1");
 #define BLOCK 256
 #define WARPS (BLOCK / 32)
+#define NSPLIT 8  // blocks per (token, head): the cluster size (portable maximum)
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define KILN_CLUSTERS 1
+#define CLUSTER_ATTR __cluster_dims__(NSPLIT, 1, 1)
+#else
+#define KILN_CLUSTERS 0
+#define CLUSTER_ATTR
+#endif
 #define GQA (KILN_QH / KILN_KVH)
 // Pass 1: lanes per key (a power of two), chunks of q per lane, key groups in the block.
 #define CPK (KILN_DQK / 8)
@@ -88,21 +104,32 @@ __device__ __forceinline__ float block_sum(float v, float* red) {
     return v;
 }
 
-extern "C" __global__ void __launch_bounds__(BLOCK) decode_attention(const scalar_t* __restrict__ q,
-                                                                     const scalar_t* __restrict__ k_cache,
-                                                                     const scalar_t* __restrict__ v_cache,
-                                                                     scalar_t* __restrict__ out, int T, int past) {
-    extern __shared__ float sc[];             // [S_MAX] scores, then unnormalised probabilities
-    __shared__ float red_max[WARPS], red_sum[WARPS];
-    __shared__ __align__(16) float part[VGROUPS * KILN_DV];  // pass-2 partial sums (<= BLOCK*8 floats)
-    const int t = blockIdx.x / KILN_QH;
-    const int j = blockIdx.x - t * KILN_QH;
-    if (t >= T) return;  // uniform over the block
-    const int g = j / GQA;
-    const long long n_keys = (long long)(past > 0 ? past : 0) + t + 1;
-    const int n = (int)(n_keys < KILN_S_MAX ? n_keys : KILN_S_MAX);
-    const int tid = threadIdx.x, lane = tid & 31;
+#if KILN_CLUSTERS
+// Every thread of every block of the cluster arrives, then waits: shared-memory writes before
+// it are visible to the whole cluster after it.
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+// Reads the float at `p` (this block's shared memory) in the shared memory of cluster block `rank`.
+__device__ __forceinline__ float cluster_load(const float* p, unsigned rank) {
+    const unsigned local = (unsigned)__cvta_generic_to_shared(p);
+    unsigned remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+    float v;
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
+    return v;
+}
+#endif
 
+// Attends query (t, head j of kv group g) to the keys [lo, lo + n) (n may be 0): returns the
+// slice's max score m and l = sum exp(s - m) in every thread, and leaves the unnormalised V sum
+// sum exp(s - m) v in part[0..DV) (m = -inf, l = 0 and a zero sum for an empty slice).
+__device__ __forceinline__ float2 attend_slice(const scalar_t* __restrict__ q,
+                                               const scalar_t* __restrict__ k_cache,
+                                               const scalar_t* __restrict__ v_cache, int t, int j, int g,
+                                               int lo, int n, float* sc, float* red_max, float* red_sum,
+                                               float* part) {
+    const int tid = threadIdx.x, lane = tid & 31;
     // Pass 1: scores.
     {
         const int lig = lane & (LPK - 1);        // lane in its key group
@@ -115,7 +142,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK) decode_attention(const scala
             const int c = r * LPK + lig;
             if (c < CPK) qc[r] = load_chunk(qr + c * 8);
         }
-        const scalar_t* kb = k_cache + (long long)g * KILN_S_MAX * KILN_DQK;
+        const scalar_t* kb = k_cache + ((long long)g * KILN_S_MAX + lo) * KILN_DQK;
         for (int base = 0; base < n; base += KGROUPS * KU) {
             Chunk kc[KU][QPL];
 #pragma unroll
@@ -170,7 +197,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK) decode_attention(const scala
         float acc[8];
 #pragma unroll
         for (int i = 0; i < 8; ++i) acc[i] = 0.f;
-        const scalar_t* vb = v_cache + (long long)g * KILN_S_MAX * KILN_DV + vc * 8;
+        const scalar_t* vb = v_cache + ((long long)g * KILN_S_MAX + lo) * KILN_DV + vc * 8;
         for (int base = 0; base < n; base += VGROUPS * VU) {
             Chunk vv[VU];
 #pragma unroll
@@ -192,11 +219,90 @@ extern "C" __global__ void __launch_bounds__(BLOCK) decode_attention(const scala
         for (int i = 0; i < 8; ++i) part[vg * KILN_DV + vc * 8 + i] = acc[i];
     }
     __syncthreads();
-    const float inv = __frcp_rn(l);  // l >= 1: the max key contributes exp(0)
-    scalar_t* o = out + ((long long)t * KILN_QH + j) * KILN_DV;
+    // The block's unnormalised V sum into row 0 of `part` (thread d owns column d).
     for (int d = tid; d < KILN_DV; d += BLOCK) {
         float s = 0.f;
         for (int gq = 0; gq < VGROUPS; ++gq) s += part[gq * KILN_DV + d];
-        o[d] = from_f<scalar_t>(s * inv);
+        part[d] = s;
     }
+    return make_float2(m, l);
+}
+
+extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(BLOCK) decode_attention(const scalar_t* __restrict__ q,
+                                                                     const scalar_t* __restrict__ k_cache,
+                                                                     const scalar_t* __restrict__ v_cache,
+                                                                     scalar_t* __restrict__ out, int T, int past) {
+    extern __shared__ float sc[];             // [ceil(S_MAX/8)] scores, then unnormalised probabilities
+    __shared__ float red_max[WARPS], red_sum[WARPS];
+    __shared__ __align__(16) float part[VGROUPS * KILN_DV];  // pass-2 partial sums (<= BLOCK*8 floats)
+    const int split = blockIdx.x % NSPLIT;    // the block's slice (its rank in the cluster)
+    const int head = blockIdx.x / NSPLIT;
+    const int t = head / KILN_QH;
+    const int j = head - t * KILN_QH;
+    // Whole clusters share t, so a cluster leaves together (before any cluster barrier).
+    if (t >= T) return;
+    const int g = j / GQA;
+    const long long n_keys = (long long)(past > 0 ? past : 0) + t + 1;
+    const int n_all = (int)(n_keys < KILN_S_MAX ? n_keys : KILN_S_MAX);
+    // Slice r is [r*per, (r+1)*per) clipped to the keys; slice 0 is never empty (n_all >= 1).
+    const int per = (n_all + NSPLIT - 1) / NSPLIT;
+    const int tid = threadIdx.x;
+    scalar_t* o = out + ((long long)t * KILN_QH + j) * KILN_DV;
+#if KILN_CLUSTERS
+    __shared__ float stats[2];  // this block's (m, l)
+    {
+        const int lo = split * per < n_all ? split * per : n_all;
+        const int hi = lo + per < n_all ? lo + per : n_all;
+        const float2 ml = attend_slice(q, k_cache, v_cache, t, j, g, lo, hi - lo, sc, red_max, red_sum, part);
+        if (tid == 0) {
+            stats[0] = ml.x;
+            stats[1] = ml.y;
+        }
+    }
+    cluster_sync();
+    if (split == 0) {
+        float scale[NSPLIT];
+        float mx = -__int_as_float(0x7f800000);
+#pragma unroll
+        for (int r = 0; r < NSPLIT; ++r) {
+            scale[r] = cluster_load(&stats[0], r);
+            mx = fmaxf(mx, scale[r]);
+        }
+        float lt = 0.f;
+#pragma unroll
+        for (int r = 0; r < NSPLIT; ++r) {
+            // An empty slice has m = -inf and l = 0: its weight is exp(-inf) = 0.
+            scale[r] = expf(scale[r] - mx);
+            lt += scale[r] * cluster_load(&stats[1], r);
+        }
+        const float inv = __frcp_rn(lt);  // lt >= 1: the max key contributes exp(0)
+        for (int d = tid; d < KILN_DV; d += BLOCK) {
+            float acc = 0.f;
+#pragma unroll
+            for (int r = 0; r < NSPLIT; ++r) acc += scale[r] * cluster_load(&part[d], r);
+            o[d] = from_f<scalar_t>(acc * inv);
+        }
+    }
+    // The other blocks stay until block 0 has read their shared memory.
+    cluster_sync();
+#else
+    // No clusters: block 0 of each 8 takes the slices one after another, merging as it goes.
+    if (split != 0) return;
+    __shared__ float total[KILN_DV];
+    float mt = -__int_as_float(0x7f800000), lt = 0.f;
+    for (int r = 0; r < NSPLIT; ++r) {
+        const int lo = r * per < n_all ? r * per : n_all;
+        const int hi = lo + per < n_all ? lo + per : n_all;
+        if (hi == lo) break;  // slices past the keys are empty
+        const float2 ml = attend_slice(q, k_cache, v_cache, t, j, g, lo, hi - lo, sc, red_max, red_sum, part);
+        const float mn = fmaxf(mt, ml.x);
+        const float a = expf(mt - mn), b = expf(ml.x - mn);
+        for (int d = tid; d < KILN_DV; d += BLOCK) total[d] = (r == 0 ? 0.f : total[d] * a) + part[d] * b;
+        lt = lt * a + ml.y * b;
+        mt = mn;
+        __syncthreads();  // the next slice reuses sc and part
+    }
+    const float inv = __frcp_rn(lt);  // lt >= 1: the max key contributes exp(0)
+    for (int d = tid; d < KILN_DV; d += BLOCK) o[d] = from_f<scalar_t>(total[d] * inv);
+#endif
 }
