@@ -13,21 +13,26 @@
 // 0..past+T-1 already written, including the new tokens'); out[T,QH,DV]; pointers 16-byte aligned.
 // Defines: KILN_DTYPE, KILN_QH, KILN_KVH (QH % KVH == 0), KILN_DQK (% 8 == 0, <= 1024),
 // KILN_DV (% 8 == 0, <= 2048), KILN_S_MAX (>= 1), KILN_SCALE (float literal).
-// Launch: a cluster of NSPLIT = 8 blocks per (token, query head) (sm_90 thread-block clusters);
-// block r of a cluster takes the r-th of 8 contiguous slices of the keys, and computes its
-// slice's max score m_r, sum l_r = sum exp(s - m_r) and unnormalised V sum acc_r; after a cluster
-// barrier block 0 reads the others' (m_r, l_r, acc_r) from their shared memory and writes
+// Launch: each (token, query head) is split over S blocks, S = the largest of 8, 4, 2, 1 that is
+// at most 512 / (T*QH) (or 1): about 512 blocks when there are few tokens (the H100/H200 keep
+// 4 such blocks on each of 132 SMs), one block per (token, head) from 512 of them on. Block r
+// of a group takes the r-th of S contiguous slices of the keys and computes its slice's max
+// score m_r, sum l_r = sum exp(s - m_r) and unnormalised V sum acc_r. The blocks run in
+// clusters of 8 (sm_90 thread-block clusters; 8/S groups per cluster, the grid padded to a
+// multiple of 8 with idle blocks); after a cluster barrier block 0 of each group reads the
+// others' (m_r, l_r, acc_r) from their shared memory and writes
 //   out = dtype( sum_r exp(m_r - M) acc_r / sum_r exp(m_r - M) l_r ),  M = max_r m_r.
-// Why: one block per (token, head) left a decode step with T*QH blocks (32 for Qwen3) each
-// streaming the whole cache, 3 % of the DRAM peak at 4K positions (H200). The heads of one kv
-// group are adjacent clusters, so they share the group's K/V rows in L2. Inside a block: scores
-// of the slice in dynamic shared memory (ceil(S_MAX/8) floats). Pass 1: lane groups of
-// min(32, DQK/8) lanes take one key each, about 4 loads per lane in flight, q in registers,
-// shuffles within the group. Block max and sum reductions, then the probabilities overwrite the
-// scores. Pass 2: groups of DV/8 threads sweep the slice for the weighted V sum (4 rows in
-// flight per thread); the groups' partial sums meet in shared memory. Before sm_90 (no
-// clusters) block 0 of each 8 takes every key and the other 7 leave at once.
-// kiln: block=256 grid=T*QH*8 smem=ceil_div(S_MAX, 8)*4
+// Why: one block per (token, head) gave a decode step 32 blocks (Qwen3) that each streamed
+// the whole cache: 3 % of the DRAM peak at 4K positions (H200); splitting more than needed to
+// fill the GPU made T >= 16 slower. The heads of one kv group are adjacent, so they share the
+// group's K/V rows in L2. Inside a block: scores of the slice in dynamic shared memory
+// (ceil(S_MAX/S) floats). Pass 1: lane groups of min(32, DQK/8) lanes take one key each, about
+// 4 loads per lane in flight, q in registers, shuffles within the group. Block max and sum
+// reductions, then the probabilities overwrite the scores. Pass 2: groups of DV/8 threads sweep
+// the slice for the weighted V sum (4 rows in flight per thread); the groups' partial sums
+// meet in shared memory. Before sm_90 (no clusters) block 0 of each group takes the slices in
+// turn and merges as it goes; the other blocks leave at once.
+// kiln: block=256 grid=ceil_div(T*QH*(1+min(512/(T*QH)/2,1)+2*min(512/(T*QH)/4,1)+4*min(512/(T*QH)/8,1)), 8)*8 smem=ceil_div(S_MAX, (1+min(512/(T*QH)/2,1)+2*min(512/(T*QH)/4,1)+4*min(512/(T*QH)/8,1)))*4
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -63,10 +68,10 @@ static_assert(KILN_DV % 8 == 0 && KILN_DV >= 8 && KILN_DV <= 2048, "decode_atten
 static_assert(KILN_S_MAX >= 1, "decode_attention: S_MAX must be >= 1");
 #define BLOCK 256
 #define WARPS (BLOCK / 32)
-#define NSPLIT 8  // blocks per (token, head): the cluster size (portable maximum)
+#define CLUSTER 8  // blocks per cluster (the portable maximum)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define KILN_CLUSTERS 1
-#define CLUSTER_ATTR __cluster_dims__(NSPLIT, 1, 1)
+#define CLUSTER_ATTR __cluster_dims__(CLUSTER, 1, 1)
 #else
 #define KILN_CLUSTERS 0
 #define CLUSTER_ATTR
@@ -228,29 +233,43 @@ __device__ __forceinline__ float2 attend_slice(const scalar_t* __restrict__ q,
     return make_float2(m, l);
 }
 
+// S of the launch line: blocks per (token, head).
+__device__ __forceinline__ int splits_for(int T) {
+    const int x = 512 / (T * KILN_QH);
+    return 1 + min(x / 2, 1) + 2 * min(x / 4, 1) + 4 * min(x / 8, 1);
+}
+
 extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(BLOCK) decode_attention(const scalar_t* __restrict__ q,
                                                                      const scalar_t* __restrict__ k_cache,
                                                                      const scalar_t* __restrict__ v_cache,
                                                                      scalar_t* __restrict__ out, int T, int past) {
-    extern __shared__ float sc[];             // [ceil(S_MAX/8)] scores, then unnormalised probabilities
+    extern __shared__ float sc[];             // [ceil(S_MAX/S)] scores, then unnormalised probabilities
     __shared__ float red_max[WARPS], red_sum[WARPS];
     __shared__ __align__(16) float part[VGROUPS * KILN_DV];  // pass-2 partial sums (<= BLOCK*8 floats)
-    const int split = blockIdx.x % NSPLIT;    // the block's slice (its rank in the cluster)
-    const int head = blockIdx.x / NSPLIT;
-    const int t = head / KILN_QH;
-    const int j = head - t * KILN_QH;
-    // Whole clusters share t, so a cluster leaves together (before any cluster barrier).
-    if (t >= T) return;
+    const int ns = splits_for(T);
+    const int pair = blockIdx.x / ns;          // (token, head) = (pair / QH, pair % QH)
+    const int split = blockIdx.x - pair * ns;  // the block's slice
+    const bool live = pair < T * KILN_QH;      // padding blocks after the last pair are idle
+    const int t = pair / KILN_QH;
+    const int j = pair - t * KILN_QH;
     const int g = j / GQA;
     const long long n_keys = (long long)(past > 0 ? past : 0) + t + 1;
     const int n_all = (int)(n_keys < KILN_S_MAX ? n_keys : KILN_S_MAX);
     // Slice r is [r*per, (r+1)*per) clipped to the keys; slice 0 is never empty (n_all >= 1).
-    const int per = (n_all + NSPLIT - 1) / NSPLIT;
+    const int per = (n_all + ns - 1) / ns;
     const int tid = threadIdx.x;
     scalar_t* o = out + ((long long)t * KILN_QH + j) * KILN_DV;
 #if KILN_CLUSTERS
+    if (ns == 1) {  // the same for the whole grid: no merging, no cluster barriers
+        if (!live) return;
+        const float2 ml = attend_slice(q, k_cache, v_cache, t, j, g, 0, n_all, sc, red_max, red_sum, part);
+        const float inv = __frcp_rn(ml.y);  // l >= 1: the max key contributes exp(0)
+        for (int d = tid; d < KILN_DV; d += BLOCK) o[d] = from_f<scalar_t>(part[d] * inv);
+        return;
+    }
+    // Every block of the cluster, idle ones included, reaches both barriers.
     __shared__ float stats[2];  // this block's (m, l)
-    {
+    if (live) {
         const int lo = split * per < n_all ? split * per : n_all;
         const int hi = lo + per < n_all ? lo + per : n_all;
         const float2 ml = attend_slice(q, k_cache, v_cache, t, j, g, lo, hi - lo, sc, red_max, red_sum, part);
@@ -260,37 +279,44 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(BLOCK) decode_attentio
         }
     }
     cluster_sync();
-    if (split == 0) {
-        float scale[NSPLIT];
+    if (live && split == 0) {
+        // The group's blocks are cluster ranks first .. first + ns - 1 (ns divides 8).
+        const unsigned first = blockIdx.x % CLUSTER;
+        float scale[CLUSTER];
         float mx = -__int_as_float(0x7f800000);
 #pragma unroll
-        for (int r = 0; r < NSPLIT; ++r) {
-            scale[r] = cluster_load(&stats[0], r);
-            mx = fmaxf(mx, scale[r]);
+        for (int r = 0; r < CLUSTER; ++r) {
+            if (r < ns) {
+                scale[r] = cluster_load(&stats[0], first + r);
+                mx = fmaxf(mx, scale[r]);
+            }
         }
         float lt = 0.f;
 #pragma unroll
-        for (int r = 0; r < NSPLIT; ++r) {
-            // An empty slice has m = -inf and l = 0: its weight is exp(-inf) = 0.
-            scale[r] = expf(scale[r] - mx);
-            lt += scale[r] * cluster_load(&stats[1], r);
+        for (int r = 0; r < CLUSTER; ++r) {
+            if (r < ns) {
+                // An empty slice has m = -inf and l = 0: its weight is exp(-inf) = 0.
+                scale[r] = expf(scale[r] - mx);
+                lt += scale[r] * cluster_load(&stats[1], first + r);
+            }
         }
         const float inv = __frcp_rn(lt);  // lt >= 1: the max key contributes exp(0)
         for (int d = tid; d < KILN_DV; d += BLOCK) {
             float acc = 0.f;
 #pragma unroll
-            for (int r = 0; r < NSPLIT; ++r) acc += scale[r] * cluster_load(&part[d], r);
+            for (int r = 0; r < CLUSTER; ++r)
+                if (r < ns) acc += scale[r] * cluster_load(&part[d], first + r);
             o[d] = from_f<scalar_t>(acc * inv);
         }
     }
-    // The other blocks stay until block 0 has read their shared memory.
+    // The other blocks stay until block 0 of their group has read their shared memory.
     cluster_sync();
 #else
-    // No clusters: block 0 of each 8 takes the slices one after another, merging as it goes.
-    if (split != 0) return;
+    // No clusters: block 0 of each group takes the slices one after another, merging as it goes.
+    if (!live || split != 0) return;
     __shared__ float total[KILN_DV];
     float mt = -__int_as_float(0x7f800000), lt = 0.f;
-    for (int r = 0; r < NSPLIT; ++r) {
+    for (int r = 0; r < ns; ++r) {
         const int lo = r * per < n_all ? r * per : n_all;
         const int hi = lo + per < n_all ? lo + per : n_all;
         if (hi == lo) break;  // slices past the keys are empty

@@ -180,9 +180,20 @@ mod tests {
         let c = DecodeAttentionConfig::qwen3_30b_a3b(4096, DType::BF16);
         c.validate().expect("valid");
         let d = c.launch_dims(3, 132).expect("dims");
-        // A cluster of 8 blocks per (token, head), each scoring an eighth of the cache.
-        assert_eq!(d.grid, (3 * 32 * 8, 1, 1));
-        assert_eq!(d.smem, 4096 / 8 * 4);
+        // 96 (token, head) pairs: 4 blocks each (512 / 96 = 5), each scoring a
+        // quarter of the cache.
+        assert_eq!(d.grid, (3 * 32 * 4, 1, 1));
+        assert_eq!(d.smem, 4096 / 4 * 4);
+        // One pair: 8 blocks; 512 pairs and more: one block each.
+        assert_eq!(c.launch_dims(1, 132).expect("dims").grid, (32 * 8, 1, 1));
+        assert_eq!(c.launch_dims(16, 132).expect("dims").grid, (16 * 32, 1, 1));
+        assert_eq!(c.launch_dims(16, 132).expect("dims").smem, 4096 * 4);
+        // GLM-4.7-Flash's 20 heads: 20 pairs, 8 blocks each; 3 tokens (60 pairs)
+        // 8 each; 13 tokens (260 pairs) one each, the grid padded to 264.
+        let glm = DecodeAttentionConfig::glm47_flash(4096, DType::BF16);
+        assert_eq!(glm.launch_dims(1, 132).expect("dims").grid, (160, 1, 1));
+        assert_eq!(glm.launch_dims(3, 132).expect("dims").grid, (480, 1, 1));
+        assert_eq!(glm.launch_dims(13, 132).expect("dims").grid, (264, 1, 1));
         assert_eq!(
             c.op_defines().last().map(|(_, v)| v.as_str()),
             Some("8.8388346e-2f")
