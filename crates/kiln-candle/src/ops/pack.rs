@@ -3,7 +3,11 @@
 //!
 //! A pack entry applies to a launch when its entry point and its NVRTC
 //! defines equal the catalog build's exactly, so a kernel found for Qwen3's
-//! rmsnorm (D=2048, eps 1e-6) never runs with another eps or width.
+//! rmsnorm (D=2048, eps 1e-6) never runs with another eps or width. An entry
+//! written by hand without `defines` applies to every configuration of its
+//! entry point: a whole other version of a catalog kernel (a JSON array of
+//! such entries puts an older catalog against the current one in one
+//! `kiln validate` run). Exported entries always carry their defines.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +27,8 @@ pub struct PackKernel {
     pub entry_point: Option<String>,
     /// The CUDA source, with its `// kiln:` launch line.
     pub source: String,
-    /// The NVRTC defines it was verified with, as `NAME=VALUE`.
+    /// The NVRTC defines it was verified with, as `NAME=VALUE`; absent: it
+    /// replaces every configuration of its entry point.
     pub defines: Option<Vec<String>>,
 }
 
@@ -67,9 +72,13 @@ impl KernelPack {
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        self.kernels.iter().find(|k| {
-            k.entry_point.as_deref().unwrap_or(&build.entry) == build.entry
-                && k.defines.as_ref().is_some_and(|d| same_set(d, &want))
+        self.kernels.iter().find(|k| match &k.defines {
+            Some(d) => {
+                k.entry_point.as_deref().unwrap_or(&build.entry) == build.entry
+                    && same_set(d, &want)
+            }
+            // A whole-op replacement must name its entry point.
+            None => k.entry_point.as_deref() == Some(build.entry.as_str()),
         })
     }
 }
@@ -143,5 +152,27 @@ mod tests {
         let mut other = build();
         other.defines[1].1 = "1e-5f".into();
         assert!(pack.replacement(&other).is_none());
+    }
+
+    #[test]
+    fn an_entry_without_defines_replaces_every_configuration_of_its_entry_point() {
+        let whole = |entry: Option<&str>| KernelPack {
+            kernels: vec![PackKernel {
+                target: "rmsnorm v1".into(),
+                entry_point: entry.map(str::to_string),
+                source: "// kiln: block=256 grid=T smem=0\n".into(),
+                defines: None,
+            }],
+        };
+        let mut other = build();
+        other.defines[1].1 = "1e-5f".into();
+        let pack = whole(Some("rmsnorm"));
+        assert!(pack.replacement(&build()).is_some());
+        assert!(pack.replacement(&other).is_some());
+        let mut swiglu = build();
+        swiglu.entry = "swiglu".into();
+        assert!(pack.replacement(&swiglu).is_none());
+        // Without defines the entry point is required.
+        assert!(whole(None).replacement(&build()).is_none());
     }
 }
