@@ -252,6 +252,8 @@ impl Probes {
             Ok(())
         })?;
         let pdl_graph = if gpu.facts().arch.major >= 9 {
+            // Checks the launch against the kernel's limits; the launch itself
+            // goes through cuLaunchKernelEx for its attribute.
             self.copy_pdl.prepare(&LaunchDims::linear(grid, 256, 0))?;
             Some(gpu.capture(|| {
                 for _ in 0..rounds {

@@ -24,7 +24,9 @@
 //   out = dtype( sum_r exp(m_r - M) acc_r / sum_r exp(m_r - M) l_r ),  M = max_r m_r.
 // Why: one block per (token, head) gave a decode step 32 blocks (Qwen3) that each streamed
 // the whole cache: 3 % of the DRAM peak at 4K positions (H200); splitting more than needed to
-// fill the GPU made T >= 16 slower. The heads of one kv group are adjacent, so they share the
+// fill the GPU made T >= 16 slower. (At T >= 16, S = 1, this kernel is still 8-25 % slower than
+// the single-block kernel it replaced, without the cluster attribute too: docs/BENCHMARKS.md.)
+// The heads of one kv group are adjacent, so they share the
 // group's K/V rows in L2. Inside a block: scores of the slice in dynamic shared memory
 // (ceil(S_MAX/S) floats). Pass 1: lane groups of min(32, DQK/8) lanes take one key each, about
 // 4 loads per lane in flight, q in registers, shuffles within the group. Block max and sum

@@ -21,9 +21,11 @@
 // 8-element units of the token's q and k heads (up to ceil((QH+KH)*HEAD_DIM/8 / 256)
 // of them, held in registers), then the block builds the token's cos/sin table in
 // shared memory (ROT_DIM/2 entries, one sincos each, inv_freq from a table built
-// at compile time), then each thread rotates and stores its units. Why: loading after the table's barrier put two dependent memory
-// round trips (position, then q) in every block's life; at T = 4096 that made rope
-// 2.2x slower than a copy of its bytes (H200, kernels bench).
+// at compile time), then each thread rotates and stores its units. Why: loading
+// after the table's barrier put two memory round trips in a row (position, then
+// q) in every block's life, and a double pow per entry sat before every sincos;
+// removing both made rope 0-7 % faster at T <= 64 and 7-16 % at T = 4096 (H200
+// A/B). It still costs about twice a copy of its bytes at decode sizes.
 // kiln: block=256 grid=T smem=0
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
