@@ -143,7 +143,7 @@ pub struct Report {
     pub logits: Vec<(String, Vec<Vec<f32>>)>,
 }
 
-/// One row of `benchmark_results.json` (DESIGN.md's schema).
+/// One row of `benchmark_results.json` (schema in docs/MODELS.md).
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchmarkRow {
     /// The model.

@@ -205,7 +205,7 @@ pub enum KernelsCommand {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Token counts (rows) to time, comma separated.
-    #[arg(long, value_delimiter = ',', default_values_t = kiln_discover::catalog_bench::BENCH_T)]
+    #[arg(long, value_delimiter = ',', default_values_t = kiln_eval::catalog_bench::BENCH_T)]
     pub t: Vec<usize>,
     /// Only these ops, comma separated: an op whose name equals an item, or
     /// contains it when no op is named exactly that.

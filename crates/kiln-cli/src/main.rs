@@ -1,7 +1,7 @@
 //! `kiln`: find faster GPU kernels for LLM inference and put them to work.
 //!
 //! A thin shell: argument parsing and printing. The logic lives in the
-//! library crates (`kiln-cuda`, `kiln-kernels`, `kiln-discover`).
+//! library crates (`kiln-cuda`, `kiln-kernels`, `kiln-eval`, `kiln-search`, `kiln-propose`, `kiln-candle`).
 
 mod cli;
 mod commands;

@@ -11,9 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use kiln_discover::eval::record::{EvalOutcome, EvalStatus};
-use kiln_discover::eval::worker_client::WorkerCommand;
-use kiln_discover::evaluator::{CandidateEvaluator, EvaluatorConfig, GpuEvaluator};
+use kiln_eval::evaluator::{CandidateEvaluator, EvaluatorConfig, GpuEvaluator};
+use kiln_eval::record::{EvalOutcome, EvalStatus};
+use kiln_eval::worker_client::WorkerCommand;
 
 /// The red team's target: Qwen3's hidden RMSNorm (D=2048, bf16).
 const TARGET: &str = "qwen3_rmsnorm";
@@ -114,7 +114,7 @@ fn verdict(outcome: &EvalOutcome) -> (String, String) {
 #[test]
 #[ignore = "needs a CUDA GPU: run scripts/gpu-suite.sh"]
 fn red_team_is_rejected_for_the_right_reasons_and_honest_kernels_pass() {
-    let target = kiln_discover::targets::find(TARGET).expect("target exists");
+    let target = kiln_eval::targets::find(TARGET).expect("target exists");
     let mut ev = evaluator();
     let device = ev.device().unwrap_or_else(|e| panic!("worker: {e}"));
     eprintln!("device: {device:?}");
@@ -181,7 +181,7 @@ fn catalog_and_seed_kernels_pass_on_every_target_and_time_repeatably() {
     ev.device().unwrap_or_else(|e| panic!("worker: {e}"));
     let mut failures = Vec::new();
     let mut worst_ratio: f64 = 1.0;
-    for target in kiln_discover::targets::all() {
+    for target in kiln_eval::targets::all() {
         let catalog = target.baseline().expect("catalog build").source;
         let seed = target.seed_source().expect("seed kernel").to_string();
         let outcomes = ev.evaluate_batch(&target, &[catalog, seed]);

@@ -21,6 +21,7 @@ pub mod launch;
 pub mod ops;
 pub mod presets;
 pub mod reference;
+pub mod seeds;
 pub mod tolerance;
 
 pub use catalog::{KernelBuild, Op, OpSpec, CATALOG};

@@ -1,4 +1,4 @@
-//! Every catalog configuration kiln uses: the three target models (MODELS.md)
+//! Every catalog configuration kiln uses: the three target models (docs/MODELS.md)
 //! plus generic shapes, as compile inputs for one dtype.
 
 use crate::catalog::KernelBuild;

@@ -1,5 +1,5 @@
 //! Every catalog kernel compiles with NVRTC for sm_90 in every dtype at every
-//! preset configuration (the three models of MODELS.md plus generic shapes),
+//! preset configuration (the three models of docs/MODELS.md plus generic shapes),
 //! with no local-memory spills. Needs NVRTC and the CUDA headers, not a GPU:
 //! `scripts/setup.sh` installs them into `.cache/cuda-wheels`.
 

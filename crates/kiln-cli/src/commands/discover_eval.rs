@@ -5,15 +5,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use kiln_discover::eval::record::{EvalOutcome, EvalStatus};
-use kiln_discover::evaluator::{CandidateEvaluator, EvaluatorConfig, GpuEvaluator};
+use kiln_eval::evaluator::{CandidateEvaluator, EvaluatorConfig, GpuEvaluator};
+use kiln_eval::record::{EvalOutcome, EvalStatus};
 
 use crate::cli::EvalArgs;
 
 /// Evaluates the file; exits non-zero unless the kernel passed.
 pub fn run(args: &EvalArgs) -> anyhow::Result<ExitCode> {
-    let target = kiln_discover::targets::find(&args.target).with_context(|| {
-        let names: Vec<String> = kiln_discover::targets::all()
+    let target = kiln_eval::targets::find(&args.target).with_context(|| {
+        let names: Vec<String> = kiln_eval::targets::all()
             .into_iter()
             .map(|t| t.name)
             .collect();

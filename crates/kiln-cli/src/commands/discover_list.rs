@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 /// Prints every target with its model and description.
 pub fn run() -> anyhow::Result<ExitCode> {
-    let targets = kiln_discover::targets::all();
+    let targets = kiln_eval::targets::all();
     let width = targets.iter().map(|t| t.name.len()).max().unwrap_or(0);
     println!(
         "{:<width$}  {:<14}  {:<8}  what",

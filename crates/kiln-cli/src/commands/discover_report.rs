@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use kiln_discover::report::{compare_dir, export_winner_from, render_report};
+use kiln_search::report::{compare_dir, export_winner_from, render_report};
 
 /// A table (or JSON) of every session in `dir`.
 pub fn compare(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
@@ -18,7 +18,7 @@ pub fn compare(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
 
 /// Markdown and SVG plots of one session.
 pub fn report(session: &Path, top: usize, out: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let s = kiln_discover::session::load(session)?;
+    let s = kiln_search::session::load(session)?;
     let dir = match out {
         Some(d) => d.to_path_buf(),
         None => session.parent().unwrap_or(Path::new(".")).to_path_buf(),

@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use kiln_discover::driver::{run_search, SearchObserver, SearchSummary};
-use kiln_discover::evaluator::{EvaluatorConfig, GpuEvaluator};
-use kiln_discover::propose::{backend_from_name, BackendOptions};
-use kiln_discover::search::{Node, NodeStatus, Widening};
-use kiln_discover::session::{Opened, SearchConfig, Session};
-use kiln_discover::targets::{self, Target};
+use kiln_eval::evaluator::{EvaluatorConfig, GpuEvaluator};
+use kiln_eval::targets::{self, Target};
+use kiln_propose::{backend_from_name, BackendOptions};
+use kiln_search::driver::{run_search, SearchObserver, SearchSummary};
+use kiln_search::search::{Node, NodeStatus, Widening};
+use kiln_search::session::{Opened, SearchConfig, Session};
 use serde_json::json;
 
 use crate::cli::{AutorunArgs, SearchArgs, SearchFlags};
@@ -266,7 +266,7 @@ pub fn autorun(args: &AutorunArgs) -> anyhow::Result<ExitCode> {
     let summary_path = args.session_dir.join("autorun_summary.json");
     std::fs::write(&summary_path, serde_json::to_string_pretty(&rows)?)
         .with_context(|| format!("cannot write {}", summary_path.display()))?;
-    match kiln_discover::report::compare_dir(&args.session_dir) {
+    match kiln_search::report::compare_dir(&args.session_dir) {
         Ok(c) => print!("{}", c.to_table()),
         Err(e) => eprintln!("could not compare the sessions: {e}"),
     }
@@ -283,6 +283,6 @@ pub fn autorun(args: &AutorunArgs) -> anyhow::Result<ExitCode> {
 
 /// Candidates of a finished session at `path`, if it is one.
 fn finished(path: &Path) -> Option<u64> {
-    let s = kiln_discover::session::load(path).ok()?;
+    let s = kiln_search::session::load(path).ok()?;
     s.finished.then_some(s.meta.counters.candidates_evaluated)
 }

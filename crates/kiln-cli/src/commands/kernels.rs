@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use kiln_discover::catalog_bench::{cases, run_case, table, BenchRow, CopyCeilings};
-use kiln_discover::worker::start_device;
+use kiln_eval::catalog_bench::{cases, run_case, table, BenchRow, CopyCeilings};
+use kiln_eval::worker::start_device;
 
 use crate::cli::BenchArgs;
 

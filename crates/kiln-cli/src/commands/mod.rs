@@ -37,13 +37,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// The command that starts this binary as a GPU worker.
-pub fn worker_command(
-    device: usize,
-) -> anyhow::Result<kiln_discover::eval::worker_client::WorkerCommand> {
+pub fn worker_command(device: usize) -> anyhow::Result<kiln_eval::worker_client::WorkerCommand> {
     let exe = std::env::current_exe().map_err(|e| {
         anyhow::anyhow!("cannot find the kiln executable to start a GPU worker: {e}")
     })?;
-    Ok(kiln_discover::eval::worker_client::WorkerCommand::new(
+    Ok(kiln_eval::worker_client::WorkerCommand::new(
         exe,
         [
             "__worker".to_string(),

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use kiln_discover::worker::{serve, Exit};
+use kiln_eval::worker::{serve, Exit};
 
 /// Serves evaluation requests on stdin/stdout until told to stop.
 pub fn run(device: usize) -> anyhow::Result<ExitCode> {

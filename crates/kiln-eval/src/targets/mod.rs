@@ -1,0 +1,125 @@
+//! Search targets: what a candidate must compute, at which shapes, against
+//! which baseline, starting from which naive seed.
+
+pub mod op_problem;
+pub mod problem;
+pub mod registry;
+
+use std::collections::BTreeMap;
+
+use kiln_kernels::{DType, KernelBuild, KernelError};
+
+use crate::candidate::{Param, ParamKind, ScalarKind, TargetSignature};
+pub use op_problem::{OpProblem, Reference, TopkLayout};
+pub use problem::{BufferSpec, Distribution, ElemKind, HostBuffer, Role};
+pub use registry::{all, find};
+
+/// One search space.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Unique name (`glm_rmsnorm`).
+    pub name: String,
+    /// The model whose semantics and dims it follows, if any.
+    pub model: Option<&'static str>,
+    /// One line for `kiln discover list`.
+    pub description: String,
+    /// The op, its static dims and dtype.
+    pub problem: OpProblem,
+    /// Row counts timed for the reward.
+    pub timed_t: Vec<usize>,
+    /// Row counts verified and shown to the proposer.
+    pub visible_verify_t: Vec<usize>,
+    /// Row counts verified but never shown to the proposer.
+    pub hidden_verify_t: Vec<usize>,
+}
+
+impl Target {
+    /// The catalog kernel: the baseline every candidate must beat.
+    pub fn baseline(&self) -> Result<KernelBuild, KernelError> {
+        self.problem.build()
+    }
+
+    /// The family's naive seed kernel: the root of the search tree.
+    pub fn seed_source(&self) -> Option<&'static str> {
+        kiln_kernels::seeds::seed_source(self.problem.family())
+    }
+
+    /// The NVRTC defines (dtype and static dims) every candidate is compiled with.
+    pub fn defines(&self) -> Result<Vec<(String, String)>, KernelError> {
+        Ok(self.baseline()?.defines)
+    }
+
+    /// The storage dtype.
+    pub fn dtype(&self) -> DType {
+        match self.problem.buffers(1).first().map(|b| b.kind) {
+            Some(ElemKind::Dtype(d)) => d,
+            _ => DType::F32,
+        }
+    }
+
+    /// Static shape variables with their values (`D` → 2048).
+    pub fn static_dims(&self) -> BTreeMap<String, i64> {
+        self.problem
+            .static_vars()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
+    }
+
+    /// The entry point's signature every candidate must define.
+    pub fn signature(&self) -> Result<TargetSignature, KernelError> {
+        let entry = self.baseline()?.entry;
+        let mut params: Vec<Param> = self
+            .problem
+            .buffers(1)
+            .into_iter()
+            .map(|b| {
+                let scalar = match b.kind {
+                    ElemKind::Dtype(_) => ScalarKind::Dtype,
+                    ElemKind::F32 => ScalarKind::F32,
+                    ElemKind::U32 => ScalarKind::U32,
+                    ElemKind::I32 => ScalarKind::I32,
+                };
+                Param {
+                    name: b.name,
+                    kind: match b.role {
+                        Role::Input => ParamKind::ConstPtr(scalar),
+                        Role::Output => ParamKind::MutPtr(scalar),
+                    },
+                }
+            })
+            .collect();
+        params.push(Param {
+            name: "T".into(),
+            kind: ParamKind::Int,
+        });
+        params.extend(self.problem.scalar_names().iter().map(|n| Param {
+            name: n.to_string(),
+            kind: ParamKind::Int,
+        }));
+        Ok(TargetSignature {
+            entry,
+            params,
+            dtype: self.dtype(),
+        })
+    }
+
+    /// Every verified row count, visible first.
+    pub fn verify_t(&self) -> Vec<usize> {
+        let mut all = self.visible_verify_t.clone();
+        all.extend(&self.hidden_verify_t);
+        all
+    }
+
+    /// The math, for prompts and reports: the catalog source's header comment.
+    pub fn math(&self) -> String {
+        let source = self.baseline().map(|b| b.source).unwrap_or_default();
+        source
+            .lines()
+            .take_while(|l| l.starts_with("//"))
+            .filter(|l| !l.trim_start_matches('/').trim_start().starts_with("kiln:"))
+            .map(|l| l.trim_start_matches('/').trim_start())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}

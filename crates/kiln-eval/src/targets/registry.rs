@@ -1,0 +1,195 @@
+//! The search targets: generic shapes plus each model's real semantics and dims
+//! (docs/MODELS.md). A target is data: an op configuration from the
+//! catalog, its shapes, and prose for the prompt. Adding one is a few lines in
+//! [`all`] (see docs/DISCOVER.md).
+
+use kiln_kernels::ops::moe_combine::MoeCombineConfig;
+use kiln_kernels::ops::norm::RmsNormConfig;
+use kiln_kernels::ops::swiglu::SwigluConfig;
+use kiln_kernels::ops::topk::{SigmoidTopkConfig, SoftmaxTopkConfig};
+use kiln_kernels::ops::ttt::TttConfig;
+use kiln_kernels::DType;
+
+use super::op_problem::OpProblem;
+use super::Target;
+
+/// Token counts timed for row ops: decode (1), small batch (16), prefill (4096).
+const TIMED_T: [usize; 3] = [1, 16, 4096];
+/// Rows timed for TTT (batch·heads).
+const TIMED_TTT: [usize; 3] = [16, 64, 512];
+
+fn target(
+    name: &str,
+    model: Option<&'static str>,
+    description: &str,
+    problem: OpProblem,
+    timed: &[usize],
+) -> Target {
+    Target {
+        name: name.to_string(),
+        model,
+        description: description.to_string(),
+        problem,
+        timed_t: timed.to_vec(),
+        visible_verify_t: vec![1, 16],
+        // The proposer never sees these: odd sizes catch hard-coded shapes and
+        // missing tails.
+        hidden_verify_t: vec![3, 37, 1000],
+    }
+}
+
+/// Every target, in the order `kiln discover list` shows them.
+pub fn all() -> Vec<Target> {
+    let bf16 = DType::BF16;
+    let softmax = |e, k| {
+        OpProblem::SoftmaxTopk(SoftmaxTopkConfig {
+            e,
+            k,
+            renorm: true,
+            dtype: bf16,
+        })
+    };
+    let combine = |d, k, has_shared| {
+        OpProblem::MoeCombine(MoeCombineConfig {
+            d,
+            k,
+            has_shared,
+            dtype: bf16,
+        })
+    };
+    let swiglu = |i| OpProblem::Swiglu(SwigluConfig::new(i, bf16));
+    let rmsnorm = |d, eps| OpProblem::RmsNorm(RmsNormConfig::new(d, eps, bf16));
+    let glm = Some("GLM-4.7-Flash");
+    let qwen = Some("Qwen3-30B-A3B");
+    let lfm = Some("LFM2-8B-A1B");
+    vec![
+        // Generic shapes.
+        target(
+            "fused_swiglu",
+            None,
+            "silu(gate)*up, I=4096, bf16",
+            swiglu(4096),
+            &TIMED_T,
+        ),
+        target(
+            "rmsnorm",
+            None,
+            "RMSNorm over D=4096, eps 1e-6, bf16",
+            rmsnorm(4096, 1e-6),
+            &TIMED_T,
+        ),
+        target(
+            "moe_combine",
+            None,
+            "weighted sum of K=2 expert outputs, D=4096, bf16",
+            combine(4096, 2, false),
+            &TIMED_T,
+        ),
+        target(
+            "topk_gating",
+            None,
+            "softmax over E=8 experts, top-2, renormalised",
+            softmax(8, 2),
+            &TIMED_T,
+        ),
+        target(
+            "ttt_linear_decode",
+            None,
+            "one TTT-Linear decode step per (batch·head), F=64, 16 heads",
+            OpProblem::Ttt(TttConfig::new(16, bf16)),
+            &TIMED_TTT,
+        ),
+        // GLM-4.7-Flash.
+        target(
+            "glm_fused_swiglu",
+            glm,
+            "expert SwiGLU, I=1536",
+            swiglu(1536),
+            &TIMED_T,
+        ),
+        target(
+            "glm_rmsnorm",
+            glm,
+            "hidden RMSNorm, D=2048, eps 1e-5",
+            rmsnorm(2048, 1e-5),
+            &TIMED_T,
+        ),
+        target(
+            "glm_moe_combine",
+            glm,
+            "combine of K=4 experts plus the shared expert, D=2048",
+            combine(2048, 4, true),
+            &TIMED_T,
+        ),
+        target(
+            "glm_topk_gating",
+            glm,
+            "sigmoid router, E=64, top-4, bias selects, ×1.8 (f32 logits)",
+            OpProblem::SigmoidTopk(SigmoidTopkConfig::glm47_flash()),
+            &TIMED_T,
+        ),
+        // Qwen3-30B-A3B.
+        target(
+            "qwen3_fused_swiglu",
+            qwen,
+            "expert SwiGLU, I=768",
+            swiglu(768),
+            &TIMED_T,
+        ),
+        target(
+            "qwen3_rmsnorm",
+            qwen,
+            "hidden RMSNorm, D=2048, eps 1e-6",
+            rmsnorm(2048, 1e-6),
+            &TIMED_T,
+        ),
+        target(
+            "qwen3_moe_combine",
+            qwen,
+            "combine of K=8 experts, D=2048",
+            combine(2048, 8, false),
+            &TIMED_T,
+        ),
+        target(
+            "qwen3_topk_gating",
+            qwen,
+            "softmax router, E=128, top-8, renormalised",
+            softmax(128, 8),
+            &TIMED_T,
+        ),
+        // LFM2-8B-A1B.
+        target(
+            "lfm2_fused_swiglu",
+            lfm,
+            "expert SwiGLU, I=1792",
+            swiglu(1792),
+            &TIMED_T,
+        ),
+        target(
+            "lfm2_rmsnorm",
+            lfm,
+            "hidden RMSNorm, D=2048, eps 1e-5",
+            rmsnorm(2048, 1e-5),
+            &TIMED_T,
+        ),
+        target(
+            "lfm2_moe_combine",
+            lfm,
+            "combine of K=4 experts, D=2048",
+            combine(2048, 4, false),
+            &TIMED_T,
+        ),
+        target(
+            "lfm2_topk_gating",
+            lfm,
+            "sigmoid router in bf16, E=32, top-4, bias selects",
+            OpProblem::SigmoidTopk(SigmoidTopkConfig::lfm2_8b_a1b(bf16)),
+            &TIMED_T,
+        ),
+    ]
+}
+
+/// The target called `name`.
+pub fn find(name: &str) -> Option<Target> {
+    all().into_iter().find(|t| t.name == name)
+}

@@ -1,0 +1,376 @@
+//! Unit tests of the offline generator (no GPU, no NVRTC).
+
+use std::collections::BTreeMap;
+
+use super::generate::{parent_knobs, single_moves};
+use super::history::{rewrite_name, History};
+use super::space::{Dims, Family, Knobs};
+use super::{propose_offline, OfflineProposer};
+use kiln_kernels::seeds;
+use kiln_search::search::tree::{NewNode, NodeId, Tree};
+
+fn dims_of(family: Family) -> BTreeMap<String, i64> {
+    let pairs: &[(&str, i64)] = match family {
+        Family::Swiglu => &[("I", 1536)],
+        Family::RmsNorm => &[("D", 2048)],
+        Family::MoeCombine => &[("D", 2048), ("K", 4)],
+        Family::SoftmaxTopk => &[("E", 128), ("K", 8)],
+        Family::SigmoidTopk => &[("E", 64), ("K", 4), ("N_GROUP", 1), ("TOPK_GROUP", 1)],
+        Family::TttLinearDecode => &[("F", 64), ("H", 16)],
+    };
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+fn seed(family: Family) -> &'static str {
+    seeds::seed_source(family.name()).expect("every family has a seed")
+}
+
+#[test]
+fn every_family_has_a_seed_with_one_entry_and_launch_line() {
+    for f in Family::ALL {
+        let s = seed(f);
+        assert_eq!(
+            s.matches("extern \"C\" __global__").count(),
+            1,
+            "{}",
+            f.name()
+        );
+        assert!(s.contains(&format!(" {}(", f.name())), "{}", f.name());
+        kiln_kernels::launch::LaunchLine::parse_source(s)
+            .unwrap_or_else(|e| panic!("{}: {e}", f.name()));
+    }
+    assert!(seeds::seed_source("nope").is_none());
+}
+
+#[test]
+fn knob_header_round_trips() {
+    for f in Family::ALL {
+        let dims = Dims::from_static(f, &dims_of(f)).expect("dims");
+        let base = f.naive(&dims);
+        assert!(
+            f.check(&base, &dims).is_ok(),
+            "{}: base must be valid",
+            f.name()
+        );
+        for m in single_moves(f, &dims, &base, &History::new()) {
+            let src = f.render(&m.knobs, &dims);
+            assert_eq!(
+                Knobs::parse(&src, f),
+                Some(m.knobs.clone()),
+                "{}: {}",
+                f.name(),
+                m.name
+            );
+            assert_eq!(parent_knobs(f, &dims, &src), m.knobs);
+        }
+        // A seed (no header) and another family's header map to the naive knobs.
+        assert_eq!(parent_knobs(f, &dims, seed(f)), base);
+        let other = if f == Family::Swiglu {
+            Family::RmsNorm
+        } else {
+            Family::Swiglu
+        };
+        let od = Dims::from_static(other, &dims_of(other)).expect("dims");
+        assert_eq!(Knobs::parse(&other.render(&other.naive(&od), &od), f), None);
+    }
+}
+
+#[test]
+fn malformed_headers_fall_back_to_base() {
+    let f = Family::RmsNorm;
+    let dims = Dims::from_static(f, &dims_of(f)).expect("dims");
+    for bad in [
+        "// kiln-offline: family=rmsnorm tpr=33\n",
+        "// kiln-offline: family=rmsnorm vec=banana\n",
+        "// kiln-offline: family=rmsnorm nonsense\n",
+        "// kiln-offline: family=rmsnorm unknown=1\n",
+    ] {
+        assert_eq!(Knobs::parse(bad, f), None, "{bad}");
+        assert_eq!(parent_knobs(f, &dims, bad), f.naive(&dims));
+    }
+    // Valid syntax but invalid for the dims (tpr*vec does not divide D... here block > 1024).
+    let invalid = "// kiln-offline: family=rmsnorm tpr=1024 rpb=128\n";
+    assert!(Knobs::parse(invalid, f).is_some());
+    assert_eq!(parent_knobs(f, &dims, invalid), f.naive(&dims));
+}
+
+#[test]
+fn every_rewrite_changes_the_source_and_stays_valid() {
+    for f in Family::ALL {
+        let dims = Dims::from_static(f, &dims_of(f)).expect("dims");
+        let parent = f.naive(&dims);
+        let parent_src = f.render(&parent, &dims);
+        let moves = single_moves(f, &dims, &parent, &History::new());
+        assert!(
+            moves.len() >= 10,
+            "{}: only {} rewrites",
+            f.name(),
+            moves.len()
+        );
+        for m in &moves {
+            assert!(f.check(&m.knobs, &dims).is_ok(), "{}: {}", f.name(), m.name);
+            let src = f.render(&m.knobs, &dims);
+            assert_eq!(
+                src.matches("extern \"C\" __global__").count(),
+                1,
+                "{}: {}",
+                f.name(),
+                m.name
+            );
+            assert!(
+                src.contains(&format!(" {}(", f.name())),
+                "{}: {}",
+                f.name(),
+                m.name
+            );
+            assert_ne!(
+                kiln_search::search::dedup::source_hash(&src),
+                kiln_search::search::dedup::source_hash(&parent_src),
+                "{}: {} leaves the kernel unchanged",
+                f.name(),
+                m.name
+            );
+        }
+    }
+}
+
+#[test]
+fn proposals_are_deterministic_and_seed_dependent() {
+    for f in Family::ALL {
+        let dims = dims_of(f);
+        let a = propose_offline(f.name(), &dims, seed(f), 8, 42, &History::new()).expect("a");
+        let b = propose_offline(f.name(), &dims, seed(f), 8, 42, &History::new()).expect("b");
+        assert_eq!(a, b, "{}", f.name());
+        assert_eq!(a.len(), 8);
+        let c = propose_offline(f.name(), &dims, seed(f), 8, 43, &History::new()).expect("c");
+        let names =
+            |v: &[super::OfflineProposal]| v.iter().map(|p| p.rewrite.clone()).collect::<Vec<_>>();
+        assert_ne!(
+            names(&a),
+            names(&c),
+            "{}: seeds 42 and 43 give the same order",
+            f.name()
+        );
+        let total: f64 = a.iter().map(|p| p.prior).sum();
+        assert!((total - 1.0).abs() < 1e-9);
+        for p in &a {
+            assert!(
+                p.reasoning.starts_with(&format!("{}:", p.rewrite)),
+                "{}",
+                p.reasoning
+            );
+            assert_eq!(rewrite_name(&p.reasoning), p.rewrite);
+            assert!((0.0..=1.0).contains(&p.prior));
+        }
+    }
+}
+
+#[test]
+fn never_proposes_a_source_already_in_the_tree() {
+    let f = Family::RmsNorm;
+    let dims = dims_of(f);
+    let root = NewNode {
+        source: seed(f).to_string(),
+        launch_line: String::new(),
+        reasoning: "seed".into(),
+        proposer: "seed".into(),
+    };
+    let mut tree = Tree::new(root, 1);
+    let proposer = OfflineProposer::new(5);
+    let first = proposer
+        .propose_source(f.name(), &dims, seed(f), 6, 0)
+        .expect("first");
+    for p in &first {
+        let node = NewNode {
+            source: p.source.clone(),
+            launch_line: String::new(),
+            reasoning: p.reasoning.clone(),
+            proposer: "offline".into(),
+        };
+        tree.add_child(NodeId::ROOT, node, 0.1, 1)
+            .expect("new source");
+    }
+    let informed = proposer.with_history(&tree);
+    // Ask for far more than fit in one batch: everything returned must be new, and the
+    // same request always gives the same answer.
+    let again = informed
+        .propose_source(f.name(), &dims, seed(f), 60, 0)
+        .expect("again");
+    assert_eq!(again.len(), 60);
+    for p in &again {
+        assert!(
+            !tree.contains_source(&p.source),
+            "{} was already in the tree",
+            p.rewrite
+        );
+    }
+    let hashes: std::collections::BTreeSet<String> = again
+        .iter()
+        .map(|p| kiln_search::search::dedup::source_hash(&p.source))
+        .collect();
+    assert_eq!(hashes.len(), again.len(), "no duplicates inside a batch");
+    // The in-place variant sees the same tree.
+    proposer.observe(&tree);
+    assert_eq!(
+        proposer
+            .propose_source(f.name(), &dims, seed(f), 60, 0)
+            .expect("observed"),
+        again
+    );
+}
+
+#[test]
+fn history_priors_favour_a_rewrite_that_improved() {
+    let f = Family::Swiglu;
+    let dims = dims_of(f);
+    let root = NewNode {
+        source: seed(f).to_string(),
+        launch_line: String::new(),
+        reasoning: "seed".into(),
+        proposer: "seed".into(),
+    };
+    let mut tree = Tree::new(root, 1);
+    tree.record_result(NodeId::ROOT, 0.5, serde_json::Value::Null)
+        .expect("root");
+    let props = propose_offline(f.name(), &dims, seed(f), 40, 9, &History::new()).expect("props");
+    let good = props
+        .iter()
+        .find(|p| p.rewrite == "vec=8")
+        .expect("vec=8 is offered");
+    let bad = props
+        .iter()
+        .find(|p| p.rewrite == "block=64")
+        .expect("block=64 is offered");
+    let add = |tree: &mut Tree, p: &super::OfflineProposal| {
+        let node = NewNode {
+            source: p.source.clone(),
+            launch_line: String::new(),
+            reasoning: p.reasoning.clone(),
+            proposer: "offline".into(),
+        };
+        tree.add_child(NodeId::ROOT, node, 0.1, 1).expect("add")
+    };
+    let g = add(&mut tree, good);
+    tree.record_result(g, 1.5, serde_json::Value::Null)
+        .expect("good");
+    let b = add(&mut tree, bad);
+    tree.record_failure(b, "verify", "mismatch", serde_json::Value::Null)
+        .expect("bad");
+
+    let h = History::from_tree(&tree);
+    assert_eq!(h.count("vec=8"), 1);
+    assert!(h.multiplier("vec=8") > 1.5, "{}", h.multiplier("vec=8"));
+    assert!(
+        h.multiplier("block=64") < 0.5,
+        "{}",
+        h.multiplier("block=64")
+    );
+    assert!(h.multiplier("block=64") >= super::history::FLOOR);
+    assert_eq!(h.multiplier("never-tried"), 1.0);
+
+    // From a fresh parent the improved rewrite's weight grows relative to an untried one.
+    let d = Dims::from_static(f, &dims).expect("dims");
+    let parent = f.naive(&d);
+    let before = single_moves(f, &d, &parent, &History::new());
+    let after = single_moves(f, &d, &parent, &h);
+    let w = |v: &[super::generate::Move], n: &str| {
+        v.iter().find(|m| m.name == n).map(|m| m.weight).expect(n)
+    };
+    assert!(w(&after, "vec=4") == w(&before, "vec=4"));
+    assert!(
+        w(&after, "vec=8") / w(&after, "vec=4") > 1.5 * w(&before, "vec=8") / w(&before, "vec=4")
+    );
+    // Pairs credit both parts.
+    let mut h2 = History::new();
+    h2.record("vec=8+upt=2", 1.0);
+    assert_eq!(h2.count("vec=8"), 1);
+    assert_eq!(h2.count("upt=2"), 1);
+}
+
+#[test]
+fn bad_requests_are_typed_errors() {
+    let none = BTreeMap::new();
+    assert!(matches!(
+        propose_offline("conv2d", &none, "", 4, 0, &History::new()),
+        Err(super::OfflineError::UnknownFamily(_))
+    ));
+    assert!(matches!(
+        propose_offline("rmsnorm", &none, "", 4, 0, &History::new()),
+        Err(super::OfflineError::BadDim { dim: "D", .. })
+    ));
+    let grouped: BTreeMap<String, i64> = [("E", 256), ("K", 8), ("N_GROUP", 8), ("TOPK_GROUP", 4)]
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect();
+    assert!(matches!(
+        propose_offline("sigmoid_topk", &grouped, "", 4, 0, &History::new()),
+        Err(super::OfflineError::Unsupported { .. })
+    ));
+}
+
+#[test]
+fn recipes_reach_the_catalog_designs_from_the_seed() {
+    // One rewrite from the seed reaches each family's catalog-like configuration.
+    for f in Family::ALL {
+        let dims = Dims::from_static(f, &dims_of(f)).expect("dims");
+        let moves = single_moves(f, &dims, &f.naive(&dims), &History::new());
+        let recipes: Vec<&str> = moves
+            .iter()
+            .filter(|m| m.name.starts_with("recipe-"))
+            .map(|m| m.name.as_str())
+            .collect();
+        assert_eq!(recipes.len(), 3, "{}: {recipes:?}", f.name());
+    }
+}
+
+#[test]
+fn implements_the_proposer_interface() {
+    use kiln_search::propose::request::{HardwareBrief, ParentBrief, ProposalRequest, TargetBrief};
+    use kiln_search::propose::Proposer;
+    let f = Family::MoeCombine;
+    let req = ProposalRequest {
+        target: TargetBrief {
+            name: "glm_moe_combine".into(),
+            family: f.name().into(),
+            math: String::new(),
+            signature: String::new(),
+            entry: f.name().into(),
+            static_dims: dims_of(f),
+            shape_vars: vec!["T".into()],
+            timed_shapes: vec![],
+            constraints: String::new(),
+            dtype: "bf16".into(),
+            hardware: HardwareBrief {
+                gpu_name: "H100".into(),
+                sm_count: 132,
+                peak_bandwidth_gbps: 3000.0,
+                launch_floor_us: 2.0,
+                l2_mib: 50,
+            },
+        },
+        parent: ParentBrief {
+            node_id: 0,
+            source: seed(f).into(),
+            reward: Some(0.3),
+            per_shape: vec![],
+            sol_fraction: None,
+        },
+        best: vec![],
+        recent_failures: vec![],
+        count: 4,
+        step: 1,
+        seed: 3,
+    };
+    let p = OfflineProposer::new(1);
+    assert_eq!((p.name(), p.model()), ("offline", "offline"));
+    let batch = p.propose(&req).expect("batch");
+    assert_eq!(batch.proposals.len(), 4);
+    assert_eq!(batch, p.propose(&req).expect("again"));
+    assert!(batch
+        .proposals
+        .iter()
+        .all(|c| c.prior.is_some_and(|x| (0.0..=1.0).contains(&x))));
+    let mut bad = req.clone();
+    bad.target.family = "conv2d".into();
+    assert!(p.propose(&bad).is_err());
+}

@@ -1,0 +1,319 @@
+//! Exports a session's winner as a kernel-pack entry: a JSON description plus a standalone `.cu`.
+//!
+//! The `.cu` carries everything a framework needs in its header comment
+//! (target, entry point, launch rule, `-D` defines, where and when it was
+//! measured), followed by the source exactly as it was verified and timed,
+//! its `// kiln:` launch line included.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::error::{write_file, ReportError};
+use super::summary::{KernelSummary, ShapeResult};
+use crate::search::NodeId;
+use crate::session::{self, Session};
+use kiln_eval::candidate::strip_comments;
+use kiln_eval::targets;
+
+/// The format tag written into every entry, bumped on incompatible changes.
+pub const PACK_FORMAT: &str = "kiln-kernel-pack-entry/1";
+
+/// One shape's speedup in a pack entry.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PackShape {
+    /// The shape's name.
+    pub name: String,
+    /// Catalog time / this kernel's time.
+    pub speedup: Option<f64>,
+    /// This kernel's median time in µs.
+    pub median_us: Option<f64>,
+    /// The catalog kernel's median time in µs.
+    pub baseline_median_us: Option<f64>,
+}
+
+/// A kernel-pack entry: the winner and everything needed to compile, launch and trust it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PackEntry {
+    /// Always [`PACK_FORMAT`].
+    pub format: String,
+    /// The target the kernel implements.
+    pub target: String,
+    /// The `extern "C"` entry point, when known.
+    pub entry_point: Option<String>,
+    /// The full CUDA C++ source, as verified and timed.
+    pub source: String,
+    /// The `// kiln:` launch line.
+    pub launch_line: String,
+    /// Static shape variables the kernel was specialised for (`D` → 2048), when known.
+    pub static_dims: Option<BTreeMap<String, i64>>,
+    /// The NVRTC `-D` flags it was compiled with (`-DKILN_DTYPE=__nv_bfloat16`, …), when known.
+    pub defines: Option<Vec<String>>,
+    /// The storage dtype (`bf16`, `f16`, `f32`), when known.
+    pub dtype: Option<String>,
+    /// The GPU it was measured on.
+    pub gpu_name: String,
+    /// That GPU's architecture (e.g. `sm_90`).
+    pub gpu_arch: String,
+    /// The CUDA driver version.
+    pub driver_version: String,
+    /// The NVRTC version it was compiled with.
+    pub nvrtc_version: String,
+    /// The kiln version that ran the search.
+    pub kiln_version: String,
+    /// When the session was last saved (RFC 3339, UTC).
+    pub measured_at: String,
+    /// Per-shape speedups over the catalog kernel.
+    pub shapes: Vec<PackShape>,
+    /// Geometric-mean speedup over the catalog kernel.
+    pub speedup_vs_catalog: Option<f64>,
+    /// Speedup over the naive seed kernel.
+    pub speedup_vs_seed: Option<f64>,
+    /// The search reward.
+    pub reward: f64,
+    /// The session file it came from, when exported from a file.
+    pub session_path: Option<PathBuf>,
+    /// The winning node.
+    pub node: NodeId,
+}
+
+/// What [`export_winner`] wrote.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExportedPack {
+    /// The JSON entry.
+    pub json: PathBuf,
+    /// The standalone `.cu` beside it (same stem).
+    pub cu: PathBuf,
+    /// The entry as written.
+    pub entry: PackEntry,
+}
+
+/// Writes the best evaluated kernel of `session` to `out` (JSON) and to `out` with extension `.cu`.
+pub fn export_winner(session: &Session, out: &Path) -> Result<ExportedPack, ReportError> {
+    export(session, None, out)
+}
+
+/// Loads the session at `session_path` and exports its winner, recording the path in the entry.
+pub fn export_winner_from(session_path: &Path, out: &Path) -> Result<ExportedPack, ReportError> {
+    let session = session::load(session_path)?;
+    export(&session, Some(session_path), out)
+}
+
+fn export(
+    session: &Session,
+    session_path: Option<&Path>,
+    out: &Path,
+) -> Result<ExportedPack, ReportError> {
+    if out.file_name().is_none() {
+        return Err(ReportError::BadOutputPath { path: out.into() });
+    }
+    let entry = pack_entry(session, session_path)?;
+    let cu = out.with_extension("cu");
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(|e| ReportError::io("create folder", dir, e))?;
+    }
+    let json = serde_json::to_string_pretty(&entry).map_err(|source| ReportError::Json {
+        what: "kernel-pack entry",
+        source,
+    })?;
+    write_file(out, &(json + "\n"))?;
+    write_file(&cu, &cu_text(&entry))?;
+    Ok(ExportedPack {
+        json: out.to_path_buf(),
+        cu,
+        entry,
+    })
+}
+
+/// Builds the pack entry for the session's winner, or [`ReportError::NoWinner`].
+pub fn pack_entry(
+    session: &Session,
+    session_path: Option<&Path>,
+) -> Result<PackEntry, ReportError> {
+    let no_winner = || ReportError::NoWinner {
+        where_: session_path.map_or_else(
+            || format!("session {}/{}", session.meta.target, session.meta.backend),
+            |p| p.display().to_string(),
+        ),
+    };
+    let id = session.tree.best().ok_or_else(no_winner)?;
+    let node = session.tree.get(id).ok_or_else(no_winner)?;
+    let summary = KernelSummary::of(session, id).ok_or_else(no_winner)?;
+    let m = &session.meta;
+    // The session stores only the target's name; the registry knows its entry
+    // point, dtype and defines. For a target this build does not know, fall
+    // back to what the source and the record show.
+    let target = targets::find(&m.target);
+    let entry_point = target
+        .as_ref()
+        .and_then(|t| t.signature().ok())
+        .map(|sig| sig.entry)
+        .or_else(|| entry_point(&node.source));
+    let static_dims = target
+        .as_ref()
+        .map(|t| t.static_dims())
+        .or_else(|| dims_from_shapes(&summary.shapes))
+        .filter(|d| !d.is_empty());
+    let defines = match target.as_ref().and_then(|t| t.defines().ok()) {
+        Some(d) => Some(d.iter().map(|(k, v)| format!("-D{k}={v}")).collect()),
+        None => static_dims.as_ref().map(define_flags),
+    };
+    Ok(PackEntry {
+        format: PACK_FORMAT.to_string(),
+        target: m.target.clone(),
+        entry_point,
+        source: node.source.clone(),
+        launch_line: node.launch_line.trim().to_string(),
+        static_dims,
+        defines,
+        dtype: target.as_ref().map(|t| t.dtype().name().to_string()),
+        gpu_name: m.gpu_name.clone(),
+        gpu_arch: m.gpu_arch.clone(),
+        driver_version: m.driver_version.clone(),
+        nvrtc_version: m.nvrtc_version.clone(),
+        kiln_version: m.kiln_version.clone(),
+        measured_at: m.updated_at.clone(),
+        shapes: summary
+            .shapes
+            .iter()
+            .map(|s| PackShape {
+                name: s.name.clone(),
+                speedup: s.speedup,
+                median_us: s.median_us,
+                baseline_median_us: s.baseline_median_us,
+            })
+            .collect(),
+        speedup_vs_catalog: summary.speedup_vs_catalog,
+        speedup_vs_seed: summary.speedup_vs_seed,
+        reward: summary.reward.unwrap_or(0.0),
+        session_path: session_path.map(Path::to_path_buf),
+        node: id,
+    })
+}
+
+/// The name of the `__global__` function in `source` (comments ignored), if one is found.
+fn entry_point(source: &str) -> Option<String> {
+    let code = strip_comments(source).ok()?;
+    let after = &code[code.find("__global__")? + "__global__".len()..];
+    let open = after.find('(')?;
+    // `void <name>` possibly with attributes between; the name is the last word before `(`.
+    let name = after[..open]
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .rfind(|w| !w.is_empty())?;
+    (name != "void").then(|| name.to_string())
+}
+
+/// Shape variables other than `T` that hold one value across every timed shape: the static dims.
+///
+/// `T` is always a run-time argument, so it is never a static dim.
+fn dims_from_shapes(shapes: &[ShapeResult]) -> Option<BTreeMap<String, i64>> {
+    let first = shapes.first()?;
+    let dims: BTreeMap<String, i64> = first
+        .vars
+        .iter()
+        .filter(|(k, v)| {
+            k.as_str() != "T" && shapes.iter().all(|s| s.vars.get(k.as_str()) == Some(v))
+        })
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    Some(dims)
+}
+
+/// `-DKILN_<NAME>=<value>` flags for static dims (the catalog's naming), for targets outside the registry.
+fn define_flags(dims: &BTreeMap<String, i64>) -> Vec<String> {
+    dims.iter()
+        .map(|(k, v)| format!("-DKILN_{k}={v}"))
+        .collect()
+}
+
+fn or_unknown(s: &str) -> &str {
+    if s.trim().is_empty() {
+        "unknown"
+    } else {
+        s
+    }
+}
+
+/// The standalone `.cu`: a header comment describing the kernel, then the source verbatim.
+fn cu_text(e: &PackEntry) -> String {
+    let mut h = String::new();
+    let speed = |x: Option<f64>| x.map_or_else(|| "unknown".to_string(), |v| format!("{v:.3}x"));
+    let _ = writeln!(h, "// kiln kernel pack entry ({PACK_FORMAT})");
+    let _ = writeln!(h, "// target:   {}", e.target);
+    let _ = writeln!(
+        h,
+        "// entry:    extern \"C\" __global__ void {}(...)",
+        e.entry_point.as_deref().unwrap_or("<see source>")
+    );
+    let _ = writeln!(
+        h,
+        "// dtype:    {}",
+        e.dtype.as_deref().unwrap_or("see source")
+    );
+    let _ = writeln!(
+        h,
+        "// launch:   {}",
+        e.launch_line.trim_start_matches("//").trim()
+    );
+    let _ = writeln!(
+        h,
+        "//           block/grid/smem are expressions over the shape variables (T = tokens, a run-time"
+    );
+    let _ = writeln!(
+        h,
+        "//           argument; model dims) and SMS (the device's SM count); smem is dynamic shared bytes"
+    );
+    match &e.defines {
+        Some(d) => {
+            let _ = writeln!(h, "// defines:  {}", d.join(" "));
+        }
+        None => {
+            let _ = writeln!(
+                h,
+                "// defines:  not recorded; pass the target's model dims as -DKILN_<NAME>=<value>"
+            );
+        }
+    }
+    let _ = writeln!(
+        h,
+        "// measured: {} ({}), driver {}, NVRTC {}, kiln {}, session saved {}",
+        or_unknown(&e.gpu_name),
+        or_unknown(&e.gpu_arch),
+        or_unknown(&e.driver_version),
+        or_unknown(&e.nvrtc_version),
+        or_unknown(&e.kiln_version),
+        or_unknown(&e.measured_at)
+    );
+    let from = e.session_path.as_ref().map_or_else(
+        || "an in-memory session".to_string(),
+        |p| p.display().to_string(),
+    );
+    let _ = writeln!(h, "// from:     {from}, node {}", e.node);
+    let _ = writeln!(
+        h,
+        "// speedup:  {} vs the catalog kernel, {} vs the naive seed; reward {:.4}",
+        speed(e.speedup_vs_catalog),
+        speed(e.speedup_vs_seed),
+        e.reward
+    );
+    for s in &e.shapes {
+        let _ = writeln!(
+            h,
+            "//           {}: {}",
+            s.name.replace('\n', " "),
+            speed(s.speedup)
+        );
+    }
+    let _ = writeln!(
+        h,
+        "// The source below is verbatim, as verified and timed.\n"
+    );
+    h.push_str(&e.source);
+    if !e.source.ends_with('\n') {
+        h.push('\n');
+    }
+    h
+}
