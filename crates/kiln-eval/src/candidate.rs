@@ -5,30 +5,56 @@
 //! a reason the proposer can act on ([`StaticCheckError`]):
 //!
 //! 1. Size: not empty, at most [`MAX_SOURCE_BYTES`].
-//! 2. Lexing: backslash-newline splices are joined first (as the preprocessor
-//!    does), then comments are stripped; string, character and raw string
-//!    literals are understood, so a `//` inside a string is not a comment.
-//! 3. Launch line: exactly one `// kiln: block=… grid=… smem=…` comment. Its
-//!    text is returned in [`CheckedCandidate::launch`]; kiln-kernels' launch
-//!    module parses the expressions.
-//! 4. Directives: `#include` only of `<cuda_*.h>`, `<cuda/…>`, `<cub/…>`,
-//!    `<cooperative_groups.h>`, `<cooperative_groups/…>`, `<mma.h>` (no quoted
-//!    or computed includes, no `..`); no `#include_next`/`#import`; no `##`
-//!    token pasting (it can assemble a forbidden keyword the scan cannot see);
-//!    function-like macros may not expand to `__device__`, `__managed__` or
-//!    `static`. Object-like macros are expanded before the scans below.
-//! 5. Forbidden constructs (see [`FORBIDDEN_IDENTIFIERS`]): managed memory,
-//!    device `printf`, device-heap `malloc`/`free`, clocks and timers (in code
-//!    and in `asm` strings: `%clock`, `%globaltimer`).
-//! 6. **No state that persists across launches.** Caching results between
+//! 2. Lexing, by kiln-kernels' shared lexer ([`kiln_kernels::source`]):
+//!    backslash-newline splices are joined first (as the preprocessor does),
+//!    then comments are stripped; string, character and raw string literals
+//!    are understood, so a `//` inside a string is not a comment. A backslash
+//!    followed by spaces before a newline, and a lone carriage return, are
+//!    errors (compilers disagree on them).
+//! 3. Launch line, by the one rule every tool shares
+//!    ([`kiln_kernels::source::launch_line`]): exactly one `//` comment whose
+//!    trimmed text starts with `kiln:`; near misses (`// KILN:`, `///kiln:`,
+//!    `// kiln :`), one inside `/* */`, or one continued by a splice are
+//!    errors. Its text is returned in [`CheckedCandidate::launch`].
+//! 4. Directives: `#include` only of [`ALLOWED_INCLUDES`] or under
+//!    [`ALLOWED_INCLUDE_PREFIXES`] (no quoted or computed includes, no `..`;
+//!    no `<cuda/ptx>`, `<cuda/std/chrono>` or `<cuda/std/ctime>`, which
+//!    provide timers); no `#include_next`/`#import`/`#undef`; no `##` token
+//!    pasting and no `#` stringizing in function-like macros (both can spell
+//!    names or PTX the scan cannot see); no `#define` of a keyword, a
+//!    reserved `__x`/`_X` name or a forbidden name; a macro defined twice
+//!    must be token-identical or sit in different branches of one
+//!    `#if`/`#else` group. Function-like macros may not contain, reach through
+//!    object-like macros, or be passed `__device__`, `__managed__`, `static`,
+//!    `extern`, `thread_local` or `mutable`.
+//! 5. Macro expansion: the candidate's own macros (object- and function-like)
+//!    are expanded where they are defined, as the preprocessor would, and the
+//!    scans below run on the result once per combination of the `#if`
+//!    branches that hold definitions (at most [`MAX_MACRO_CONFIGURATIONS`]),
+//!    because `#if` is not evaluated. Forbidden names are also searched in
+//!    the unexpanded code and in every directive, macro bodies included.
+//! 6. Forbidden constructs (see [`FORBIDDEN_IDENTIFIERS`] and
+//!    [`FORBIDDEN_IDENTIFIER_PARTS`]): managed memory, device `printf`,
+//!    device-heap `malloc`/`free`, `mutable`, `thread_local`, `const_cast`,
+//!    and any identifier containing `clock`, `timer`, `chrono`,
+//!    `cyclecounter` or `get_sreg`; in `asm` strings `%clock`,
+//!    `%globaltimer`, `%pmN` counters and `.global` declarations; `asm`
+//!    outside a function.
+//! 7. **No state that persists across launches.** Caching results between
 //!    calls is a known cheat: a kernel that remembers its inputs or outputs can
 //!    skip work during timing repetitions. So a candidate may not declare
-//!    `__device__`/`__managed__` variables, mutable namespace-scope variables,
-//!    or `static` variables in device code, unless they are read-only
-//!    (`__constant__`, `constexpr`, or `const` objects) or per-launch
-//!    (`__shared__`, including `extern __shared__`). `__device__` functions
-//!    are of course fine.
-//! 7. Entry point: exactly one definition of `__global__ void <entry>(…)`,
+//!    `__device__`/`__managed__` variables, mutable namespace-scope variables
+//!    (NVRTC's `-default-device` makes them device globals), or `static`
+//!    variables in device code, unless they are read-only (`__constant__`,
+//!    `constexpr`, or `const` objects) or per-launch (`__shared__`, including
+//!    `extern __shared__`). `__device__` functions are of course fine. Since
+//!    `T name(x);` can declare a variable, a namespace-scope declaration
+//!    without a body must read unambiguously as a function (`__global__`,
+//!    empty parameters, or parameters like `float v`/`T v`); `name(…)`
+//!    followed by another name (`M(int) counter`) is a variable; and a `;`
+//!    or a `({` block inside parentheses outside a function body (a
+//!    declaration smuggled through a macro argument) is rejected.
+//! 8. Entry point: exactly one definition of `__global__ void <entry>(…)`,
 //!    declared `extern "C"`, whose parameters match the target's
 //!    [`TargetSignature`] by count, type and constness. Names may differ;
 //!    whitespace, `__restrict__`, and `const T*` vs `T const*` are tolerated.
@@ -41,10 +67,10 @@
 //! The scan is a first line of defence, not a proof: the worker also uses
 //! fresh random inputs per trial and fills outputs with a NaN sentinel.
 
+use kiln_kernels::source::{self, Directive, LaunchLineError, LexError, Lexed, Tk, Token};
 use kiln_kernels::DType;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::fmt;
 
 /// The largest candidate source accepted, in bytes.
 pub const MAX_SOURCE_BYTES: usize = 200 * 1024;
@@ -52,11 +78,61 @@ pub const MAX_SOURCE_BYTES: usize = 200 * 1024;
 /// Upper bound on tokens after object-like macro expansion (stops macro bombs).
 pub const MAX_EXPANDED_TOKENS: usize = 1 << 20;
 
-/// Header prefixes a candidate may `#include` (inside `<…>`).
-pub const ALLOWED_INCLUDE_PREFIXES: &[&str] = &["cuda_", "cuda/", "cub/", "cooperative_groups/"];
+/// Most alternative macro configurations checked (see [`Candidate::check`]).
+pub const MAX_MACRO_CONFIGURATIONS: usize = 64;
 
-/// Headers a candidate may `#include` exactly (inside `<…>`).
-pub const ALLOWED_INCLUDES: &[&str] = &["cooperative_groups.h", "mma.h", "cuda_pipeline.h"];
+/// Header prefixes a candidate may `#include` (inside `<…>`). Only `cub/`:
+/// honest kernels use its block and warp primitives, and its device code
+/// reads no clock (the identifier scan also applies to every name a
+/// candidate writes, whatever header declares it).
+pub const ALLOWED_INCLUDE_PREFIXES: &[&str] = &["cub/"];
+
+/// The allowed headers as one line for messages (derived from the two lists).
+fn allowed_includes() -> String {
+    let mut all: Vec<String> = ALLOWED_INCLUDES.iter().map(|h| format!("<{h}>")).collect();
+    all.extend(ALLOWED_INCLUDE_PREFIXES.iter().map(|p| format!("<{p}...>")));
+    all.join(", ")
+}
+
+/// Headers a candidate may `#include` exactly (inside `<…>`): what honest
+/// kernels need, and nothing that provides timers (`<cuda/ptx>` has
+/// `get_sreg_clock64()`, `<cuda/std/chrono>` and `<cuda/std/ctime>` read clocks).
+pub const ALLOWED_INCLUDES: &[&str] = &[
+    "cuda_bf16.h",
+    "cuda_fp16.h",
+    "cuda_fp8.h",
+    "cuda_pipeline.h",
+    "cuda_pipeline_primitives.h",
+    "cuda_awbarrier_primitives.h",
+    "cooperative_groups.h",
+    "cooperative_groups/reduce.h",
+    "cooperative_groups/memcpy_async.h",
+    "cooperative_groups/scan.h",
+    "mma.h",
+    "cuda/pipeline",
+    "cuda/std/cstdint",
+    "cuda/std/cstddef",
+    "cuda/std/climits",
+    "cuda/std/type_traits",
+    "cuda/std/limits",
+    "cuda/std/utility",
+    "cuda/std/array",
+    "cuda/std/cmath",
+    "cuda/std/bit",
+    "cuda/std/tuple",
+    "cuda/std/functional",
+];
+
+/// Parts of identifiers (compared in lower case) a candidate may not use:
+/// every spelling of a timer (`clock64`, `get_sreg_clock64`, `system_clock`,
+/// `globaltimer`, `chrono`, …), whichever header would provide it.
+pub const FORBIDDEN_IDENTIFIER_PARTS: &[(&str, &str)] = &[
+    ("clock", "kernels may not read clocks or timers; remove the timing code"),
+    ("timer", "kernels may not read clocks or timers; remove the timing code"),
+    ("chrono", "kernels may not read clocks or timers; remove the timing code"),
+    ("cyclecounter", "kernels may not read clocks or timers; remove the timing code"),
+    ("get_sreg", "kernels may not read special registers through cuda::ptx; use threadIdx/blockIdx and the cooperative_groups API"),
+];
 
 /// Identifiers a candidate may not use anywhere, each with the reason given to the proposer.
 pub const FORBIDDEN_IDENTIFIERS: &[(&str, &str)] = &[
@@ -73,6 +149,9 @@ pub const FORBIDDEN_IDENTIFIERS: &[(&str, &str)] = &[
     ("globaltimer", "kernels may not read clocks or timers"),
     ("__globaltimer", "kernels may not read clocks or timers"),
     ("chrono", "kernels may not read clocks or timers"),
+    ("mutable", "a mutable member of a const object is writable state that persists across launches; make the object non-const and per-launch (__shared__ or registers)"),
+    ("thread_local", "thread_local storage is not per-launch state; use registers or __shared__"),
+    ("const_cast", "casting away const lets a kernel write a read-only table that persists across launches; keep tables read-only or copy them to registers or __shared__"),
 ];
 
 /// Substrings forbidden inside string literals (inline PTX), with the reason.
@@ -247,7 +326,7 @@ pub enum StaticCheckError {
         lines: Vec<usize>,
     },
     /// A disallowed `#include`.
-    #[error("line {line}: `#include {header}` is not allowed ({reason}); only <cuda_*.h>, <cuda/...>, <cub/...>, <cooperative_groups.h>, <cooperative_groups/...> and <mma.h> are")]
+    #[error("line {line}: `#include {header}` is not allowed ({reason}); the allowed headers are {}", allowed_includes())]
     ForbiddenInclude {
         /// 1-based line.
         line: usize,
@@ -256,13 +335,74 @@ pub enum StaticCheckError {
         /// Why.
         reason: String,
     },
+    /// A launch line the shared rule rejects (misspelled, in a block comment, spliced).
+    #[error("{0}")]
+    LaunchLine(LaunchLineError),
     /// A disallowed preprocessor directive.
-    #[error("line {line}: directive `#{directive}` is not allowed")]
+    #[error("line {line}: directive `#{directive}` is not allowed; {why}")]
     ForbiddenDirective {
         /// 1-based line.
         line: usize,
         /// The directive name.
         directive: String,
+        /// What to do instead.
+        why: String,
+    },
+    /// The `#` stringizing operator in a function-like macro.
+    #[error("line {line}: macro `{name}` uses the `#` stringizing operator (it can spell text, such as inline PTX, the checker cannot see); write the string out")]
+    Stringizing {
+        /// 1-based line.
+        line: usize,
+        /// The macro.
+        name: String,
+    },
+    /// A macro defined twice where both definitions could be active.
+    #[error("macro `{name}` is defined more than once (lines {lines:?}) outside mutually exclusive #if/#else branches; define each macro once")]
+    MacroRedefined {
+        /// The macro.
+        name: String,
+        /// 1-based lines of two of its definitions.
+        lines: Vec<usize>,
+    },
+    /// A `#define` of a keyword, a reserved name or a forbidden identifier.
+    #[error("line {line}: `#define {name}` is not allowed: it redefines a keyword, a reserved `__`/`_X` name or a forbidden name; use a plain name such as KILN_{name_upper}", name_upper = .name.trim_start_matches('_').to_ascii_uppercase())]
+    ReservedMacroName {
+        /// 1-based line.
+        line: usize,
+        /// The macro name.
+        name: String,
+    },
+    /// A storage keyword passed as an argument to a function-like macro.
+    #[error("line {line}: `{keyword}` is passed to macro `{name}`; write declarations out (not through macros) so they can be checked")]
+    MacroArgument {
+        /// 1-based line.
+        line: usize,
+        /// The macro.
+        name: String,
+        /// The keyword.
+        keyword: String,
+    },
+    /// Too many `#if` branch combinations hold macro definitions.
+    #[error("macro definitions inside #if branches give more than {limit} combinations to check; define macros unconditionally or use fewer conditional definitions")]
+    TooManyMacroConfigurations {
+        /// The limit.
+        limit: usize,
+    },
+    /// A namespace-scope declaration the checker cannot tell from a variable.
+    #[error("line {line}: `{name}` is declared at namespace scope without a body, which may declare a variable (`T name(x);`); define functions where you declare them, and declare no mutable namespace-scope variables")]
+    ForwardDeclaration {
+        /// 1-based line.
+        line: usize,
+        /// The declared name as far as it could be told.
+        name: String,
+    },
+    /// A `;` or block inside parentheses outside a function body.
+    #[error("line {line}: `{token}` inside parentheses outside a function body (a declaration passed through a macro?); write declarations out at namespace scope")]
+    HiddenDeclaration {
+        /// 1-based line.
+        line: usize,
+        /// The token.
+        token: String,
     },
     /// `##` token pasting.
     #[error("line {line}: `##` token pasting is not allowed (it can assemble names the checker cannot see); write the names out")]
@@ -280,7 +420,7 @@ pub enum StaticCheckError {
         /// The keyword it contains.
         keyword: String,
     },
-    /// Object-like macro expansion exceeded [`MAX_EXPANDED_TOKENS`].
+    /// Macro expansion exceeded [`MAX_EXPANDED_TOKENS`].
     #[error("macro expansion exceeds {limit} tokens; simplify the macros")]
     MacroExpansionTooLarge {
         /// The limit.
@@ -400,16 +540,30 @@ impl Candidate {
     /// Runs every static check against `target`; the first failure is returned.
     pub fn check(&self, target: &TargetSignature) -> Result<CheckedCandidate, StaticCheckError> {
         check_size(&self.source)?;
-        let lexed = lex(&self.source)?;
-        let launch = find_launch_line(&lexed.comments)?;
+        let lexed = source::lex(&self.source)?;
+        let launch = launch_of(&lexed)?;
         let macros = check_directives(&lexed.directives)?;
-        let tokens = expand_object_macros(&lexed.tokens, &macros)?;
-        scan_forbidden(&tokens)?;
+        // Every directive (macro bodies included) and the unexpanded code are
+        // scanned too: expansion is not trusted to reveal everything.
         for d in &lexed.directives {
             scan_forbidden(&d.tokens)?;
         }
-        let functions = scan_structure(&tokens)?;
-        let entry_line = check_entry(&functions, target)?;
+        scan_forbidden(&lexed.tokens)?;
+        // The checker does not evaluate #if, so code is checked under every
+        // combination of the branches that define macros.
+        let mut entry_line = None;
+        for config in configurations(&macros)? {
+            let tokens = expand_macros(&lexed.tokens, &active(&macros, &config))?;
+            scan_forbidden(&tokens)?;
+            let functions = scan_structure(&tokens)?;
+            let line = check_entry(&functions, target)?;
+            entry_line.get_or_insert(line);
+        }
+        let entry_line = entry_line.ok_or_else(|| StaticCheckError::MissingEntry {
+            entry: target.entry.clone(),
+            found: Vec::new(),
+            signature: target.render_with_note(),
+        })?;
         Ok(CheckedCandidate { launch, entry_line })
     }
 }
@@ -428,441 +582,41 @@ fn check_size(source: &str) -> Result<(), StaticCheckError> {
 }
 
 /// Returns the source with comments replaced by spaces and backslash-newline
-/// splices joined (newlines are kept, so most line numbers survive).
+/// splices joined (newlines are kept, so line numbers survive); see
+/// [`kiln_kernels::source`].
 pub fn strip_comments(source: &str) -> Result<String, StaticCheckError> {
     check_size(source)?;
-    Ok(lex(source)?.stripped)
+    Ok(source::strip_comments(source)?)
 }
 
-/// Finds the single `// kiln:` launch comment.
+/// Finds the single `// kiln:` launch comment by the one rule of
+/// [`kiln_kernels::source::launch_line`].
 pub fn launch_line(source: &str) -> Result<LaunchComment, StaticCheckError> {
     check_size(source)?;
-    find_launch_line(&lex(source)?.comments)
+    launch_of(&source::lex(source)?)
 }
 
-// ---------------------------------------------------------------- lexer
-
-#[derive(Debug, Clone, PartialEq)]
-enum Tk {
-    Ident(String),
-    /// A string literal, escapes decoded.
-    Str(String),
-    Char,
-    Num,
-    Punct(&'static str),
-    Other(char),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-struct Token {
-    tk: Tk,
-    line: usize,
-}
-
-impl Token {
-    fn is_ident(&self, s: &str) -> bool {
-        matches!(&self.tk, Tk::Ident(x) if x == s)
-    }
-    fn is_punct(&self, s: &str) -> bool {
-        matches!(&self.tk, Tk::Punct(x) if *x == s)
-    }
-    fn ident(&self) -> Option<&str> {
-        match &self.tk {
-            Tk::Ident(x) => Some(x),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.tk {
-            Tk::Ident(s) => f.write_str(s),
-            Tk::Str(s) => write!(f, "{s:?}"),
-            Tk::Char => f.write_str("'?'"),
-            Tk::Num => f.write_str("0"),
-            Tk::Punct(p) => f.write_str(p),
-            Tk::Other(c) => write!(f, "{c}"),
-        }
-    }
-}
-
-struct Directive {
-    line: usize,
-    /// The directive's text after `#`, comments replaced by spaces.
-    text: String,
-    tokens: Vec<Token>,
-}
-
-struct LineComment {
-    line: usize,
-    text: String,
-}
-
-struct Lexed {
-    tokens: Vec<Token>,
-    directives: Vec<Directive>,
-    comments: Vec<LineComment>,
-    stripped: String,
-}
-
-const PUNCTS: &[&str] = &[
-    "##", "::", "(", ")", "[", "]", "{", "}", "<", ">", ";", ",", "=", "*", "&", "^", "#", ":",
-    "-", "+", "!", "~", "/", "%", ".", "?", "|", "\\",
-];
-
-fn punct(c: char) -> Option<&'static str> {
-    let mut buf = [0u8; 4];
-    let s: &str = c.encode_utf8(&mut buf);
-    PUNCTS.iter().copied().find(|p| *p == s)
-}
-
-struct Out {
-    text: String,
-    line: usize,
-}
-
-impl Out {
-    /// Emits `c`, which sits on original line `line`; after a newline, catches up
-    /// on newlines removed by splices so line numbers stay aligned.
-    fn emit(&mut self, c: char, line: usize) {
-        self.text.push(c);
-        if c == '\n' {
-            self.line += 1;
-            while self.line < line + 1 {
-                self.text.push('\n');
-                self.line += 1;
-            }
-        }
-    }
-}
-
-fn lex(source: &str) -> Result<Lexed, StaticCheckError> {
-    // Phase 2: join backslash-newline splices, remembering original lines.
-    let mut cs: Vec<char> = Vec::with_capacity(source.len());
-    let mut ln: Vec<usize> = Vec::with_capacity(source.len());
-    let raw: Vec<char> = source.chars().collect();
-    let mut line = 1;
-    let mut i = 0;
-    while i < raw.len() {
-        let c = raw[i];
-        if c == '\\' && raw.get(i + 1) == Some(&'\n') {
-            line += 1;
-            i += 2;
-            continue;
-        }
-        if c == '\\' && raw.get(i + 1) == Some(&'\r') && raw.get(i + 2) == Some(&'\n') {
-            line += 1;
-            i += 3;
-            continue;
-        }
-        cs.push(c);
-        ln.push(line);
-        if c == '\n' {
-            line += 1;
-        }
-        i += 1;
-    }
-
-    let n = cs.len();
-    let mut out = Out {
-        text: String::with_capacity(n),
-        line: 1,
-    };
-    let mut tokens = Vec::new();
-    let mut directives: Vec<Directive> = Vec::new();
-    let mut comments = Vec::new();
-    let mut current: Option<(Directive, usize)> = None;
-    let mut bol = true;
-    let mut i = 0;
-    let finish = |cur: &mut Option<(Directive, usize)>, out: &Out, dirs: &mut Vec<Directive>| {
-        if let Some((mut d, start)) = cur.take() {
-            d.text = out.text[start..].to_string();
-            dirs.push(d);
-        }
-    };
-    while i < n {
-        let c = cs[i];
-        let next = cs.get(i + 1).copied();
-        if c == '\n' {
-            finish(&mut current, &out, &mut directives);
-            bol = true;
-            out.emit(c, ln[i]);
-            i += 1;
-            continue;
-        }
-        if c.is_whitespace() {
-            out.emit(c, ln[i]);
-            i += 1;
-            continue;
-        }
-        if c == '/' && next == Some('/') {
-            let mut j = i + 2;
-            while j < n && cs[j] != '\n' {
-                j += 1;
-            }
-            comments.push(LineComment {
-                line: ln[i],
-                text: cs[i + 2..j].iter().collect(),
-            });
-            out.emit(' ', ln[i]);
-            i = j;
-            continue;
-        }
-        if c == '/' && next == Some('*') {
-            let mut j = i + 2;
-            loop {
-                if j + 1 >= n {
-                    return Err(StaticCheckError::Lex {
-                        line: ln[i],
-                        message: "unterminated /* comment".into(),
-                    });
-                }
-                if cs[j] == '*' && cs[j + 1] == '/' {
-                    break;
-                }
-                if cs[j] == '\n' {
-                    out.emit('\n', ln[j]);
-                }
-                j += 1;
-            }
-            out.emit(' ', ln[i]);
-            i = j + 2;
-            continue;
-        }
-        let was_bol = bol;
-        bol = false;
-        if was_bol && current.is_none() && (c == '#' || (c == '%' && next == Some(':'))) {
-            let width = if c == '#' { 1 } else { 2 };
-            for k in 0..width {
-                out.emit(cs[i + k], ln[i + k]);
-            }
-            current = Some((
-                Directive {
-                    line: ln[i],
-                    text: String::new(),
-                    tokens: Vec::new(),
-                },
-                out.text.len(),
-            ));
-            i += width;
-            continue;
-        }
-        let (tk, j) = lex_token(&cs, i, ln[i])?;
-        for k in i..j {
-            out.emit(cs[k], ln[k]);
-        }
-        let tok = Token { tk, line: ln[i] };
-        match &mut current {
-            Some((d, _)) => d.tokens.push(tok),
-            None => tokens.push(tok),
-        }
-        i = j;
-    }
-    finish(&mut current, &out, &mut directives);
-    Ok(Lexed {
-        tokens,
-        directives,
-        comments,
-        stripped: out.text,
-    })
-}
-
-fn is_ident_start(c: char) -> bool {
-    c.is_ascii_alphabetic() || c == '_' || c == '$'
-}
-
-fn is_ident_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '_' || c == '$'
-}
-
-fn lex_token(cs: &[char], i: usize, line: usize) -> Result<(Tk, usize), StaticCheckError> {
-    let n = cs.len();
-    let c = cs[i];
-    let next = cs.get(i + 1).copied();
-    if is_ident_start(c) {
-        let mut j = i;
-        while j < n && is_ident_char(cs[j]) {
-            j += 1;
-        }
-        let word: String = cs[i..j].iter().collect();
-        match (word.as_str(), cs.get(j)) {
-            ("R" | "u8R" | "uR" | "UR" | "LR", Some('"')) => return lex_raw_string(cs, j, line),
-            ("u8" | "u" | "U" | "L", Some('"')) => return lex_quoted(cs, j, '"', line),
-            ("u8" | "u" | "U" | "L", Some('\'')) => return lex_quoted(cs, j, '\'', line),
-            _ => {}
-        }
-        return Ok((Tk::Ident(word), j));
-    }
-    if c.is_ascii_digit() || (c == '.' && next.is_some_and(|d| d.is_ascii_digit())) {
-        let mut j = i + 1;
-        while j < n {
-            let d = cs[j];
-            let prev = cs[j - 1];
-            let sep = d == '\'' && cs.get(j + 1).is_some_and(|x| x.is_ascii_alphanumeric());
-            let sign = (d == '+' || d == '-') && matches!(prev, 'e' | 'E' | 'p' | 'P');
-            if d.is_ascii_alphanumeric() || d == '_' || d == '.' || sep || sign {
-                j += 1;
-            } else {
-                break;
-            }
-        }
-        return Ok((Tk::Num, j));
-    }
-    if c == '"' || c == '\'' {
-        return lex_quoted(cs, i, c, line);
-    }
-    if c == '#' && next == Some('#') {
-        return Ok((Tk::Punct("##"), i + 2));
-    }
-    if c == ':' && next == Some(':') {
-        return Ok((Tk::Punct("::"), i + 2));
-    }
-    if c == '%' && next == Some(':') {
-        if cs.get(i + 2) == Some(&'%') && cs.get(i + 3) == Some(&':') {
-            return Ok((Tk::Punct("##"), i + 4));
-        }
-        return Ok((Tk::Punct("#"), i + 2));
-    }
-    Ok((punct(c).map_or(Tk::Other(c), Tk::Punct), i + 1))
-}
-
-/// Lexes a quoted literal starting at the quote `cs[i]`; strings are decoded.
-fn lex_quoted(
-    cs: &[char],
-    i: usize,
-    quote: char,
-    line: usize,
-) -> Result<(Tk, usize), StaticCheckError> {
-    let mut s = String::new();
-    let mut j = i + 1;
-    let what = if quote == '"' { "string" } else { "character" };
-    loop {
-        let Some(&c) = cs.get(j) else {
-            return Err(StaticCheckError::Lex {
-                line,
-                message: format!("unterminated {what} literal"),
-            });
-        };
-        if c == '\n' {
-            return Err(StaticCheckError::Lex {
-                line,
-                message: format!("unterminated {what} literal"),
-            });
-        }
-        if c == quote {
-            j += 1;
-            break;
-        }
-        if c == '\\' {
-            let (decoded, k) = decode_escape(cs, j + 1);
-            s.push(decoded);
-            j = k;
-            continue;
-        }
-        s.push(c);
-        j += 1;
-    }
-    Ok((if quote == '"' { Tk::Str(s) } else { Tk::Char }, j))
-}
-
-/// Decodes the escape whose first character (after `\`) is at `j`.
-fn decode_escape(cs: &[char], j: usize) -> (char, usize) {
-    let Some(&c) = cs.get(j) else {
-        return ('\\', j);
-    };
-    let simple = match c {
-        'n' => Some('\n'),
-        't' => Some('\t'),
-        'r' => Some('\r'),
-        'a' => Some('\u{7}'),
-        'b' => Some('\u{8}'),
-        'f' => Some('\u{c}'),
-        'v' => Some('\u{b}'),
-        '\\' | '"' | '\'' | '?' => Some(c),
-        _ => None,
-    };
-    if let Some(s) = simple {
-        return (s, j + 1);
-    }
-    let radix_digits = |start: usize, radix: u32, max: usize| {
-        let mut k = start;
-        let mut v: u32 = 0;
-        while k < cs.len() && k - start < max {
-            match cs[k].to_digit(radix) {
-                Some(d) => v = v.saturating_mul(radix).saturating_add(d),
-                None => break,
-            }
-            k += 1;
-        }
-        (char::from_u32(v).unwrap_or('\u{fffd}'), k)
-    };
-    match c {
-        'x' => radix_digits(j + 1, 16, usize::MAX),
-        'u' => radix_digits(j + 1, 16, 4),
-        'U' => radix_digits(j + 1, 16, 8),
-        '0'..='7' => radix_digits(j, 8, 3),
-        _ => (c, j + 1),
-    }
-}
-
-/// Lexes a raw string whose opening quote is at `cs[q]`.
-fn lex_raw_string(cs: &[char], q: usize, line: usize) -> Result<(Tk, usize), StaticCheckError> {
-    let bad = || StaticCheckError::Lex {
-        line,
-        message: "malformed or unterminated raw string literal".into(),
-    };
-    let mut k = q + 1;
-    let mut delim = String::new();
-    loop {
-        let &c = cs.get(k).ok_or_else(bad)?;
-        if c == '(' {
-            break;
-        }
-        if c.is_whitespace() || c == '\\' || c == ')' || delim.len() >= 16 {
-            return Err(bad());
-        }
-        delim.push(c);
-        k += 1;
-    }
-    let close: Vec<char> = std::iter::once(')')
-        .chain(delim.chars())
-        .chain(std::iter::once('"'))
-        .collect();
-    let body_start = k + 1;
-    let mut j = body_start;
-    while j + close.len() <= cs.len() {
-        if cs[j..j + close.len()] == close[..] {
-            let body: String = cs[body_start..j].iter().collect();
-            return Ok((Tk::Str(body), j + close.len()));
-        }
-        j += 1;
-    }
-    Err(bad())
-}
-
-// ---------------------------------------------------------------- launch line
-
-fn find_launch_line(comments: &[LineComment]) -> Result<LaunchComment, StaticCheckError> {
-    let found: Vec<LaunchComment> = comments
-        .iter()
-        .filter_map(|c| {
-            let t = c.text.trim_start();
-            t.strip_prefix("kiln:").map(|rest| LaunchComment {
-                line: c.line,
-                spec: rest.trim().to_string(),
-            })
-        })
-        .collect();
-    match found.len() {
-        0 => Err(StaticCheckError::MissingLaunchComment),
-        1 => Ok(found
-            .into_iter()
-            .next()
-            .ok_or(StaticCheckError::MissingLaunchComment)?),
-        _ => Err(StaticCheckError::MultipleLaunchComments {
-            lines: found.iter().map(|l| l.line).collect(),
+fn launch_of(lexed: &Lexed) -> Result<LaunchComment, StaticCheckError> {
+    match lexed.launch_line() {
+        Ok(l) => Ok(LaunchComment {
+            line: l.line,
+            spec: l.spec,
         }),
+        Err(LaunchLineError::Missing) => Err(StaticCheckError::MissingLaunchComment),
+        Err(LaunchLineError::Multiple { lines }) => {
+            Err(StaticCheckError::MultipleLaunchComments { lines })
+        }
+        Err(LaunchLineError::Lex(e)) => Err(e.into()),
+        Err(other) => Err(StaticCheckError::LaunchLine(other)),
+    }
+}
+
+impl From<LexError> for StaticCheckError {
+    fn from(e: LexError) -> Self {
+        StaticCheckError::Lex {
+            line: e.line,
+            message: e.message,
+        }
     }
 }
 
@@ -895,16 +649,184 @@ fn check_include(d: &Directive) -> Result<(), StaticCheckError> {
     if inner.contains("..") || inner.starts_with('/') || inner.contains('\\') {
         return Err(reject("paths may not leave the include directories"));
     }
+    if inner == "cuda/barrier" {
+        // Its arrive_and_wait backs off on %globaltimer, which the PTX check
+        // rejects; say so here, where the fix is obvious.
+        return Err(reject(
+            "libcu++'s cuda::barrier waits with a %globaltimer backoff and kernels may not read timers; synchronise with __syncthreads, cooperative groups or cuda::pipeline",
+        ));
+    }
     if !include_allowed(inner) {
         return Err(reject("not in the allowed list"));
     }
     Ok(())
 }
 
-type Macros = HashMap<String, Vec<Token>>;
+/// Keywords a function-like macro may not contain or be passed: with them a
+/// macro can assemble a declaration of persistent state.
+const MACRO_STORAGE_KEYWORDS: &[&str] = &[
+    "__device__",
+    "__managed__",
+    "static",
+    "extern",
+    "thread_local",
+    "mutable",
+];
 
-fn check_directives(directives: &[Directive]) -> Result<Macros, StaticCheckError> {
-    let mut object_macros = Macros::new();
+/// Names a candidate may not `#define` (besides reserved `__x`/`_X` names):
+/// redefining a keyword changes what every later declaration means.
+const UNDEFINABLE: &[&str] = &[
+    "const",
+    "constexpr",
+    "static",
+    "extern",
+    "volatile",
+    "mutable",
+    "typedef",
+    "using",
+    "struct",
+    "class",
+    "union",
+    "enum",
+    "namespace",
+    "template",
+    "typename",
+    "asm",
+    "inline",
+    "auto",
+    "decltype",
+    "void",
+    "int",
+    "unsigned",
+    "signed",
+    "long",
+    "short",
+    "char",
+    "float",
+    "double",
+    "bool",
+    "operator",
+    "register",
+    "thread_local",
+    "scalar_t",
+];
+
+/// One `#define`.
+#[derive(Debug, Clone)]
+struct MacroDef {
+    line: usize,
+    /// `None` for an object-like macro, else the parameter names.
+    params: Option<Vec<String>>,
+    variadic: bool,
+    body: Vec<Token>,
+    /// Index of the first code token after the definition (it applies from there).
+    at: usize,
+    /// The `(#if group, branch)` pairs enclosing it, outermost first.
+    path: Vec<(usize, usize)>,
+}
+
+/// An `#if` group that holds definitions: its branch count and whether it has an `#else`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Group {
+    branches: usize,
+    has_else: bool,
+}
+
+/// The macros a candidate defines, with the `#if` structure around them.
+#[derive(Debug, Default)]
+struct MacroSet {
+    defs: HashMap<String, Vec<MacroDef>>,
+    groups: Vec<Group>,
+}
+
+/// Whether two definitions are token-for-token the same (a benign redefinition).
+fn same_definition(a: &MacroDef, b: &MacroDef) -> bool {
+    a.params == b.params
+        && a.variadic == b.variadic
+        && a.body.len() == b.body.len()
+        && a.body.iter().zip(&b.body).all(|(x, y)| x.text == y.text)
+}
+
+/// Whether two definitions can never both be active: they sit in different
+/// branches of one `#if` group.
+fn exclusive(a: &[(usize, usize)], b: &[(usize, usize)]) -> bool {
+    a.iter()
+        .any(|(g, br)| b.iter().any(|(g2, br2)| g == g2 && br != br2))
+}
+
+fn parse_define(
+    d: &Directive,
+    path: &[(usize, usize)],
+) -> Result<Option<(String, MacroDef)>, StaticCheckError> {
+    let Some(name) = d.tokens.get(1).and_then(Token::ident) else {
+        return Ok(None);
+    };
+    if name.starts_with("__")
+        || (name.starts_with('_') && name.chars().nth(1).is_some_and(|c| c.is_ascii_uppercase()))
+        || UNDEFINABLE.contains(&name)
+        || forbidden_identifier(name).is_some()
+    {
+        return Err(StaticCheckError::ReservedMacroName {
+            line: d.line,
+            name: name.to_string(),
+        });
+    }
+    // Function-like iff `(` follows the name with no space between.
+    let function_like = d
+        .tokens
+        .get(2)
+        .is_some_and(|t| t.is_punct("(") && !t.space_before);
+    let (params, variadic, body_start) = if function_like {
+        let close = d
+            .tokens
+            .iter()
+            .position(|t| t.is_punct(")"))
+            .unwrap_or(d.tokens.len());
+        let inner = d.tokens.get(3..close).unwrap_or(&[]);
+        let params: Vec<String> = inner
+            .iter()
+            .filter_map(|t| t.ident().map(str::to_string))
+            .collect();
+        let variadic = inner.iter().filter(|t| t.is_punct(".")).count() >= 3;
+        (Some(params), variadic, close + 1)
+    } else {
+        (None, false, 2)
+    };
+    let body = d.tokens.get(body_start..).unwrap_or(&[]).to_vec();
+    if function_like {
+        if let Some(t) = body.iter().find(|t| t.is_punct("#")) {
+            return Err(StaticCheckError::Stringizing {
+                line: t.line,
+                name: name.to_string(),
+            });
+        }
+        for t in &body {
+            if let Some(kw) = t.ident().filter(|n| MACRO_STORAGE_KEYWORDS.contains(n)) {
+                return Err(StaticCheckError::MacroHidesDeclaration {
+                    line: t.line,
+                    name: name.to_string(),
+                    keyword: kw.to_string(),
+                });
+            }
+        }
+    }
+    Ok(Some((
+        name.to_string(),
+        MacroDef {
+            line: d.line,
+            params,
+            variadic,
+            body,
+            at: d.at,
+            path: path.to_vec(),
+        },
+    )))
+}
+
+fn check_directives(directives: &[Directive]) -> Result<MacroSet, StaticCheckError> {
+    let mut set = MacroSet::default();
+    // Open `#if` groups: (group index, current branch).
+    let mut open: Vec<(usize, usize)> = Vec::new();
     for d in directives {
         if let Some(t) = d.tokens.iter().find(|t| t.is_punct("##")) {
             return Err(StaticCheckError::TokenPasting { line: t.line });
@@ -918,86 +840,310 @@ fn check_directives(directives: &[Directive]) -> Result<Macros, StaticCheckError
                 return Err(StaticCheckError::ForbiddenDirective {
                     line: d.line,
                     directive: name.to_string(),
+                    why: "only #include of the allowed headers is".into(),
                 })
             }
-            "define" => {
-                let Some(mname) = d.tokens.get(1).and_then(Token::ident) else {
-                    continue;
-                };
-                // Function-like iff `(` follows the name with no space between.
-                let after_define = d
-                    .text
-                    .trim_start()
-                    .strip_prefix("define")
-                    .unwrap_or("")
-                    .trim_start();
-                let function_like = after_define
-                    .strip_prefix(mname)
-                    .is_some_and(|r| r.starts_with('('));
-                if function_like {
-                    let close = d
-                        .tokens
-                        .iter()
-                        .position(|t| t.is_punct(")"))
-                        .unwrap_or(d.tokens.len());
-                    let body = d.tokens.get(close + 1..).unwrap_or(&[]);
-                    for kw in ["__device__", "__managed__", "static"] {
-                        if let Some(t) = body.iter().find(|t| t.is_ident(kw)) {
-                            return Err(StaticCheckError::MacroHidesDeclaration {
-                                line: t.line,
-                                name: mname.to_string(),
-                                keyword: kw.to_string(),
-                            });
-                        }
+            "undef" => {
+                return Err(StaticCheckError::ForbiddenDirective {
+                    line: d.line,
+                    directive: name.to_string(),
+                    why: "give each macro one definition instead (the branches of one #if/#else may each define it)".into(),
+                })
+            }
+            "if" | "ifdef" | "ifndef" => {
+                set.groups.push(Group {
+                    branches: 1,
+                    has_else: false,
+                });
+                open.push((set.groups.len() - 1, 0));
+            }
+            "elif" | "elifdef" | "elifndef" | "else" => {
+                if let Some((g, branch)) = open.last_mut() {
+                    *branch += 1;
+                    if let Some(group) = set.groups.get_mut(*g) {
+                        group.branches += 1;
+                        group.has_else |= name == "else";
                     }
-                } else {
-                    object_macros.insert(mname.to_string(), d.tokens[2..].to_vec());
+                }
+            }
+            "endif" => {
+                open.pop();
+            }
+            "define" => {
+                if let Some((mname, def)) = parse_define(d, &open)? {
+                    let same = set.defs.entry(mname.clone()).or_default();
+                    // An identical redefinition is legal C and changes nothing.
+                    if same.iter().any(|p| same_definition(p, &def)) {
+                        continue;
+                    }
+                    if let Some(prev) = same.iter().find(|p| !exclusive(&p.path, &def.path)) {
+                        return Err(StaticCheckError::MacroRedefined {
+                            name: mname,
+                            lines: vec![prev.line, def.line],
+                        });
+                    }
+                    same.push(def);
                 }
             }
             _ => {}
         }
     }
-    Ok(object_macros)
+    // A function-like macro may not reach a storage keyword through an
+    // object-like macro either (`#define DEV __device__` then `DEV` in its body).
+    for (name, defs) in &set.defs {
+        for def in defs.iter().filter(|d| d.params.is_some()) {
+            for t in &def.body {
+                if let Some(kw) = reaches_keyword(t, &set, &mut Vec::new()) {
+                    return Err(StaticCheckError::MacroHidesDeclaration {
+                        line: t.line,
+                        name: name.clone(),
+                        keyword: kw,
+                    });
+                }
+            }
+        }
+    }
+    Ok(set)
 }
 
-fn expand_object_macros(tokens: &[Token], macros: &Macros) -> Result<Vec<Token>, StaticCheckError> {
+/// The storage keyword an identifier expands to through object-like macros, if any.
+fn reaches_keyword<'a>(t: &'a Token, set: &'a MacroSet, seen: &mut Vec<&'a str>) -> Option<String> {
+    let name = t.ident()?;
+    if MACRO_STORAGE_KEYWORDS.contains(&name) {
+        return Some(name.to_string());
+    }
+    if seen.contains(&name) || seen.len() > 64 {
+        return None;
+    }
+    seen.push(name);
+    let found = set.defs.get(name).and_then(|defs| {
+        defs.iter()
+            .filter(|d| d.params.is_none())
+            .flat_map(|d| d.body.iter())
+            .find_map(|b| reaches_keyword(b, set, seen))
+    });
+    seen.pop();
+    found
+}
+
+/// One choice of branch (or none) for every `#if` group that holds a definition.
+type Configuration = HashMap<usize, Option<usize>>;
+
+/// Every combination of branches the compiler might take in the groups that
+/// hold definitions, so each is checked (the checker does not evaluate `#if`).
+fn configurations(set: &MacroSet) -> Result<Vec<Configuration>, StaticCheckError> {
+    let mut groups: Vec<usize> = set
+        .defs
+        .values()
+        .flatten()
+        .flat_map(|d| d.path.iter().map(|(g, _)| *g))
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    let mut configs: Vec<Configuration> = vec![HashMap::new()];
+    for g in groups {
+        let group = set.groups.get(g).copied().unwrap_or_default();
+        let mut options: Vec<Option<usize>> = (0..group.branches).map(Some).collect();
+        if !group.has_else {
+            options.push(None);
+        }
+        let mut next = Vec::new();
+        for c in &configs {
+            for o in &options {
+                let mut c2 = c.clone();
+                c2.insert(g, *o);
+                next.push(c2);
+            }
+        }
+        if next.len() > MAX_MACRO_CONFIGURATIONS {
+            return Err(StaticCheckError::TooManyMacroConfigurations {
+                limit: MAX_MACRO_CONFIGURATIONS,
+            });
+        }
+        configs = next;
+    }
+    Ok(configs)
+}
+
+/// The definitions active in one configuration (at most one per name).
+fn active<'s>(set: &'s MacroSet, config: &Configuration) -> HashMap<&'s str, &'s MacroDef> {
+    let mut out = HashMap::new();
+    for (name, defs) in &set.defs {
+        for d in defs {
+            if d.path.iter().all(|(g, b)| config.get(g) == Some(&Some(*b))) {
+                out.insert(name.as_str(), d);
+            }
+        }
+    }
+    out
+}
+
+/// A token during expansion: the macros it came from may not expand it again,
+/// and `pos` is where its expansion started (a macro applies only after its `#define`).
+struct Pending {
+    tok: Token,
+    hide: Vec<String>,
+    pos: usize,
+}
+
+/// Expands the candidate's own macros, object-like and function-like, as the
+/// preprocessor would (no `#`/`##`: those are rejected), so the scans see what
+/// the compiler sees. Macros from headers are not expanded.
+fn expand_macros(
+    tokens: &[Token],
+    macros: &HashMap<&str, &MacroDef>,
+) -> Result<Vec<Token>, StaticCheckError> {
+    let too_large = || StaticCheckError::MacroExpansionTooLarge {
+        limit: MAX_EXPANDED_TOKENS,
+    };
+    let mut input: std::collections::VecDeque<Pending> = tokens
+        .iter()
+        .enumerate()
+        .map(|(pos, t)| Pending {
+            tok: t.clone(),
+            hide: Vec::new(),
+            pos,
+        })
+        .collect();
     let mut out = Vec::with_capacity(tokens.len());
-    let mut active: Vec<&str> = Vec::new();
-    for t in tokens {
-        expand_into(t, t.line, macros, &mut active, &mut out)?;
+    while let Some(p) = input.pop_front() {
+        if out.len() + input.len() > MAX_EXPANDED_TOKENS {
+            return Err(too_large());
+        }
+        let def = p
+            .tok
+            .ident()
+            .filter(|n| !p.hide.iter().any(|h| h == n) && p.hide.len() < 64)
+            .and_then(|n| macros.get(n).map(|d| (n.to_string(), *d)))
+            .filter(|(_, d)| d.at <= p.pos);
+        let Some((name, def)) = def else {
+            out.push(p.tok);
+            continue;
+        };
+        let mut hide = p.hide.clone();
+        hide.push(name.clone());
+        let line = p.tok.line;
+        let mk = |t: &Token, hide: &Vec<String>| Pending {
+            tok: Token { line, ..t.clone() },
+            hide: hide.clone(),
+            pos: p.pos,
+        };
+        let Some(params) = &def.params else {
+            for b in def.body.iter().rev() {
+                input.push_front(mk(b, &hide));
+            }
+            continue;
+        };
+        // A function-like macro name not followed by `(` is not an invocation.
+        if !input.front().is_some_and(|n| n.tok.is_punct("(")) {
+            out.push(p.tok);
+            continue;
+        }
+        let Some(args) = take_args(&mut input) else {
+            out.push(p.tok);
+            continue;
+        };
+        for arg in &args {
+            for t in arg {
+                if let Some(kw) = t.ident().filter(|n| MACRO_STORAGE_KEYWORDS.contains(n)) {
+                    return Err(StaticCheckError::MacroArgument {
+                        line: t.line,
+                        name: name.clone(),
+                        keyword: kw.to_string(),
+                    });
+                }
+            }
+        }
+        let mut replaced: Vec<Pending> = Vec::new();
+        for b in &def.body {
+            let arg = b.ident().and_then(|n| {
+                if def.variadic && n == "__VA_ARGS__" {
+                    return Some(params.len());
+                }
+                params.iter().position(|q| q == n)
+            });
+            match arg {
+                // Arguments keep the invocation's context: the compiler expands
+                // them before substitution, so this macro's name is not hidden in them.
+                Some(k) if def.variadic && k >= params.len() => {
+                    for (m, a) in args.iter().enumerate().skip(params.len()) {
+                        if m > params.len() {
+                            replaced.push(mk(&comma(line), &p.hide));
+                        }
+                        replaced.extend(a.iter().map(|t| mk(t, &p.hide)));
+                    }
+                }
+                Some(k) => {
+                    if let Some(a) = args.get(k) {
+                        replaced.extend(a.iter().map(|t| mk(t, &p.hide)));
+                    }
+                }
+                None => replaced.push(mk(b, &hide)),
+            }
+            if replaced.len() + out.len() > MAX_EXPANDED_TOKENS {
+                return Err(too_large());
+            }
+        }
+        for r in replaced.into_iter().rev() {
+            input.push_front(r);
+        }
     }
     Ok(out)
 }
 
-fn expand_into<'m>(
-    t: &Token,
-    line: usize,
-    macros: &'m Macros,
-    active: &mut Vec<&'m str>,
-    out: &mut Vec<Token>,
-) -> Result<(), StaticCheckError> {
-    if out.len() >= MAX_EXPANDED_TOKENS {
-        return Err(StaticCheckError::MacroExpansionTooLarge {
-            limit: MAX_EXPANDED_TOKENS,
-        });
+fn comma(line: usize) -> Token {
+    Token {
+        tk: Tk::Punct(","),
+        line,
+        text: ",".into(),
+        space_before: false,
     }
-    if let Tk::Ident(name) = &t.tk {
-        if let Some((key, body)) = macros.get_key_value(name.as_str()) {
-            if !active.contains(&key.as_str()) && active.len() < 64 {
-                active.push(key.as_str());
-                for b in body {
-                    expand_into(b, line, macros, active, out)?;
-                }
-                active.pop();
-                return Ok(());
-            }
+}
+
+/// Takes a parenthesised argument list off the front of `input`, split at top-level commas.
+fn take_args(input: &mut std::collections::VecDeque<Pending>) -> Option<Vec<Vec<Token>>> {
+    let mut depth = 0usize;
+    let end = input.iter().position(|p| {
+        if p.tok.is_punct("(") {
+            depth += 1;
+        } else if p.tok.is_punct(")") {
+            depth = depth.saturating_sub(1);
+            return depth == 0;
+        }
+        false
+    })?;
+    let group: Vec<Pending> = input.drain(..=end).collect();
+    let mut args = vec![Vec::new()];
+    let mut depth = 0usize;
+    for p in group.into_iter().skip(1).take(end.saturating_sub(1)) {
+        if p.tok.is_punct("(") {
+            depth += 1;
+        } else if p.tok.is_punct(")") {
+            depth = depth.saturating_sub(1);
+        } else if p.tok.is_punct(",") && depth == 0 {
+            args.push(Vec::new());
+            continue;
+        }
+        if let Some(last) = args.last_mut() {
+            last.push(p.tok);
         }
     }
-    out.push(Token {
-        tk: t.tk.clone(),
-        line,
-    });
-    Ok(())
+    if args.len() == 1 && args[0].is_empty() {
+        args.clear();
+    }
+    Some(args)
+}
+
+/// Why an identifier is forbidden, if it is.
+fn forbidden_identifier(name: &str) -> Option<&'static str> {
+    if let Some((_, reason)) = FORBIDDEN_IDENTIFIERS.iter().find(|(f, _)| *f == name) {
+        return Some(reason);
+    }
+    let lower = name.to_ascii_lowercase();
+    FORBIDDEN_IDENTIFIER_PARTS
+        .iter()
+        .find(|(part, _)| lower.contains(part))
+        .map(|(_, reason)| *reason)
 }
 
 fn scan_forbidden(tokens: &[Token]) -> Result<(), StaticCheckError> {
@@ -1013,12 +1159,19 @@ fn scan_forbidden(tokens: &[Token]) -> Result<(), StaticCheckError> {
                 });
             }
         }
+        if let Some(found) = asm_declares_global(s) {
+            return Err(StaticCheckError::ForbiddenConstruct {
+                line,
+                construct: found,
+                reason: "inline PTX may not declare .global variables: they keep state across launches; use __shared__ or registers".into(),
+            });
+        }
         Ok(())
     };
     for (i, t) in tokens.iter().enumerate() {
         match &t.tk {
             Tk::Ident(name) => {
-                if let Some((_, reason)) = FORBIDDEN_IDENTIFIERS.iter().find(|(f, _)| f == name) {
+                if let Some(reason) = forbidden_identifier(name) {
                     return Err(StaticCheckError::ForbiddenConstruct {
                         line: t.line,
                         construct: name.clone(),
@@ -1044,6 +1197,25 @@ fn scan_forbidden(tokens: &[Token]) -> Result<(), StaticCheckError> {
         }
     }
     Ok(())
+}
+
+/// A `.global` state-space declaration (`.global .u32 x;`) or a `%pmN`
+/// performance-counter read in inline PTX. Instructions that merely address
+/// global memory (`ld.global.nc`, `cp.async.cg.shared.global [..]`) are fine.
+fn asm_declares_global(s: &str) -> Option<String> {
+    let mut rest = s;
+    while let Some(k) = rest.find(".global") {
+        let after = &rest[k + ".global".len()..];
+        let trimmed = after.trim_start();
+        if trimmed.len() < after.len() && trimmed.starts_with('.') {
+            return Some(".global declaration".into());
+        }
+        rest = after;
+    }
+    let bytes = s.as_bytes();
+    s.match_indices("%pm")
+        .any(|(k, _)| bytes.get(k + 3).is_some_and(u8::is_ascii_digit))
+        .then(|| "%pm performance counter".to_string())
 }
 
 /// Rejects `__attribute__((device))` and friends, which spell `__device__` another way.
@@ -1164,17 +1336,142 @@ fn call_paren(head: &[Token]) -> Option<usize> {
     None
 }
 
+/// Words that may follow a function's parameter list before its body or `;`.
+const AFTER_PARAMS: &[&str] = &[
+    "const", "volatile", "noexcept", "override", "final", "throw", "mutable", "requires",
+];
+
 /// Whether a declaration head declares a function (not a variable).
+///
+/// `name(…)` must be the last declarator: `M(int) counter` (a macro from a
+/// header wrapping a type) is a variable named `counter`, not a function `M`.
 fn is_function_head(head: &[Token]) -> bool {
-    let Some(p) = call_paren(head) else {
+    let Some(mut p) = call_paren(head) else {
         return false;
     };
-    match head.get(p + 1).map(|t| &t.tk) {
+    let Some(mut end) = balanced_group(head, p) else {
+        return false;
+    };
+    // `T (name)(params)`: a parenthesised declarator name, then the parameters.
+    if end == p + 3
+        && head[p + 1].ident().is_some()
+        && head.get(end).is_some_and(|t| t.is_punct("("))
+    {
+        p = end;
+        match balanced_group(head, p) {
+            Some(e) => end = e,
+            None => return false,
+        }
+    }
+    let first_ok = match head.get(p + 1).map(|t| &t.tk) {
         Some(Tk::Punct("*" | "&" | "^" | "-" | "+" | "!" | "~" | "{")) => false,
         Some(Tk::Num | Tk::Str(_) | Tk::Char) => false,
         Some(Tk::Ident(w)) if matches!(w.as_str(), "nullptr" | "true" | "false" | "NULL") => false,
         _ => true,
+    };
+    if !first_ok {
+        return false;
     }
+    // After the parameters: qualifiers, attributes, or a trailing return type.
+    let mut k = end;
+    while let Some(t) = head.get(k) {
+        if t.is_punct("-") && head.get(k + 1).is_some_and(|n| n.is_punct(">")) {
+            return true;
+        }
+        match t.ident() {
+            Some(w) if ATTRIBUTE_LIKE.contains(&w) => match balanced_group(head, k + 1) {
+                Some(e) => k = e,
+                None => k += 1,
+            },
+            Some(w) if AFTER_PARAMS.contains(&w) => {
+                k += balanced_group(head, k + 1).map_or(1, |e| e - k);
+            }
+            Some(_) => return false,
+            None if t.is_punct("&") => k += 1,
+            None if t.is_punct("[") => {
+                // `[[attribute]]`
+                match head[k..].iter().position(|x| x.is_punct("]")) {
+                    Some(off) => k += off + 1,
+                    None => return false,
+                }
+            }
+            None if t.is_punct("]") => k += 1,
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Whether a namespace-scope declaration without a body is unambiguously a
+/// function: a `__global__` (kernels cannot be variables) or empty parameters.
+fn prototype_is_unambiguous(head: &[Token]) -> bool {
+    if has_ident(head, "__global__") {
+        return true;
+    }
+    let Some(p) = call_paren(head) else {
+        return false;
+    };
+    let Some(end) = balanced_group(head, p) else {
+        return false;
+    };
+    let inner = &head[p + 1..end - 1];
+    if inner.is_empty() {
+        return true;
+    }
+    // Every parameter must read as a declaration, which no initializer
+    // expression does: a type keyword not used as a functional cast
+    // (`float v`, not `float(3)`), or a type followed by a name (`S v`).
+    let mut depth = 0usize;
+    let mut param_ok = false;
+    for (k, t) in inner.iter().enumerate() {
+        match &t.tk {
+            Tk::Punct("(" | "[" | "<") => depth += 1,
+            Tk::Punct(")" | "]" | ">") => depth = depth.saturating_sub(1),
+            Tk::Punct(",") if depth == 0 => {
+                if !param_ok {
+                    return false;
+                }
+                param_ok = false;
+            }
+            Tk::Ident(w) if depth == 0 => {
+                let next = inner.get(k + 1);
+                let cast = next.is_some_and(|n| n.is_punct("(") || n.is_punct("{"));
+                let keyword = PARAM_TYPE_WORDS.contains(&w.as_str());
+                let named = next.is_some_and(|n| n.ident().is_some());
+                if (keyword && !cast) || named {
+                    param_ok = true;
+                }
+            }
+            _ => {}
+        }
+    }
+    param_ok
+}
+
+/// Words that make a parameter a declaration rather than an expression.
+const PARAM_TYPE_WORDS: &[&str] = &[
+    "void", "bool", "char", "short", "int", "long", "float", "double", "unsigned", "signed",
+    "const", "volatile", "struct", "class", "typename",
+];
+
+/// The head without a leading `template <…>` (and `extern "C"`), for first-word tests.
+fn skip_template(head: &[Token]) -> &[Token] {
+    if head.first().is_some_and(|t| t.is_ident("template"))
+        && head.get(1).is_some_and(|t| t.is_punct("<"))
+    {
+        let mut depth = 0usize;
+        for (k, t) in head.iter().enumerate().skip(1) {
+            if t.is_punct("<") {
+                depth += 1;
+            } else if t.is_punct(">") {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    return &head[k + 1..];
+                }
+            }
+        }
+    }
+    head
 }
 
 fn decl_name(head: &[Token]) -> String {
@@ -1202,18 +1499,90 @@ fn variable_is_harmless(head: &[Token]) -> bool {
     if !has_ident(head, "const") {
         return false;
     }
-    match head.iter().rposition(|t| t.is_punct("*")) {
+    // A pointer declarator is a `*` outside brackets and parentheses: the `*`
+    // in `table[N * 2]` is arithmetic in the bound, not a pointer.
+    let mut depth = 0i32;
+    let mut last_star = None;
+    for (i, t) in head.iter().enumerate() {
+        if t.is_punct("[") || t.is_punct("(") {
+            depth += 1;
+        } else if t.is_punct("]") || t.is_punct(")") {
+            depth -= 1;
+        } else if depth == 0 && t.is_punct("*") {
+            last_star = Some(i);
+        }
+    }
+    match last_star {
         None => true,
         Some(star) => head[star..].iter().any(|t| t.is_ident("const")),
     }
 }
 
+/// How a declaration head ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeadEnd {
+    /// `;`: a declaration with no body or initializer.
+    Semicolon,
+    /// `=` or a brace initializer: a variable (or `= delete`/`= default`).
+    Initializer,
+}
+
 /// Checks one declaration head for state that persists across launches.
-fn analyze_decl(head: &[Token], scope: Scope) -> Result<(), StaticCheckError> {
+fn analyze_decl(head: &[Token], scope: Scope, end: HeadEnd) -> Result<(), StaticCheckError> {
     let Some(first) = head.first() else {
         return Ok(());
     };
-    if is_function_head(head) {
+    if matches!(scope, Scope::Namespace { .. } | Scope::Class) {
+        if let Some(t) = head.iter().find(|t| {
+            t.ident()
+                .is_some_and(|w| matches!(w, "asm" | "__asm__" | "__asm"))
+        }) {
+            return Err(StaticCheckError::ForbiddenConstruct {
+                line: t.line,
+                construct: "asm outside a function".into(),
+                reason: "inline PTX at namespace scope can declare .global variables that keep state across launches; put asm statements inside device functions".into(),
+            });
+        }
+    }
+    let bare = skip_template(head);
+    let Some(bare_first) = bare.first() else {
+        return Ok(());
+    };
+    let type_like = [
+        "typedef",
+        "using",
+        "static_assert",
+        "friend",
+        "namespace",
+        "struct",
+        "class",
+        "union",
+        "enum",
+    ]
+    .iter()
+    .any(|k| bare_first.is_ident(k));
+    // At namespace scope `T name(x);` may be a variable with an initializer,
+    // and an initializer after `name(…)` (`= …`) always makes one.
+    // A block-scope function declaration cannot be `static` or `__device__`,
+    // so in code such a head is a variable whatever its parentheses look like.
+    let storage_in_code = matches!(scope, Scope::Code | Scope::Init)
+        && ["static", "__device__", "__managed__"]
+            .iter()
+            .any(|k| has_ident(head, k));
+    if is_function_head(head)
+        && !storage_in_code
+        && !(end == HeadEnd::Initializer && matches!(scope, Scope::Namespace { .. }))
+    {
+        if end == HeadEnd::Semicolon
+            && matches!(scope, Scope::Namespace { .. })
+            && !type_like
+            && !prototype_is_unambiguous(head)
+        {
+            return Err(StaticCheckError::ForwardDeclaration {
+                line: first.line,
+                name: decl_name(head),
+            });
+        }
         return Ok(());
     }
     let storage = ["__device__", "__managed__", "static"]
@@ -1235,7 +1604,7 @@ fn analyze_decl(head: &[Token], scope: Scope) -> Result<(), StaticCheckError> {
         "default",
     ]
     .iter()
-    .any(|k| first.is_ident(k));
+    .any(|k| first.is_ident(k) || bare_first.is_ident(k));
     let suspicious = match scope {
         Scope::Namespace { .. } => {
             storage
@@ -1284,7 +1653,7 @@ fn classify_brace(head: &[Token]) -> Scope {
             _ => {}
         }
     }
-    if call_paren(head).is_some() {
+    if is_function_head(head) {
         return Scope::Code;
     }
     if ["struct", "class", "union", "enum"]
@@ -1359,19 +1728,38 @@ fn scan_structure(toks: &[Token]) -> Result<Vec<GlobalFn>, StaticCheckError> {
             ">" if top.tracks_angles() => top.angle = top.angle.saturating_sub(1),
             ";" if top.paren == 0 => {
                 if !top.analyzed {
-                    analyze_decl(&toks[top.head_start..i], top.scope)?;
+                    analyze_decl(&toks[top.head_start..i], top.scope, HeadEnd::Semicolon)?;
                 }
                 top.reset_head(i + 1);
             }
+            // Outside function bodies a `;` in parentheses is never honest C++:
+            // it is a declaration smuggled through a macro argument.
+            ";" if matches!(top.scope, Scope::Namespace { .. } | Scope::Class) => {
+                return Err(StaticCheckError::HiddenDeclaration {
+                    line: t.line,
+                    token: ";".into(),
+                });
+            }
             "=" if top.paren == 0 && top.angle == 0 && !top.analyzed => {
-                analyze_decl(&toks[top.head_start..i], top.scope)?;
+                analyze_decl(&toks[top.head_start..i], top.scope, HeadEnd::Initializer)?;
                 top.analyzed = true;
+            }
+            "{" if top.paren > 0
+                && matches!(top.scope, Scope::Namespace { .. } | Scope::Class)
+                && i.checked_sub(1)
+                    .and_then(|k| toks.get(k))
+                    .is_some_and(|prev| prev.is_punct("(") || prev.is_punct(",")) =>
+            {
+                return Err(StaticCheckError::HiddenDeclaration {
+                    line: t.line,
+                    token: "{".into(),
+                });
             }
             "{" => {
                 let scope = if top.paren > 0 || matches!(top.scope, Scope::Code | Scope::Init) {
                     if top.paren == 0 && top.scope == Scope::Code {
                         if !top.analyzed {
-                            analyze_decl(&toks[top.head_start..i], top.scope)?;
+                            analyze_decl(&toks[top.head_start..i], top.scope, HeadEnd::Semicolon)?;
                         }
                         top.reset_head(i + 1);
                     }
@@ -1386,7 +1774,7 @@ fn scan_structure(toks: &[Token]) -> Result<Vec<GlobalFn>, StaticCheckError> {
                     match scope {
                         Scope::Code => functions.extend(global_fn(head, in_extern_c)),
                         Scope::Init if !top.analyzed => {
-                            analyze_decl(head, top.scope)?;
+                            analyze_decl(head, top.scope, HeadEnd::Initializer)?;
                             top.analyzed = true;
                         }
                         _ => {}
@@ -1715,7 +2103,12 @@ mod tests {
         );
         // A launch line inside a block comment or a string does not count.
         let hidden = good_body().replacen(LAUNCH, "/* // kiln: block=1 grid=1 smem=0 */\n", 1);
-        assert_eq!(check(&hidden), Err(StaticCheckError::MissingLaunchComment));
+        assert!(matches!(
+            check(&hidden),
+            Err(StaticCheckError::LaunchLine(
+                LaunchLineError::InBlockComment { .. }
+            ))
+        ));
         let l = launch_line("int a; //   kiln:  block=32 grid=ceil_div(T,4),1,1 smem=0  \n")
             .expect("found");
         assert_eq!(
@@ -1883,7 +2276,7 @@ mod tests {
             "<cuda_bf16.h>",
             "<cuda_fp16.h>",
             "<cuda_pipeline.h>",
-            "<cuda/barrier>",
+            "<cuda/pipeline>",
             "<cub/cub.cuh>",
             "<cooperative_groups.h>",
             "<cooperative_groups/reduce.h>",
@@ -1899,6 +2292,7 @@ mod tests {
             "HEADER",
             "</etc/passwd>",
             "<cuda/std/chrono>",
+            "<cuda/barrier>",
         ] {
             let src = good_body().replacen("#include <cuda_bf16.h>", &format!("#include {bad}"), 1);
             assert!(
@@ -2135,6 +2529,167 @@ mod tests {
         assert!(stripped.contains("\"//x\""));
         let spliced = strip_comments("#define X a \\\n b\nY").expect("strip");
         assert_eq!(spliced, "#define X a  b\n\nY");
+    }
+
+    #[test]
+    fn launch_line_follows_the_one_rule() {
+        // The checker reports exactly the launch text the shared rule finds.
+        for (src, want) in kiln_kernels::source::LAUNCH_LINE_CASES {
+            let got = launch_line(src).ok().map(|l| l.spec);
+            assert_eq!(got.as_deref(), *want, "{src:?}");
+            let body = good_body().replacen(LAUNCH, "", 1);
+            let full = format!("{src}\n{body}");
+            let checked = check(&full).ok().map(|c| c.launch.spec);
+            if want.is_some() && !src.contains("int ") && !src.contains("char") {
+                assert_eq!(checked.as_deref(), *want, "{src:?}");
+            }
+            if want.is_none() {
+                assert_eq!(checked, None, "{src:?}");
+            }
+        }
+        for near_miss in [
+            "// KILN: block=1 grid=1 smem=0",
+            "///kiln: block=1 grid=1 smem=0",
+        ] {
+            let src = format!("{}{near_miss}\n", good_body());
+            assert!(matches!(
+                check(&src),
+                Err(StaticCheckError::LaunchLine(
+                    LaunchLineError::Misspelled { .. }
+                ))
+            ));
+        }
+    }
+
+    #[test]
+    fn closes_the_attack_holes() {
+        let globals = [
+            // Declarations that look like functions.
+            "__device__ int counter(0);",
+            "__device__ int counter(kInit);",
+            "int counter(kInit);",
+            "scalar_t counter(kInit);",
+            "__device__ float cache[1024], other;",
+            "__device__ int a, b(3);",
+            "__device__ __attribute__((used)) int s;",
+            "__device__ decltype(1) s;",
+            "__device__ int (*fp)(int);",
+            "__device__ int counter(0) ;",
+            "WRAP(int) counter;",
+            "WRAP(int) counter = 0;",
+            "WRAP(int) counter{0};",
+            "NV_IF_TARGET(NV_IS_DEVICE, (int counter;))",
+            "NV_IF_TARGET(NV_IS_DEVICE, ({ int counter; }))",
+            "static __device__ int n(kInit);",
+            // Macros that pass a keyword through.
+            "#define PASS(x) x\nPASS(__device__) int s;",
+            "#define PASS(x) x\nPASS(int) counter;",
+            "#define DEV __device__\n#define DECL(t, n) DEV t n;\nDECL(int, s)",
+            "#define EXT(t) extern t\nEXT(int) s;",
+            // Dead branches and redefinitions.
+            "#if 0\n#define X __device__\n#endif\nX int s;",
+            "#if 0\n#define uint32_t const unsigned\n#endif\nuint32_t counter = 0;",
+            "#ifdef A\n#define Q const\n#else\n#define Q\n#endif\nQ int counter = 0;",
+            "#define Q const\n#define Q\nint x;",
+            "#define Q const\n#undef Q\n#define Q\nQ int counter = 0;",
+            "#define __shared__ __device__\n__shared__ int s;",
+            "#define const\nconst int counter = 0;",
+            "uint32_t counter;\n#define uint32_t const unsigned",
+            // Plain namespace-scope variables (device globals under -default-device).
+            "int counter;",
+            "float buf[256];",
+            "struct S { mutable int n; };\n__device__ const S s{};",
+            "asm(\".global .u32 counter;\");",
+        ];
+        for g in globals {
+            let r = check(&with_line(g));
+            assert!(r.is_err(), "{g}: accepted");
+        }
+        let stmts = [
+            "static int calls(kInit);",
+            "#define S(x) #x\nasm volatile(S(mov.u64 %0, %%clock64;) : \"=l\"(t));",
+            "unsigned long long t = cuda::ptx::get_sreg_clock64();",
+            "auto t = cuda::std::chrono::system_clock::now();",
+            "auto t = system_clock::now();",
+            "asm volatile(\".reg .u32 r; mov.u32 r, %pm0;\");",
+            "asm volatile(\".global .u32 g;\");",
+            "float* w = const_cast<float*>(kTable);",
+        ];
+        for st in stmts {
+            let r = check(&with_stmt(st));
+            assert!(r.is_err(), "{st}: accepted");
+        }
+        for bad in [
+            "<cuda/ptx>",
+            "<cuda/std/chrono>",
+            "<cuda/std/ctime>",
+            "<cuda_runtime.h>",
+        ] {
+            let src = good_body().replacen("#include <cuda_bf16.h>", &format!("#include {bad}"), 1);
+            assert!(
+                matches!(check(&src), Err(StaticCheckError::ForbiddenInclude { .. })),
+                "{bad}"
+            );
+        }
+        // The messages say what to do.
+        let err = check(&with_line("#define S(x) #x\n")).expect_err("stringize");
+        assert!(err.to_string().contains("write the string out"), "{err}");
+        let err =
+            check(&with_line("#define PASS(x) x\nPASS(__device__) int s;")).expect_err("pass");
+        assert!(err.to_string().contains("write declarations out"), "{err}");
+        let err = check(&with_line("__device__ int c(kInit);")).expect_err("fwd");
+        assert!(
+            err.to_string()
+                .contains("define functions where you declare them"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn accepts_honest_idioms() {
+        let lines = [
+            "#include <cooperative_groups.h>\n#include <cooperative_groups/reduce.h>\nnamespace cg = cooperative_groups;",
+            "__constant__ float t[8] = {1, 2, 3, 4, 5, 6, 7, 8};",
+            "constexpr int kTile = 64;\nnamespace cfg { constexpr float kScale = 0.5f; }",
+            "template <typename T, int N> __device__ __forceinline__ T sum(const T (&v)[N]) { T s = 0; for (int i = 0; i < N; ++i) s += v[i]; return s; }",
+            "__device__ __forceinline__ uint4 ldg(const void* p) { uint4 r; asm volatile(\"ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];\" : \"=r\"(r.x), \"=r\"(r.y), \"=r\"(r.z), \"=r\"(r.w) : \"l\"(p)); return r; }",
+            "__device__ void cp(void* s, const void* g) { asm volatile(\"cp.async.cg.shared.global [%0], [%1], 16;\" :: \"r\"((unsigned)__cvta_generic_to_shared(s)), \"l\"(g)); }",
+            "#if KILN_X\n#define VEC 8\n#else\n#define VEC 4\n#endif\n__device__ float f(float v) { return v * VEC; }",
+            "#ifndef KILN_TILE\n#define KILN_TILE 64\n#endif\n__shared__ float tile_buf[KILN_TILE];",
+            "#define LOAD(p, i) (p)[(i)]\n#define MAX2(a, b) ((a) > (b) ? (a) : (b))\n__device__ float g(const float* p) { return MAX2(LOAD(p, 0), LOAD(p, 1)); }",
+            "__device__ float neg(float v) { return -v; }",
+            "struct Acc { float v; __device__ void add(float x); __device__ static Acc zero(); };",
+            "__device__ float (twice3)(float v) { return v + v; }",
+            "__device__ auto tr(float v) -> float { return v; }",
+            "__device__ __noinline__ float h(float v) { return v; }",
+            "#define CLUSTER_ATTR __cluster_dims__(2, 1, 1)\n__device__ int rank_of() { return 0; }",
+            "#include <cub/cub.cuh>",
+            "template <typename S> __device__ __forceinline__ S from_f(float v);\ntemplate <> __device__ __forceinline__ float from_f<float>(float v) { return v; }",
+            "__device__ float scale(const float* p, int n);\n__device__ float scale(const float* p, int n) { return p[n]; }",
+            "#define KO_BLOCK 256\n#define KO_BLOCK 256\n__shared__ float sb[KO_BLOCK];",
+            "#include <cuda/std/cstdint>\n#include <cuda/pipeline>\n#include <cuda_fp8.h>",
+        ];
+        for l in lines {
+            check(&with_line(l)).unwrap_or_else(|e| panic!("{l}: {e}"));
+        }
+        let stmts = [
+            "static constexpr int kLanes = 32;",
+            "static const float kHalf = 0.5f;",
+            "auto block = cooperative_groups::this_thread_block(); block.sync();",
+            "namespace cg = cooperative_groups; auto warp = cg::tiled_partition<32>(cg::this_thread_block()); float s = cg::reduce(warp, 1.0f, cg::plus<float>()); (void)s;",
+            "__nanosleep(100);",
+            "int n(3); (void)n;",
+        ];
+        for st in stmts {
+            check(&with_stmt(st)).unwrap_or_else(|e| panic!("{st}: {e}"));
+        }
+        // Thread-block clusters.
+        let cluster = format!(
+            "{LAUNCH}#include <cooperative_groups.h>\nnamespace cg = cooperative_groups;\n\
+             extern \"C\" __global__ void __cluster_dims__(2, 1, 1) rmsnorm(const scalar_t* x, const scalar_t* w, scalar_t* y, int T) {{\n\
+               cg::cluster_group c = cg::this_cluster(); c.sync();\n}}\n"
+        );
+        check(&cluster).expect("cluster kernel");
     }
 
     #[test]

@@ -13,11 +13,14 @@
 //! unknown variables and out-of-range results are typed errors.
 
 use std::collections::BTreeMap;
+
+use crate::source::LaunchLineError;
 use std::fmt;
 
 pub use kiln_cuda::LaunchDims;
 
-/// The marker that starts a launch line.
+/// The canonical spelling that starts a launch line (the exact rule is
+/// [`crate::source`]'s: a `//` comment whose trimmed text starts with `kiln:`).
 pub const MARKER: &str = "// kiln:";
 
 /// Longest launch line accepted (a guard against pathological candidates).
@@ -44,6 +47,10 @@ pub enum LaunchError {
     /// The launch line is malformed.
     #[error("launch line: {0}")]
     Syntax(String),
+    /// The source cannot be lexed, or has a near-miss, block-comment or
+    /// spliced launch line (see [`crate::source`]).
+    #[error("{0}")]
+    Source(LaunchLineError),
     /// An expression uses a variable the target does not define.
     #[error("launch line: unknown variable `{name}` (known: {known})")]
     UnknownVariable {
@@ -441,25 +448,19 @@ pub struct LaunchLine {
 }
 
 impl LaunchLine {
-    /// Finds and parses the single `// kiln:` line of a source.
+    /// Finds the single launch line of a source by the one rule
+    /// ([`crate::source::launch_line`]: comments and literals understood,
+    /// near misses rejected) and parses it.
     pub fn parse_source(src: &str) -> Result<LaunchLine, LaunchError> {
-        let found: Vec<(usize, &str)> = src
-            .lines()
-            .enumerate()
-            .filter_map(|(i, l)| {
-                l.trim_start()
-                    .strip_prefix(MARKER)
-                    .map(|rest| (i + 1, rest))
-            })
-            .collect();
-        match found.as_slice() {
-            [] => Err(LaunchError::Missing),
-            [(_, rest)] => Self::parse(rest),
-            many => Err(LaunchError::Duplicate {
-                count: many.len(),
-                lines: many.iter().map(|(n, _)| *n).collect(),
-            }),
-        }
+        let found = crate::source::launch_line(src).map_err(|e| match e {
+            LaunchLineError::Missing => LaunchError::Missing,
+            LaunchLineError::Multiple { lines } => LaunchError::Duplicate {
+                count: lines.len(),
+                lines,
+            },
+            other => LaunchError::Source(other),
+        })?;
+        Self::parse(&found.spec)
     }
 
     /// Parses the text after `// kiln:`: `block=<expr> grid=<expr>[,<expr>[,<expr>]] smem=<expr>`.
@@ -771,6 +772,23 @@ mod tests {
                 "{bad:?} should be rejected"
             );
         }
+    }
+
+    #[test]
+    fn parse_source_follows_the_one_rule() {
+        // The worker parses exactly the launch text the shared rule finds.
+        for (src, want) in crate::source::LAUNCH_LINE_CASES {
+            let got = LaunchLine::parse_source(src).ok();
+            let want = want.map(|w| LaunchLine::parse(w).expect("table specs parse"));
+            assert_eq!(got, want, "{src:?}");
+        }
+        // A string literal line that starts with the marker is not a launch line.
+        let src = "const char* r = R\"(\n// kiln: block=1 grid=1 smem=0\n)\";";
+        assert_eq!(LaunchLine::parse_source(src), Err(LaunchError::Missing));
+        assert!(matches!(
+            LaunchLine::parse_source("// KILN: block=1 grid=1 smem=0"),
+            Err(LaunchError::Source(LaunchLineError::Misspelled { .. }))
+        ));
     }
 
     #[test]

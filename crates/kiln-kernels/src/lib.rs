@@ -5,6 +5,7 @@
 //! - [`catalog`]: the sources (`kernels/<op>.cu`) and their [`catalog::OpSpec`]s.
 //! - [`launch`]: the `// kiln:` launch-line parser and checked evaluator, shared
 //!   with the evaluator for untrusted candidates.
+//! - [`source`]: the one C/C++ lexer and the one launch-line rule every tool uses.
 //! - [`ops`]: per-op configuration (validated, turned into NVRTC inputs) and
 //!   typed launches over `kiln-cuda` buffers.
 //! - [`reference`]: float64 references that round where the models round.
@@ -22,6 +23,7 @@ pub mod ops;
 pub mod presets;
 pub mod reference;
 pub mod seeds;
+pub mod source;
 pub mod tolerance;
 
 pub use catalog::{KernelBuild, Op, OpSpec, CATALOG};

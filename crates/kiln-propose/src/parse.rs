@@ -16,7 +16,8 @@
 //!
 //! Each block (numbered from 1 in answer order) becomes a candidate only if it is closed
 //! (an unclosed last block means the answer was cut off) and contains `extern "C"`,
-//! `__global__` and a `// kiln:` launch line. Identical blocks count once, and at most
+//! `__global__` and exactly one `// kiln:` launch line by the rule every kiln tool shares
+//! (`kiln_kernels::source::launch_line`). Identical blocks count once, and at most
 //! `count` are kept. Every dropped block gets one line in [`ParsedAnswer::rejected`]
 //! saying why, because those lines are shown to the user and fed back to the model.
 
@@ -447,25 +448,25 @@ fn one_line(s: &str) -> String {
     }
 }
 
-fn has_launch_line(src: &str) -> bool {
-    src.lines().any(|l| {
-        l.trim_start()
-            .strip_prefix("//")
-            .is_some_and(|rest| rest.trim_start().starts_with("kiln:"))
-    })
-}
-
 /// What a candidate block lacks, phrased for the rejection line.
-fn missing_markers(src: &str) -> Vec<&'static str> {
+///
+/// The launch line is judged by the one rule every tool shares
+/// ([`kiln_kernels::source::launch_line`]), so the parser never accepts a
+/// block whose launch line the checker or the worker would read differently.
+fn missing_markers(src: &str) -> Vec<String> {
     let mut missing = Vec::new();
     if !src.contains("extern \"C\"") {
-        missing.push("`extern \"C\"` entry point");
+        missing.push("`extern \"C\"` entry point".to_string());
     }
     if !src.contains("__global__") {
-        missing.push("`__global__` kernel");
+        missing.push("`__global__` kernel".to_string());
     }
-    if !has_launch_line(src) {
-        missing.push("`// kiln:` launch line");
+    match kiln_kernels::source::launch_line(src) {
+        Ok(_) => {}
+        Err(kiln_kernels::source::LaunchLineError::Missing) => {
+            missing.push("`// kiln:` launch line".to_string())
+        }
+        Err(e) => missing.push(format!("usable `// kiln:` launch line ({e})")),
     }
     missing
 }
@@ -611,5 +612,35 @@ mod tests {
         let got = parse_answer("{\"variants\": [", 1);
         assert!(got.proposals.is_empty());
         assert!(got.rejected[0].contains("does not parse"), "{got:?}");
+    }
+
+    #[test]
+    fn launch_line_follows_the_one_rule() {
+        // The parser accepts a block exactly when the shared rule finds its launch line.
+        for (src, want) in kiln_kernels::source::LAUNCH_LINE_CASES {
+            // The parser normalises line endings before a block becomes a
+            // source, so a lone CR is a newline by then.
+            if src.contains('\r') {
+                continue;
+            }
+            let block = format!("{src}\nextern \"C\" __global__ void k(int T) {{}}\n");
+            let got = parse_answer(&fenced("cuda", &block), 2);
+            assert_eq!(
+                got.proposals.len(),
+                usize::from(want.is_some()),
+                "{src:?}: {got:?}"
+            );
+        }
+        let got = parse_answer(
+            &fenced(
+                "cuda",
+                "// KILN: block=1 grid=1 smem=0\nextern \"C\" __global__ void k() {}\n",
+            ),
+            2,
+        );
+        assert!(
+            got.rejected[0].contains("not spelled `// kiln:`"),
+            "{got:?}"
+        );
     }
 }

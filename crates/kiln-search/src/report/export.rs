@@ -46,7 +46,7 @@ pub struct PackEntry {
     pub entry_point: Option<String>,
     /// The full CUDA C++ source, as verified and timed.
     pub source: String,
-    /// The `// kiln:` launch line.
+    /// The `// kiln:` launch line, as the worker read it from `source`.
     pub launch_line: String,
     /// Static shape variables the kernel was specialised for (`D` → 2048), when known.
     pub static_dims: Option<BTreeMap<String, i64>>,
@@ -166,7 +166,7 @@ pub fn pack_entry(
         target: m.target.clone(),
         entry_point,
         source: node.source.clone(),
-        launch_line: node.launch_line.trim().to_string(),
+        launch_line: recorded_launch_line(&node.source, &node.launch_line),
         static_dims,
         defines,
         dtype: target.as_ref().map(|t| t.dtype().name().to_string()),
@@ -192,6 +192,17 @@ pub fn pack_entry(
         session_path: session_path.map(Path::to_path_buf),
         node: id,
     })
+}
+
+/// The launch line that ran: the one the shared rule
+/// ([`kiln_kernels::source::launch_line`], which the worker also uses) finds in
+/// the exact source that was timed, in canonical `// kiln: <spec>` form. The
+/// node's stored copy is used only for a source with no usable launch line
+/// (such a source never ran, so it cannot be a measured winner).
+fn recorded_launch_line(source: &str, stored: &str) -> String {
+    kiln_kernels::source::launch_line(source)
+        .map(|l| l.canonical())
+        .unwrap_or_else(|_| stored.trim().to_string())
 }
 
 /// The name of the `__global__` function in `source` (comments ignored), if one is found.
@@ -316,4 +327,27 @@ fn cu_text(e: &PackEntry) -> String {
         h.push('\n');
     }
     h
+}
+
+#[cfg(test)]
+mod launch_tests {
+    use super::recorded_launch_line;
+
+    #[test]
+    fn export_records_the_launch_line_the_one_rule_finds() {
+        for (src, want) in kiln_kernels::source::LAUNCH_LINE_CASES {
+            let got = recorded_launch_line(src, "stored");
+            match want {
+                Some(spec) => assert_eq!(got, format!("// kiln: {spec}"), "{src:?}"),
+                None => assert_eq!(got, "stored", "{src:?}"),
+            }
+        }
+        // A stale stored copy never wins over what the source says.
+        let src =
+            "const char* s = \"// kiln: block=1 grid=1 smem=0\";\n// kiln: block=2 grid=1 smem=0\n";
+        assert_eq!(
+            recorded_launch_line(src, "// kiln: block=1 grid=1 smem=0"),
+            "// kiln: block=2 grid=1 smem=0"
+        );
+    }
 }

@@ -1,195 +1,88 @@
 //! Duplicate detection by normalised source.
 //!
 //! Two candidates are the same kernel when their sources are equal after
-//! [`normalize_source`]: comments removed (except the `// kiln:` launch line,
-//! whose launch configuration is part of the kernel's identity), runs of
+//! [`normalize_source`]: comments removed (except the launch line, whose
+//! launch configuration is part of the kernel's identity; it is found by the
+//! one rule of [`kiln_kernels::source::launch_line`] and put first), runs of
 //! whitespace collapsed to one space, and the ends trimmed. Newlines survive
-//! only where they end a preprocessor directive or the launch line, because
-//! there a line break changes the meaning of the text after it.
+//! only where they end a preprocessor directive, because there a line break
+//! changes the meaning of the text after it.
 //!
 //! The identity of a source is the SHA-256 hex digest of its normal form
 //! ([`source_hash`]). The tree keeps an index of these digests so duplicates
 //! are refused across the whole tree, not only among siblings.
 
+use kiln_kernels::source::{self, Lexed, Token};
 use sha2::{Digest, Sha256};
 
-/// The marker that keeps a line comment in the normal form: the launch line.
-const LAUNCH_MARKER: &str = "kiln:";
-
-/// Returns `src` with comments stripped (the `// kiln:` line kept) and whitespace collapsed.
+/// Returns `src` in normal form: the launch line first (as `// kiln: <spec>`,
+/// whitespace collapsed), then the code with comments dropped and every run
+/// of whitespace collapsed to one space (none where the source had none), one
+/// line per preprocessor directive.
+///
+/// Comments, string literals and splices are read by kiln-kernels' shared
+/// lexer and launch-line rule ([`kiln_kernels::source`]), so dedupe sees the
+/// same launch line as the checker and the worker. A source that does not lex
+/// (the checker rejects it anyway) falls back to whitespace collapsing.
 pub fn normalize_source(src: &str) -> String {
-    let chars: Vec<char> = src.chars().collect();
-    let mut out = Normalized::default();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        let next = chars.get(i + 1).copied();
-        match c {
-            '/' if next == Some('/') => {
-                let end = chars[i..]
-                    .iter()
-                    .position(|&ch| ch == '\n')
-                    .map_or(chars.len(), |p| i + p);
-                let body: String = chars[i + 2..end].iter().collect();
-                if body.trim_start().starts_with(LAUNCH_MARKER) {
-                    // The launch line is identity: keep it, whitespace-normalised,
-                    // on a line of its own.
-                    out.begin_line();
-                    out.token_text("//");
-                    out.space();
-                    for word in body.split_whitespace() {
-                        out.token_text(word);
-                        out.space();
-                    }
-                    out.line_end_pending = true;
-                } else {
-                    out.space();
-                }
-                // The newline itself (if any) is handled as whitespace below.
-                i = end;
+    match source::lex(src) {
+        Ok(lexed) => normal_form(&lexed),
+        // Marked so it can never read as a launch line or equal a lexed form.
+        Err(_) => format!(
+            "\u{0}unlexed\n{}",
+            src.split_whitespace().collect::<Vec<_>>().join(" ")
+        ),
+    }
+}
+
+fn normal_form(lexed: &Lexed) -> String {
+    let mut out = String::new();
+    if let Ok(launch) = lexed.launch_line() {
+        let spec: Vec<&str> = launch.spec.split_whitespace().collect();
+        out.push_str(
+            source::LaunchText {
+                line: launch.line,
+                spec: spec.join(" "),
             }
-            '/' if next == Some('*') => {
-                // A block comment is one space to the compiler, even inside a
-                // directive (its newlines do not end the directive).
-                let close = (i + 2..chars.len().saturating_sub(1))
-                    .find(|&j| chars[j] == '*' && chars[j + 1] == '/')
-                    .map_or(chars.len(), |j| j + 2);
-                out.space();
-                i = close;
+            .canonical()
+            .trim_end(),
+        );
+        out.push('\n');
+    }
+    let mut directives = lexed.directives.iter().peekable();
+    for i in 0..=lexed.tokens.len() {
+        while let Some(d) = directives.next_if(|d| d.at == i) {
+            // A directive must begin a line and its end is significant.
+            if !out.is_empty() && !out.ends_with('\n') {
+                out.push('\n');
             }
-            '"' | '\'' => {
-                // Literals are copied verbatim: comment markers and whitespace
-                // inside them are content.
-                let end = literal_end(&chars, i);
-                let lit: String = chars[i..end].iter().collect();
-                out.token_text(&lit);
-                i = end;
-            }
-            '\\' if next == Some('\n')
-                || (next == Some('\r') && chars.get(i + 2) == Some(&'\n')) =>
-            {
-                // Line continuation: the directive goes on; it is whitespace.
-                out.space();
-                i += if next == Some('\n') { 2 } else { 3 };
-            }
-            '#' if out.at_line_start() => {
-                // A directive must begin a line, so the break before it stays.
-                out.begin_line();
-                out.in_directive = true;
-                out.token_char('#');
-                i += 1;
-            }
-            c if c.is_whitespace() => {
-                if c == '\n' {
-                    out.newline();
-                } else {
-                    out.space();
-                }
-                i += 1;
-            }
-            c => {
-                out.token_char(c);
-                i += 1;
-            }
+            out.push('#');
+            push_tokens(&mut out, &d.tokens);
+            out.push('\n');
+        }
+        if let Some(t) = lexed.tokens.get(i) {
+            push_tokens(&mut out, std::slice::from_ref(t));
         }
     }
-    out.finish()
+    let trimmed = out.trim_end().len();
+    out.truncate(trimmed);
+    out
+}
+
+/// Appends tokens, one space where the source had whitespace or a comment.
+fn push_tokens(out: &mut String, tokens: &[Token]) {
+    for (k, t) in tokens.iter().enumerate() {
+        let line_start = out.is_empty() || out.ends_with('\n') || (k == 0 && out.ends_with('#'));
+        if t.space_before && !line_start {
+            out.push(' ');
+        }
+        out.push_str(&t.text);
+    }
 }
 
 /// Returns the SHA-256 hex digest of [`normalize_source`]`(src)`.
 pub fn source_hash(src: &str) -> String {
     hex::encode(Sha256::digest(normalize_source(src).as_bytes()))
-}
-
-/// Index one past the end of the string or char literal opening at `start`.
-fn literal_end(chars: &[char], start: usize) -> usize {
-    let quote = chars[start];
-    let mut j = start + 1;
-    while j < chars.len() {
-        match chars[j] {
-            '\\' => j += 2,
-            // An unterminated literal ends at the line end, as for the compiler.
-            '\n' => return j,
-            ch if ch == quote => return j + 1,
-            _ => j += 1,
-        }
-    }
-    chars.len()
-}
-
-/// The normal form under construction, with the whitespace state machine.
-#[derive(Default)]
-struct Normalized {
-    text: String,
-    /// A space is owed before the next token.
-    space_pending: bool,
-    /// The current line is a preprocessor directive or the launch line, so
-    /// its end must stay a newline.
-    line_end_pending: bool,
-    /// The current line is a preprocessor directive.
-    in_directive: bool,
-    /// No token has been emitted since the last significant newline.
-    fresh_line: bool,
-    /// Nothing but whitespace or comments since the last raw newline.
-    raw_line_start: bool,
-}
-
-impl Normalized {
-    fn at_line_start(&self) -> bool {
-        self.text.is_empty() || self.raw_line_start || self.fresh_line
-    }
-
-    fn space(&mut self) {
-        self.space_pending = true;
-    }
-
-    fn newline(&mut self) {
-        self.raw_line_start = true;
-        if self.in_directive || self.line_end_pending {
-            self.in_directive = false;
-            self.line_end_pending = false;
-            if !self.text.is_empty() && !self.fresh_line {
-                self.text.push('\n');
-            }
-            self.fresh_line = true;
-            self.space_pending = false;
-        } else {
-            self.space_pending = true;
-        }
-    }
-
-    fn begin_line(&mut self) {
-        if !self.text.is_empty() && !self.fresh_line {
-            self.text.push('\n');
-        }
-        self.fresh_line = true;
-        self.space_pending = false;
-    }
-
-    fn flush_space(&mut self) {
-        if self.space_pending && !self.text.is_empty() && !self.fresh_line {
-            self.text.push(' ');
-        }
-        self.space_pending = false;
-        self.fresh_line = false;
-        self.raw_line_start = false;
-    }
-
-    fn token_char(&mut self, c: char) {
-        self.flush_space();
-        self.text.push(c);
-    }
-
-    fn token_text(&mut self, s: &str) {
-        self.flush_space();
-        self.text.push_str(s);
-    }
-
-    fn finish(mut self) -> String {
-        let trimmed = self.text.trim_end().len();
-        self.text.truncate(trimmed);
-        self.text
-    }
 }
 
 #[cfg(test)]
@@ -240,6 +133,9 @@ mod tests {
             normalize_source(src),
             "// kiln: block=32 grid=1\n#define N 4\nint a[N];\n#define M 5\nint b;"
         );
+        // Where the launch comment sits does not matter to the compiler.
+        let moved = "#define N 4\nint a[N]; // kiln: block=32   grid=1\n#define M 5\nint b;";
+        assert_eq!(normalize_source(moved), normalize_source(src));
     }
 
     #[test]
@@ -260,9 +156,43 @@ mod tests {
 
     #[test]
     fn unterminated_comment_and_literal_do_not_panic() {
-        assert_eq!(normalize_source("int a; /* open"), "int a;");
-        assert_eq!(normalize_source("\"open"), "\"open");
+        assert_eq!(
+            normalize_source("int a; /* open"),
+            "\u{0}unlexed\nint a; /* open"
+        );
+        assert_eq!(normalize_source("\"open"), "\u{0}unlexed\n\"open");
         assert_eq!(normalize_source(""), "");
         assert_eq!(normalize_source("//"), "");
+    }
+
+    #[test]
+    fn launch_line_follows_the_one_rule() {
+        // Dedupe keeps exactly the launch text the checker and the worker see.
+        for (src, want) in kiln_kernels::source::LAUNCH_LINE_CASES {
+            let normal = normalize_source(src);
+            let kept = normal
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("// kiln: "))
+                .map(str::to_string);
+            let want = want.map(|w| w.split_whitespace().collect::<Vec<_>>().join(" "));
+            assert_eq!(kept, want, "{src:?}");
+            let checker = kiln_eval::candidate::launch_line(src).ok().map(|l| l.spec);
+            let worker = kiln_kernels::LaunchLine::parse_source(src).is_ok();
+            assert_eq!(checker.is_some(), want.is_some(), "{src:?}");
+            assert_eq!(worker, want.is_some(), "{src:?}");
+        }
+        // A launch line hidden in a string is content, not identity.
+        let a =
+            "const char* s = \"// kiln: block=1 grid=1 smem=0\";\n// kiln: block=2 grid=1 smem=0";
+        assert!(normalize_source(a).starts_with("// kiln: block=2 grid=1 smem=0\n"));
+    }
+
+    #[test]
+    fn operators_stay_distinct() {
+        assert_ne!(
+            normalize_source("x = a&&b;"),
+            normalize_source("x = a& &b;")
+        );
     }
 }
