@@ -30,13 +30,18 @@ pub enum Command {
     Models(ModelsCommand),
     /// Prove kernels on a real MoE model: tokens/s and token identity.
     Validate(ValidateArgs),
-    /// The isolated GPU worker the evaluator starts (internal; speaks JSON on stdin/stdout).
+    /// The isolated GPU worker the evaluator starts (internal; speaks JSON over
+    /// the pipe fds named in KILN_WORKER_REQUEST_FD / KILN_WORKER_RESPONSE_FD).
     #[command(name = "__worker", hide = true)]
     Worker {
         /// GPU ordinal.
         #[arg(long, default_value_t = 0)]
         device: usize,
     },
+    /// NVRTC for one candidate, in the bounded child the evaluator starts
+    /// (internal; one JSON job on stdin, one JSON answer on stdout).
+    #[command(name = "__compile", hide = true)]
+    Compile,
 }
 
 /// `kiln doctor` flags.
@@ -57,6 +62,10 @@ pub enum DiscoverCommand {
     List,
     /// Evaluate one kernel file against a target and print the whole record.
     Eval(EvalArgs),
+    /// Run every check that needs no GPU on one kernel file: static checks,
+    /// the launch line, a bounded NVRTC compile and the compiled-PTX checks.
+    /// Exit 0: passed; 1: rejected; 2: usage or setup error.
+    Check(CheckArgs),
     /// Run a PUCT search on one target (resumable session file).
     Search(SearchArgs),
     /// Search every target with every backend; one session per (target, backend).
@@ -184,10 +193,34 @@ pub struct EvalArgs {
     /// Seconds one candidate may run in the worker before it is killed.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+    /// Wall-clock seconds the candidate's compile may take before it is killed.
+    #[arg(long, default_value_t = 60)]
+    pub compile_timeout_s: u64,
     /// GPU ordinal.
     #[arg(long, default_value_t = 0)]
     pub device: usize,
     /// Print only the JSON record.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `kiln discover check` flags.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Target name (see `kiln discover list`).
+    pub target: String,
+    /// The candidate CUDA source.
+    pub file: std::path::PathBuf,
+    /// GPU architecture to compile for (`sm_90a`, `sm_90`, `sm_100a`, …).
+    #[arg(long, default_value = "sm_90a")]
+    pub arch: String,
+    /// Wall-clock seconds the compile may take before it is killed.
+    #[arg(long, default_value_t = 60)]
+    pub compile_timeout_s: u64,
+    /// Address-space limit of the compile, GiB.
+    #[arg(long, default_value_t = 8)]
+    pub compile_memory_gib: u64,
+    /// Print one JSON object instead of text (same exit codes).
     #[arg(long)]
     pub json: bool,
 }

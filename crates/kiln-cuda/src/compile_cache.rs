@@ -22,6 +22,8 @@ pub enum CachedOutcome {
     Image {
         /// PTX text or cubin bytes.
         image: Vec<u8>,
+        /// The PTX of the same compilation when `image` is a cubin.
+        ptx: Option<String>,
         /// NVRTC's log (warnings).
         log: String,
     },
@@ -57,7 +59,9 @@ impl CompileCache {
     /// The cache key of one compilation.
     pub fn key(nvrtc_version: &str, arch: &str, options: &[String], source: &str) -> String {
         let mut h = Sha256::new();
-        h.update(b"kiln-nvrtc-cache-v1\0");
+        // v2: cubin entries carry their PTX (`.ptx`); v1 entries lack it and must
+        // not be used, so the version is part of every key.
+        h.update(b"kiln-nvrtc-cache-v2\0");
         h.update(nvrtc_version.as_bytes());
         h.update(b"\0");
         h.update(arch.as_bytes());
@@ -75,7 +79,8 @@ impl CompileCache {
     pub fn get(&self, key: &str) -> Option<CachedOutcome> {
         if let Ok(image) = fs::read(self.path(key, "img")) {
             let log = fs::read_to_string(self.path(key, "log")).unwrap_or_default();
-            return Some(CachedOutcome::Image { image, log });
+            let ptx = fs::read_to_string(self.path(key, "ptx")).ok();
+            return Some(CachedOutcome::Image { image, ptx, log });
         }
         fs::read_to_string(self.path(key, "err"))
             .ok()
@@ -89,9 +94,12 @@ impl CompileCache {
             source,
         })?;
         match outcome {
-            CachedOutcome::Image { image, log } => {
-                // The log first: an image present means its log is too.
+            CachedOutcome::Image { image, ptx, log } => {
+                // The log and PTX first: an image present means they are too.
                 self.write_atomic(&self.path(key, "log"), log.as_bytes())?;
+                if let Some(ptx) = ptx {
+                    self.write_atomic(&self.path(key, "ptx"), ptx.as_bytes())?;
+                }
                 self.write_atomic(&self.path(key, "img"), image)
             }
             CachedOutcome::Failed { log } => {
@@ -139,10 +147,18 @@ mod tests {
         assert_eq!(cache.get("k1"), None);
         let img = CachedOutcome::Image {
             image: vec![1, 2, 3],
+            ptx: Some(".version 8.0".into()),
             log: "warn".into(),
         };
         cache.put("k1", &img).expect("put image");
         assert_eq!(cache.get("k1"), Some(img));
+        let ptx_only = CachedOutcome::Image {
+            image: b".version 8.0".to_vec(),
+            ptx: None,
+            log: String::new(),
+        };
+        cache.put("k3", &ptx_only).expect("put ptx image");
+        assert_eq!(cache.get("k3"), Some(ptx_only));
         let failed = CachedOutcome::Failed {
             log: "error: x".into(),
         };

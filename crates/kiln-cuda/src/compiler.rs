@@ -50,7 +50,8 @@ impl Arch {
 }
 
 /// What NVRTC should produce.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum OutputKind {
     /// Machine code for exactly this arch: no JIT at load time.
     Cubin,
@@ -133,6 +134,10 @@ pub struct Compiled {
     pub image: Vec<u8>,
     /// Which of the two `image` holds.
     pub output: OutputKind,
+    /// The PTX text of the same compilation when `image` is a cubin (one NVRTC
+    /// run for a real arch yields both; the judge checks the PTX and loads the
+    /// cubin). `None` for PTX output, where `image` is the PTX.
+    pub ptx: Option<String>,
     /// NVRTC's log (warnings); empty when clean.
     pub log: String,
     /// True when the image came from the on-disk cache.
@@ -187,11 +192,12 @@ impl Compiler {
         let key = CompileCache::key(&self.version, &arch_tag, &options, &req.source);
         if let Some(cache) = &self.cache {
             match cache.get(&key) {
-                Some(CachedOutcome::Image { image, log }) => {
+                Some(CachedOutcome::Image { image, ptx, log }) => {
                     return Ok(Compiled {
                         name: req.name.clone(),
                         image,
                         output: req.output,
+                        ptx,
                         log,
                         from_cache: true,
                     })
@@ -212,17 +218,23 @@ impl Compiler {
                 .map(|d| format!("-I{}", d.display())),
         );
         let outcome = run_nvrtc(req, &all_options)?;
-        if let Some(cache) = &self.cache {
+        // NVRTC reports running out of memory (e.g. under the judge's
+        // RLIMIT_AS) as a compile error: that depends on the limit, not only
+        // on the source, so it is not cached.
+        let resource_failure =
+            matches!(&outcome, CachedOutcome::Failed { log } if log.contains("out of memory"));
+        if let Some(cache) = self.cache.as_ref().filter(|_| !resource_failure) {
             // A cache that cannot be written only costs a recompile later.
             if let Err(err) = cache.put(&key, &outcome) {
                 tracing::warn!("{err}");
             }
         }
         match outcome {
-            CachedOutcome::Image { image, log } => Ok(Compiled {
+            CachedOutcome::Image { image, ptx, log } => Ok(Compiled {
                 name: req.name.clone(),
                 image,
                 output: req.output,
+                ptx,
                 log,
                 from_cache: false,
             }),
@@ -306,28 +318,31 @@ fn run_nvrtc(req: &CompileRequest, options: &[String]) -> Result<CachedOutcome> 
     }
     check(compile_status, "nvrtcCompileProgram")?;
 
-    let image = match req.output {
-        OutputKind::Cubin => read_output(
-            &prog,
-            nvrtc_sys::nvrtcGetCUBINSize,
-            nvrtc_sys::nvrtcGetCUBIN,
-            "nvrtcGetCUBIN",
-        )?,
-        OutputKind::Ptx => {
-            let mut ptx = read_output(
+    // A compilation for a real arch (`sm_XX`) also keeps its PTX: the judge
+    // checks what actually runs without a second NVRTC run.
+    let mut ptx = read_output(
+        &prog,
+        nvrtc_sys::nvrtcGetPTXSize,
+        nvrtc_sys::nvrtcGetPTX,
+        "nvrtcGetPTX",
+    )?;
+    // The driver wants the NUL; kiln keeps text without it and adds it at load.
+    while ptx.last() == Some(&0) {
+        ptx.pop();
+    }
+    let (image, ptx) = match req.output {
+        OutputKind::Cubin => {
+            let cubin = read_output(
                 &prog,
-                nvrtc_sys::nvrtcGetPTXSize,
-                nvrtc_sys::nvrtcGetPTX,
-                "nvrtcGetPTX",
+                nvrtc_sys::nvrtcGetCUBINSize,
+                nvrtc_sys::nvrtcGetCUBIN,
+                "nvrtcGetCUBIN",
             )?;
-            // The driver wants the NUL; kiln keeps text without it and adds it at load.
-            while ptx.last() == Some(&0) {
-                ptx.pop();
-            }
-            ptx
+            (cubin, Some(String::from_utf8_lossy(&ptx).into_owned()))
         }
+        OutputKind::Ptx => (ptx, None),
     };
-    Ok(CachedOutcome::Image { image, log })
+    Ok(CachedOutcome::Image { image, ptx, log })
 }
 
 type SizeFn = unsafe fn(nvrtc_sys::nvrtcProgram, *mut usize) -> nvrtc_sys::nvrtcResult;
@@ -357,4 +372,34 @@ fn program_log(prog: &Program) -> Result<String> {
         bytes.pop();
     }
     Ok(String::from_utf8_lossy(&bytes).trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SRC: &str = r#"extern "C" __global__ void twice(float* x, int n) {
+        int i = blockIdx.x * blockDim.x + threadIdx.x; if (i < n) x[i] *= 2.0f; }"#;
+
+    #[test]
+    fn a_cubin_compile_keeps_its_ptx_and_the_cache_returns_both() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let compiler = Compiler::with_cache(Some(CompileCache::new(dir.path())))
+            .unwrap_or_else(|e| panic!("NVRTC is required for this test: {e}"));
+        let req = CompileRequest::new("twice.cu", SRC).arch(Arch::SM90.specific());
+        let first = compiler.compile(&req).expect("compiles");
+        assert_eq!(&first.image[..4], b"\x7fELF");
+        let ptx = first.ptx.clone().expect("a cubin compile carries its PTX");
+        assert!(ptx.contains(".entry twice"), "{ptx}");
+        assert!(!ptx.ends_with('\0'));
+        let second = compiler.compile(&req).expect("compiles again");
+        assert!(second.from_cache);
+        assert_eq!(second.ptx.as_deref(), Some(ptx.as_str()));
+        assert_eq!(second.image, first.image);
+
+        let text = compiler
+            .compile(&req.clone().output(OutputKind::Ptx))
+            .expect("compiles to PTX");
+        assert_eq!(text.ptx, None, "PTX output is the image itself");
+    }
 }

@@ -26,8 +26,10 @@
 
 pub mod candidate;
 pub mod catalog_bench;
+pub mod compile_sandbox;
 pub mod evaluator;
 pub mod protocol;
+pub mod ptx_check;
 pub mod record;
 pub mod reward;
 pub mod targets;

@@ -1,48 +1,128 @@
 //! The worker protocol: newline-delimited JSON between the parent and its GPU
-//! worker process (the `kiln` binary in worker mode), over the child's
-//! stdin (requests) and stdout (responses).
+//! worker process (the `kiln` binary in worker mode), over two pipes of its
+//! own that are none of the worker's standard streams: the worker reads
+//! requests on one fd and writes responses on another (see
+//! [`REQUEST_FD_ENV`]/[`RESPONSE_FD_ENV`]). The worker's stdin is
+//! `/dev/null`, and its stdout and stderr are drained by the parent into a
+//! capped buffer: whatever a candidate prints there (device printf) can never
+//! pose as a message.
 //!
 //! ```text
-//! parent → {"type":"hello","id":1,"version":1}
-//! worker ← {"type":"ready","id":1,"version":1,"device":{...}}
+//! parent → {"type":"hello","id":1,"version":2,"secret":"<32 hex>"}
+//! worker ← {"type":"ready","id":1,"secret":"<32 hex>","version":2,"device":{...}}
 //! parent → {"type":"evaluate","id":2,"job":{...}}
-//! worker ← {"type":"result","id":2,"outcome":{...}}
+//! worker ← {"type":"result","id":2,"secret":"<32 hex>","outcome":{...}}
 //! parent → {"type":"shutdown","id":3}
 //! ```
 //!
-//! Every request carries an `id`; the response repeats it. One message per
-//! line, at most [`MAX_MESSAGE_BYTES`]. The worker must write nothing else to
-//! stdout (logs go to stderr). Binary images travel as hex strings.
+//! Every request carries an `id`; the response repeats it. The parent draws a
+//! random [`Secret`] per worker and sends it in `Hello`; every response must
+//! carry it, and the parent kills a worker whose channel shows anything else.
+//! One message per line, at most [`MAX_MESSAGE_BYTES`]. Binary images travel
+//! as hex strings.
 
-use crate::record::{EvalOutcome, ShapeId};
+use crate::record::EvalOutcome;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
 use std::io::{BufRead, Write};
 
 /// Version of this protocol; `Hello` and `Ready` must agree.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// 2: private channel, per-worker secret, typed device facts, the parent
+/// sends the compiled image (cubin and PTX).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The longest message line accepted, in bytes (64 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
-/// The format of a precompiled image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ImageFormat {
-    /// PTX text.
-    Ptx,
-    /// A cubin for the worker's GPU.
-    Cubin,
+/// Environment variable naming the fd the worker reads requests from.
+pub const REQUEST_FD_ENV: &str = "KILN_WORKER_REQUEST_FD";
+
+/// Environment variable naming the fd the worker writes responses to.
+pub const RESPONSE_FD_ENV: &str = "KILN_WORKER_RESPONSE_FD";
+
+/// A per-worker random token: every response must repeat the one the parent
+/// sent in `Hello`, so a message that does not come from the worker's own
+/// protocol code is recognised as forged.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Secret([u8; 16]);
+
+impl Secret {
+    /// 128 fresh bits from the operating system's generator.
+    pub fn random() -> Self {
+        use rand::RngCore;
+        let mut bytes = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        Secret(bytes)
+    }
+
+    /// A secret with these bytes (tests, and the worker echoing what it received).
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Secret(bytes)
+    }
+
+    /// The secret as 32 lowercase hex digits.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
 }
 
-/// A module compiled by the parent (compilation runs on CPU threads there).
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never in logs: a printed secret would be one a log reader could forge.
+        f.write_str("Secret(..)")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let bytes = hex::decode(&text).map_err(serde::de::Error::custom)?;
+        let bytes: [u8; 16] = bytes
+            .try_into()
+            .map_err(|_| serde::de::Error::custom("a secret is 16 bytes (32 hex digits)"))?;
+        Ok(Secret(bytes))
+    }
+}
+
+/// What the evaluator knows about its GPU, as the worker reports it in `Ready`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceSummary {
+    /// GPU name.
+    pub gpu_name: String,
+    /// `sm_90` style arch.
+    pub gpu_arch: String,
+    /// Driver CUDA version.
+    pub driver_version: String,
+    /// NVRTC version.
+    pub nvrtc_version: String,
+    /// SM count.
+    pub sm_count: u32,
+    /// L2 size in MiB.
+    pub l2_mib: u64,
+    /// Measured peak DRAM streaming bandwidth, bytes/s.
+    pub peak_bytes_per_s: f64,
+    /// Graph-batched empty-kernel launch time, µs.
+    pub launch_floor_us: f64,
+}
+
+/// A candidate compiled by the parent (in its bounded compile child): the
+/// worker loads `cubin` and never compiles a candidate itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CompiledImage {
-    /// PTX or cubin.
-    pub format: ImageFormat,
-    /// The image, hex-encoded on the wire.
+    /// The cubin for the worker's GPU, hex-encoded on the wire.
     #[serde(with = "hex_bytes")]
-    pub bytes: Vec<u8>,
+    pub cubin: Vec<u8>,
+    /// The PTX of the same compilation: the worker re-derives the module's
+    /// globals from it (`ptx_check::check_ptx`).
+    pub ptx: String,
 }
 
 mod hex_bytes {
@@ -63,25 +143,17 @@ mod hex_bytes {
 pub struct EvalJob {
     /// The target's name (the worker looks up its reference, inputs and baseline).
     pub target: String,
-    /// The candidate source (already statically checked).
+    /// The candidate source (already statically checked; the worker reads its launch line).
     pub source: String,
-    /// The launch line's spec (text after `kiln:`).
-    #[serde(default)]
-    pub launch: String,
-    /// A precompiled image, if the parent compiled it.
+    /// The compiled candidate; a job without one is a machinery error.
     #[serde(default)]
     pub compiled: Option<CompiledImage>,
-    /// Shapes to verify and time.
-    pub shapes: Vec<ShapeId>,
     /// Seed of the trial inputs (derived from the session's secret seed).
     pub seed: u64,
     /// Warm-up launches per shape.
     pub warmup: u32,
     /// Timed repetitions per shape (an upper bound when a stopping rule applies).
     pub iters: u32,
-    /// Anything else the worker needs; `null` if nothing.
-    #[serde(default)]
-    pub extra: serde_json::Value,
 }
 
 /// A message from the parent to the worker.
@@ -94,6 +166,8 @@ pub enum Request {
         id: u64,
         /// The parent's [`PROTOCOL_VERSION`].
         version: u32,
+        /// The secret every response must carry.
+        secret: Secret,
     },
     /// Run one evaluation.
     Evaluate {
@@ -128,15 +202,19 @@ pub enum Response {
     Ready {
         /// The `Hello`'s id.
         id: u64,
+        /// The `Hello`'s secret.
+        secret: Secret,
         /// The worker's [`PROTOCOL_VERSION`].
         version: u32,
-        /// Device facts (name, SMs, peak bandwidth, launch floor, …).
-        device: serde_json::Value,
+        /// The device the candidates run on.
+        device: DeviceSummary,
     },
     /// Answer to `Evaluate`.
     Result {
         /// The request's id.
         id: u64,
+        /// The `Hello`'s secret.
+        secret: Secret,
         /// The outcome.
         outcome: EvalOutcome,
     },
@@ -144,6 +222,8 @@ pub enum Response {
     Error {
         /// The request's id, if it could be read.
         id: Option<u64>,
+        /// The `Hello`'s secret (all zeros before a `Hello` arrived).
+        secret: Secret,
         /// What went wrong.
         message: String,
     },
@@ -155,6 +235,15 @@ impl Response {
         match self {
             Response::Ready { id, .. } | Response::Result { id, .. } => Some(*id),
             Response::Error { id, .. } => *id,
+        }
+    }
+
+    /// The secret this message carries.
+    pub fn secret(&self) -> Secret {
+        match self {
+            Response::Ready { secret, .. }
+            | Response::Result { secret, .. }
+            | Response::Error { secret, .. } => *secret,
         }
     }
 }
@@ -272,13 +361,30 @@ mod tests {
         EvalJob {
             target: "rmsnorm_bf16".into(),
             source: "// kiln: block=256 grid=T smem=0\nextern \"C\" __global__ void rmsnorm() {}\n\"quoted\"".into(),
-            launch: "block=256 grid=T smem=0".into(),
-            compiled: Some(CompiledImage { format: ImageFormat::Cubin, bytes: vec![0, 1, 0xff, b'\n'] }),
-            shapes: vec![ShapeId { name: "t37".into(), vars: [("T".to_string(), 37)].into_iter().collect() }],
+            compiled: Some(CompiledImage {
+                cubin: vec![0, 1, 0xff, b'\n'],
+                ptx: ".version 8.0\n.target sm_90a\n".into(),
+            }),
             seed: u64::MAX,
             warmup: 3,
             iters: 100,
-            extra: serde_json::json!({"flush_l2": true}),
+        }
+    }
+
+    fn secret() -> Secret {
+        Secret::from_bytes([0xab; 16])
+    }
+
+    fn device() -> DeviceSummary {
+        DeviceSummary {
+            gpu_name: "fake".into(),
+            gpu_arch: "sm_90".into(),
+            driver_version: "13.0".into(),
+            nvrtc_version: "13.0".into(),
+            sm_count: 132,
+            l2_mib: 50,
+            peak_bytes_per_s: 3.0e12,
+            launch_floor_us: 2.5,
         }
     }
 
@@ -288,6 +394,7 @@ mod tests {
             Request::Hello {
                 id: 1,
                 version: PROTOCOL_VERSION,
+                secret: secret(),
             },
             Request::Evaluate {
                 id: 2,
@@ -306,10 +413,13 @@ mod tests {
         );
         let text = String::from_utf8(buf.clone()).expect("utf8");
         assert!(
-            text.starts_with("{\"type\":\"hello\",\"id\":1,\"version\":1}\n"),
+            text.starts_with(&format!(
+                "{{\"type\":\"hello\",\"id\":1,\"version\":{PROTOCOL_VERSION},\"secret\":\"{}\"}}\n",
+                "ab".repeat(16)
+            )),
             "{text}"
         );
-        assert!(text.contains("\"bytes\":\"0001ff0a\""), "{text}");
+        assert!(text.contains("\"cubin\":\"0001ff0a\""), "{text}");
         let mut cur = Cursor::new(buf);
         for r in &reqs {
             let back: Request = read_message(&mut cur).expect("read");
@@ -324,15 +434,18 @@ mod tests {
         let resps = vec![
             Response::Ready {
                 id: 1,
-                version: 1,
-                device: serde_json::json!({"name": "fake"}),
+                secret: secret(),
+                version: PROTOCOL_VERSION,
+                device: device(),
             },
             Response::Result {
                 id: 2,
+                secret: secret(),
                 outcome: EvalOutcome::Scored(EvalRecord::failed(Stage::Verify, "NaN at 3")),
             },
             Response::Error {
                 id: None,
+                secret: Secret::default(),
                 message: "bad request".into(),
             },
         ];
@@ -344,7 +457,32 @@ mod tests {
         for r in &resps {
             let back: Response = read_message(&mut cur).expect("read");
             assert_eq!(&back, r);
+            assert_eq!(back.secret(), r.secret());
         }
+    }
+
+    #[test]
+    fn secrets_are_random_hex_and_never_printed() {
+        let (a, b) = (Secret::random(), Secret::random());
+        assert_ne!(a, b);
+        assert_eq!(a.to_hex().len(), 32);
+        assert_eq!(format!("{a:?}"), "Secret(..)");
+        let json = serde_json::to_string(&a).expect("ser");
+        assert_eq!(serde_json::from_str::<Secret>(&json).expect("de"), a);
+        assert!(serde_json::from_str::<Secret>("\"abcd\"").is_err());
+        assert!(serde_json::from_str::<Secret>("\"zz\"").is_err());
+    }
+
+    #[test]
+    fn a_response_without_its_secret_is_malformed() {
+        let mut cur = Cursor::new(
+            b"{\"type\":\"result\",\"id\":2,\"outcome\":{\"outcome\":\"machinery_failure\",\"reason\":\"x\"}}\n"
+                .to_vec(),
+        );
+        assert!(matches!(
+            read_message::<_, Response>(&mut cur),
+            Err(ProtocolError::Malformed { .. })
+        ));
     }
 
     #[test]
@@ -408,7 +546,7 @@ mod tests {
 
     #[test]
     fn bad_hex_is_malformed() {
-        let line = b"{\"type\":\"evaluate\",\"id\":1,\"job\":{\"target\":\"t\",\"source\":\"s\",\"compiled\":{\"format\":\"ptx\",\"bytes\":\"zz\"},\"shapes\":[],\"seed\":1,\"warmup\":0,\"iters\":1}}\n";
+        let line = b"{\"type\":\"evaluate\",\"id\":1,\"job\":{\"target\":\"t\",\"source\":\"s\",\"compiled\":{\"cubin\":\"zz\",\"ptx\":\"\"},\"seed\":1,\"warmup\":0,\"iters\":1}}\n";
         let mut cur = Cursor::new(line.to_vec());
         assert!(matches!(
             read_message::<_, Request>(&mut cur),

@@ -23,8 +23,10 @@ pub enum Stage {
     Parse,
     /// Static checks of the source.
     StaticCheck,
-    /// NVRTC compilation.
+    /// NVRTC compilation (in a child process with time and memory limits).
     Compile,
+    /// Checks on the compiled PTX: what actually runs.
+    PtxCheck,
     /// Loading the module and finding the entry point.
     Load,
     /// Launching (bad launch configuration, launch error).
@@ -56,6 +58,7 @@ impl fmt::Display for Stage {
             Stage::Parse => "launch-line parse",
             Stage::StaticCheck => "static check",
             Stage::Compile => "compile",
+            Stage::PtxCheck => "compiled-PTX check",
             Stage::Load => "load",
             Stage::Launch => "launch",
             Stage::Verify => "verification",
@@ -177,7 +180,15 @@ pub struct EvalRecord {
     /// Stage wall times.
     #[serde(default)]
     pub timings: StageTimings,
+    /// What the worker printed on its stdout/stderr while this candidate ran
+    /// (device printf and the like), at most [`CANDIDATE_OUTPUT_BYTES`]; the
+    /// protocol never reads it. Absent in older session files.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub candidate_output: String,
 }
+
+/// The most of a candidate's captured output an [`EvalRecord`] keeps, in bytes.
+pub const CANDIDATE_OUTPUT_BYTES: usize = 4096;
 
 /// The most of the compile log [`EvalRecord::feedback_for_proposer`] quotes, in bytes.
 pub const FEEDBACK_LOG_BYTES: usize = 2000;
@@ -203,6 +214,7 @@ impl EvalRecord {
             speedup_vs_seed: speedup_vs_seed.and_then(finite),
             compile_log,
             timings,
+            candidate_output: String::new(),
         }
     }
 
@@ -224,6 +236,7 @@ impl EvalRecord {
             speedup_vs_seed: None,
             compile_log: String::new(),
             timings: StageTimings::default(),
+            candidate_output: String::new(),
         }
     }
 

@@ -1,44 +1,72 @@
 //! The parent's side of the GPU worker: spawn it, talk [`protocol`](crate::protocol),
 //! enforce timeouts, and replace it after any failure.
 //!
-//! A [`WorkerHandle`] owns one child process. A reader thread turns the child's
-//! stdout into messages on a channel, so every request waits with
-//! `recv_timeout`; a second thread keeps the last [`STDERR_TAIL_BYTES`] of its
-//! stderr. On a timeout, end of stream or garbage, the handle kills the child
-//! (its whole process group on Unix, so helpers it started die too), reaps it,
-//! and reports a [`WorkerFailure`]. A dead handle is never reused.
+//! A [`WorkerHandle`] owns one child process and a private channel to it: two
+//! pipes passed as fds 3 (requests) and 4 (responses), announced in
+//! [`REQUEST_FD_ENV`]/[`RESPONSE_FD_ENV`]. The worker's stdin is `/dev/null`;
+//! its stdout and stderr (where a candidate's device printf lands) are drained
+//! into one capped buffer ([`OUTPUT_TAIL_BYTES`]), never parsed. A reader
+//! thread turns the response pipe into messages on a channel, so every request
+//! waits with `recv_timeout`. Every response must carry the handle's random
+//! [`Secret`] and the request's id; anything else on the channel (junk, a
+//! wrong secret, a wrong id) means the channel is corrupted and the worker is
+//! killed (its whole process group on Unix, so helpers it started die too).
+//! A dead handle is never reused.
 //!
 //! [`WorkerPool`] is the supervisor: it starts a worker on demand, and after
 //! any failure the next request goes to a fresh one. Its
-//! [`evaluate`](WorkerPool::evaluate) applies the scoring policy:
+//! [`evaluate`](WorkerPool::evaluate) applies the scoring policy. Anything
+//! that happens while a candidate's request is in flight is that candidate's:
 //!
 //! * timeout: the candidate hangs → scored failure at [`Stage::Timeout`];
 //! * the worker died: retried once on a fresh worker (the death may be the
 //!   machinery's: OOM killer, a driver hiccup); a second death → scored failure
 //!   at [`Stage::Crash`];
-//! * anything else (cannot start, protocol garbage, the worker reports an
-//!   error): retried up to `max_attempts`, then
-//!   [`EvalOutcome::MachineryFailure`], never scored.
+//! * the channel was corrupted (junk, a wrong or missing secret, a wrong id):
+//!   scored failure at [`Stage::Crash`] at once, never retried (it is
+//!   deterministic cheating, not bad luck);
+//! * a sticky CUDA error: the worker reports it as the candidate's crash and exits.
+//!
+//! Only failures with no candidate involved are machinery: the worker cannot
+//! start, the handshake fails (even by junk or a timeout), the versions
+//! differ, or the worker answers `Error`. They are retried up to
+//! `max_attempts`, then [`EvalOutcome::MachineryFailure`], never scored.
+//!
+//! Whatever the worker printed while a candidate ran is attached to that
+//! candidate's record ([`EvalRecord::candidate_output`](crate::record::EvalRecord::candidate_output)).
+//!
+//! Unix only: elsewhere spawning a worker is a [`WorkerFailure::Spawn`] that says so.
 
 use crate::protocol::{
-    read_message, write_message, EvalJob, ProtocolError, Request, Response, PROTOCOL_VERSION,
+    read_message, write_message, DeviceSummary, EvalJob, ProtocolError, Request, Response, Secret,
+    PROTOCOL_VERSION, REQUEST_FD_ENV, RESPONSE_FD_ENV,
 };
-use crate::record::{EvalOutcome, Stage};
+use crate::record::{EvalOutcome, EvalRecord, Stage, CANDIDATE_OUTPUT_BYTES};
 use std::collections::VecDeque;
 use std::ffi::OsString;
+use std::fs::File;
 use std::io::{BufReader, Read};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// How much of a worker's stderr is kept for crash reports, in bytes.
-pub const STDERR_TAIL_BYTES: usize = 8 * 1024;
+/// How much of a worker's stdout and stderr (together) is kept, in bytes.
+pub const OUTPUT_TAIL_BYTES: usize = 16 * 1024;
 
-/// How long a worker that closed its stdout gets to exit before it is killed.
+/// The fd the worker reads requests from.
+pub const WORKER_REQUEST_FD: i32 = 3;
+
+/// The fd the worker writes responses to.
+pub const WORKER_RESPONSE_FD: i32 = 4;
+
+/// How long a worker that closed its channel gets to exit before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(1);
+
+/// How long the parent waits for a candidate's last printed bytes to arrive
+/// after its answer (stdout and the channel are separate pipes).
+const OUTPUT_SETTLE: Duration = Duration::from_millis(100);
 
 /// The command that starts a worker (the `kiln` binary in worker mode, or a fake in tests).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,16 +119,20 @@ pub enum WorkerFailure {
         /// The timeout.
         after: Duration,
     },
-    /// The worker exited or closed its output.
-    #[error("worker died ({}); stderr tail: {}", describe_status(.status), if stderr_tail.is_empty() { "(empty)" } else { stderr_tail.as_str() })]
+    /// The worker exited or closed its channel.
+    #[error("worker died ({}); output tail: {}", describe_status(.status), if output_tail.is_empty() { "(empty)" } else { output_tail.as_str() })]
     Crashed {
         /// Exit status, if it could be collected.
         status: Option<ExitStatus>,
-        /// The end of its stderr.
-        stderr_tail: String,
+        /// The end of its stdout and stderr.
+        output_tail: String,
     },
-    /// The worker wrote something that is not the expected message; it was killed.
-    #[error("worker broke the protocol: {0}")]
+    /// Something other than the expected message came over the protocol
+    /// channel (junk, a wrong or missing secret, a wrong id); the worker was killed.
+    #[error("the worker's protocol channel was corrupted: {0}")]
+    Corrupted(String),
+    /// This side could not use the channel (a dead handle, an unencodable request).
+    #[error("worker protocol: {0}")]
     Protocol(String),
     /// The worker speaks another protocol version.
     #[error("worker speaks protocol version {worker}, this parent speaks {parent}")]
@@ -122,27 +154,38 @@ fn describe_status(status: &Option<ExitStatus>) -> String {
     }
 }
 
+/// The end of the worker's stdout and stderr, and how much it wrote in all.
 #[derive(Default)]
-struct StderrTail {
+struct OutputTail {
     bytes: VecDeque<u8>,
-    done: bool,
+    /// Bytes ever written (both streams).
+    total: u64,
+    /// Streams that reached end of file.
+    closed: u8,
+}
+
+/// The parent's half of a running worker: process, channel, output.
+struct Channel {
+    child: Child,
+    requests: Option<File>,
+    rx: Receiver<Result<Response, ProtocolError>>,
+    output: Arc<Mutex<OutputTail>>,
+    secret: Secret,
+    next_id: u64,
+    dead: bool,
 }
 
 /// One running worker process.
 pub struct WorkerHandle {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    rx: Receiver<Result<Response, ProtocolError>>,
-    stderr: Arc<Mutex<StderrTail>>,
-    next_id: u64,
-    device: serde_json::Value,
-    dead: Arc<AtomicBool>,
+    chan: Channel,
+    device: DeviceSummary,
+    last_output: String,
 }
 
 impl std::fmt::Debug for WorkerHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WorkerHandle")
-            .field("pid", &self.child.id())
+            .field("pid", &self.chan.child.id())
             .field("device", &self.device)
             .finish()
     }
@@ -154,67 +197,15 @@ impl WorkerHandle {
         command: &WorkerCommand,
         startup_timeout: Duration,
     ) -> Result<Self, WorkerFailure> {
-        let spawn_err = |source| WorkerFailure::Spawn {
-            program: command.program.to_string_lossy().into_owned(),
-            source,
-        };
-        let mut cmd = Command::new(&command.program);
-        cmd.args(&command.args)
-            .envs(command.envs.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        #[cfg(unix)]
-        {
-            use std::os::unix::process::CommandExt;
-            cmd.process_group(0);
-        }
-        let mut child = cmd.spawn().map_err(spawn_err)?;
-        let stdin = child.stdin.take();
-        let (stdout, stderr_pipe) = match (child.stdout.take(), child.stderr.take()) {
-            (Some(o), Some(e)) => (o, e),
-            _ => {
-                kill_child(&mut child);
-                return Err(spawn_err(std::io::Error::other("child pipes missing")));
-            }
-        };
-        let (tx, rx) = mpsc::channel();
-        let reader = thread::Builder::new()
-            .name("kiln-worker-stdout".into())
-            .spawn(move || {
-                let mut r = BufReader::new(stdout);
-                loop {
-                    let msg = read_message::<_, Response>(&mut r);
-                    let stop = msg.is_err();
-                    if tx.send(msg).is_err() || stop {
-                        break;
-                    }
-                }
-            });
-        let stderr = Arc::new(Mutex::new(StderrTail::default()));
-        let sink = Arc::clone(&stderr);
-        let drain = thread::Builder::new()
-            .name("kiln-worker-stderr".into())
-            .spawn(move || drain_stderr(stderr_pipe, &sink));
-        if let Err(e) = reader.and(drain) {
-            kill_child(&mut child);
-            return Err(spawn_err(e));
-        }
-        let mut handle = WorkerHandle {
-            child,
-            stdin,
-            rx,
-            stderr,
-            next_id: 1,
-            device: serde_json::Value::Null,
-            dead: Arc::new(AtomicBool::new(false)),
-        };
+        let mut chan = Channel::spawn(command)?;
         let startup = |f| WorkerFailure::Startup(Box::new(f));
-        match handle
+        let secret = chan.secret;
+        match chan
             .request(
                 |id| Request::Hello {
                     id,
                     version: PROTOCOL_VERSION,
+                    secret,
                 },
                 startup_timeout,
             )
@@ -222,64 +213,82 @@ impl WorkerHandle {
         {
             Response::Ready {
                 version, device, ..
-            } if version == PROTOCOL_VERSION => {
-                handle.device = device;
-                Ok(handle)
-            }
+            } if version == PROTOCOL_VERSION => Ok(WorkerHandle {
+                chan,
+                device,
+                last_output: String::new(),
+            }),
             Response::Ready { version, .. } => {
-                handle.kill();
+                chan.kill();
                 Err(startup(WorkerFailure::VersionMismatch {
                     worker: version,
                     parent: PROTOCOL_VERSION,
                 }))
             }
             Response::Error { message, .. } => {
-                handle.kill();
+                chan.kill();
                 Err(startup(WorkerFailure::WorkerError(message)))
             }
             other => {
-                handle.kill();
-                Err(startup(WorkerFailure::Protocol(format!(
-                    "expected `ready`, got {other:?}"
+                chan.kill();
+                Err(startup(WorkerFailure::Corrupted(format!(
+                    "expected `ready`, got {}",
+                    kind_of(&other)
                 ))))
             }
         }
     }
 
-    /// The device facts the worker reported in `Ready`.
-    pub fn device(&self) -> &serde_json::Value {
+    /// The device the worker reported in `Ready`.
+    pub fn device(&self) -> &DeviceSummary {
         &self.device
     }
 
     /// The worker's process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.chan.child.id()
     }
 
     /// Whether the worker was killed or found dead; a dead handle refuses requests.
     pub fn is_dead(&self) -> bool {
-        self.dead.load(Ordering::SeqCst)
+        self.chan.dead
     }
 
-    /// Runs one evaluation.
+    /// What the worker printed (stdout and stderr) during the last
+    /// [`evaluate`](Self::evaluate), at most [`CANDIDATE_OUTPUT_BYTES`].
+    pub fn last_output(&self) -> &str {
+        &self.last_output
+    }
+
+    /// Runs one evaluation; a scored record gets the output printed meanwhile.
     pub fn evaluate(
         &mut self,
         job: &EvalJob,
         timeout: Duration,
     ) -> Result<EvalOutcome, WorkerFailure> {
-        match self.request(
+        let before = self.chan.output_total();
+        let result = self.chan.request(
             |id| Request::Evaluate {
                 id,
                 job: Box::new(job.clone()),
             },
             timeout,
-        )? {
-            Response::Result { outcome, .. } => Ok(outcome),
+        );
+        self.last_output = self.chan.output_since(before);
+        match result? {
+            Response::Result { outcome, .. } => Ok(match outcome {
+                EvalOutcome::Scored(mut record) => {
+                    record.candidate_output = self.last_output.clone();
+                    EvalOutcome::Scored(record)
+                }
+                machinery => machinery,
+            }),
             Response::Error { message, .. } => Err(WorkerFailure::WorkerError(message)),
             other => {
-                self.kill();
-                Err(WorkerFailure::Protocol(format!(
-                    "expected `result`, got {other:?}"
+                self.chan.kill();
+                Err(WorkerFailure::Corrupted(format!(
+                    "expected `result`, got {}",
+                    kind_of(&other)
                 )))
             }
         }
@@ -291,7 +300,123 @@ impl WorkerHandle {
         build: impl FnOnce(u64) -> Request,
         timeout: Duration,
     ) -> Result<Response, WorkerFailure> {
-        if self.is_dead() {
+        self.chan.request(build, timeout)
+    }
+
+    /// Asks the worker to exit, waits up to `grace`, then kills it; returns its exit status.
+    pub fn shutdown(mut self, grace: Duration) -> Option<ExitStatus> {
+        self.chan.shutdown(grace)
+    }
+
+    /// Kills the worker (and its process group) and reaps it; returns its exit status.
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        self.chan.kill()
+    }
+}
+
+/// A message's type, for reports (never its content: it may be forged).
+fn kind_of(r: &Response) -> &'static str {
+    match r {
+        Response::Ready { .. } => "`ready`",
+        Response::Result { .. } => "`result`",
+        Response::Error { .. } => "`error`",
+    }
+}
+
+impl Channel {
+    #[cfg(unix)]
+    fn spawn(command: &WorkerCommand) -> Result<Self, WorkerFailure> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+
+        let spawn_err = |source| WorkerFailure::Spawn {
+            program: command.program.to_string_lossy().into_owned(),
+            source,
+        };
+        // Both ends are close-on-exec: only the child's fds 3 and 4 (made in
+        // pre_exec) survive into it, and no other child inherits them.
+        let (req_read, req_write) = cloexec_pipe().map_err(spawn_err)?;
+        let (resp_read, resp_write) = cloexec_pipe().map_err(spawn_err)?;
+        let (child_in, child_out) = (req_read.as_raw_fd(), resp_write.as_raw_fd());
+        let mut cmd = Command::new(&command.program);
+        cmd.args(&command.args)
+            .envs(command.envs.iter().map(|(k, v)| (k, v)))
+            .env(REQUEST_FD_ENV, WORKER_REQUEST_FD.to_string())
+            .env(RESPONSE_FD_ENV, WORKER_RESPONSE_FD.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        // SAFETY: runs in the forked child before exec; fcntl(2) and dup2(2)
+        // are async-signal-safe and nothing here allocates.
+        unsafe {
+            cmd.pre_exec(move || install_channel_fds(child_in, child_out));
+        }
+        let mut child = cmd.spawn().map_err(spawn_err)?;
+        // The child has its copies; ours must close, or its death would never
+        // read as end of stream.
+        drop(req_read);
+        drop(resp_write);
+        let (stdout, stderr) = match (child.stdout.take(), child.stderr.take()) {
+            (Some(o), Some(e)) => (o, e),
+            _ => {
+                kill_child(&mut child);
+                return Err(spawn_err(std::io::Error::other("child pipes missing")));
+            }
+        };
+        let (tx, rx) = mpsc::channel();
+        let responses = File::from(resp_read);
+        let reader = thread::Builder::new()
+            .name("kiln-worker-channel".into())
+            .spawn(move || {
+                let mut r = BufReader::new(responses);
+                loop {
+                    let msg = read_message::<_, Response>(&mut r);
+                    let stop = msg.is_err();
+                    if tx.send(msg).is_err() || stop {
+                        break;
+                    }
+                }
+            });
+        let output = Arc::new(Mutex::new(OutputTail::default()));
+        let (o1, o2) = (Arc::clone(&output), Arc::clone(&output));
+        let drain_out = thread::Builder::new()
+            .name("kiln-worker-stdout".into())
+            .spawn(move || drain_output(stdout, &o1));
+        let drain_err = thread::Builder::new()
+            .name("kiln-worker-stderr".into())
+            .spawn(move || drain_output(stderr, &o2));
+        if let Err(e) = reader.and(drain_out).and(drain_err) {
+            kill_child(&mut child);
+            return Err(spawn_err(e));
+        }
+        Ok(Channel {
+            child,
+            requests: Some(File::from(req_write)),
+            rx,
+            output,
+            secret: Secret::random(),
+            next_id: 1,
+            dead: false,
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn spawn(command: &WorkerCommand) -> Result<Self, WorkerFailure> {
+        Err(WorkerFailure::Spawn {
+            program: command.program.to_string_lossy().into_owned(),
+            source: std::io::Error::other(
+                "the GPU worker needs Unix: its protocol runs over inherited pipe fds",
+            ),
+        })
+    }
+
+    fn request(
+        &mut self,
+        build: impl FnOnce(u64) -> Request,
+        timeout: Duration,
+    ) -> Result<Response, WorkerFailure> {
+        if self.dead {
             return Err(WorkerFailure::Protocol(
                 "this worker is dead; start a new one".into(),
             ));
@@ -299,32 +424,41 @@ impl WorkerHandle {
         let id = self.next_id;
         self.next_id += 1;
         let request = build(id);
-        let Some(stdin) = self.stdin.as_mut() else {
+        let Some(requests) = self.requests.as_mut() else {
             return Err(self.crashed());
         };
-        match write_message(stdin, &request) {
+        match write_message(requests, &request) {
             Ok(()) => {}
             Err(ProtocolError::Io(_)) => return Err(self.crashed()),
             Err(e) => return Err(WorkerFailure::Protocol(format!("cannot send request: {e}"))),
         }
         match self.rx.recv_timeout(timeout) {
-            Ok(Ok(response)) => match response.id() {
-                Some(got) if got == id => Ok(response),
-                None if matches!(response, Response::Error { .. }) => Ok(response),
-                got => {
+            Ok(Ok(response)) => {
+                if response.secret() != self.secret {
                     self.kill();
-                    Err(WorkerFailure::Protocol(format!(
-                        "answer carries id {got:?}, expected {id}"
-                    )))
+                    return Err(WorkerFailure::Corrupted(format!(
+                        "a {} message without this worker's secret",
+                        kind_of(&response)
+                    )));
                 }
-            },
+                match response.id() {
+                    Some(got) if got == id => Ok(response),
+                    None if matches!(response, Response::Error { .. }) => Ok(response),
+                    got => {
+                        self.kill();
+                        Err(WorkerFailure::Corrupted(format!(
+                            "answer carries id {got:?}, expected {id}"
+                        )))
+                    }
+                }
+            }
             Ok(Err(
                 ProtocolError::Eof | ProtocolError::Truncated { .. } | ProtocolError::Io(_),
             ))
             | Err(RecvTimeoutError::Disconnected) => Err(self.crashed()),
             Ok(Err(e)) => {
                 self.kill();
-                Err(WorkerFailure::Protocol(e.to_string()))
+                Err(WorkerFailure::Corrupted(e.to_string()))
             }
             Err(RecvTimeoutError::Timeout) => {
                 self.kill();
@@ -333,89 +467,213 @@ impl WorkerHandle {
         }
     }
 
-    /// Asks the worker to exit, waits up to `grace`, then kills it; returns its exit status.
-    pub fn shutdown(mut self, grace: Duration) -> Option<ExitStatus> {
-        if !self.is_dead() {
+    fn shutdown(&mut self, grace: Duration) -> Option<ExitStatus> {
+        if !self.dead {
             let id = self.next_id;
-            if let Some(stdin) = self.stdin.as_mut() {
-                let _ = write_message(stdin, &Request::Shutdown { id });
+            if let Some(requests) = self.requests.as_mut() {
+                let _ = write_message(requests, &Request::Shutdown { id });
             }
-            self.stdin = None;
+            self.requests = None;
             if let Some(status) = wait_with_timeout(&mut self.child, grace) {
-                self.dead.store(true, Ordering::SeqCst);
+                self.dead = true;
                 return Some(status);
             }
         }
         self.kill()
     }
 
-    /// Kills the worker (and its process group) and reaps it; returns its exit status.
-    pub fn kill(&mut self) -> Option<ExitStatus> {
-        self.dead.store(true, Ordering::SeqCst);
-        self.stdin = None;
+    fn kill(&mut self) -> Option<ExitStatus> {
+        self.dead = true;
+        self.requests = None;
         kill_child(&mut self.child)
     }
 
-    /// The worker closed its output: give it a moment to exit, kill it, and report its status and stderr.
+    /// The worker closed its channel: give it a moment to exit, kill it, and report its status and output.
     fn crashed(&mut self) -> WorkerFailure {
-        self.stdin = None;
+        self.requests = None;
         let status = match wait_with_timeout(&mut self.child, EXIT_GRACE) {
             Some(s) => {
                 // Its helpers may still hold the pipes; make sure the group is gone.
-                self.dead.store(true, Ordering::SeqCst);
                 kill_group(&self.child);
                 Some(s)
             }
-            None => self.kill(),
+            None => kill_child(&mut self.child),
         };
-        self.dead.store(true, Ordering::SeqCst);
+        self.dead = true;
+        self.settle_output(Duration::from_millis(500));
         WorkerFailure::Crashed {
             status,
-            stderr_tail: self.stderr_tail(Duration::from_millis(500)),
+            output_tail: self.tail_string(OUTPUT_TAIL_BYTES),
         }
     }
 
-    /// The end of the worker's stderr, waiting up to `wait` for the pipe to close.
-    fn stderr_tail(&self, wait: Duration) -> String {
+    fn output_total(&self) -> u64 {
+        self.output.lock().map(|t| t.total).unwrap_or(0)
+    }
+
+    /// Waits until both output streams closed, or nothing new arrived for a
+    /// few milliseconds, or `wait` passed: output travels on other pipes than
+    /// the answer and may trail it slightly.
+    fn settle_output(&self, wait: Duration) {
         let deadline = Instant::now() + wait;
+        let mut last = self.output_total();
+        let mut quiet_since = Instant::now();
         loop {
-            let done = self.stderr.lock().map(|t| t.done).unwrap_or(true);
-            if done || Instant::now() >= deadline {
-                break;
+            let closed = self.output.lock().map(|t| t.closed >= 2).unwrap_or(true);
+            let now = Instant::now();
+            if closed || now >= deadline || now - quiet_since >= Duration::from_millis(10) {
+                return;
             }
-            thread::sleep(Duration::from_millis(5));
+            thread::sleep(Duration::from_millis(2));
+            let total = self.output_total();
+            if total != last {
+                last = total;
+                quiet_since = Instant::now();
+            }
         }
-        let bytes: Vec<u8> = match self.stderr.lock() {
-            Ok(t) => t.bytes.iter().copied().collect(),
+    }
+
+    /// What the worker printed since the output total was `before`, capped at
+    /// [`CANDIDATE_OUTPUT_BYTES`] (the end is kept).
+    fn output_since(&self, before: u64) -> String {
+        self.settle_output(OUTPUT_SETTLE);
+        let Ok(tail) = self.output.lock() else {
+            return String::new();
+        };
+        let new = usize::try_from(tail.total.saturating_sub(before)).unwrap_or(usize::MAX);
+        if new == 0 {
+            return String::new();
+        }
+        let keep = new.min(tail.bytes.len()).min(CANDIDATE_OUTPUT_BYTES);
+        let bytes: Vec<u8> = tail
+            .bytes
+            .iter()
+            .skip(tail.bytes.len() - keep)
+            .copied()
+            .collect();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        if keep < new {
+            format!("[{} earlier bytes not kept]\n{text}", new - keep)
+        } else {
+            text
+        }
+    }
+
+    /// The last `max` bytes of the worker's output.
+    fn tail_string(&self, max: usize) -> String {
+        let bytes: Vec<u8> = match self.output.lock() {
+            Ok(t) => t
+                .bytes
+                .iter()
+                .skip(t.bytes.len().saturating_sub(max))
+                .copied()
+                .collect(),
             Err(_) => Vec::new(),
         };
         String::from_utf8_lossy(&bytes).trim().to_string()
     }
 }
 
-impl Drop for WorkerHandle {
+impl Drop for Channel {
     fn drop(&mut self) {
-        if !self.is_dead() {
+        if !self.dead {
             self.kill();
         }
     }
 }
 
-fn drain_stderr(mut pipe: impl Read, sink: &Mutex<StderrTail>) {
+/// A pipe whose both ends are close-on-exec, created atomically where the OS can.
+#[cfg(unix)]
+fn cloexec_pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0 as libc::c_int; 2];
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "netbsd",
+        target_os = "openbsd",
+        target_os = "dragonfly"
+    ))]
+    {
+        // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "freebsd",
+        target_os = "netbsd",
+        target_os = "openbsd",
+        target_os = "dragonfly"
+    )))]
+    {
+        // SAFETY: `fds` is a valid array of two ints for pipe to fill; the
+        // fcntl calls only touch the two fds just created. (A fork between
+        // the calls could leak them into an unrelated child until it execs;
+        // harmless, since its exec closes them.)
+        unsafe {
+            if libc::pipe(fds.as_mut_ptr()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            for fd in fds {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+    }
+    // SAFETY: both fds were just created by pipe and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// In the forked child: puts the request pipe on fd 3 and the response pipe
+/// on fd 4, both inheritable.
+#[cfg(unix)]
+fn install_channel_fds(request: libc::c_int, response: libc::c_int) -> std::io::Result<()> {
+    let err = std::io::Error::last_os_error;
+    // First move both above the target numbers: dup2 onto an fd that is the
+    // other pipe (or the same number, where it would keep close-on-exec)
+    // would lose one of them. The copies are close-on-exec and vanish at exec.
+    // SAFETY: fcntl and dup2 on fds this process owns; async-signal-safe.
+    unsafe {
+        let high_req = libc::fcntl(request, libc::F_DUPFD_CLOEXEC, 10);
+        if high_req < 0 {
+            return Err(err());
+        }
+        let high_resp = libc::fcntl(response, libc::F_DUPFD_CLOEXEC, 10);
+        if high_resp < 0 {
+            return Err(err());
+        }
+        // dup2's new fd never has close-on-exec: these two survive exec.
+        if libc::dup2(high_req, WORKER_REQUEST_FD) < 0 {
+            return Err(err());
+        }
+        if libc::dup2(high_resp, WORKER_RESPONSE_FD) < 0 {
+            return Err(err());
+        }
+    }
+    Ok(())
+}
+
+fn drain_output(mut pipe: impl Read, sink: &Mutex<OutputTail>) {
     let mut buf = [0u8; 4096];
     loop {
         let n = match pipe.read(&mut buf) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
             Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
         };
         if let Ok(mut tail) = sink.lock() {
             tail.bytes.extend(&buf[..n]);
-            let excess = tail.bytes.len().saturating_sub(STDERR_TAIL_BYTES);
+            tail.total += n as u64;
+            let excess = tail.bytes.len().saturating_sub(OUTPUT_TAIL_BYTES);
             tail.bytes.drain(..excess);
         }
     }
     if let Ok(mut tail) = sink.lock() {
-        tail.done = true;
+        tail.closed += 1;
     }
 }
 
@@ -484,6 +742,7 @@ pub struct WorkerPool {
     config: PoolConfig,
     worker: Option<WorkerHandle>,
     started: u64,
+    last_output: String,
 }
 
 impl WorkerPool {
@@ -493,6 +752,7 @@ impl WorkerPool {
             config,
             worker: None,
             started: 0,
+            last_output: String::new(),
         }
     }
 
@@ -506,8 +766,8 @@ impl WorkerPool {
         self.worker.as_ref().map(WorkerHandle::pid)
     }
 
-    /// The current worker's device facts, if one is running.
-    pub fn device(&self) -> Option<&serde_json::Value> {
+    /// The current worker's device, if one is running.
+    pub fn device(&self) -> Option<&DeviceSummary> {
         self.worker.as_ref().map(WorkerHandle::device)
     }
 
@@ -528,23 +788,28 @@ impl WorkerPool {
     }
 
     /// Starts a worker now (if none runs) and returns its device description.
-    pub fn start(&mut self) -> Result<&serde_json::Value, WorkerFailure> {
+    pub fn start(&mut self) -> Result<&DeviceSummary, WorkerFailure> {
         self.ensure_worker().map(|w| w.device())
     }
 
     /// One attempt: the current (or a fresh) worker runs `job`; after a failure the worker is discarded.
     pub fn try_evaluate(&mut self, job: &EvalJob) -> Result<EvalOutcome, WorkerFailure> {
         let timeout = self.config.request_timeout;
+        self.last_output.clear();
         let result = self.ensure_worker().and_then(|w| w.evaluate(job, timeout));
-        if result.is_err() {
-            if let Some(mut w) = self.worker.take() {
+        if let Some(w) = self.worker.as_mut() {
+            self.last_output = w.last_output().to_string();
+            if result.is_err() {
                 w.kill();
+                self.worker = None;
             }
         }
         result
     }
 
-    /// Evaluates `job` under the module's policy: hangs and repeated crashes are scored, machinery failures are not.
+    /// Evaluates `job` under the module's policy: what happens while the
+    /// candidate runs is scored (a death only after a retry), machinery
+    /// failures are not.
     pub fn evaluate(&mut self, job: &EvalJob) -> EvalOutcome {
         let mut crashes = 0;
         let mut last = String::from("no attempt was made (max_attempts is 0)");
@@ -552,7 +817,7 @@ impl WorkerPool {
             match self.try_evaluate(job) {
                 Ok(outcome) => return outcome,
                 Err(WorkerFailure::Timeout { after }) => {
-                    return EvalOutcome::failure(
+                    return self.scored(
                         Stage::Timeout,
                         format!(
                             "no result within {:.1} s: the kernel probably never finishes (infinite loop, deadlock, or far too slow); the worker was killed",
@@ -560,10 +825,18 @@ impl WorkerPool {
                         ),
                     )
                 }
+                Err(WorkerFailure::Corrupted(detail)) => {
+                    return self.scored(
+                        Stage::Crash,
+                        format!(
+                            "the worker's protocol channel was corrupted while running this candidate ({detail}); the worker was killed"
+                        ),
+                    )
+                }
                 Err(e @ WorkerFailure::Crashed { .. }) => {
                     crashes += 1;
                     if crashes >= 2 {
-                        return EvalOutcome::failure(
+                        return self.scored(
                             Stage::Crash,
                             format!("the worker died twice while running this candidate (likely an illegal memory access, misaligned access or trap): {e}"),
                         );
@@ -576,6 +849,13 @@ impl WorkerPool {
         EvalOutcome::MachineryFailure { reason: last }
     }
 
+    /// A scored failure carrying what the worker printed during the last attempt.
+    fn scored(&self, stage: Stage, reason: String) -> EvalOutcome {
+        let mut record = EvalRecord::failed(stage, reason);
+        record.candidate_output = self.last_output.clone();
+        EvalOutcome::Scored(record)
+    }
+
     /// Shuts the current worker down gracefully (1 s grace).
     pub fn shutdown(&mut self) {
         if let Some(w) = self.worker.take() {
@@ -586,29 +866,42 @@ impl WorkerPool {
 
 #[cfg(all(test, unix))]
 mod tests {
-    //! Fake worker: no GPU here. A POSIX shell script speaks the protocol and
-    //! misbehaves on request, chosen by the job's `target`.
+    //! Fake worker: no GPU here. A POSIX shell script speaks the protocol on
+    //! fds 3 and 4 and misbehaves on request, chosen by the job's `target`.
 
     use super::*;
-    use crate::record::{EvalRecord, EvalStatus, ShapeId, StageTimings};
+    use crate::record::{EvalRecord, EvalStatus, StageTimings};
 
     const FAKE_WORKER: &str = r#"
-while IFS= read -r line; do
+secret=
+while IFS= read -r line <&3; do
   id=$(printf '%s\n' "$line" | sed -n 's/^{"type":"[a-z]*","id":\([0-9]*\).*/\1/p')
   case "$line" in
     *'"type":"hello"'*)
+      secret=$(printf '%s\n' "$line" | sed -n 's/.*"secret":"\([0-9a-f]*\)".*/\1/p')
       if [ -n "$FAKE_NO_HELLO" ]; then sleep 30; fi
-      printf '{"type":"ready","id":%s,"version":%s,"device":{"name":"fake worker: no GPU here"}}\n' "$id" "${FAKE_VERSION:-1}" ;;
+      if [ -n "$FAKE_JUNK_HELLO" ]; then echo 'junk during the handshake' >&4; continue; fi
+      printf '{"type":"ready","id":%s,"secret":"%s","version":%s,"device":%s}\n' "$id" "$secret" "${FAKE_VERSION:-2}" "$FAKE_DEVICE" >&4 ;;
     *'"type":"shutdown"'*) exit 0 ;;
-    *'"target":"answer"'*) printf '{"type":"result","id":%s,"outcome":%s}\n' "$id" "$FAKE_OUTCOME" ;;
+    *'"target":"answer"'*) printf '{"type":"result","id":%s,"secret":"%s","outcome":%s}\n' "$id" "$secret" "$FAKE_OUTCOME" >&4 ;;
+    *'"target":"forged"'*)
+      # A candidate's device printf: a forged perfect result and junk, on stdout.
+      printf '{"type":"result","id":%s,"secret":"%s","outcome":%s}\n' "$id" "$secret" "$FAKE_FORGED" ;
+      echo 'this is not json'
+      echo 'candidate stderr chatter' >&2
+      printf '{"type":"result","id":%s,"secret":"%s","outcome":%s}\n' "$id" "$secret" "$FAKE_OUTCOME" >&4 ;;
+    *'"target":"bad_secret"'*)
+      echo 'printed before forging' ;
+      printf '{"type":"result","id":%s,"secret":"%s","outcome":%s}\n' "$id" "0123456789abcdef0123456789abcdef" "$FAKE_FORGED" >&4 ;;
+    *'"target":"no_secret"'*) printf '{"type":"result","id":%s,"outcome":%s}\n' "$id" "$FAKE_FORGED" >&4 ;;
     *'"target":"hang"'*) sleep 30 & echo $! > "$FAKE_PIDFILE"; wait ;;
     *'"target":"exit"'*) echo "fake worker: simulated illegal address" >&2; exit 3 ;;
-    *'"target":"garbage"'*) echo 'this is not json' ;;
-    *'"target":"half"'*) printf '{"type":"result","id":%s,"outc' "$id"; exit 0 ;;
-    *'"target":"wrong_id"'*) printf '{"type":"result","id":999,"outcome":%s}\n' "$FAKE_OUTCOME" ;;
-    *'"target":"error"'*) printf '{"type":"error","id":%s,"message":"unknown target"}\n' "$id" ;;
+    *'"target":"garbage"'*) echo 'this is not json' >&4 ;;
+    *'"target":"half"'*) printf '{"type":"result","id":%s,"outc' "$id" >&4; exit 0 ;;
+    *'"target":"wrong_id"'*) printf '{"type":"result","id":999,"secret":"%s","outcome":%s}\n' "$secret" "$FAKE_OUTCOME" >&4 ;;
+    *'"target":"error"'*) printf '{"type":"error","id":%s,"secret":"%s","message":"unknown target"}\n' "$id" "$secret" >&4 ;;
     *'"target":"crash_once"'*)
-      if [ -e "$FAKE_MARKER" ]; then printf '{"type":"result","id":%s,"outcome":%s}\n' "$id" "$FAKE_OUTCOME";
+      if [ -e "$FAKE_MARKER" ]; then printf '{"type":"result","id":%s,"secret":"%s","outcome":%s}\n' "$id" "$secret" "$FAKE_OUTCOME" >&4;
       else : > "$FAKE_MARKER"; exit 1; fi ;;
   esac
 done
@@ -624,6 +917,29 @@ done
         ))
     }
 
+    fn forged() -> EvalOutcome {
+        EvalOutcome::Scored(EvalRecord::passed(
+            vec![],
+            10.0,
+            None,
+            String::new(),
+            StageTimings::default(),
+        ))
+    }
+
+    fn fake_device() -> DeviceSummary {
+        DeviceSummary {
+            gpu_name: "fake worker: no GPU here".into(),
+            gpu_arch: "sm_90".into(),
+            driver_version: "13.0".into(),
+            nvrtc_version: "13.0".into(),
+            sm_count: 132,
+            l2_mib: 50,
+            peak_bytes_per_s: 3.0e12,
+            launch_floor_us: 2.0,
+        }
+    }
+
     struct Fake {
         dir: tempfile::TempDir,
     }
@@ -636,9 +952,14 @@ done
         }
 
         fn command(&self) -> WorkerCommand {
-            let outcome = serde_json::to_string(&outcome()).expect("json");
+            let json = |v: &EvalOutcome| serde_json::to_string(v).expect("json");
             WorkerCommand::new("sh", ["-c", FAKE_WORKER])
-                .env("FAKE_OUTCOME", outcome)
+                .env("FAKE_OUTCOME", json(&outcome()))
+                .env("FAKE_FORGED", json(&forged()))
+                .env(
+                    "FAKE_DEVICE",
+                    serde_json::to_string(&fake_device()).expect("json"),
+                )
                 .env("FAKE_PIDFILE", self.dir.path().join("pid"))
                 .env("FAKE_MARKER", self.dir.path().join("marker"))
         }
@@ -665,16 +986,22 @@ done
         EvalJob {
             target: target.into(),
             source: "// kiln: block=32 grid=1 smem=0".into(),
-            launch: "block=32 grid=1 smem=0".into(),
             compiled: None,
-            shapes: vec![ShapeId {
-                name: "t1".into(),
-                vars: [("T".to_string(), 1)].into_iter().collect(),
-            }],
             seed: 7,
             warmup: 1,
             iters: 10,
-            extra: serde_json::Value::Null,
+        }
+    }
+
+    fn failure(out: &EvalOutcome) -> (Stage, &str, &EvalRecord) {
+        match out {
+            EvalOutcome::Scored(
+                r @ EvalRecord {
+                    status: EvalStatus::Failed { stage, reason },
+                    ..
+                },
+            ) => (*stage, reason.as_str(), r),
+            other => panic!("expected a scored failure, got {other:?}"),
         }
     }
 
@@ -702,15 +1029,56 @@ done
         let mut pool = fake.pool(5000);
         assert_eq!(pool.evaluate(&job("answer")), outcome());
         let pid = pool.worker_pid();
-        assert_eq!(
-            pool.device(),
-            Some(&serde_json::json!({"name": "fake worker: no GPU here"}))
-        );
+        assert_eq!(pool.device(), Some(&fake_device()));
         assert_eq!(pool.evaluate(&job("answer")), outcome());
         assert_eq!(pool.worker_pid(), pid);
         assert_eq!(pool.workers_started(), 1);
         pool.shutdown();
         assert_eq!(pool.worker_pid(), None);
+    }
+
+    #[test]
+    fn printed_results_and_junk_on_stdout_are_ignored_and_attached() {
+        let fake = Fake::new();
+        let mut pool = fake.pool(5000);
+        let out = pool.evaluate(&job("forged"));
+        let EvalOutcome::Scored(record) = &out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(record.reward, 1.5, "the result came from the protocol fds");
+        assert!(
+            record.candidate_output.contains("this is not json"),
+            "{:?}",
+            record.candidate_output
+        );
+        assert!(record.candidate_output.contains("candidate stderr chatter"));
+        assert!(record.candidate_output.contains("\"reward\":10.0"));
+        // The worker is healthy and reused; the next record has no output.
+        assert_eq!(pool.evaluate(&job("answer")), outcome());
+        assert_eq!(pool.workers_started(), 1);
+    }
+
+    #[test]
+    fn a_wrong_or_missing_secret_is_the_candidate_s_scored_crash_without_retry() {
+        for target in ["bad_secret", "no_secret", "garbage", "wrong_id"] {
+            let fake = Fake::new();
+            let mut pool = fake.pool(5000);
+            let out = pool.evaluate(&job(target));
+            let (stage, reason, record) = failure(&out);
+            assert_eq!(stage, Stage::Crash, "{target}");
+            assert!(
+                reason.contains(
+                    "the worker's protocol channel was corrupted while running this candidate"
+                ),
+                "{target}: {reason}"
+            );
+            assert_eq!(out.reward(), Some(0.0));
+            assert_eq!(pool.workers_started(), 1, "{target}: never retried");
+            assert_eq!(pool.worker_pid(), None, "{target}: the worker was killed");
+            if target == "bad_secret" {
+                assert!(record.candidate_output.contains("printed before forging"));
+            }
+        }
     }
 
     #[test]
@@ -721,21 +1089,10 @@ done
         let out = pool.evaluate(&job("hang"));
         let elapsed = started.elapsed();
         assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
-        match &out {
-            EvalOutcome::Scored(EvalRecord {
-                status:
-                    EvalStatus::Failed {
-                        stage: Stage::Timeout,
-                        reason,
-                    },
-                reward,
-                ..
-            }) => {
-                assert!(reason.contains("0.3 s"), "{reason}");
-                assert_eq!(*reward, 0.0);
-            }
-            other => panic!("{other:?}"),
-        }
+        let (stage, reason, record) = failure(&out);
+        assert_eq!(stage, Stage::Timeout);
+        assert!(reason.contains("0.3 s"), "{reason}");
+        assert_eq!(record.reward, 0.0);
         // The worker's own child (the sleep) died with it: the whole group was killed.
         let sleeper = fake
             .grandchild_pid()
@@ -747,19 +1104,19 @@ done
     }
 
     #[test]
-    fn fake_worker_exit_mid_request_reports_status_and_stderr() {
+    fn fake_worker_exit_mid_request_reports_status_and_output() {
         let fake = Fake::new();
         let mut handle =
             WorkerHandle::spawn(&fake.command(), Duration::from_secs(10)).expect("spawn");
         match handle.evaluate(&job("exit"), Duration::from_secs(10)) {
             Err(WorkerFailure::Crashed {
                 status,
-                stderr_tail,
+                output_tail,
             }) => {
                 assert_eq!(status.and_then(|s| s.code()), Some(3));
                 assert!(
-                    stderr_tail.contains("simulated illegal address"),
-                    "{stderr_tail}"
+                    output_tail.contains("simulated illegal address"),
+                    "{output_tail}"
                 );
             }
             other => panic!("{other:?}"),
@@ -775,19 +1132,13 @@ done
     fn fake_worker_crashing_twice_is_scored_as_crash() {
         let fake = Fake::new();
         let mut pool = fake.pool(5000);
-        match pool.evaluate(&job("exit")) {
-            EvalOutcome::Scored(EvalRecord {
-                status:
-                    EvalStatus::Failed {
-                        stage: Stage::Crash,
-                        reason,
-                    },
-                ..
-            }) => {
-                assert!(reason.contains("simulated illegal address"), "{reason}");
-            }
-            other => panic!("{other:?}"),
-        }
+        let out = pool.evaluate(&job("exit"));
+        let (stage, reason, record) = failure(&out);
+        assert_eq!(stage, Stage::Crash);
+        assert!(reason.contains("simulated illegal address"), "{reason}");
+        assert!(record
+            .candidate_output
+            .contains("simulated illegal address"));
         assert_eq!(pool.workers_started(), 2);
     }
 
@@ -800,26 +1151,7 @@ done
     }
 
     #[test]
-    fn fake_worker_garbage_is_a_machinery_failure_after_retries() {
-        let fake = Fake::new();
-        let mut pool = fake.pool(5000);
-        match pool.try_evaluate(&job("garbage")) {
-            Err(WorkerFailure::Protocol(m)) => assert!(m.contains("this is not json"), "{m}"),
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(
-            pool.worker_pid(),
-            None,
-            "a worker that spoke garbage is discarded"
-        );
-        let out = pool.evaluate(&job("garbage"));
-        assert!(out.is_machinery_failure(), "{out:?}");
-        assert_eq!(out.reward(), None);
-        assert_eq!(pool.workers_started(), 1 + 3);
-    }
-
-    #[test]
-    fn fake_worker_truncated_or_mislabelled_answers() {
+    fn fake_worker_truncated_answer_is_a_death() {
         let fake = Fake::new();
         let mut pool = fake.pool(5000);
         assert!(matches!(
@@ -827,7 +1159,7 @@ done
             Err(WorkerFailure::Crashed { .. })
         ));
         assert!(
-            matches!(pool.try_evaluate(&job("wrong_id")), Err(WorkerFailure::Protocol(m)) if m.contains("999"))
+            matches!(pool.try_evaluate(&job("wrong_id")), Err(WorkerFailure::Corrupted(m)) if m.contains("999"))
         );
         assert_eq!(pool.evaluate(&job("answer")), outcome());
         assert_eq!(pool.workers_started(), 3);
@@ -876,11 +1208,20 @@ done
                 *inner,
                 WorkerFailure::VersionMismatch {
                     worker: 99,
-                    parent: 1
+                    parent: PROTOCOL_VERSION
                 }
             )),
             other => panic!("{other:?}"),
         }
+        // Junk during the handshake involves no candidate: machinery.
+        let junk = fake.command().env("FAKE_JUNK_HELLO", "1");
+        let mut pool = WorkerPool::new(PoolConfig {
+            max_attempts: 2,
+            ..PoolConfig::new(junk)
+        });
+        let out = pool.evaluate(&job("answer"));
+        assert!(out.is_machinery_failure(), "{out:?}");
+        assert_eq!(pool.workers_started(), 2);
         // A timeout during startup is never blamed on a candidate.
         let mut pool = WorkerPool::new(PoolConfig {
             startup_timeout: Duration::from_millis(200),
@@ -891,10 +1232,31 @@ done
     }
 
     #[test]
+    fn the_worker_sees_only_its_channel_on_fds_3_and_4() {
+        // stdin is /dev/null and the fd numbers are announced in the environment.
+        let script = r#"
+read -r hello <&3
+secret=$(printf '%s\n' "$hello" | sed -n 's/.*"secret":"\([0-9a-f]*\)".*/\1/p')
+if read -r x; then stdin=data; else stdin=eof; fi
+name="stdin=$stdin req=$KILN_WORKER_REQUEST_FD resp=$KILN_WORKER_RESPONSE_FD"
+printf '{"type":"ready","id":1,"secret":"%s","version":2,"device":{"gpu_name":"%s","gpu_arch":"sm_90","driver_version":"x","nvrtc_version":"x","sm_count":1,"l2_mib":1,"peak_bytes_per_s":1.0,"launch_floor_us":1.0}}\n' "$secret" "$name" >&4
+read -r rest <&3
+"#;
+        let handle = WorkerHandle::spawn(
+            &WorkerCommand::new("sh", ["-c", script]),
+            Duration::from_secs(10),
+        )
+        .expect("spawn");
+        assert_eq!(handle.device().gpu_name, "stdin=eof req=3 resp=4");
+        let status = handle.shutdown(Duration::from_secs(5)).expect("status");
+        assert!(status.success(), "{status}");
+    }
+
+    #[test]
     fn graceful_shutdown() {
         let fake = Fake::new();
         let handle = WorkerHandle::spawn(&fake.command(), Duration::from_secs(10)).expect("spawn");
-        assert_eq!(handle.device()["name"], "fake worker: no GPU here");
+        assert_eq!(handle.device().gpu_name, "fake worker: no GPU here");
         let status = handle.shutdown(Duration::from_secs(5)).expect("status");
         assert!(status.success(), "{status}");
     }

@@ -26,7 +26,7 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<ExitCode> {
     let source = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read the kernel file {}", args.file.display()))?;
     let seed = args.seed.unwrap_or_else(clock_seed);
-    let mut evaluator = GpuEvaluator::new(
+    let evaluator = GpuEvaluator::new(
         super::worker_command(args.device)?,
         EvaluatorConfig {
             secret_seed: seed,
@@ -35,6 +35,11 @@ pub fn run(args: &EvalArgs) -> anyhow::Result<ExitCode> {
             timeout: Duration::from_secs(args.timeout),
         },
     )?;
+    let sandbox = evaluator
+        .compile_sandbox()
+        .clone()
+        .with_wall(Duration::from_secs(args.compile_timeout_s.max(1)));
+    let mut evaluator = evaluator.with_compile_sandbox(sandbox);
     let device = evaluator.device()?;
     let outcome = evaluator
         .evaluate_batch(&target, &[source])

@@ -1,5 +1,6 @@
 //! One module per subcommand; each turns parsed flags into library calls.
 
+mod discover_check;
 mod discover_eval;
 mod discover_list;
 mod discover_report;
@@ -18,9 +19,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Doctor(args) => doctor::run(&args),
         Command::Worker { device } => worker::run(device),
+        Command::Compile => worker::compile(),
         Command::Discover(cmd) => match cmd {
             DiscoverCommand::List => discover_list::run(),
             DiscoverCommand::Eval(args) => discover_eval::run(&args),
+            DiscoverCommand::Check(args) => Ok(discover_check::run(&args)),
             DiscoverCommand::Search(args) => discover_search::search(&args),
             DiscoverCommand::Autorun(args) => discover_search::autorun(&args),
             DiscoverCommand::Compare { dir, json } => discover_report::compare(&dir, json),
@@ -48,5 +51,16 @@ pub fn worker_command(device: usize) -> anyhow::Result<kiln_eval::worker_client:
             "--device".to_string(),
             device.to_string(),
         ],
+    ))
+}
+
+/// The command that starts this binary as a bounded NVRTC child.
+pub fn compile_command() -> anyhow::Result<kiln_eval::worker_client::WorkerCommand> {
+    let exe = std::env::current_exe().map_err(|e| {
+        anyhow::anyhow!("cannot find the kiln executable to start a compile child: {e}")
+    })?;
+    Ok(kiln_eval::worker_client::WorkerCommand::new(
+        exe,
+        ["__compile"],
     ))
 }
