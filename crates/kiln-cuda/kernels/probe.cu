@@ -28,6 +28,13 @@
 //                                   grid's tail; what that saves is what PDL
 //                                   would buy kiln's ops.
 //   launch: as kiln_copy, plus the launch attribute
+// kiln_first_difference(a, b, n, first)
+//                                   atomicMin(first, byte offset) of every
+//                                   16-byte word (then byte, for the tail) where
+//                                   a and b differ, over n bytes; the evaluator
+//                                   compares a buffer with its pristine copy on
+//                                   the device instead of reading both back.
+//   launch: grid = 4 * SMS blocks, block = 256, grid-stride loop; *first = ~0 before
 // kiln_axpy(x, y, out, a, n)        out[i] = a * x[i] + y[i]; the doctor's
 //                                   end-to-end self-check.
 //   launch: grid = ceil_div(n, 256), block = 256
@@ -86,5 +93,28 @@ extern "C" __global__ void kiln_axpy(const float* __restrict__ x,
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         out[i] = a * x[i] + y[i];
+    }
+}
+
+extern "C" __global__ void kiln_first_difference(const unsigned char* __restrict__ a,
+                                                 const unsigned char* __restrict__ b,
+                                                 unsigned long long n,
+                                                 unsigned long long* __restrict__ first) {
+    const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+    const unsigned long long i0 = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const unsigned long long n16 = n / 16;
+    const uint4* a16 = reinterpret_cast<const uint4*>(a);
+    const uint4* b16 = reinterpret_cast<const uint4*>(b);
+    for (unsigned long long k = i0; k < n16; k += stride) {
+        const uint4 x = a16[k];
+        const uint4 y = b16[k];
+        if (x.x != y.x || x.y != y.y || x.z != y.z || x.w != y.w) {
+            atomicMin(first, k * 16);
+        }
+    }
+    for (unsigned long long k = n16 * 16 + i0; k < n; k += stride) {
+        if (a[k] != b[k]) {
+            atomicMin(first, k);
+        }
     }
 }

@@ -136,6 +136,16 @@ impl Gpu {
         ))
     }
 
+    /// Loads a cubin that was compiled elsewhere (the evaluator's bounded
+    /// compile child) into this context.
+    pub fn load_cubin(&self, name: &str, cubin: &[u8]) -> Result<Module> {
+        let module = self
+            .ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(cubin.to_vec()))
+            .map_err(CudaError::driver("cuModuleLoadData"))?;
+        Ok(Module::new(name.to_string(), module, self.facts.clone()))
+    }
+
     /// Copies a host slice to a new device buffer.
     pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
         self.stream
@@ -184,6 +194,79 @@ impl Gpu {
             }
         };
         status.result().map_err(CudaError::driver("cuMemsetAsync"))
+    }
+
+    /// Fills `len` bytes of `buf` from byte `offset` with a repeated 1-, 2- or
+    /// 4-byte word; `offset` and `len` must be multiples of the word size.
+    pub fn fill_words_range(
+        &self,
+        buf: &mut CudaSlice<u8>,
+        offset: usize,
+        len: usize,
+        word_bytes: usize,
+        pattern: u32,
+    ) -> Result<()> {
+        let word = word_bytes.max(1);
+        if offset + len > buf.len() || !offset.is_multiple_of(word) || !len.is_multiple_of(word) {
+            return Err(CudaError::SelfCheck(format!(
+                "fill of {len} bytes at {offset} does not fit a {}-byte buffer in {word_bytes}-byte words",
+                buf.len()
+            )));
+        }
+        let (base, _sync) = buf.device_ptr_mut(&self.stream);
+        let ptr = base + offset as u64;
+        let stream = self.stream.cu_stream();
+        // SAFETY: `ptr..ptr+len` lies inside the buffer (checked above); each
+        // memset writes whole words.
+        let status = unsafe {
+            match word_bytes {
+                2 => cudarc::driver::sys::cuMemsetD16Async(ptr, pattern as u16, len / 2, stream),
+                4 => cudarc::driver::sys::cuMemsetD32Async(ptr, pattern, len / 4, stream),
+                _ => cudarc::driver::sys::cuMemsetD8Async(ptr, pattern as u8, len, stream),
+            }
+        };
+        status.result().map_err(CudaError::driver("cuMemsetAsync"))
+    }
+
+    /// Copies `len` bytes from byte `offset` of a device buffer to the host.
+    pub fn download_range(
+        &self,
+        buf: &CudaSlice<u8>,
+        offset: usize,
+        len: usize,
+    ) -> Result<Vec<u8>> {
+        if offset + len > buf.len() {
+            return Err(CudaError::SelfCheck(format!(
+                "read of {len} bytes at {offset} does not fit a {}-byte buffer",
+                buf.len()
+            )));
+        }
+        let mut host = vec![0u8; len];
+        if len > 0 {
+            self.stream
+                .memcpy_dtoh(&buf.slice(offset..offset + len), &mut host)
+                .map_err(CudaError::driver("cuMemcpyDtoH"))?;
+            self.synchronize()?;
+        }
+        Ok(host)
+    }
+
+    /// Copies host bytes into a device buffer from byte `offset`.
+    pub fn upload_range(&self, host: &[u8], buf: &mut CudaSlice<u8>, offset: usize) -> Result<()> {
+        if offset + host.len() > buf.len() {
+            return Err(CudaError::SelfCheck(format!(
+                "write of {} bytes at {offset} does not fit a {}-byte buffer",
+                host.len(),
+                buf.len()
+            )));
+        }
+        if !host.is_empty() {
+            let mut view = buf.slice_mut(offset..offset + host.len());
+            self.stream
+                .memcpy_htod(host, &mut view)
+                .map_err(CudaError::driver("cuMemcpyHtoD"))?;
+        }
+        Ok(())
     }
 
     /// Sets every byte of a buffer to `value` (used to evict L2 and to poison).

@@ -30,6 +30,43 @@ impl Module {
         &self.name
     }
 
+    /// The current bytes of a module-scope global (`cuModuleGetGlobal`).
+    pub fn read_global(&self, gpu: &Gpu, name: &str) -> Result<Vec<u8>> {
+        let view = self
+            .inner
+            .get_global(name, gpu.stream())
+            .map_err(CudaError::driver("cuModuleGetGlobal"))?;
+        let mut host = vec![0u8; view.len()];
+        if !host.is_empty() {
+            gpu.stream()
+                .memcpy_dtoh(&view, &mut host)
+                .map_err(CudaError::driver("cuMemcpyDtoH"))?;
+            gpu.synchronize()?;
+        }
+        Ok(host)
+    }
+
+    /// Overwrites a module-scope global with `bytes` (which must match its size).
+    pub fn write_global(&self, gpu: &Gpu, name: &str, bytes: &[u8]) -> Result<()> {
+        let mut view = self
+            .inner
+            .get_global(name, gpu.stream())
+            .map_err(CudaError::driver("cuModuleGetGlobal"))?;
+        if view.len() != bytes.len() {
+            return Err(CudaError::SelfCheck(format!(
+                "global `{name}` holds {} bytes, not {}",
+                view.len(),
+                bytes.len()
+            )));
+        }
+        if !bytes.is_empty() {
+            gpu.stream()
+                .memcpy_htod(bytes, &mut view)
+                .map_err(CudaError::driver("cuMemcpyHtoD"))?;
+        }
+        Ok(())
+    }
+
     /// Looks up an `extern "C" __global__` entry point.
     pub fn kernel(&self, entry: &str) -> Result<Kernel> {
         let func = self

@@ -82,6 +82,7 @@ pub struct Probes {
     copy: Kernel,
     copy_pdl: Kernel,
     axpy: Kernel,
+    first_difference: Kernel,
 }
 
 impl Probes {
@@ -95,6 +96,7 @@ impl Probes {
             copy: module.kernel("kiln_copy")?,
             copy_pdl: module.kernel("kiln_copy_pdl")?,
             axpy: module.kernel("kiln_axpy")?,
+            first_difference: module.kernel("kiln_first_difference")?,
         })
     }
 
@@ -103,8 +105,45 @@ impl Probes {
         &self.empty
     }
 
+    /// The first byte offset (to 16-byte granularity) at which the `len`
+    /// bytes at device addresses `a` and `b` differ, or `None` if they are
+    /// equal; both must be 16-byte aligned allocations of this context.
+    pub fn first_difference(&self, gpu: &Gpu, a: u64, b: u64, len: u64) -> Result<Option<u64>> {
+        if len == 0 {
+            return Ok(None);
+        }
+        if !a.is_multiple_of(16) || !b.is_multiple_of(16) {
+            return Err(CudaError::SelfCheck(
+                "first_difference needs 16-byte aligned buffers".into(),
+            ));
+        }
+        let mut first = gpu.upload(&[u64::MAX])?;
+        let blocks = (4 * gpu.facts().sm_count).max(1);
+        let cfg = self
+            .first_difference
+            .prepare(&LaunchDims::linear(blocks, 256, 0))?;
+        let mut b_ = gpu
+            .stream()
+            .launch_builder(self.first_difference.function());
+        b_.arg(&a).arg(&b).arg(&len).arg(&mut first);
+        // SAFETY: `a` and `b` address `len` readable bytes (the caller's
+        // buffers), `first` one u64; the kernel only reads a and b.
+        unsafe { b_.launch(cfg) }
+            .map_err(CudaError::driver("cuLaunchKernel(kiln_first_difference)"))?;
+        let at = gpu.download(&first)?;
+        Ok(at.first().copied().filter(|&v| v != u64::MAX))
+    }
+
     /// Measures the launch floor: empty kernels batched in a CUDA graph.
     pub fn launch_floor(&self, gpu: &Gpu) -> Result<LaunchFloor> {
+        self.launch_floor_per_graph(gpu, FLOOR_LAUNCHES_PER_GRAPH)
+    }
+
+    /// The launch floor with `per_graph` empty kernels per captured graph:
+    /// the per-launch cost a graph of that size amortises (the evaluator
+    /// measures it at its own graph size, since small graphs pay more).
+    pub fn launch_floor_per_graph(&self, gpu: &Gpu, per_graph: usize) -> Result<LaunchFloor> {
+        let per_graph = per_graph.max(1);
         let dims = LaunchDims::linear(1, 32, 0);
         let cfg = self.empty.prepare(&dims)?;
         let launch = || -> Result<()> {
@@ -115,7 +154,7 @@ impl Probes {
                 .map_err(CudaError::driver("cuLaunchKernel(kiln_empty)"))
         };
         let graph = gpu.capture(|| {
-            for _ in 0..FLOOR_LAUNCHES_PER_GRAPH {
+            for _ in 0..per_graph {
                 launch()?;
             }
             Ok(())
@@ -125,7 +164,7 @@ impl Probes {
         let mut per_launch = Vec::new();
         for _ in 0..15 {
             let us = gpu.time_us(|| graph.replay())?;
-            per_launch.push(us / FLOOR_LAUNCHES_PER_GRAPH as f64);
+            per_launch.push(us / per_graph as f64);
         }
         let mut single = Vec::new();
         for _ in 0..50 {

@@ -284,20 +284,26 @@ pub fn run_case(
     let mut sets = timing_sets(dev, &case.problem, t, 0xbe9c4)?;
     let (s, candidate_us) = match candidate {
         None => (
-            time_interleaved(dev, &case.problem, &[&kernel], &sets, warmup, iters)?.remove(0),
+            time_interleaved(dev, &case.problem, &[&kernel], &mut sets, warmup, iters)?.remove(0),
             None,
         ),
         Some(src) => {
             let cand = load(dev, &case.problem, "candidate.cu", src)?;
             // The candidate goes first: its failures are reported as its own.
-            let mut both =
-                time_interleaved(dev, &case.problem, &[&cand, &kernel], &sets, warmup, iters)?;
-            check_timed_output(dev, &case.problem, &cand, &mut sets)?;
+            let mut both = time_interleaved(
+                dev,
+                &case.problem,
+                &[&cand, &kernel],
+                &mut sets,
+                warmup,
+                iters,
+            )?;
+            check_timed_output(dev, &case.problem, &cand, &mut sets, 0x5eed)?;
             let catalog = both.remove(1);
             (catalog, Some(both.remove(0).median_us))
         }
     };
-    check_timed_output(dev, &case.problem, &kernel, &mut sets)?;
+    check_timed_output(dev, &case.problem, &kernel, &mut sets, 0x5eed)?;
     let bytes = case.problem.bytes_moved(t);
     let ceiling = ceilings.get(dev, bytes)?;
     let copy_us = ceiling.best_us();

@@ -5,16 +5,27 @@
 //! "type 7" definition of R and NumPy's default): `p10`, `median`, `p90`.
 //! `spread = (p90 - p10) / median` is the run's relative noise.
 //!
-//! Plausibility (docs/ARCHITECTURE.md, "Timing"): on shapes timed with inputs rotated
-//! beyond L2, a kernel may not stream its bytes faster than
-//! [`BANDWIDTH_SLACK`] × the device's measured peak; on any shape, it may not
-//! take less time than an empty kernel launch (the caller passes the floor it
-//! measured the same way it timed the kernel, e.g. per launch in a graph batch).
+//! Plausibility (docs/ARCHITECTURE.md, "Timing"), on every timed shape: a
+//! kernel may not move its bytes faster than the ceiling of the memory they
+//! live in — [`BANDWIDTH_SLACK`] × the measured DRAM peak when the shape's
+//! input sets are rotated beyond L2, [`L2_SLACK`] × the measured L2 copy rate
+//! when they fit in it — and may not take less than [`LAUNCH_FLOOR_SLACK`] ×
+//! an empty kernel launch measured in graphs of the evaluator's own size.
 
 use serde::{Deserialize, Serialize};
 
 /// How much faster than the measured peak streaming rate a result may appear (measurement noise).
 pub const BANDWIDTH_SLACK: f64 = 1.1;
+
+/// How much faster than the measured L2 copy rate a shape that fits in L2 may
+/// appear. Wider than the DRAM slack: the L2 rate comes from a copy of a
+/// fixed size that still pays part of a launch, and a read-mostly kernel
+/// (a router reads logits and writes a few indices) streams L2 faster than a copy.
+pub const L2_SLACK: f64 = 2.0;
+
+/// The fraction of the empty-kernel launch time a kernel must take: the floor
+/// is a median, and graph replays of tiny kernels jitter by a few percent.
+pub const LAUNCH_FLOOR_SLACK: f64 = 0.9;
 
 /// Summary of one shape's repetitions.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -134,34 +145,40 @@ impl StoppingRule {
 pub struct Plausibility {
     /// Measured peak DRAM streaming rate (best of copy and read-only streaming), bytes/s.
     pub peak_bandwidth_bytes_per_s: f64,
-    /// Time of an empty kernel launch, µs.
+    /// Measured rate of a copy that fits in L2 (bytes read + written per second).
+    pub l2_bandwidth_bytes_per_s: f64,
+    /// Time of an empty kernel launch in a graph of the evaluator's size, µs.
     pub launch_floor_us: f64,
 }
 
 /// A physically impossible result.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PlausibilityError {
-    /// Faster than DRAM can stream the bytes.
-    #[error("implausible: moving {bytes} bytes in {time_us:.3} µs is {achieved_gbps:.0} GB/s, above {slack} × the measured peak {peak_gbps:.0} GB/s (inputs were rotated beyond L2, so this cannot be cache reuse); the kernel probably skips work")]
+    /// Faster than the memory holding the bytes can move them.
+    #[error("implausible: moving {bytes} bytes in {time_us:.3} µs is {achieved_gbps:.0} GB/s, above {slack} × the measured {memory} ceiling {peak_gbps:.0} GB/s; the kernel probably skips work")]
     AboveBandwidth {
+        /// "DRAM" (inputs rotated beyond L2) or "L2".
+        memory: &'static str,
         /// Bytes moved.
         bytes: u64,
         /// Measured time.
         time_us: f64,
         /// Achieved GB/s.
         achieved_gbps: f64,
-        /// Peak GB/s.
+        /// The ceiling in GB/s.
         peak_gbps: f64,
-        /// [`BANDWIDTH_SLACK`].
+        /// [`BANDWIDTH_SLACK`] or [`L2_SLACK`].
         slack: f64,
     },
     /// Faster than an empty launch.
-    #[error("implausible: {time_us:.3} µs is less than an empty kernel launch ({floor_us:.3} µs); the kernel probably did not run")]
+    #[error("implausible: {time_us:.3} µs is less than {slack} × an empty kernel launch ({floor_us:.3} µs); the kernel probably did not run")]
     BelowLaunchFloor {
         /// Measured time.
         time_us: f64,
         /// The floor.
         floor_us: f64,
+        /// [`LAUNCH_FLOOR_SLACK`].
+        slack: f64,
     },
     /// A non-finite or non-positive time.
     #[error("implausible: measured time {time_us} µs is not a positive number")]
@@ -172,7 +189,9 @@ pub enum PlausibilityError {
 }
 
 impl Plausibility {
-    /// Checks a measured `time_us` for a kernel that moves `bytes_moved`; the bandwidth bound applies only when `rotated_beyond_l2`.
+    /// Checks a measured per-launch `time_us` for a kernel that moves
+    /// `bytes_moved`: against the DRAM ceiling when the shape's inputs were
+    /// rotated beyond L2, else against the L2 ceiling; always against the floor.
     pub fn check(
         &self,
         time_us: f64,
@@ -182,23 +201,28 @@ impl Plausibility {
         if !(time_us.is_finite() && time_us > 0.0) {
             return Err(PlausibilityError::InvalidTime { time_us });
         }
-        if time_us < self.launch_floor_us {
+        if time_us < LAUNCH_FLOOR_SLACK * self.launch_floor_us {
             return Err(PlausibilityError::BelowLaunchFloor {
                 time_us,
                 floor_us: self.launch_floor_us,
+                slack: LAUNCH_FLOOR_SLACK,
             });
         }
-        if rotated_beyond_l2 {
-            let achieved = bytes_moved as f64 / (time_us * 1e-6);
-            if achieved > BANDWIDTH_SLACK * self.peak_bandwidth_bytes_per_s {
-                return Err(PlausibilityError::AboveBandwidth {
-                    bytes: bytes_moved,
-                    time_us,
-                    achieved_gbps: achieved / 1e9,
-                    peak_gbps: self.peak_bandwidth_bytes_per_s / 1e9,
-                    slack: BANDWIDTH_SLACK,
-                });
-            }
+        let (memory, ceiling, slack) = if rotated_beyond_l2 {
+            ("DRAM", self.peak_bandwidth_bytes_per_s, BANDWIDTH_SLACK)
+        } else {
+            ("L2", self.l2_bandwidth_bytes_per_s, L2_SLACK)
+        };
+        let achieved = bytes_moved as f64 / (time_us * 1e-6);
+        if ceiling > 0.0 && achieved > slack * ceiling {
+            return Err(PlausibilityError::AboveBandwidth {
+                memory,
+                bytes: bytes_moved,
+                time_us,
+                achieved_gbps: achieved / 1e9,
+                peak_gbps: ceiling / 1e9,
+                slack,
+            });
         }
         Ok(())
     }
@@ -284,22 +308,34 @@ mod tests {
     fn plausibility() {
         let p = Plausibility {
             peak_bandwidth_bytes_per_s: 3.0e12,
+            l2_bandwidth_bytes_per_s: 6.0e12,
             launch_floor_us: 2.0,
         };
-        // 3 MB in 1 µs would be 3 TB/s... but 1 µs is below the floor.
+        // 3 MB in 1 µs would be 3 TB/s... but 1 µs is below 0.9 × the floor.
         assert!(matches!(
             p.check(1.0, 3_000_000, true),
             Err(PlausibilityError::BelowLaunchFloor { .. })
         ));
+        p.check(1.85, 0, false).expect("within the floor's slack");
         // 300 MB in 100 µs = 3 TB/s: at peak, fine. 3.5 TB/s is above 1.1x (3.3 TB/s).
         p.check(100.0, 300_000_000, true).expect("at peak");
         p.check(100.0, 329_000_000, true).expect("within slack");
         let err = p.check(100.0, 350_000_000, true).expect_err("too fast");
-        assert!(matches!(err, PlausibilityError::AboveBandwidth { .. }));
+        assert!(matches!(
+            err,
+            PlausibilityError::AboveBandwidth { memory: "DRAM", .. }
+        ));
         assert!(err.to_string().contains("3500 GB/s"), "{err}");
-        // Not rotated beyond L2: L2 reuse can legitimately beat DRAM.
+        // Fits in L2: bounded by 2 × the L2 rate (12 TB/s), not by DRAM.
         p.check(100.0, 350_000_000, false)
             .expect("L2-resident shape");
+        p.check(100.0, 1_190_000_000, false)
+            .expect("within the L2 slack");
+        let err = p.check(100.0, 1_300_000_000, false).expect_err("beyond L2");
+        assert!(
+            matches!(err, PlausibilityError::AboveBandwidth { memory: "L2", .. }),
+            "{err}"
+        );
         // The launch floor applies to every shape.
         assert!(p.check(1.5, 0, false).is_err());
         assert!(matches!(

@@ -3,7 +3,10 @@
 //!
 //! # The numbers
 //!
-//! Element `i` passes when `|out_i - ref_i| <= atol_scale * max|ref| + rtol * |ref_i|`.
+//! Element `i` passes when `|out_i - ref_i| <= atol_scale * max|ref| + rtol * |ref_i|`,
+//! where the evaluator takes `max|ref|` over the element's own row
+//! ([`compare_rows`]): a row of small values gets the slack of its own size,
+//! never that of the largest row in the buffer.
 //! The numbers per dtype (and per op) are chosen in ONE place,
 //! `kiln_kernels::tolerance`, which says why; the catalog's GPU tests and the
 //! evaluator use the same ones ([`Tolerance::for_dtype`] converts them).
@@ -177,6 +180,58 @@ pub fn compare(
             max_rel_err: stats.max_rel_err,
         }),
     }
+}
+
+/// [`compare`] row by row: each row of `row_len` elements is scaled by its
+/// own largest reference magnitude, so a row of small values gets the slack
+/// of its own size, not of the largest row in the buffer. `rows` limits the
+/// check to those row indices (all rows when `None`); errors name the row.
+pub fn compare_rows(
+    output: &[f64],
+    reference: &[f64],
+    row_len: usize,
+    rows: Option<&[usize]>,
+    tol: &Tolerance,
+) -> Result<(), RowError> {
+    if output.len() != reference.len() {
+        return Err(RowError {
+            row: 0,
+            error: ToleranceError::LengthMismatch {
+                output: output.len(),
+                reference: reference.len(),
+            },
+        });
+    }
+    let row_len = if row_len == 0 || !output.len().is_multiple_of(row_len) {
+        output.len().max(1)
+    } else {
+        row_len
+    };
+    let n_rows = output.len().div_ceil(row_len);
+    let all: Vec<usize>;
+    let rows = match rows {
+        Some(r) => r,
+        None => {
+            all = (0..n_rows).collect();
+            &all
+        }
+    };
+    for &row in rows.iter().filter(|&&r| r < n_rows) {
+        let span = row * row_len..((row + 1) * row_len).min(output.len());
+        compare(&output[span.clone()], &reference[span], tol)
+            .map_err(|error| RowError { row, error })?;
+    }
+    Ok(())
+}
+
+/// A row that failed [`compare_rows`].
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("row {row}: {error}")]
+pub struct RowError {
+    /// The row index.
+    pub row: usize,
+    /// What failed in it (element indices are within the row).
+    pub error: ToleranceError,
 }
 
 /// An input buffer that changed during a launch.
@@ -406,5 +461,24 @@ mod tests {
         let n1 = f32::from_bits(0x7fc0_0000).to_le_bytes();
         let n2 = f32::from_bits(0x7fc0_0001).to_le_bytes();
         assert!(check_input_unchanged("x", &n1, &n2).is_err());
+    }
+
+    #[test]
+    fn rows_are_scaled_by_their_own_magnitude() {
+        let tol = Tolerance {
+            atol_scale: 0.01,
+            rtol: 0.0,
+        };
+        // Row 0 is large, row 1 small; an error of 0.5 in row 1 is within 1% of
+        // the buffer's largest value but far outside 1% of its own row.
+        let reference = [100.0, -80.0, 1.0, 0.5];
+        let output = [100.0, -80.0, 1.5, 0.5];
+        compare(&output, &reference, &tol).expect("whole-buffer scale hides it");
+        let err = compare_rows(&output, &reference, 2, None, &tol).expect_err("row scale");
+        assert_eq!(err.row, 1, "{err}");
+        // Only the listed rows are checked.
+        compare_rows(&output, &reference, 2, Some(&[0]), &tol).expect("row 0 is fine");
+        // A buffer that is not row-shaped is one row, scaled by its largest value.
+        compare_rows(&output[..3], &reference[..3], 2, None, &tol).expect("one row");
     }
 }

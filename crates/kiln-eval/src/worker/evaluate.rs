@@ -11,6 +11,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::protocol::EvalJob;
+use crate::ptx_check::check_ptx;
 use crate::record::{finite, EvalOutcome, EvalRecord, ShapeId, ShapeResult, Stage, StageTimings};
 use crate::reward::{self, ShapeTiming};
 use crate::targets::{self, Distribution, HostBuffer, Target};
@@ -18,8 +19,8 @@ use crate::timing_stats::Plausibility;
 
 use super::device_set::DeviceSet;
 use super::measure::{
-    check_outputs, check_timed_output, launch, launch_dims, load, time_interleaved, timing_sets,
-    Device, Failure, Loaded, TimingSets,
+    check_outputs, check_timed_output, check_untouched, launch, launch_dims, load, load_image,
+    time_interleaved, timing_sets, Device, Failure, Loaded, TimingSets,
 };
 
 /// Verification trials per verified shape (each with fresh inputs).
@@ -44,26 +45,18 @@ fn verify_once(
         .map_err(|e| Failure::machinery("poisoning outputs", e))?;
     gpu.synchronize()
         .map_err(|e| Failure::machinery("before the launch", e))?;
-    launch(dev, loaded, &dims, set)
+    launch(dev, loaded, &dims, set, 0)
         .map_err(|e| Failure::cuda(Stage::Launch, &format!("launch at T={t}"), e))?;
     gpu.synchronize()
         .map_err(|e| Failure::cuda(Stage::Launch, &format!("kernel at T={t}"), e))?;
     let got = set
-        .download_outputs(gpu)
+        .download_outputs(gpu, 0)
         .map_err(|e| Failure::cuda(Stage::Launch, "reading outputs", e))?;
     let reference = problem.reference(t, inputs);
-    check_outputs(problem, t, &got, &reference)
+    check_outputs(problem, t, &got, &reference, None)
         .map_err(|reason| Failure::new(Stage::Verify, format!("{reason} (inputs: {dist:?})")))?;
-    if let Some((name, byte)) = set
-        .mutated_input(gpu)
-        .map_err(|e| Failure::cuda(Stage::Launch, "reading inputs back", e))?
-    {
-        return Err(Failure::new(
-            Stage::Verify,
-            format!("T={t}: the kernel modified its input `{name}` (first changed byte {byte}); inputs must be read-only"),
-        ));
-    }
-    Ok(())
+    check_untouched(dev, std::slice::from_mut(set), "the kernel")?;
+    loaded.check_globals(dev)
 }
 
 /// Verifies on every shape: fresh inputs per trial, distributions in turn,
@@ -102,6 +95,12 @@ pub struct WorkerCache {
 }
 
 impl WorkerCache {
+    /// Drops the cached timing sets (after a failure that may have touched them).
+    fn forget_timing(&mut self) {
+        self.timing.clear();
+        self.timing_target.clear();
+    }
+
     /// The timing sets of `t` rows for `target`, made on first use.
     fn timing_sets(
         &mut self,
@@ -154,13 +153,18 @@ fn evaluate_inner(
     let target = targets::find(&job.target)
         .ok_or_else(|| Failure::machinery("unknown target", &job.target))?;
     let problem = &target.problem;
+    // The worker never compiles a candidate: the parent did, in its bounded
+    // compile child, and checked the PTX; the globals to watch come from the
+    // same PTX.
+    let image = job.compiled.as_ref().ok_or_else(|| {
+        Failure::machinery(
+            "the job",
+            "it carries no compiled image (the worker never compiles a candidate)",
+        )
+    })?;
+    let facts = check_ptx(&image.ptx).map_err(|e| Failure::new(Stage::PtxCheck, e.reason))?;
     let t0 = Instant::now();
-    let candidate = load(
-        dev,
-        problem,
-        &format!("{}_candidate.cu", target.name),
-        &job.source,
-    )?;
+    let candidate = load_image(dev, problem, &job.source, &image.cubin, &facts)?;
     let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
     let baseline = cache.baseline(dev, &target)?;
 
@@ -171,6 +175,7 @@ fn evaluate_inner(
     let t2 = Instant::now();
     let plausible = Plausibility {
         peak_bandwidth_bytes_per_s: dev.peak_bytes_per_s,
+        l2_bandwidth_bytes_per_s: dev.l2_bytes_per_s,
         launch_floor_us: dev.launch_floor_us,
     };
     let mut per_shape = Vec::new();
@@ -184,8 +189,18 @@ fn evaluate_inner(
             sets,
             job.warmup,
             job.iters,
-        )?;
-        check_timed_output(dev, problem, &candidate, sets)?;
+        );
+        let checked = summaries
+            .and_then(|s| check_timed_output(dev, problem, &candidate, sets, job.seed).map(|()| s));
+        // A candidate that corrupted the cached timing inputs must not leave
+        // them for the next one (the check restores them, but be certain).
+        let summaries = match checked {
+            Ok(s) => s,
+            Err(f) => {
+                cache.forget_timing();
+                return Err(f);
+            }
+        };
         let (cand, base) = (&summaries[0], &summaries[1]);
         let bytes = problem.bytes_moved(t);
         plausible

@@ -6,24 +6,32 @@
 use std::collections::BTreeMap;
 
 use kiln_cuda::{
-    Arch, CompileRequest, Compiler, CudaError, Gpu, Graph, Kernel, LaunchDims, Module,
+    Arch, CompileRequest, Compiler, CudaError, Gpu, Graph, Kernel, LaunchDims, Module, Probes,
 };
 use kiln_kernels::{LaunchLine, Tolerance as CatalogTolerance};
-use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::ptx_check::PtxFacts;
 use crate::record::Stage;
 use crate::targets::{Distribution, ElemKind, HostBuffer, OpProblem, Reference, Role};
 use crate::timing_stats::{summarize, StopDecision, StoppingRule, TimingSummary};
-use crate::tolerance::{compare, Tolerance};
+use crate::tolerance::{compare_rows, Tolerance};
 use crate::topk_compare::{compare_topk, TopkSpec};
 
-use super::device_set::DeviceSet;
+use super::device_set::{row_len, DeviceSet};
 
-/// Launches captured per graph for shapes that fit in L2.
-const MIN_LAUNCHES_PER_GRAPH: usize = 20;
+/// Launches captured per timing graph (at least; rounded up to whole passes).
+pub const LAUNCHES_PER_GRAPH: usize = 20;
 /// Rotated input sets must total this many L2 sizes to defeat the cache.
 const L2_MULTIPLE: u64 = 3;
+/// Device bytes of distinct input sets a large shape may use, so that as many
+/// launches of a graph as possible read inputs no other launch reads.
+const DISTINCT_INPUT_BUDGET: u64 = 256 << 20;
+/// Rows of every timed output group checked against the reference (all rows
+/// when `T` is at most this); one group per shape is checked in full.
+const SAMPLED_ROWS: usize = 16;
 
 /// The worker's GPU and the measurements every evaluation is judged by.
 pub struct Device {
@@ -33,8 +41,12 @@ pub struct Device {
     pub compiler: Compiler,
     /// Measured peak DRAM streaming bandwidth, bytes/s.
     pub peak_bytes_per_s: f64,
-    /// Graph-batched empty-kernel launch time, µs.
+    /// Measured rate of a copy that fits in L2, bytes/s.
+    pub l2_bytes_per_s: f64,
+    /// Empty-kernel launch time in graphs of [`LAUNCHES_PER_GRAPH`], µs.
     pub launch_floor_us: f64,
+    /// The probe kernels (the device-side byte compare of the input check).
+    pub probes: Probes,
 }
 
 /// Why a measurement stopped early.
@@ -74,13 +86,45 @@ impl Failure {
     }
 }
 
-/// A kernel loaded for measurement, with its parsed launch line.
+/// A kernel loaded for measurement, with its parsed launch line and the
+/// pristine bytes of every module-scope global (a launch may change none).
 pub struct Loaded {
     kernel: Kernel,
     launch: LaunchLine,
     /// NVRTC's warnings.
     pub compile_log: String,
-    _module: Module,
+    module: Module,
+    globals: Vec<(String, Vec<u8>)>,
+}
+
+impl Loaded {
+    /// Checks that every module-scope global still holds its load-time bytes;
+    /// a changed one is restored and reported (a kernel may keep no state
+    /// between launches, whatever the source checks missed).
+    pub fn check_globals(&self, dev: &Device) -> Result<(), Failure> {
+        for (name, pristine) in &self.globals {
+            let now = self.module.read_global(&dev.gpu, name).map_err(|e| {
+                Failure::cuda(Stage::Verify, &format!("reading global `{name}`"), e)
+            })?;
+            if &now != pristine {
+                let at = now
+                    .iter()
+                    .zip(pristine)
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(0);
+                self.module
+                    .write_global(&dev.gpu, name, pristine)
+                    .map_err(|e| Failure::machinery("restoring a global", e))?;
+                return Err(Failure::new(
+                    Stage::Verify,
+                    format!(
+                        "module-scope global `{name}` changed during a launch (byte {at}): a kernel may not keep state between launches; use registers or shared memory"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Candidates may use sm_90a features (wgmma, setmaxnreg) on Hopper.
@@ -93,7 +137,7 @@ pub fn arch_for(gpu: &Gpu) -> Arch {
     }
 }
 
-/// Compiles and loads `source` with the problem's defines.
+/// Compiles and loads a trusted `source` (a catalog kernel) with the problem's defines.
 pub fn load(
     dev: &Device,
     problem: &OpProblem,
@@ -116,14 +160,56 @@ pub fn load(
         .gpu
         .load_module(&compiled)
         .map_err(|e| Failure::cuda(Stage::Load, "loading the module", e))?;
+    finish_load(dev, module, &build.entry, launch, compiled.log, &[])
+}
+
+/// Loads a candidate's cubin, compiled by the parent's bounded compile child;
+/// `facts` come from the PTX check of the same compilation and list the
+/// module's globals, whose bytes are snapshotted here.
+pub fn load_image(
+    dev: &Device,
+    problem: &OpProblem,
+    source: &str,
+    cubin: &[u8],
+    facts: &PtxFacts,
+) -> Result<Loaded, Failure> {
+    let launch =
+        LaunchLine::parse_source(source).map_err(|e| Failure::new(Stage::Parse, e.to_string()))?;
+    let build = problem
+        .build()
+        .map_err(|e| Failure::machinery("op configuration", e))?;
+    let module = dev
+        .gpu
+        .load_cubin("candidate.cu", cubin)
+        .map_err(|e| Failure::cuda(Stage::Load, "loading the module", e))?;
+    let names: Vec<String> = facts.globals.iter().map(|g| g.name.clone()).collect();
+    finish_load(dev, module, &build.entry, launch, String::new(), &names)
+}
+
+fn finish_load(
+    dev: &Device,
+    module: Module,
+    entry: &str,
+    launch: LaunchLine,
+    compile_log: String,
+    globals: &[String],
+) -> Result<Loaded, Failure> {
     let kernel = module
-        .kernel(&build.entry)
+        .kernel(entry)
         .map_err(|e| Failure::new(Stage::Load, e.to_string()))?;
+    let mut snapshot = Vec::with_capacity(globals.len());
+    for name in globals {
+        let bytes = module
+            .read_global(&dev.gpu, name)
+            .map_err(|e| Failure::new(Stage::Load, format!("global `{name}`: {e}")))?;
+        snapshot.push((name.clone(), bytes));
+    }
     Ok(Loaded {
         kernel,
         launch,
-        compile_log: compiled.log,
-        _module: module,
+        compile_log,
+        module,
+        globals: snapshot,
     })
 }
 
@@ -152,16 +238,18 @@ pub fn launch_dims(
     Ok(dims)
 }
 
-/// Enqueues one launch of `loaded` over `set`.
+/// Enqueues one launch of `loaded` over `set`, writing output group `group`.
 pub fn launch(
     dev: &Device,
     loaded: &Loaded,
     dims: &LaunchDims,
     set: &DeviceSet,
+    group: usize,
 ) -> Result<(), CudaError> {
-    let args = set.args(&dev.gpu);
+    let args = set.args(&dev.gpu, group);
     // SAFETY: the arguments follow the op's signature (checked statically for
-    // candidates), and every pointer addresses a buffer sized for `set.t` rows.
+    // candidates), and every pointer addresses a buffer sized for `set.t` rows
+    // (between guard zones).
     unsafe { loaded.kernel.launch(&dev.gpu, dims, &args) }
 }
 
@@ -174,13 +262,15 @@ fn tolerance(problem: &OpProblem, kind: ElemKind) -> Tolerance {
     CatalogTolerance::for_op(problem.op(), dtype).into()
 }
 
-/// Checks every output of one launch against the reference; the error says
+/// Checks every output of one launch against the reference, each row scaled
+/// by its own magnitude; `rows` limits the check to those rows. The error says
 /// which output, where, and by how much.
 pub fn check_outputs(
     problem: &OpProblem,
     t: usize,
     got: &[HostBuffer],
     reference: &Reference,
+    rows: Option<&[usize]>,
 ) -> Result<(), String> {
     if let Some(layout) = problem.topk_layout() {
         let (Some(scores), Some(weights)) =
@@ -220,25 +310,77 @@ pub fn check_outputs(
         .map(|b| b.name)
         .collect();
     for (i, (g, r)) in got.iter().zip(&reference.outputs).enumerate() {
-        compare(&g.values, &r.values, &tolerance(problem, r.kind)).map_err(|e| {
+        let per_row = row_len(r.values.len(), t);
+        compare_rows(
+            &g.values,
+            &r.values,
+            per_row,
+            rows,
+            &tolerance(problem, r.kind),
+        )
+        .map_err(|e| {
             let name = names.get(i).map(String::as_str).unwrap_or("output");
-            format!("T={t}, output `{name}`: {e}")
+            format!("T={t}, output `{name}`, {e}")
         })?;
     }
     Ok(())
 }
 
-/// Input sets for timing one shape: enough of them to exceed L2 when one set
-/// is large, else a single set (small shapes live in L2 during decode too).
+/// The input sets timed at one shape. Each set has as many output groups as
+/// the graph makes passes over the sets, so every launch in a graph writes
+/// its own outputs; sets cycle through every input distribution, so the
+/// timed outputs of the largest shape are checked with all of them.
 pub struct TimingSets {
-    /// The sets, each with its own inputs and outputs.
+    /// The sets, each with its own inputs and `rounds` output groups.
     pub sets: Vec<DeviceSet>,
-    /// The first set's inputs (for checking a timed launch's output).
-    pub first_inputs: Vec<HostBuffer>,
+    /// The host inputs of each set.
+    pub inputs: Vec<Vec<HostBuffer>>,
+    /// Passes of a graph over the sets.
+    pub rounds: usize,
     /// True when the sets together are at least twice the L2.
     pub rotated_beyond_l2: bool,
-    /// The reference for `first_inputs`, computed on first use.
-    first_reference: Option<Reference>,
+    /// The reference of each set, computed on first use.
+    references: Vec<Option<Reference>>,
+}
+
+impl TimingSets {
+    /// Launches in one graph.
+    pub fn launches_per_graph(&self) -> usize {
+        self.rounds * self.sets.len()
+    }
+
+    /// Poisons every output of every set (before every replay, timed or not).
+    pub fn poison(&mut self, dev: &Device) -> Result<(), Failure> {
+        for set in self.sets.iter_mut() {
+            set.poison_outputs(&dev.gpu)
+                .map_err(|e| Failure::machinery("poisoning timing outputs", e))?;
+        }
+        Ok(())
+    }
+}
+
+/// How many distinct input sets to time `t` rows with, and how many passes a
+/// graph of at least [`LAUNCHES_PER_GRAPH`] launches makes over them.
+pub fn set_counts(per_set: u64, l2: u64, free: u64) -> (usize, usize, bool) {
+    let per_set = per_set.max(1);
+    let launches = LAUNCHES_PER_GRAPH as u64;
+    let n = if per_set * 2 >= l2 {
+        // Beyond L2: rotate enough to defeat the cache, and more while the
+        // budget allows, so consecutive launches never share inputs; at
+        // least one set per input distribution, so the largest shapes are
+        // checked with every one of them.
+        (L2_MULTIPLE * l2)
+            .div_ceil(per_set)
+            .max(DISTINCT_INPUT_BUDGET / per_set)
+            .clamp(Distribution::ALL.len() as u64, launches)
+    } else {
+        // Fits in L2 (as during decode): as many as stay within half of it,
+        // at least two so no launch reads the inputs the previous one read.
+        ((l2 / 2) / per_set).clamp(2, launches)
+    };
+    let n = n.min((free / 4 / per_set).max(1));
+    let rounds = launches.div_ceil(n).max(1);
+    (n as usize, rounds as usize, n > 1 && n * per_set >= 2 * l2)
 }
 
 /// Allocates and fills the timing sets of `t` rows.
@@ -249,52 +391,54 @@ pub fn timing_sets(
     seed: u64,
 ) -> Result<TimingSets, Failure> {
     let gpu = &dev.gpu;
-    let per_set = problem.bytes_moved(t).max(1);
-    let l2 = gpu.facts().l2_bytes;
     let (free, _) = gpu
         .memory_info()
         .map_err(|e| Failure::machinery("memory info", e))?;
-    let mut n = if per_set * 2 >= l2 {
-        (L2_MULTIPLE * l2).div_ceil(per_set).max(2)
-    } else {
-        1
-    };
-    n = n.min((free as u64 / 4 / per_set).max(1));
-    let mut sets = Vec::new();
-    let mut first_inputs = Vec::new();
+    let (n, rounds, rotated) =
+        set_counts(problem.bytes_moved(t), gpu.facts().l2_bytes, free as u64);
+    let mut sets = Vec::with_capacity(n);
+    let mut inputs = Vec::with_capacity(n);
     for i in 0..n {
         let mut set = DeviceSet::new(gpu, problem.buffers(t), t)
             .map_err(|e| Failure::machinery("allocating timing buffers", e))?
             .with_scalars(problem.scalar_args());
-        let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(0x5151 + i));
-        let inputs = problem.inputs(t, Distribution::Normal, &mut rng);
-        set.upload_inputs(gpu, &inputs)
-            .map_err(|e| Failure::machinery("uploading timing inputs", e))?;
-        if i == 0 {
-            first_inputs = inputs;
+        for _ in 1..rounds {
+            set.add_output_group(gpu)
+                .map_err(|e| Failure::machinery("allocating timing outputs", e))?;
         }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(0x5151 + i as u64));
+        let dist = Distribution::ALL[i % Distribution::ALL.len()];
+        let host = problem.inputs(t, dist, &mut rng);
+        set.upload_inputs(gpu, &host)
+            .map_err(|e| Failure::machinery("uploading timing inputs", e))?;
         sets.push(set);
+        inputs.push(host);
     }
+    // Allocation order says nothing about launch order: a kernel cannot find
+    // the buffer the next launch will write by address arithmetic.
+    let mut paired: Vec<(DeviceSet, Vec<HostBuffer>)> = sets.into_iter().zip(inputs).collect();
+    paired.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x0bad_5eed));
+    let (sets, inputs): (Vec<_>, Vec<_>) = paired.into_iter().unzip();
     Ok(TimingSets {
-        rotated_beyond_l2: n > 1 && n * per_set >= 2 * l2,
         sets,
-        first_inputs,
-        first_reference: None,
+        inputs,
+        rounds,
+        rotated_beyond_l2: rotated,
+        references: vec![None; n],
     })
 }
-
-/// Captures `rounds` passes over every set as one graph.
+/// Captures `rounds` passes over every set as one graph; pass `r` writes
+/// output group `r`, so no two launches share an output.
 fn capture(
     dev: &Device,
     loaded: &Loaded,
     dims: &LaunchDims,
-    sets: &[DeviceSet],
-    rounds: usize,
+    sets: &TimingSets,
 ) -> Result<Graph, CudaError> {
     dev.gpu.capture(|| {
-        for _ in 0..rounds {
-            for set in sets {
-                launch(dev, loaded, dims, set)?;
+        for round in 0..sets.rounds {
+            for set in &sets.sets {
+                launch(dev, loaded, dims, set, round)?;
             }
         }
         Ok(())
@@ -302,13 +446,15 @@ fn capture(
 }
 
 /// Times `kernels` on `t` rows, interleaved replay by replay so drift of the
-/// machine hits them alike; per-launch median, p10, p90 for each. The first
-/// kernel's failures are the candidate's; the others' are the machinery's.
+/// machine hits them alike; per-launch median, p10, p90 for each. Every
+/// replay, timed or not, starts from poisoned outputs, exactly like a
+/// verification launch. The first kernel's failures are the candidate's; the
+/// others' are the machinery's.
 pub fn time_interleaved(
     dev: &Device,
     problem: &OpProblem,
     kernels: &[&Loaded],
-    sets: &TimingSets,
+    sets: &mut TimingSets,
     warmup: u32,
     max_reps: u32,
 ) -> Result<Vec<TimingSummary>, Failure> {
@@ -321,24 +467,25 @@ pub fn time_interleaved(
             Failure::machinery(&what, e)
         }
     };
-    let rounds = MIN_LAUNCHES_PER_GRAPH.div_ceil(sets.sets.len()).max(1);
-    let per_graph = (rounds * sets.sets.len()) as f64;
+    let per_graph = sets.launches_per_graph() as f64;
     let mut graphs = Vec::new();
     for (i, k) in kernels.iter().enumerate() {
         let dims = launch_dims(dev, problem, k, t)?;
         graphs.push(
-            capture(dev, k, &dims, &sets.sets, rounds)
+            capture(dev, k, &dims, sets)
                 .map_err(|e| blame(i, Stage::Timing, format!("capturing launches at T={t}"), e))?,
         );
     }
     for _ in 0..warmup.max(1) {
         for (i, g) in graphs.iter().enumerate() {
+            sets.poison(dev)?;
             g.replay()
                 .map_err(|e| blame(i, Stage::Timing, "warm-up".into(), e))?;
         }
     }
     gpu.synchronize()
         .map_err(|e| Failure::cuda(Stage::Timing, &format!("warm-up at T={t}"), e))?;
+    kernels[0].check_globals(dev)?;
     let rule = StoppingRule {
         max_reps: max_reps.max(10) as usize,
         ..StoppingRule::default()
@@ -346,11 +493,13 @@ pub fn time_interleaved(
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); graphs.len()];
     loop {
         for (i, g) in graphs.iter().enumerate() {
+            sets.poison(dev)?;
             let us = gpu
                 .time_us(|| g.replay())
                 .map_err(|e| blame(i, Stage::Timing, format!("timed replay at T={t}"), e))?;
             samples[i].push(us / per_graph);
         }
+        kernels[0].check_globals(dev)?;
         let mut all_done = true;
         for s in &samples {
             let d = rule
@@ -368,38 +517,175 @@ pub fn time_interleaved(
         .collect()
 }
 
-/// Re-runs `kernel` once over every poisoned timing set and checks the first
-/// set's output: the output of a timed launch is checked too.
+/// Replays `kernel`'s timing graph once more, from poisoned outputs exactly
+/// as a timed replay, and checks what every launch wrote: a random sample of
+/// rows of every output group (every input set, every distribution) and one
+/// group in full; then that no input changed, no guard zone was written and
+/// no module global changed. Rows and the full group are drawn from `seed`
+/// after the kernel ran, so a kernel cannot know which of its outputs count.
 pub fn check_timed_output(
     dev: &Device,
     problem: &OpProblem,
     kernel: &Loaded,
     sets: &mut TimingSets,
+    seed: u64,
 ) -> Result<(), Failure> {
     let gpu = &dev.gpu;
     let t = sets.sets.first().map_or(0, |s| s.t);
     let dims = launch_dims(dev, problem, kernel, t)?;
-    for set in sets.sets.iter_mut() {
-        set.poison_outputs(gpu)
-            .map_err(|e| Failure::machinery("poisoning timing outputs", e))?;
-    }
-    for set in &sets.sets {
-        launch(dev, kernel, &dims, set)
-            .map_err(|e| Failure::cuda(Stage::Timing, "checked launch", e))?;
-    }
+    let graph = capture(dev, kernel, &dims, sets)
+        .map_err(|e| Failure::cuda(Stage::Timing, "capturing the checked replay", e))?;
+    sets.poison(dev)?;
+    graph
+        .replay()
+        .map_err(|e| Failure::cuda(Stage::Timing, "checked replay", e))?;
     gpu.synchronize()
-        .map_err(|e| Failure::cuda(Stage::Timing, &format!("checked launch at T={t}"), e))?;
-    let got = sets.sets[0]
-        .download_outputs(gpu)
-        .map_err(|e| Failure::cuda(Stage::Timing, "reading timed outputs", e))?;
-    let inputs = &sets.first_inputs;
-    let reference = sets
-        .first_reference
-        .get_or_insert_with(|| problem.reference(t, inputs));
-    check_outputs(problem, t, &got, reference).map_err(|r| {
-        Failure::new(
-            Stage::Verify,
-            format!("output of a timed launch is wrong: {r}"),
-        )
-    })
+        .map_err(|e| Failure::cuda(Stage::Timing, &format!("checked replay at T={t}"), e))?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7173_ed0c);
+    let full = (
+        rng.gen_range(0..sets.sets.len()),
+        rng.gen_range(0..sets.rounds),
+    );
+    let row_shaped = problem
+        .buffers(t)
+        .iter()
+        .all(|b| b.role != Role::Output || (t > 0 && b.len.is_multiple_of(t)));
+    for si in 0..sets.sets.len() {
+        if sets.references[si].is_none() {
+            sets.references[si] = Some(problem.reference(t, &sets.inputs[si]));
+        }
+        for group in 0..sets.rounds {
+            let whole = (si, group) == full || t <= SAMPLED_ROWS || !row_shaped;
+            let reference = sets.references[si]
+                .as_ref()
+                .ok_or_else(|| Failure::machinery("reference", "missing"))?;
+            let wrong = |r: String| {
+                Failure::new(
+                    Stage::Verify,
+                    format!(
+                        "output of a timed launch is wrong (input set {si}, pass {group}): {r}"
+                    ),
+                )
+            };
+            if whole {
+                let got = sets.sets[si]
+                    .download_outputs(gpu, group)
+                    .map_err(|e| Failure::cuda(Stage::Timing, "reading timed outputs", e))?;
+                check_outputs(problem, t, &got, reference, None).map_err(wrong)?;
+            } else {
+                let mut rows = rand::seq::index::sample(&mut rng, t, SAMPLED_ROWS).into_vec();
+                rows.sort_unstable();
+                let got = sets.sets[si]
+                    .download_output_rows(gpu, group, &rows)
+                    .map_err(|e| Failure::cuda(Stage::Timing, "reading timed outputs", e))?;
+                let picked = Reference {
+                    outputs: reference
+                        .outputs
+                        .iter()
+                        .map(|r| pick_rows(r, t, &rows))
+                        .collect(),
+                    selection_scores: reference
+                        .selection_scores
+                        .as_ref()
+                        .map(|v| pick_row_values(v, t, &rows)),
+                    expert_weights: reference
+                        .expert_weights
+                        .as_ref()
+                        .map(|v| pick_row_values(v, t, &rows)),
+                };
+                check_outputs(problem, rows.len(), &got, &picked, None)
+                    .map_err(|r| wrong(format!("{r} (rows {rows:?} of {t})")))?;
+            }
+        }
+    }
+    check_untouched(dev, &mut sets.sets, "a timed launch")?;
+    kernel.check_globals(dev)
+}
+
+/// The listed rows of a reference buffer of `t` rows, concatenated.
+fn pick_rows(buf: &HostBuffer, t: usize, rows: &[usize]) -> HostBuffer {
+    HostBuffer {
+        kind: buf.kind,
+        values: pick_row_values(&buf.values, t, rows),
+    }
+}
+
+/// The listed rows of `values` (`t` rows), concatenated.
+fn pick_row_values(values: &[f64], t: usize, rows: &[usize]) -> Vec<f64> {
+    let n = row_len(values.len(), t);
+    rows.iter()
+        .filter(|&&r| (r + 1) * n <= values.len())
+        .flat_map(|&r| values[r * n..(r + 1) * n].iter().copied())
+        .collect()
+}
+
+/// Checks that no input of `sets` changed and no guard zone was written;
+/// restores them for the next kernel before reporting.
+pub fn check_untouched(dev: &Device, sets: &mut [DeviceSet], when: &str) -> Result<(), Failure> {
+    let gpu = &dev.gpu;
+    for set in sets.iter_mut() {
+        let t = set.t;
+        let mutated = set
+            .mutated_input(gpu, &dev.probes)
+            .map_err(|e| Failure::cuda(Stage::Verify, "comparing inputs", e))?;
+        let guard = set
+            .damaged_guard(gpu)
+            .map_err(|e| Failure::cuda(Stage::Verify, "reading guard zones", e))?;
+        if mutated.is_some() || guard.is_some() {
+            set.restore_inputs(gpu)
+                .map_err(|e| Failure::machinery("restoring inputs", e))?;
+        }
+        if let Some((name, byte)) = mutated {
+            return Err(Failure::new(
+                Stage::Verify,
+                format!("T={t}: {when} modified its input `{name}` (first changed byte {byte}); inputs must be read-only"),
+            ));
+        }
+        if let Some(what) = guard {
+            return Err(Failure::new(
+                Stage::Verify,
+                format!("T={t}: {when}: {what}; a kernel may write only inside its outputs"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L2: u64 = 50 << 20;
+
+    #[test]
+    fn small_shapes_get_distinct_sets_that_stay_in_l2() {
+        // A decode-sized shape: every launch of the graph reads its own inputs.
+        let (n, rounds, rotated) = set_counts(8 << 10, L2, 80 << 30);
+        assert_eq!((n, rounds, rotated), (LAUNCHES_PER_GRAPH, 1, false));
+        // A mid-sized shape: as many as fit in half of L2, never fewer than two.
+        let (n, rounds, rotated) = set_counts(10 << 20, L2, 80 << 30);
+        assert_eq!((n, rounds, rotated), (2, 10, false));
+        assert!(n as u64 * (10 << 20) <= L2);
+    }
+
+    #[test]
+    fn large_shapes_rotate_beyond_l2_with_every_distribution() {
+        // rmsnorm at T=4096 (32 MiB): the distinct-input budget covers 8 sets.
+        let (n, rounds, rotated) = set_counts(32 << 20, L2, 80 << 30);
+        assert_eq!((n, rounds, rotated), (8, 3, true));
+        assert!(n * rounds >= LAUNCHES_PER_GRAPH);
+        // A 150 MiB shape still gets one set per distribution.
+        let (n, _, rotated) = set_counts(150 << 20, L2, 80 << 30);
+        assert_eq!((n, rotated), (Distribution::ALL.len(), true));
+        // Memory bounds the count before anything else.
+        let (n, _, _) = set_counts(1 << 30, L2, 4 << 30);
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn rows_are_the_leading_dimension() {
+        assert_eq!(row_len(16 * 2048, 16), 2048);
+        assert_eq!(row_len(7, 2), 7);
+        assert_eq!(row_len(0, 3), 1);
+    }
 }
