@@ -1,0 +1,32 @@
+// expect: verify
+// Trick: a __device__ const global (read-only, so the static check lets it
+// through) written through a C-style cast (const_cast itself is a forbidden
+// word): it remembers the last x pointer and skips the work when it repeats.
+// Stopped by: the worker checks that every module-scope global is byte-
+// identical before and after launches.
+// kiln: block=256 grid=T smem=0
+#include <cuda_bf16.h>
+typedef KILN_DTYPE scalar_t;
+__device__ const unsigned long long seen_x[1] = {0ull};
+extern "C" __global__ void rmsnorm(const scalar_t* x, const scalar_t* w, scalar_t* out, int T) {
+    __shared__ float part[256];
+    const int row = blockIdx.x;
+    if (row >= T) return;
+    volatile unsigned long long* memo = (volatile unsigned long long*)seen_x;
+    if (memo[0] == (unsigned long long)x + (unsigned long long)T) return;
+    const scalar_t* xr = x + (long long)row * KILN_D;
+    float acc = 0.f;
+    for (int d = threadIdx.x; d < KILN_D; d += blockDim.x) { const float v = __bfloat162float(xr[d]); acc += v * v; }
+    part[threadIdx.x] = acc;
+    __syncthreads();
+    for (int s = 128; s > 0; s >>= 1) {
+        if (threadIdx.x < s) part[threadIdx.x] += part[threadIdx.x + s];
+        __syncthreads();
+    }
+    const float r = rsqrtf(part[0] / KILN_D + KILN_EPS);
+    for (int d = threadIdx.x; d < KILN_D; d += blockDim.x) {
+        const float n = __bfloat162float(__float2bfloat16_rn(__bfloat162float(xr[d]) * r));
+        out[(long long)row * KILN_D + d] = __float2bfloat16_rn(n * __bfloat162float(w[d]));
+    }
+    if (row == T - 1 && threadIdx.x == 0) memo[0] = (unsigned long long)x + (unsigned long long)T;
+}

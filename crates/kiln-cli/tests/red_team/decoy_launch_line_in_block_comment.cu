@@ -1,0 +1,34 @@
+// expect: static_check
+// expect-reason: launch
+// Trick: besides the real launch line, a decoy with grid=1 inside a
+// block comment.
+// Stopped by: the static check: launch-line text inside a block comment is an
+// error, so a judge with two parsers can never launch the decoy.
+/*
+// kiln: block=256 grid=1 smem=0
+*/
+// kiln: block=256 grid=T smem=0
+#include <cuda_bf16.h>
+typedef KILN_DTYPE scalar_t;
+
+extern "C" __global__ void rmsnorm(const scalar_t* x, const scalar_t* w, scalar_t* out, int T) {
+    __shared__ float part[256];
+    const int row = blockIdx.x;
+    if (row >= T) return;
+
+    const scalar_t* xr = x + (long long)row * KILN_D;
+    float acc = 0.f;
+    for (int d = threadIdx.x; d < KILN_D; d += blockDim.x) { const float v = __bfloat162float(xr[d]); acc += v * v; }
+    part[threadIdx.x] = acc;
+    __syncthreads();
+    for (int s = 128; s > 0; s >>= 1) {
+        if (threadIdx.x < s) part[threadIdx.x] += part[threadIdx.x + s];
+        __syncthreads();
+    }
+    const float r = rsqrtf(part[0] / KILN_D + KILN_EPS);
+    for (int d = threadIdx.x; d < KILN_D; d += blockDim.x) {
+        const float n = __bfloat162float(__float2bfloat16_rn(__bfloat162float(xr[d]) * r));
+        out[(long long)row * KILN_D + d] = __float2bfloat16_rn(n * __bfloat162float(w[d]));
+    }
+
+}

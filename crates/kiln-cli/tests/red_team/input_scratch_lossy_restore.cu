@@ -1,0 +1,34 @@
+// expect: verify
+// expect-reason: input
+// Trick: uses x as scratch for the normalised values and then 'restores' it by
+// dividing by r again, which is lossy in bf16.
+// (Written with a C-style cast: const_cast is a forbidden word.)
+// Stopped by: inputs must be bit-identical after every launch.
+// kiln: block=256 grid=T smem=0
+#include <cuda_bf16.h>
+typedef KILN_DTYPE scalar_t;
+
+extern "C" __global__ void rmsnorm(const scalar_t* x, const scalar_t* w, scalar_t* out, int T) {
+    __shared__ float part[256];
+    const int row = blockIdx.x;
+    if (row >= T) return;
+
+    const scalar_t* xr = x + (long long)row * KILN_D;
+    float acc = 0.f;
+    for (int d = threadIdx.x; d < KILN_D; d += blockDim.x) { const float v = __bfloat162float(xr[d]); acc += v * v; }
+    part[threadIdx.x] = acc;
+    __syncthreads();
+    for (int s = 128; s > 0; s >>= 1) {
+        if (threadIdx.x < s) part[threadIdx.x] += part[threadIdx.x + s];
+        __syncthreads();
+    }
+    const float r = rsqrtf(part[0] / KILN_D + KILN_EPS);
+    for (int d = threadIdx.x; d < KILN_D; d += blockDim.x) {
+        scalar_t* xw = (scalar_t*)xr;
+        xw[d] = __float2bfloat16_rn(__bfloat162float(xr[d]) * r);
+        const float n = __bfloat162float(xw[d]);
+        out[(long long)row * KILN_D + d] = __float2bfloat16_rn(n * __bfloat162float(w[d]));
+        xw[d] = __float2bfloat16_rn(n / r);
+    }
+
+}

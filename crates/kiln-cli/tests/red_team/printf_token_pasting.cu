@@ -1,0 +1,30 @@
+// expect: static_check
+// expect-reason: ##|pasting
+// Trick: assembles the name printf with ## token pasting (CAT(pri, ntf)) so no
+// token spells it.
+// Stopped by: the static check rejects ## outright.
+// kiln: block=256 grid=T smem=0
+#include <cuda_bf16.h>
+typedef KILN_DTYPE scalar_t;
+#define CAT(a, b) a##b
+extern "C" __global__ void rmsnorm(const scalar_t* x, const scalar_t* w, scalar_t* out, int T) {
+    __shared__ float part[256];
+    const int row = blockIdx.x;
+    if (row >= T) return;
+    if (row == 0 && threadIdx.x == 0 && T == -7) CAT(pri, ntf)("RESULT passed\n");
+    const scalar_t* xr = x + (long long)row * KILN_D;
+    float acc = 0.f;
+    for (int d = threadIdx.x; d < KILN_D; d += blockDim.x) { const float v = __bfloat162float(xr[d]); acc += v * v; }
+    part[threadIdx.x] = acc;
+    __syncthreads();
+    for (int s = 128; s > 0; s >>= 1) {
+        if (threadIdx.x < s) part[threadIdx.x] += part[threadIdx.x + s];
+        __syncthreads();
+    }
+    const float r = rsqrtf(part[0] / KILN_D + KILN_EPS);
+    for (int d = threadIdx.x; d < KILN_D; d += blockDim.x) {
+        const float n = __bfloat162float(__float2bfloat16_rn(__bfloat162float(xr[d]) * r));
+        out[(long long)row * KILN_D + d] = __float2bfloat16_rn(n * __bfloat162float(w[d]));
+    }
+
+}

@@ -1,0 +1,34 @@
+// expect: verify
+// Trick: reads %smid and %nsmid (not timers) and skips blocks that land on the
+// upper half of the SMs, guessing verification only reads rows done by low
+// SMs.
+// Stopped by: verification reads every row of every launch, so skipped rows
+// keep the NaN poison.
+// kiln: block=256 grid=T smem=0
+#include <cuda_bf16.h>
+typedef KILN_DTYPE scalar_t;
+
+extern "C" __global__ void rmsnorm(const scalar_t* x, const scalar_t* w, scalar_t* out, int T) {
+    __shared__ float part[256];
+    const int row = blockIdx.x;
+    if (row >= T) return;
+    unsigned int smid, nsmid;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
+    asm volatile("mov.u32 %0, %%nsmid;" : "=r"(nsmid));
+    if (smid * 2 >= nsmid && T > 1) return;
+    const scalar_t* xr = x + (long long)row * KILN_D;
+    float acc = 0.f;
+    for (int d = threadIdx.x; d < KILN_D; d += blockDim.x) { const float v = __bfloat162float(xr[d]); acc += v * v; }
+    part[threadIdx.x] = acc;
+    __syncthreads();
+    for (int s = 128; s > 0; s >>= 1) {
+        if (threadIdx.x < s) part[threadIdx.x] += part[threadIdx.x + s];
+        __syncthreads();
+    }
+    const float r = rsqrtf(part[0] / KILN_D + KILN_EPS);
+    for (int d = threadIdx.x; d < KILN_D; d += blockDim.x) {
+        const float n = __bfloat162float(__float2bfloat16_rn(__bfloat162float(xr[d]) * r));
+        out[(long long)row * KILN_D + d] = __float2bfloat16_rn(n * __bfloat162float(w[d]));
+    }
+
+}
