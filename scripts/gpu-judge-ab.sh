@@ -36,7 +36,9 @@ else:
 }
 
 printf 'control\ttarget\told\tnew\n' > "$out/controls.tsv"
+# AB_SKIP_CONTROLS=1 times only the autoruns.
 for f in "$red"/*.cu; do
+  [ "${AB_SKIP_CONTROLS:-0}" = 1 ] && break
   grep -q '^// expect: pass' "$f" || continue
   name=$(basename "$f" .cu)
   target=$(sed -n 's|^// target: *||p' "$f" | head -1)
@@ -74,6 +76,16 @@ print(n)' "$dir")
   python3 -c 'import sys; n, a, b = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]); print("%s\t%d\t%.1f\t%.1f" % (sys.argv[4], n, b - a, 60 * n / (b - a)))' \
     "$n" "$start" "$end" "$which" >> "$out/throughput.tsv"
   cp "$dir/autorun_summary.json" "$out/ab/autorun_summary-$which.json" 2>/dev/null
+  # Where the time goes: mean milliseconds per stage per target.
+  python3 -c '
+import glob, json, sys
+for p in sorted(glob.glob(sys.argv[1] + "/*/session.json")):
+    nodes = json.load(open(p)).get("tree", {}).get("nodes", [])
+    t = [n["eval"].get("timings", {}) for n in nodes if isinstance(n.get("eval"), dict)]
+    mean = lambda k: sum((x.get(k) or 0) for x in t) / max(len(t), 1)
+    print("%s %s compile %.0f verify %.0f time %.0f ms (n=%d)" % (sys.argv[2], p.split("/")[-2], mean("compile_ms"), mean("verify_ms"), mean("time_ms"), len(t)))
+' "$dir" "$which" >> "$out/stages.txt"
   rm -rf "$dir"
 done
 column -t "$out/throughput.tsv" 2>/dev/null || cat "$out/throughput.tsv"
+cat "$out/stages.txt"
