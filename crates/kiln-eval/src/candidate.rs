@@ -326,7 +326,10 @@ pub enum StaticCheckError {
         lines: Vec<usize>,
     },
     /// A disallowed `#include`.
-    #[error("line {line}: `#include {header}` is not allowed ({reason}); the allowed headers are {}", allowed_includes())]
+    #[error(
+        "line {line}: `#include {header}` is not allowed ({reason}); the allowed headers are {}",
+        allowed_includes()
+    )]
     ForbiddenInclude {
         /// 1-based line.
         line: usize,

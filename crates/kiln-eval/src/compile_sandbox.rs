@@ -22,8 +22,9 @@
 //!
 //! Unix only: elsewhere every compile is a machinery failure saying so.
 
+use crate::child::{describe_status, kill_and_reap, kill_group};
 use std::io::{Read, Write};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -531,13 +532,6 @@ fn mentions_out_of_memory(stderr: &str) -> bool {
     .any(|m| lower.contains(m))
 }
 
-fn describe_status(status: &Option<ExitStatus>) -> String {
-    match status {
-        Some(s) => s.to_string(),
-        None => "exit status unknown".into(),
-    }
-}
-
 /// `60 s`, `0.3 s`.
 pub fn describe_duration(d: Duration) -> String {
     if d.subsec_nanos() == 0 {
@@ -640,26 +634,6 @@ fn limit_child(_cmd: &mut Command, _memory_bytes: u64, _cpu_s: u64) -> Result<()
     Err(CompileFailure::Machinery(
         "bounded compilation needs Unix (process groups and resource limits)".into(),
     ))
-}
-
-/// SIGKILLs the child's process group (it leads its own group).
-fn kill_group(child: &Child) {
-    #[cfg(unix)]
-    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-        // SAFETY: kill(2) has no memory-safety preconditions; the child leads
-        // its own group (process_group(0)), so -pid names only its processes.
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = child;
-}
-
-fn kill_and_reap(child: &mut Child) -> Option<ExitStatus> {
-    kill_group(child);
-    let _ = child.kill();
-    child.wait().ok()
 }
 
 #[cfg(all(test, unix))]

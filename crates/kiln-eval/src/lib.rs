@@ -26,6 +26,7 @@
 
 pub mod candidate;
 pub mod catalog_bench;
+mod child;
 pub mod compile_sandbox;
 pub mod evaluator;
 pub mod protocol;

@@ -37,6 +37,7 @@
 //!
 //! Unix only: elsewhere spawning a worker is a [`WorkerFailure::Spawn`] that says so.
 
+use crate::child::{describe_status, kill_and_reap, kill_group};
 use crate::protocol::{
     read_message, write_message, DeviceSummary, EvalJob, ProtocolError, Request, Response, Secret,
     PROTOCOL_VERSION, REQUEST_FD_ENV, RESPONSE_FD_ENV,
@@ -145,13 +146,6 @@ pub enum WorkerFailure {
     /// The worker answered with an error message instead of a result.
     #[error("worker reported an error: {0}")]
     WorkerError(String),
-}
-
-fn describe_status(status: &Option<ExitStatus>) -> String {
-    match status {
-        Some(s) => s.to_string(),
-        None => "exit status unknown".to_string(),
-    }
 }
 
 /// The end of the worker's stdout and stderr, and how much it wrote in all.
@@ -360,7 +354,7 @@ impl Channel {
         let (stdout, stderr) = match (child.stdout.take(), child.stderr.take()) {
             (Some(o), Some(e)) => (o, e),
             _ => {
-                kill_child(&mut child);
+                kill_and_reap(&mut child);
                 return Err(spawn_err(std::io::Error::other("child pipes missing")));
             }
         };
@@ -387,7 +381,7 @@ impl Channel {
             .name("kiln-worker-stderr".into())
             .spawn(move || drain_output(stderr, &o2));
         if let Err(e) = reader.and(drain_out).and(drain_err) {
-            kill_child(&mut child);
+            kill_and_reap(&mut child);
             return Err(spawn_err(e));
         }
         Ok(Channel {
@@ -485,7 +479,7 @@ impl Channel {
     fn kill(&mut self) -> Option<ExitStatus> {
         self.dead = true;
         self.requests = None;
-        kill_child(&mut self.child)
+        kill_and_reap(&mut self.child)
     }
 
     /// The worker closed its channel: give it a moment to exit, kill it, and report its status and output.
@@ -497,7 +491,7 @@ impl Channel {
                 kill_group(&self.child);
                 Some(s)
             }
-            None => kill_child(&mut self.child),
+            None => kill_and_reap(&mut self.child),
         };
         self.dead = true;
         self.settle_output(Duration::from_millis(500));
@@ -687,28 +681,6 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus>
             _ => return None,
         }
     }
-}
-
-/// Sends SIGKILL to the child's process group (it leads its own group; see `spawn`).
-fn kill_group(child: &Child) {
-    #[cfg(unix)]
-    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-        // SAFETY: kill(2) has no memory-safety preconditions. The child leads its own
-        // process group (process_group(0) at spawn) and is not yet reaped, or was
-        // reaped just now by us, so the group id still names only its processes.
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = child;
-}
-
-/// Kills the child and its group, then reaps it.
-fn kill_child(child: &mut Child) -> Option<ExitStatus> {
-    kill_group(child);
-    let _ = child.kill();
-    child.wait().ok()
 }
 
 /// How a [`WorkerPool`] starts workers and how long it waits.
