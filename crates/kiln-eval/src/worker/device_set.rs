@@ -155,6 +155,13 @@ impl DeviceSet {
         Ok(self.groups.len() - 1)
     }
 
+    /// Puts the output groups in a random order (which pass of a graph
+    /// writes which allocation).
+    pub fn shuffle_groups(&mut self, rng: &mut impl rand::Rng) {
+        use rand::seq::SliceRandom;
+        self.groups.shuffle(rng);
+    }
+
     /// Output groups in this set.
     pub fn groups(&self) -> usize {
         self.groups.len()

@@ -402,10 +402,6 @@ pub fn timing_sets(
         let mut set = DeviceSet::new(gpu, problem.buffers(t), t)
             .map_err(|e| Failure::machinery("allocating timing buffers", e))?
             .with_scalars(problem.scalar_args());
-        for _ in 1..rounds {
-            set.add_output_group(gpu)
-                .map_err(|e| Failure::machinery("allocating timing outputs", e))?;
-        }
         let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(0x5151 + i as u64));
         let dist = Distribution::ALL[i % Distribution::ALL.len()];
         let host = problem.inputs(t, dist, &mut rng);
@@ -415,9 +411,23 @@ pub fn timing_sets(
         inputs.push(host);
     }
     // Allocation order says nothing about launch order: a kernel cannot find
-    // the buffer the next launch will write by address arithmetic.
+    // the buffer a later launch over the same inputs will write (to fill it
+    // in advance) by address arithmetic. The extra output groups are
+    // allocated interleaved across sets in a secret order, each set's groups
+    // are then shuffled, and so are the sets.
+    let mut order = ChaCha8Rng::seed_from_u64(seed ^ 0x0bad_5eed);
+    let mut extra: Vec<usize> = (0..n).flat_map(|i| vec![i; rounds - 1]).collect();
+    extra.shuffle(&mut order);
+    for i in extra {
+        sets[i]
+            .add_output_group(gpu)
+            .map_err(|e| Failure::machinery("allocating timing outputs", e))?;
+    }
+    for set in sets.iter_mut() {
+        set.shuffle_groups(&mut order);
+    }
     let mut paired: Vec<(DeviceSet, Vec<HostBuffer>)> = sets.into_iter().zip(inputs).collect();
-    paired.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x0bad_5eed));
+    paired.shuffle(&mut order);
     let (sets, inputs): (Vec<_>, Vec<_>) = paired.into_iter().unzip();
     Ok(TimingSets {
         sets,
