@@ -573,7 +573,7 @@ pub fn check_timed_output(
                 Failure::new(
                     Stage::Verify,
                     format!(
-                        "output of a timed launch is wrong (input set {si}, pass {group}): {r}"
+                        "output of a timed launch at T={t} is wrong (input set {si}, pass {group}): {r}"
                     ),
                 )
             };
@@ -604,7 +604,11 @@ pub fn check_timed_output(
                         .map(|v| pick_row_values(v, t, &rows)),
                 };
                 check_outputs(problem, rows.len(), &got, &picked, None)
-                    .map_err(|r| wrong(format!("{r} (rows {rows:?} of {t})")))?;
+                    .map_err(|r| {
+                        wrong(format!(
+                            "checking the sampled rows {rows:?} (row i below is the i-th of them, T counts them): {r}"
+                        ))
+                    })?;
             }
         }
     }
