@@ -1530,6 +1530,25 @@ enum HeadEnd {
     Initializer,
 }
 
+/// Words that start a declaration of a type, an alias or an assertion, never of a variable.
+const TYPE_DECL_KEYWORDS: &[&str] = &[
+    "typedef",
+    "using",
+    "static_assert",
+    "friend",
+    "namespace",
+    "struct",
+    "class",
+    "union",
+    "enum",
+];
+
+/// Words that start a statement, not a declaration.
+const STATEMENT_KEYWORDS: &[&str] = &["return", "goto", "case", "default"];
+
+/// Storage that makes a variable outlive a launch.
+const STORAGE_KEYWORDS: &[&str] = &["__device__", "__managed__", "static"];
+
 /// Checks one declaration head for state that persists across launches.
 fn analyze_decl(head: &[Token], scope: Scope, end: HeadEnd) -> Result<(), StaticCheckError> {
     let Some(first) = head.first() else {
@@ -1551,27 +1570,13 @@ fn analyze_decl(head: &[Token], scope: Scope, end: HeadEnd) -> Result<(), Static
     let Some(bare_first) = bare.first() else {
         return Ok(());
     };
-    let type_like = [
-        "typedef",
-        "using",
-        "static_assert",
-        "friend",
-        "namespace",
-        "struct",
-        "class",
-        "union",
-        "enum",
-    ]
-    .iter()
-    .any(|k| bare_first.is_ident(k));
+    let type_like = TYPE_DECL_KEYWORDS.iter().any(|k| bare_first.is_ident(k));
+    let storage = STORAGE_KEYWORDS.iter().any(|k| has_ident(head, k));
     // At namespace scope `T name(x);` may be a variable with an initializer,
     // and an initializer after `name(…)` (`= …`) always makes one.
     // A block-scope function declaration cannot be `static` or `__device__`,
     // so in code such a head is a variable whatever its parentheses look like.
-    let storage_in_code = matches!(scope, Scope::Code | Scope::Init)
-        && ["static", "__device__", "__managed__"]
-            .iter()
-            .any(|k| has_ident(head, k));
+    let storage_in_code = matches!(scope, Scope::Code | Scope::Init) && storage;
     if is_function_head(head)
         && !storage_in_code
         && !(end == HeadEnd::Initializer && matches!(scope, Scope::Namespace { .. }))
@@ -1588,26 +1593,10 @@ fn analyze_decl(head: &[Token], scope: Scope, end: HeadEnd) -> Result<(), Static
         }
         return Ok(());
     }
-    let storage = ["__device__", "__managed__", "static"]
+    let type_or_alias = TYPE_DECL_KEYWORDS
         .iter()
-        .any(|k| has_ident(head, k));
-    let type_or_alias = [
-        "typedef",
-        "using",
-        "static_assert",
-        "friend",
-        "namespace",
-        "struct",
-        "class",
-        "union",
-        "enum",
-        "return",
-        "goto",
-        "case",
-        "default",
-    ]
-    .iter()
-    .any(|k| first.is_ident(k) || bare_first.is_ident(k));
+        .chain(STATEMENT_KEYWORDS)
+        .any(|k| first.is_ident(k) || bare_first.is_ident(k));
     let suspicious = match scope {
         Scope::Namespace { .. } => {
             storage
