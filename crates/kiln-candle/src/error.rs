@@ -25,6 +25,17 @@ pub enum Error {
     /// `config.json` is missing a field or holds a value kiln does not support.
     #[error("config: {0}")]
     Config(String),
+    /// A decode graph could not be captured (the message names the layer and op).
+    #[error("decode graph capture failed: {0}; decode with --eager instead")]
+    Capture(String),
+    /// A step of a model failed: where, and why.
+    #[error("{at}: {source}")]
+    Step {
+        /// The layer and part (`layer 3 attention`).
+        at: String,
+        /// The failure.
+        source: Box<Error>,
+    },
     /// An op got tensors it cannot handle (shape, dtype, device).
     #[error("{op}: {reason}")]
     Op {

@@ -139,6 +139,16 @@ pub fn make_tensor_rounded(
     }
 }
 
+/// The compile inputs of the `synth_fill` kernel for `dtype`.
+pub fn fill_build(dtype: kiln_kernels::DType) -> kiln_kernels::KernelBuild {
+    kiln_kernels::KernelBuild {
+        name: format!("synth_fill_{dtype}.cu"),
+        entry: "synth_fill".into(),
+        source: include_str!("../kernels/synth_fill.cu").into(),
+        defines: vec![dtype.define()],
+    }
+}
+
 #[cfg(feature = "cuda")]
 fn gpu_fill(
     dev: &candle_core::CudaDevice,
@@ -150,13 +160,10 @@ fn gpu_fill(
 ) -> Result<Tensor> {
     use crate::ops::device::{alloc, function, into_tensor, launch, Arg};
     let n = shape.elem_count();
-    let build = kiln_kernels::KernelBuild {
-        name: format!("synth_fill_{dtype:?}.cu"),
-        entry: "synth_fill".into(),
-        source: include_str!("../kernels/synth_fill.cu").into(),
-        defines: vec![crate::ops::kernel_dtype("synth_fill", dtype)?.define()],
-    };
-    let func = function(dev, &build)?;
+    let func = function(
+        dev,
+        &fill_build(crate::ops::kernel_dtype("synth_fill", dtype)?),
+    )?;
     let mut out = alloc(dev, dtype, n.max(1))?;
     let blocks = n.div_ceil(256).clamp(1, 65535) as u32;
     let dims = kiln_kernels::LaunchDims {

@@ -62,6 +62,9 @@ pub struct Options {
     /// Also measure the noise floor (synthetic weights only): the baseline on
     /// the same weights rounded toward zero, against the baseline.
     pub noise_floor: bool,
+    /// Decode kiln's configurations op by op only (no CUDA graph, and so no
+    /// graph-against-eager comparison).
+    pub eager: bool,
 }
 
 /// How far bf16 rounding alone moves the baseline: the baseline's own
@@ -89,10 +92,15 @@ pub struct NoiseFloor {
 pub struct ConfigResult {
     /// `candle (stock)`, `kiln (plain candle ops)`, `kiln (catalog)` or `kiln (pack)`.
     pub name: String,
+    /// How it decodes: `graph` (one CUDA graph replay per token) or `eager`.
+    pub decode: String,
     /// Median decode tokens/s.
     pub decode_tps: f64,
-    /// Every run's decode tokens/s.
+    /// Every run's decode tokens/s, in run order (configurations of one
+    /// model instance run interleaved: run 1 of each, then run 2 of each, …).
     pub decode_tps_runs: Vec<f64>,
+    /// Run-to-run spread of decode tokens/s: p90 / p10 − 1.
+    pub decode_tps_spread: f64,
     /// Median prefill tokens/s.
     pub prefill_tps: f64,
     /// Median milliseconds per decoded token.
@@ -112,7 +120,45 @@ pub struct ConfigResult {
     pub tf_max_abs_logit_diff: f64,
     /// Fraction of teacher-forced steps whose argmax equals the baseline's.
     pub tf_top1_agreement: f64,
+    /// For a graph configuration with an eager twin: whether both gave the
+    /// same greedy tokens and bit-identical teacher-forced logits.
+    pub identical_to_eager: Option<bool>,
+    /// The fidelity verdict against the noise floor.
+    pub verdict: Verdict,
+    /// Why, in a line.
+    pub verdict_reason: String,
 }
+
+/// A configuration's fidelity verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The baseline every other configuration is judged against.
+    Reference,
+    /// Within the noise floor (and, for a graph, identical to eager decode).
+    Pass,
+    /// Outside the noise floor, or a graph that differs from eager decode.
+    Fail,
+    /// No noise floor was measured, so fidelity was not judged.
+    NotJudged,
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verdict::Reference => "reference",
+            Verdict::Pass => "PASS",
+            Verdict::Fail => "FAIL",
+            Verdict::NotJudged => "not judged",
+        })
+    }
+}
+
+/// A configuration passes when its teacher-forced max |Δlogit| against the
+/// baseline is at most this many times the noise floor's…
+pub const NOISE_DIFF_FACTOR: f64 = 2.0;
+/// …and its top-1 agreement at most this much below the noise floor's.
+pub const NOISE_TOP1_SLACK: f64 = 0.05;
 
 /// The whole validation of one model.
 #[derive(Debug, Clone, Serialize)]
@@ -208,9 +254,11 @@ impl Report {
             self.active_weight_bytes as f64 / 1e6
         );
         s += &format!(
-            "{:<26} {:>10} {:>9} {:>9} {:>11} {:>7} {:>9} {:>12} {:>10} {:>11}\n",
+            "{:<26} {:>6} {:>10} {:>7} {:>9} {:>9} {:>11} {:>7} {:>9} {:>12} {:>10} {:>11}\n",
             "configuration",
+            "decode",
             "decode t/s",
+            "spread",
             "ms/token",
             "host ms",
             "prefill t/s",
@@ -231,9 +279,11 @@ impl Report {
                 Some(i) => format!("{i}/{}", c.tokens.len()),
             };
             s += &format!(
-                "{:<26} {:>10.1} {:>9.2} {:>9.2} {:>11.1} {:>7.2} {:>9} {:>12.1} {:>10} {:>10.1}%  (max|Δlogit| {:.3})\n",
+                "{:<26} {:>6} {:>10.1} {:>6.1}% {:>9.2} {:>9.2} {:>11.1} {:>7.2} {:>9} {:>12.1} {:>10} {:>10.1}%  (max|Δlogit| {:.3})  {}: {}\n",
                 c.name,
+                c.decode,
                 c.decode_tps,
+                c.decode_tps_spread * 100.0,
                 c.ms_per_token,
                 c.host_ms_per_token,
                 c.prefill_tps,
@@ -242,7 +292,9 @@ impl Report {
                 c.peak_memory_bytes as f64 / (1u64 << 30) as f64,
                 same,
                 c.tf_top1_agreement * 100.0,
-                c.tf_max_abs_logit_diff
+                c.tf_max_abs_logit_diff,
+                c.verdict,
+                c.verdict_reason
             );
         }
         if let Some(n) = &self.noise_floor {
@@ -251,7 +303,7 @@ impl Report {
                 Some(i) => format!("{i}/{}", n.tokens.len()),
             };
             s += &format!(
-                "{:<26} {:<74} {:>10} {:>10.1}%  (max|Δlogit| {:.3})\n",
+                "{:<26} {:<89} {:>10} {:>10.1}%  (max|Δlogit| {:.3})\n",
                 "noise floor",
                 "(baseline on its weights rounded toward zero)",
                 same,
@@ -264,11 +316,20 @@ impl Report {
         }
         s
     }
+
+    /// The configurations whose verdict is FAIL.
+    pub fn failures(&self) -> Vec<&ConfigResult> {
+        self.configs
+            .iter()
+            .filter(|c| c.verdict == Verdict::Fail)
+            .collect()
+    }
 }
 
 const STOCK: &str = "candle (stock)";
 const PLAIN: &str = "kiln (plain candle ops)";
 const CATALOG: &str = "kiln (catalog)";
+const CATALOG_EAGER: &str = "kiln (catalog, eager)";
 const PACK: &str = "kiln (pack)";
 
 /// Runs the validation on `dev`; `progress` gets one line per step.
@@ -294,43 +355,76 @@ pub fn run(opts: &Options, dev: &Device, progress: &mut dyn FnMut(&str)) -> Resu
         cfg.layers()
     );
 
-    let mut configs: Vec<(&str, Kernels)> = Vec::new();
-    match &cfg {
-        ModelConfig::Qwen3Moe(_) | ModelConfig::Glm4(_) => configs.push((STOCK, Kernels::Candle)),
-        ModelConfig::Glm4MoeLite(_) => configs.push((PLAIN, Kernels::Candle)),
-    }
+    // Model instances, each with the configurations it runs. The baseline
+    // has its own weights layout and runs alone; kiln's configurations share
+    // one instance and run interleaved, so drift (clocks, heat) hits them alike.
+    let baseline = match &cfg {
+        ModelConfig::Qwen3Moe(_) | ModelConfig::Glm4(_) => STOCK,
+        ModelConfig::Glm4MoeLite(_) => PLAIN,
+    };
+    let mut instances: Vec<(Kernels, Vec<Variant>)> = vec![(
+        Kernels::Candle,
+        vec![Variant {
+            name: baseline,
+            graph: false,
+            pack: false,
+        }],
+    )];
     if !opts.no_patch {
-        configs.push((CATALOG, Kernels::Kiln));
+        let graph = !opts.eager;
+        let mut v = vec![Variant {
+            name: CATALOG,
+            graph,
+            pack: false,
+        }];
+        if graph {
+            v.push(Variant {
+                name: CATALOG_EAGER,
+                graph: false,
+                pack: false,
+            });
+        }
+        if pack.is_some() {
+            v.push(Variant {
+                name: PACK,
+                graph,
+                pack: true,
+            });
+        }
+        instances.push((Kernels::Kiln, v));
     }
 
     let mut results: Vec<ConfigResult> = Vec::new();
     let mut logits = Vec::new();
     let mut reference: Option<(Vec<u32>, Vec<Vec<f32>>)> = None;
     let mut noise = None;
-    for (name, kernels) in configs {
+    for (kernels, variants) in instances {
+        let name = variants[0].name;
         progress(&format!("building {name}"));
         if name != STOCK {
-            untracked_stream(dev);
+            crate::models::single_stream(dev);
         }
         let vb = var_builder(&opts.weights, dtype, dev)?;
         let mut model = load(&cfg, &raw, name, kernels, vb, max_len)?;
-        let mut names = vec![name];
-        if kernels == Kernels::Kiln && pack.is_some() {
-            names.push(PACK);
-        }
         let is_baseline = reference.is_none();
-        for n in names {
-            pack::set_active(if n == PACK { pack.clone() } else { None });
-            let (r, step_logits) = measure(n, model.as_mut(), opts, reference.as_ref(), progress)?;
+        let measured = measure(
+            &variants,
+            model.as_mut(),
+            pack.as_ref(),
+            opts,
+            reference.as_ref(),
+            progress,
+        );
+        pack::set_active(None);
+        for (r, step_logits) in measured? {
             if opts.keep_logits {
-                logits.push((n.to_string(), step_logits.clone()));
+                logits.push((r.name.clone(), step_logits.clone()));
             }
             if reference.is_none() {
                 reference = Some((r.tokens.clone(), step_logits));
             }
             results.push(r);
         }
-        pack::set_active(None);
         drop(model);
         dev.synchronize()?;
         if is_baseline && opts.noise_floor {
@@ -345,6 +439,7 @@ pub fn run(opts: &Options, dev: &Device, progress: &mut dyn FnMut(&str)) -> Resu
             }
         }
     }
+    judge(&mut results, noise.as_ref());
     let noise_floor_not_run = match (&opts.weights, opts.noise_floor) {
         (Weights::Checkpoint(_), true) => Some(
             "needs synthetic weights (their f32 values are re-rounded; a checkpoint has only its bf16 values)"
@@ -430,69 +525,198 @@ fn var_builder<'a>(w: &Weights, dtype: DType, dev: &Device) -> Result<VarBuilder
     }
 }
 
-/// Greedy runs, timing, and the teacher-forced pass against `reference`.
-/// Returns the result and its per-step logits on the reference tokens (its
-/// own greedy tokens when it is the reference).
+/// One configuration of a model instance: how it decodes and with which kernels.
+#[derive(Debug, Clone, Copy)]
+struct Variant {
+    name: &'static str,
+    /// Decode single tokens by graph replay.
+    graph: bool,
+    /// With the pack's kernels active.
+    pack: bool,
+}
+
+/// Sets `model` up as `v`.
+fn apply(model: &mut dyn DecodeModel, v: &Variant, pack: Option<&KernelPack>) -> Result<()> {
+    pack::set_active(if v.pack { pack.cloned() } else { None });
+    model.set_graph_decode(v.graph)
+}
+
+/// Warms each configuration of `model` up, then times them interleaved run by
+/// run, then runs each one's teacher-forced pass against `reference`. Returns
+/// each result and its per-step logits on the reference tokens (its own greedy
+/// tokens' when there is no reference yet: the baseline).
 fn measure(
-    name: &str,
+    variants: &[Variant],
     model: &mut dyn DecodeModel,
+    pack: Option<&KernelPack>,
     opts: &Options,
     reference: Option<&(Vec<u32>, Vec<Vec<f32>>)>,
     progress: &mut dyn FnMut(&str),
-) -> Result<(ConfigResult, Vec<Vec<f32>>)> {
+) -> Result<Vec<(ConfigResult, Vec<Vec<f32>>)>> {
     let dev = model.device().clone();
     let mut peak = used_memory(&dev);
-    // Warm-up: compiles kernels, fills caches, settles clocks.
-    progress(&format!("{name}: warm-up"));
-    model.reset();
-    let mut next = argmax(&model.forward(&opts.prompt, 0)?)?;
-    for i in 0..opts.max_tokens.min(8) {
-        next = argmax(&model.forward(&[next], opts.prompt.len() + i)?)?;
+    for v in variants {
+        // Warm-up: compiles kernels, captures graphs, settles clocks.
+        progress(&format!("{}: warm-up", v.name));
+        apply(model, v, pack)?;
+        model.reset();
+        let mut next = argmax(&model.forward(&opts.prompt, 0)?)?;
+        for i in 0..opts.max_tokens.min(8) {
+            next = argmax(&model.forward(&[next], opts.prompt.len() + i)?)?;
+        }
     }
-    let mut decode = Vec::new();
-    let mut host = Vec::new();
-    let mut prefill = Vec::new();
-    let mut tokens = Vec::new();
-    let mut own_logits = Vec::new();
+    let n = variants.len();
+    let mut decode = vec![Vec::new(); n];
+    let mut host = vec![Vec::new(); n];
+    let mut prefill = vec![Vec::new(); n];
+    let mut tokens = vec![Vec::new(); n];
+    let mut own_logits = vec![Vec::new(); n];
     for run in 0..opts.runs {
-        progress(&format!("{name}: run {}/{}", run + 1, opts.runs));
-        let g = greedy(model, &opts.prompt, opts.max_tokens, run == 0)?;
-        peak = peak.max(used_memory(&dev));
-        prefill.push(opts.prompt.len() as f64 / g.prefill_s);
-        // The first token comes from the prefill; the rest are decode steps.
-        decode.push((opts.max_tokens - 1).max(1) as f64 / g.decode_s);
-        host.push(1e3 * g.host_s / (opts.max_tokens - 1).max(1) as f64);
-        if run == 0 {
-            tokens = g.tokens;
-            own_logits = g.logits;
+        for (i, v) in variants.iter().enumerate() {
+            progress(&format!("{}: run {}/{}", v.name, run + 1, opts.runs));
+            apply(model, v, pack)?;
+            let keep = run == 0 && reference.is_none();
+            let g = greedy(model, &opts.prompt, opts.max_tokens, keep)?;
+            peak = peak.max(used_memory(&dev));
+            prefill[i].push(opts.prompt.len() as f64 / g.prefill_s);
+            // The first token comes from the prefill; the rest are decode steps.
+            decode[i].push((opts.max_tokens - 1).max(1) as f64 / g.decode_s);
+            host[i].push(1e3 * g.host_s / (opts.max_tokens - 1).max(1) as f64);
+            if run == 0 {
+                tokens[i] = g.tokens;
+                own_logits[i] = g.logits;
+            }
         }
     }
-    let (first_divergence, tf_max, tf_top1, step_logits) = match reference {
-        None => (None, 0.0, 1.0, own_logits),
-        Some((ref_tokens, ref_logits)) => {
-            progress(&format!("{name}: teacher-forced pass"));
-            let div = tokens.iter().zip(ref_tokens).position(|(a, b)| a != b);
-            let (m, a, l) = teacher_forced(model, &opts.prompt, ref_tokens, ref_logits)?;
-            (div, m, a, l)
+    let mut out = Vec::with_capacity(n);
+    for (i, v) in variants.iter().enumerate() {
+        let (first_divergence, tf_max, tf_top1, step_logits) = match reference {
+            None => (None, 0.0, 1.0, std::mem::take(&mut own_logits[i])),
+            Some((ref_tokens, ref_logits)) => {
+                progress(&format!("{}: teacher-forced pass", v.name));
+                apply(model, v, pack)?;
+                let div = tokens[i].iter().zip(ref_tokens).position(|(a, b)| a != b);
+                let (m, a, l) = teacher_forced(model, &opts.prompt, ref_tokens, ref_logits)?;
+                (div, m, a, l)
+            }
+        };
+        let dmed = median(&decode[i]);
+        out.push((
+            ConfigResult {
+                name: v.name.to_string(),
+                decode: if v.graph { "graph" } else { "eager" }.to_string(),
+                decode_tps: dmed,
+                decode_tps_spread: spread(&decode[i]),
+                decode_tps_runs: std::mem::take(&mut decode[i]),
+                prefill_tps: median(&prefill[i]),
+                ms_per_token: 1e3 / dmed,
+                host_ms_per_token: median(&host[i]),
+                peak_memory_bytes: peak,
+                tokens: std::mem::take(&mut tokens[i]),
+                first_divergence,
+                tf_max_abs_logit_diff: tf_max,
+                tf_top1_agreement: tf_top1,
+                identical_to_eager: None,
+                verdict: Verdict::NotJudged,
+                verdict_reason: String::new(),
+            },
+            step_logits,
+        ));
+    }
+    // A graph configuration against its eager twin (same kernels): the same
+    // launches with the same inputs, so nothing but bit-identical passes.
+    for i in 0..n {
+        let twin = (0..n).find(|&j| {
+            !variants[j].graph && variants[i].graph && variants[j].pack == variants[i].pack
+        });
+        if let Some(j) = twin {
+            let same = out[i].0.tokens == out[j].0.tokens && bit_identical(&out[i].1, &out[j].1);
+            out[i].0.identical_to_eager = Some(same);
         }
+    }
+    Ok(out)
+}
+
+/// Whether two runs' per-step logits are equal bit for bit.
+fn bit_identical(a: &[Vec<f32>], b: &[Vec<f32>]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits())
+        })
+}
+
+/// Sets every configuration's verdict: the first is the reference; a graph
+/// that differs from its eager twin fails; the rest are judged against the
+/// noise floor when there is one.
+fn judge(results: &mut [ConfigResult], noise: Option<&NoiseFloor>) {
+    for (i, c) in results.iter_mut().enumerate() {
+        let (verdict, reason) = if i == 0 {
+            (Verdict::Reference, "the baseline".to_string())
+        } else if c.identical_to_eager == Some(false) {
+            (
+                Verdict::Fail,
+                "graph decode differs from eager decode of the same kernels".to_string(),
+            )
+        } else if let Some(n) = noise {
+            let max_diff = NOISE_DIFF_FACTOR * n.tf_max_abs_logit_diff;
+            let min_top1 = n.tf_top1_agreement - NOISE_TOP1_SLACK;
+            if c.tf_max_abs_logit_diff > max_diff {
+                (
+                    Verdict::Fail,
+                    format!(
+                        "max |Δlogit| {:.4} > {NOISE_DIFF_FACTOR} × the noise floor's {:.4}",
+                        c.tf_max_abs_logit_diff, n.tf_max_abs_logit_diff
+                    ),
+                )
+            } else if c.tf_top1_agreement < min_top1 {
+                (
+                    Verdict::Fail,
+                    format!(
+                        "top-1 agreement {:.3} < the noise floor's {:.3} − {NOISE_TOP1_SLACK}",
+                        c.tf_top1_agreement, n.tf_top1_agreement
+                    ),
+                )
+            } else {
+                (
+                    Verdict::Pass,
+                    format!(
+                        "within the noise floor{}",
+                        match c.identical_to_eager {
+                            Some(true) => "; bit-identical to eager",
+                            _ => "",
+                        }
+                    ),
+                )
+            }
+        } else {
+            (
+                Verdict::NotJudged,
+                "no noise floor measured (synthetic weights only)".to_string(),
+            )
+        };
+        c.verdict = verdict;
+        c.verdict_reason = reason;
+    }
+}
+
+/// p90 / p10 − 1 of `v` (linear interpolation; 0 for fewer than two values).
+fn spread(v: &[f64]) -> f64 {
+    if v.len() < 2 {
+        return 0.0;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| {
+        let x = p * (s.len() - 1) as f64;
+        let (lo, hi) = (x.floor() as usize, x.ceil() as usize);
+        s[lo] + (s[hi] - s[lo]) * (x - lo as f64)
     };
-    let dmed = median(&decode);
-    Ok((
-        ConfigResult {
-            name: name.to_string(),
-            decode_tps: dmed,
-            decode_tps_runs: decode,
-            prefill_tps: median(&prefill),
-            ms_per_token: 1e3 / dmed,
-            host_ms_per_token: median(&host),
-            peak_memory_bytes: peak,
-            tokens,
-            first_divergence,
-            tf_max_abs_logit_diff: tf_max,
-            tf_top1_agreement: tf_top1,
-        },
-        step_logits,
-    ))
+    let p10 = q(0.1);
+    if p10 > 0.0 {
+        q(0.9) / p10 - 1.0
+    } else {
+        0.0
+    }
 }
 
 /// One greedy run from an empty cache.
@@ -651,20 +875,6 @@ pub fn active_weight_bytes(cfg: &ModelConfig) -> u64 {
     params * b
 }
 
-/// kiln decodes on one CUDA stream, so candle's cross-stream event tracking
-/// (an event recorded per tensor access) is pure overhead; tensors made after
-/// this call are untracked. The stock baseline runs first, with candle's defaults.
-#[cfg(feature = "cuda")]
-fn untracked_stream(dev: &Device) {
-    if let Device::Cuda(d) = dev {
-        // SAFETY: everything kiln creates afterwards is used on this one stream.
-        unsafe { d.disable_event_tracking() }
-    }
-}
-
-#[cfg(not(feature = "cuda"))]
-fn untracked_stream(_: &Device) {}
-
 #[cfg(feature = "cuda")]
 fn used_memory(dev: &Device) -> u64 {
     if !dev.is_cuda() {
@@ -738,4 +948,90 @@ pub fn save_logits(report: &Report, path: &std::path::Path) -> Result<()> {
     map.insert("tokens".to_string(), Tensor::from_vec(tokens, n, &dev)?);
     candle_core::safetensors::save(&map, path)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(name: &str, diff: f64, top1: f64, identical: Option<bool>) -> ConfigResult {
+        ConfigResult {
+            name: name.into(),
+            decode: "graph".into(),
+            decode_tps: 100.0,
+            decode_tps_runs: vec![100.0],
+            decode_tps_spread: 0.0,
+            prefill_tps: 1.0,
+            ms_per_token: 10.0,
+            host_ms_per_token: 0.1,
+            peak_memory_bytes: 0,
+            tokens: vec![],
+            first_divergence: None,
+            tf_max_abs_logit_diff: diff,
+            tf_top1_agreement: top1,
+            identical_to_eager: identical,
+            verdict: Verdict::NotJudged,
+            verdict_reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn verdicts_follow_the_noise_floor_and_graph_identity() {
+        let floor = NoiseFloor {
+            name: "floor".into(),
+            tokens: vec![],
+            first_divergence: None,
+            tf_max_abs_logit_diff: 0.1,
+            tf_top1_agreement: 0.98,
+        };
+        let mut r = vec![
+            config("base", 0.0, 1.0, None),
+            config("within", 0.19, 0.94, Some(true)),
+            config("too far", 0.21, 1.0, None),
+            config("argmax off", 0.05, 0.92, None),
+            config("graph differs", 0.0, 1.0, Some(false)),
+        ];
+        judge(&mut r, Some(&floor));
+        let v: Vec<Verdict> = r.iter().map(|c| c.verdict).collect();
+        assert_eq!(
+            v,
+            [
+                Verdict::Reference,
+                Verdict::Pass,
+                Verdict::Fail,
+                Verdict::Fail,
+                Verdict::Fail
+            ]
+        );
+        assert!(r[1].verdict_reason.contains("bit-identical"));
+        assert!(
+            r[2].verdict_reason.contains("0.2100"),
+            "{}",
+            r[2].verdict_reason
+        );
+        // Without a floor nothing passes by default.
+        let mut r = vec![config("base", 0.0, 1.0, None), config("k", 0.0, 1.0, None)];
+        judge(&mut r, None);
+        assert_eq!(r[1].verdict, Verdict::NotJudged);
+    }
+
+    #[test]
+    fn spread_is_p90_over_p10() {
+        assert_eq!(spread(&[5.0]), 0.0);
+        assert!((spread(&[100.0, 100.0, 100.0]) - 0.0).abs() < 1e-12);
+        // 11 values 100..=110: p10 = 101, p90 = 109.
+        let v: Vec<f64> = (100..=110).rev().map(f64::from).collect();
+        assert!((spread(&v) - (109.0 / 101.0 - 1.0)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn bit_identity_is_exact() {
+        let a = vec![vec![1.0f32, -0.0]];
+        assert!(bit_identical(&a, &a.clone()));
+        assert!(
+            !bit_identical(&a, &[vec![1.0, 0.0]]),
+            "-0 and +0 differ in bits"
+        );
+        assert!(!bit_identical(&a, &[vec![1.0]]));
+    }
 }

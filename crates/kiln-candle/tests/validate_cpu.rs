@@ -20,6 +20,7 @@ fn options(no_patch: bool) -> Options {
         pack: None,
         keep_logits: true,
         noise_floor: true,
+        eager: true,
     }
 }
 
@@ -54,6 +55,17 @@ fn validate_compares_stock_candle_with_kiln_and_writes_what_it_measured() {
         "no pack: discovered = current"
     );
     assert!(report.table().contains("kiln (catalog)"));
+    // Verdicts: the baseline is the reference, kiln is judged against the floor.
+    use kiln_candle::validate::Verdict;
+    assert_eq!(report.configs[0].verdict, Verdict::Reference);
+    assert!(
+        matches!(kiln.verdict, Verdict::Pass | Verdict::Fail),
+        "{:?}",
+        kiln.verdict
+    );
+    assert_eq!(kiln.decode, "eager");
+    assert_eq!(kiln.identical_to_eager, None, "no graph twin on the CPU");
+    assert!(kiln.decode_tps_spread >= 0.0);
     // The noise floor: the baseline on its weights rounded toward zero is a
     // different model by under one bf16 ulp per weight, so its logits move, a little.
     let floor = report.noise_floor.as_ref().expect("noise floor measured");
@@ -82,4 +94,13 @@ fn no_patch_runs_only_the_baseline_and_bad_options_are_refused() {
     bad.prompt.clear();
     let e = run(&bad, &Device::Cpu, &mut |_: &str| {}).unwrap_err();
     assert!(e.to_string().contains("prompt"), "{e}");
+}
+
+#[test]
+fn graph_decode_on_the_cpu_is_refused_not_silently_eager() {
+    let mut o = options(false);
+    o.eager = false;
+    o.noise_floor = false;
+    let e = run(&o, &Device::Cpu, &mut |_: &str| {}).unwrap_err();
+    assert!(e.to_string().contains("--eager"), "{e}");
 }

@@ -352,4 +352,8 @@ pub struct ValidateArgs {
     /// which shows how far bf16 rounding alone moves the model).
     #[arg(long)]
     pub no_noise_floor: bool,
+    /// Decode kiln's configurations op by op only: no CUDA graph (by default each
+    /// decode step is one graph replay, checked bit for bit against eager decode).
+    #[arg(long)]
+    pub eager: bool,
 }

@@ -1,10 +1,13 @@
 //! The skeleton every kiln decoder shares: embeddings, KV caches, rotary
 //! tables, the layer loop with each residual add fused into the next RMSNorm,
 //! the final norm and the output projection. A model supplies its layers
-//! through [`DecoderStack`] and gets [`DecodeModel`] from it.
+//! through [`DecoderStack`] and gets [`DecodeModel`] from it, with
+//! single-token steps replayed from a CUDA graph when graph decode is on
+//! ([`super::graph`]).
 
 use candle_core::{DType, Device, Tensor};
 
+use super::graph::DecodeGraph;
 use super::kv_cache::KvCache;
 use super::layers::{add_rms_norm, linear, rms_norm, RopeTables};
 use super::{DecodeModel, Kernels};
@@ -29,6 +32,8 @@ pub struct Decoder {
     pub kernels: Kernels,
     /// The device of every tensor above.
     pub device: Device,
+    /// The decode graph, when single-token steps replay one.
+    pub graph: Option<DecodeGraph>,
 }
 
 /// What differs between the pre-norm decoders kiln implements.
@@ -54,32 +59,51 @@ pub trait DecoderStack {
     fn feed_forward(&self, l: usize, x: &Tensor) -> Result<Tensor>;
 }
 
-impl<M: DecoderStack> DecodeModel for M {
-    fn forward(&mut self, ids: &[u32], pos: usize) -> Result<Tensor> {
-        if ids.is_empty() {
-            return Err(Error::Config("forward needs at least one token".into()));
+/// One forward pass of `m` over the token ids in `ids` (u32 `[T]`, on the
+/// device) at positions `pos..pos+T`; `positions` holds them as i32 (kiln's
+/// kernels read them there). Errors name the layer and part that failed.
+pub(crate) fn run_step<M: DecoderStack + ?Sized>(
+    m: &mut M,
+    ids: &Tensor,
+    positions: Option<&Tensor>,
+    pos: usize,
+) -> Result<Tensor> {
+    let at = |what: String| {
+        move |e: Error| Error::Step {
+            at: what,
+            source: Box::new(e),
         }
-        let d = self.decoder();
-        let (eps, k) = (d.eps, d.kernels);
-        // The rope kernel's positions: one upload per step, not per layer.
-        let positions = match k {
-            Kernels::Kiln => Some(d.rope.positions(pos, ids.len(), &d.device)?),
-            Kernels::Candle => None,
+    };
+    let d = m.decoder();
+    let (eps, k) = (d.eps, d.kernels);
+    let mut residual = d
+        .embed
+        .index_select(ids, 0)
+        .map_err(|e| at("embedding".into())(e.into()))?;
+    let mut delta: Option<Tensor> = None;
+    for l in 0..m.layer_count() {
+        let (ln1, ln2) = m.norms(l);
+        let (n, h) = match delta.take() {
+            None => (rms_norm(&residual, &ln1, eps, k), residual.clone()),
+            Some(d) => match add_rms_norm(&d, &residual, &ln1, eps, k) {
+                Ok((n, h)) => (Ok(n), h),
+                Err(e) => (Err(e), residual.clone()),
+            },
         };
-        let mut residual = d.embed.index_select(&Tensor::new(ids, &d.device)?, 0)?;
-        let mut delta: Option<Tensor> = None;
-        for l in 0..self.layer_count() {
-            let (ln1, ln2) = self.norms(l);
-            let (n, h) = match delta.take() {
-                None => (rms_norm(&residual, &ln1, eps, k)?, residual.clone()),
-                Some(d) => add_rms_norm(&d, &residual, &ln1, eps, k)?,
-            };
-            let a = self.attention(l, &n, pos, positions.as_ref())?;
-            let (n2, h2) = add_rms_norm(&a, &h, &ln2, eps, k)?;
-            delta = Some(self.feed_forward(l, &n2)?);
-            residual = h2;
-        }
-        let d = self.decoder();
+        let n = n.map_err(at(format!("layer {l} input norm")))?;
+        let a = m
+            .attention(l, &n, pos, positions)
+            .map_err(at(format!("layer {l} attention")))?;
+        let (n2, h2) = add_rms_norm(&a, &h, &ln2, eps, k)
+            .map_err(at(format!("layer {l} post-attention norm")))?;
+        delta = Some(
+            m.feed_forward(l, &n2)
+                .map_err(at(format!("layer {l} feed-forward")))?,
+        );
+        residual = h2;
+    }
+    let d = m.decoder();
+    let head = || -> Result<Tensor> {
         let n = match (delta, d.norm.as_ref()) {
             (Some(x), Some(w)) => add_rms_norm(&x, &residual, w, eps, k)?.0,
             (None, Some(w)) => rms_norm(&residual, w, eps, k)?,
@@ -87,9 +111,57 @@ impl<M: DecoderStack> DecodeModel for M {
             (None, None) => residual,
         };
         let last = n.narrow(0, n.dim(0)? - 1, 1)?;
-        Ok(linear(&last, &d.lm_head)?
+        Ok(linear(&last, &d.lm_head, k)?
             .to_dtype(DType::F32)?
             .squeeze(0)?)
+    };
+    head().map_err(at("final norm and output projection".into()))
+}
+
+impl<M: DecoderStack> DecodeModel for M {
+    fn forward(&mut self, ids: &[u32], pos: usize) -> Result<Tensor> {
+        if ids.is_empty() {
+            return Err(Error::Config("forward needs at least one token".into()));
+        }
+        if let ([id], Some(g)) = (ids, &self.decoder().graph) {
+            if g.on {
+                return super::graph::step(self, *id, pos);
+            }
+        }
+        let d = self.decoder();
+        // The rope kernel's positions: one upload per step, not per layer.
+        let positions = match d.kernels {
+            Kernels::Kiln => Some(d.rope.positions(pos, ids.len(), &d.device)?),
+            Kernels::Candle => None,
+        };
+        let ids = Tensor::new(ids, &d.device)?;
+        run_step(self, &ids, positions.as_ref(), pos)
+    }
+
+    fn set_graph_decode(&mut self, on: bool) -> Result<()> {
+        let d = self.decoder_mut();
+        if !on {
+            // Off keeps the captures: switching back replays them.
+            if let Some(g) = &mut d.graph {
+                g.on = false;
+            }
+            return Ok(());
+        }
+        if d.kernels != Kernels::Kiln {
+            return Err(Error::Config(
+                "graph decode runs on kiln's kernels; the plain-candle configuration decodes eagerly"
+                    .into(),
+            ));
+        }
+        match &mut d.graph {
+            Some(g) => g.on = true,
+            None => d.graph = Some(DecodeGraph::new(&d.device)?),
+        }
+        Ok(())
+    }
+
+    fn graph_decode(&self) -> bool {
+        self.decoder().graph.as_ref().is_some_and(|g| g.on)
     }
 
     fn reset(&mut self) {

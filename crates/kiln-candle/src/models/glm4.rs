@@ -147,6 +147,7 @@ impl Glm4 {
                 caches,
                 kernels,
                 device: dev,
+                graph: None,
             },
         })
     }
@@ -184,7 +185,7 @@ impl DecoderStack for Glm4 {
         );
         let t = x.dim(0)?;
         let layer = &self.layers[l];
-        let qkv = linear(x, &layer.qkv)?;
+        let qkv = linear(x, &layer.qkv, self.dec.kernels)?;
         let qkv = match &layer.qkv_bias {
             Some(b) => qkv.broadcast_add(b)?,
             None => qkv,
@@ -198,7 +199,7 @@ impl DecoderStack for Glm4 {
             .dec
             .rope
             .apply(&q, &k, pos, positions, self.dec.kernels)?;
-        self.dec.caches[l].append(&k, &v, pos)?;
+        self.dec.caches[l].append(&k, &v, pos, positions)?;
         let o = attention(
             &q,
             &self.dec.caches[l],
@@ -206,7 +207,7 @@ impl DecoderStack for Glm4 {
             1.0 / (hd as f64).sqrt(),
             self.dec.kernels,
         )?;
-        linear(&o, &self.layers[l].dense)
+        linear(&o, &self.layers[l].dense, self.dec.kernels)
     }
 
     fn feed_forward(&self, l: usize, x: &Tensor) -> Result<Tensor> {

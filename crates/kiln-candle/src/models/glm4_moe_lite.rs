@@ -136,6 +136,7 @@ impl Glm4MoeLite {
                 caches,
                 kernels,
                 device: dev,
+                graph: None,
             },
         })
     }
@@ -216,11 +217,12 @@ impl DecoderStack for Glm4MoeLite {
         let t = x.dim(0)?;
         let ly = &self.layers[l];
         let q = linear(
-            &rms_norm(&linear(x, &ly.q_a)?, &ly.q_a_norm, LATENT_NORM_EPS, k_)?,
+            &rms_norm(&linear(x, &ly.q_a, k_)?, &ly.q_a_norm, LATENT_NORM_EPS, k_)?,
             &ly.q_b,
+            k_,
         )?;
         let q = q.reshape((t, nh, dqk))?;
-        let ckv = linear(x, &ly.kv_a)?; // [T, kv_lora + rope]
+        let ckv = linear(x, &ly.kv_a, k_)?; // [T, kv_lora + rope]
         let latent = ckv.narrow(1, 0, c.kv_lora_rank)?.contiguous()?;
         let k_pe = ckv
             .narrow(1, c.kv_lora_rank, rope_d)?
@@ -228,6 +230,7 @@ impl DecoderStack for Glm4MoeLite {
         let kv = linear(
             &rms_norm(&latent, &ly.kv_a_norm, LATENT_NORM_EPS, k_)?,
             &ly.kv_b,
+            k_,
         )?;
         let kv = kv.reshape((t, nh, nope + dv))?;
         let k_nope = kv.narrow(2, 0, nope)?;
@@ -237,9 +240,9 @@ impl DecoderStack for Glm4MoeLite {
             .dec
             .rope
             .apply(&q.contiguous()?, &k, pos, positions, k_)?;
-        self.dec.caches[l].append(&k, &v, pos)?;
+        self.dec.caches[l].append(&k, &v, pos, positions)?;
         let o = attention(&q, &self.dec.caches[l], pos, 1.0 / (dqk as f64).sqrt(), k_)?;
-        linear(&o, &self.layers[l].o)
+        linear(&o, &self.layers[l].o, k_)
     }
 
     fn feed_forward(&self, l: usize, x: &Tensor) -> Result<Tensor> {

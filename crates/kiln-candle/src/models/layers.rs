@@ -9,8 +9,13 @@ use super::Kernels;
 use crate::error::Result;
 use crate::ops;
 
-/// `x · wᵀ` for `x[T, in]`, `w[out, in]` (cuBLAS in both modes).
-pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+/// `x · wᵀ` for `x[T, in]`, `w[out, in]`: on kiln's kernels at decode batch
+/// sizes (T ≤ 8) kiln's `linear_gemv`, otherwise cuBLAS (the plain-candle
+/// baseline always).
+pub fn linear(x: &Tensor, w: &Tensor, k: Kernels) -> Result<Tensor> {
+    if k == Kernels::Kiln && x.device().is_cuda() && ops::linear::gemv_applies(x, w) {
+        return ops::linear::gemv(x, w);
+    }
     Ok(x.matmul(&w.t()?)?)
 }
 
@@ -74,7 +79,11 @@ impl Mlp {
 
     /// `down(silu(gate x) * up x)`.
     pub fn forward(&self, x: &Tensor, k: Kernels) -> Result<Tensor> {
-        linear(&swiglu_packed(&linear(x, &self.gate_up)?, k)?, &self.down)
+        linear(
+            &swiglu_packed(&linear(x, &self.gate_up, k)?, k)?,
+            &self.down,
+            k,
+        )
     }
 }
 

@@ -10,6 +10,7 @@ pub mod config;
 pub mod decoder;
 pub mod glm4;
 pub mod glm4_moe_lite;
+pub mod graph;
 pub mod kv_cache;
 pub mod layers;
 pub mod moe;
@@ -31,10 +32,40 @@ pub enum Kernels {
 
 /// A causal LM that decodes at batch 1.
 pub trait DecodeModel {
-    /// Runs `ids` at positions `pos..pos+len` and returns the logits of the last one (f32, `[vocab]`).
+    /// Runs `ids` at positions `pos..pos+len` and returns the logits of the
+    /// last one (f32, `[vocab]`). With graph decode on, a single token's
+    /// logits live in the graph's output buffer: read them before the next call.
     fn forward(&mut self, ids: &[u32], pos: usize) -> Result<Tensor>;
+    /// Turns graph decode on (single-token steps replay one captured CUDA
+    /// graph) or off (every op launched from the host).
+    fn set_graph_decode(&mut self, on: bool) -> Result<()> {
+        match on {
+            true => Err(crate::Error::Config(
+                "this model has no graph decode; it decodes eagerly".into(),
+            )),
+            false => Ok(()),
+        }
+    }
+    /// Whether graph decode is on.
+    fn graph_decode(&self) -> bool {
+        false
+    }
     /// Forgets the KV cache.
     fn reset(&mut self);
     /// The device it runs on.
     fn device(&self) -> &Device;
+}
+
+/// Turns candle's cross-stream event tracking off for every tensor made on
+/// `dev` from now on. kiln decodes on one stream, so the tracking is pure
+/// overhead (an event per tensor access), and a graph cannot be captured
+/// with it: call this before building a kiln model.
+pub fn single_stream(dev: &Device) {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = dev {
+        // SAFETY: kiln uses every tensor it makes afterwards on this one stream.
+        unsafe { d.disable_event_tracking() }
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = dev;
 }

@@ -7,8 +7,6 @@
 //! like candle's own fused MoE (`moe_gemm`, CUDA) or a gather + batched
 //! matmul (CPU).
 
-use std::sync::{Arc, Mutex};
-
 use candle_core::{DType, Tensor, D};
 use kiln_kernels::reference::topk::SigmoidRouting;
 
@@ -60,12 +58,7 @@ pub struct MoeBlock {
     k: usize,
     i: usize,
     kernels: Kernels,
-    /// The stacked shared expert's (weights, indices) columns for the last T.
-    shared_columns: Arc<Mutex<Option<SharedColumns>>>,
 }
-
-/// Weight-1, index-E columns appended to the router's output for T rows.
-type SharedColumns = (usize, Tensor, Tensor);
 
 /// What a MoE block needs from the config.
 #[derive(Debug, Clone, Copy)]
@@ -151,7 +144,6 @@ impl MoeBlock {
             k,
             i,
             kernels,
-            shared_columns: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -160,13 +152,12 @@ impl MoeBlock {
         let (weights, indices) = self.route(x)?;
         let routed = match &self.experts {
             ExpertWeights::Kiln { gate, up, down } => {
-                let (mut w, mut idx) = (weights, indices);
-                if gate.dim(0)? > self.e {
+                let (w, idx) = if gate.dim(0)? > self.e {
                     // The stacked shared expert: index E, weight exactly 1.
-                    let (ones, shared) = self.shared_columns(x)?;
-                    w = Tensor::cat(&[&w, &ones], 1)?;
-                    idx = Tensor::cat(&[&idx, &shared], 1)?;
-                }
+                    ops::moe::append_shared_expert(&weights, &indices, self.e)?
+                } else {
+                    (weights, indices)
+                };
                 let round_weights = matches!(self.router, Router::Softmax { .. });
                 let h = ops::moe::expert_swiglu(x, gate, up, &idx)?;
                 ops::moe::expert_down(&h, down, &idx, &w, None, round_weights)?
@@ -181,32 +172,14 @@ impl MoeBlock {
         }
     }
 
-    /// Weight-1 and index-E columns for `x`'s T rows, made once per T.
-    fn shared_columns(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let t = x.dim(0)?;
-        let mut cache = self
-            .shared_columns
-            .lock()
-            .map_err(|_| op_error("moe", "shared-expert cache poisoned"))?;
-        if let Some((ct, w, i)) = cache.as_ref() {
-            if *ct == t {
-                return Ok((w.clone(), i.clone()));
-            }
-        }
-        let w = Tensor::ones((t, 1), DType::F32, x.device())?;
-        let i = Tensor::full(self.e as u32, (t, 1), x.device())?;
-        *cache = Some((t, w.clone(), i.clone()));
-        Ok((w, i))
-    }
-
     /// The router's choice for `x[T, H]`: `(weights[T,K] f32, indices[T,K] u32)`.
     pub fn route(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         match (&self.router, self.kernels) {
             (Router::Softmax { renorm }, Kernels::Kiln) => {
-                ops::router::softmax_topk(&linear(x, &self.gate)?, self.k, *renorm)
+                ops::router::softmax_topk(&linear(x, &self.gate, self.kernels)?, self.k, *renorm)
             }
             (Router::Sigmoid { bias, routing }, Kernels::Kiln) => {
-                let logits = linear(&x.to_dtype(DType::F32)?, &self.gate)?;
+                let logits = linear(&x.to_dtype(DType::F32)?, &self.gate, self.kernels)?;
                 ops::router::sigmoid_topk(&logits, bias, *routing)
             }
             (Router::Softmax { renorm }, Kernels::Candle) => {
@@ -269,12 +242,14 @@ impl MoeBlock {
     /// (f32 logits, as GLM).
     fn router_scores(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match &self.router {
-            Router::Softmax { .. } => {
-                candle_nn::ops::softmax_last_dim(&linear(x, &self.gate)?.to_dtype(DType::F32)?)?
-            }
-            Router::Sigmoid { .. } => {
-                candle_nn::ops::sigmoid(&linear(&x.to_dtype(DType::F32)?, &self.gate)?)?
-            }
+            Router::Softmax { .. } => candle_nn::ops::softmax_last_dim(
+                &linear(x, &self.gate, self.kernels)?.to_dtype(DType::F32)?,
+            )?,
+            Router::Sigmoid { .. } => candle_nn::ops::sigmoid(&linear(
+                &x.to_dtype(DType::F32)?,
+                &self.gate,
+                self.kernels,
+            )?)?,
         })
     }
 

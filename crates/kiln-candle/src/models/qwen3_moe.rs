@@ -108,6 +108,7 @@ impl Qwen3Moe {
                 caches,
                 kernels,
                 device: dev,
+                graph: None,
             },
         })
     }
@@ -166,7 +167,7 @@ impl DecoderStack for Qwen3Moe {
         let (qh, kvh, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let t = x.dim(0)?;
         let layer = &self.layers[l];
-        let qkv = linear(x, &layer.qkv)?;
+        let qkv = linear(x, &layer.qkv, self.dec.kernels)?;
         let q = qkv.narrow(1, 0, qh * hd)?.reshape((t, qh, hd))?;
         let k = qkv.narrow(1, qh * hd, kvh * hd)?.reshape((t, kvh, hd))?;
         let v = qkv
@@ -188,7 +189,7 @@ impl DecoderStack for Qwen3Moe {
             .dec
             .rope
             .apply(&q, &k, pos, positions, self.dec.kernels)?;
-        self.dec.caches[l].append(&k, &v, pos)?;
+        self.dec.caches[l].append(&k, &v, pos, positions)?;
         let o = attention(
             &q,
             &self.dec.caches[l],
@@ -196,7 +197,7 @@ impl DecoderStack for Qwen3Moe {
             1.0 / (hd as f64).sqrt(),
             self.dec.kernels,
         )?;
-        linear(&o, &self.layers[l].o)
+        linear(&o, &self.layers[l].o, self.dec.kernels)
     }
 
     fn feed_forward(&self, l: usize, x: &Tensor) -> Result<Tensor> {

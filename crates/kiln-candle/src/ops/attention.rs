@@ -79,7 +79,7 @@ pub fn decode_attention(
                 Param::In(&v_cache),
                 Param::Out,
                 Param::I32(t as i32),
-                Param::I32(past as i32),
+                Param::Position(past as i32),
             ],
             &[(q.dtype(), candle_core::Shape::from((t, qh, dv)))],
         )?;

@@ -93,6 +93,10 @@ pub(crate) enum Arg<'a> {
     In(&'a CudaStorage, usize),
     /// An output buffer written by the kernel.
     Out(&'a mut CudaStorage),
+    /// A buffer the kernel updates in place from its start (a KV cache):
+    /// candle hands out no mutable storage of a shared tensor, and kiln's
+    /// one stream orders every use.
+    InPlace(&'a CudaStorage),
     /// A null pointer (an optional input that is absent).
     Null,
     /// An `int` scalar.
@@ -198,6 +202,12 @@ pub(crate) fn launch(
             Arg::In(cs, offset) => {
                 let (ptr, sync) = slice_ptr!(&cs.slice, &stream, device_ptr, op);
                 addrs.push(ptr + (offset * cs.dtype().size_in_bytes()) as u64);
+                syncs.push(sync);
+                order.push((0, addrs.len() - 1));
+            }
+            Arg::InPlace(cs) => {
+                let (ptr, sync) = slice_ptr!(&cs.slice, &stream, device_ptr, op);
+                addrs.push(ptr);
                 syncs.push(sync);
                 order.push((0, addrs.len() - 1));
             }
@@ -312,6 +322,14 @@ pub(crate) fn prepare<C: kiln_kernels::OpConfig>(
     Ok((p.func.clone(), dims))
 }
 
+/// Whether candle's stream on `dev` is capturing a graph.
+pub(crate) fn capturing(dev: &CudaDevice) -> bool {
+    !matches!(
+        dev.cuda_stream().capture_status(),
+        Ok(cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+    )
+}
+
 /// One parameter of a kernel run through [`run`], in the kernel's order.
 pub(crate) enum Param<'a> {
     /// An input tensor (contiguous, on this device).
@@ -322,6 +340,56 @@ pub(crate) enum Param<'a> {
     Out,
     /// An `int` scalar.
     I32(i32),
+    /// The decode position, an `int` passed by value: while a decode graph is
+    /// captured the launch is logged, so each replay can set it
+    /// ([`take_position_args`]).
+    Position(i32),
+}
+
+/// A launch parameter that holds the decode position, logged during capture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PositionArg {
+    /// The launched function (`CUfunction` address).
+    pub func: usize,
+    /// The parameter's index in the kernel's signature.
+    pub index: usize,
+    /// The kernel's parameter count.
+    pub count: usize,
+    /// The value it was captured with.
+    pub value: i32,
+}
+
+thread_local! {
+    /// Position parameters launched while this thread's stream was capturing.
+    static POSITION_ARGS: std::cell::RefCell<Vec<PositionArg>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The position parameters logged since the last call (each capture takes its own).
+pub(crate) fn take_position_args() -> Vec<PositionArg> {
+    POSITION_ARGS.with(|log| std::mem::take(&mut *log.borrow_mut()))
+}
+
+/// Writes `values` into the start of `t`'s device buffer (asynchronously, on
+/// candle's stream): the inputs of a replayed decode graph.
+pub(crate) fn write_values<T: cudarc::driver::DeviceRepr>(t: &Tensor, values: &[T]) -> Result<()> {
+    let op = "graph input";
+    let dev = cuda_device(op, t)?;
+    if t.elem_count() < values.len() || t.dtype().size_in_bytes() != std::mem::size_of::<T>() {
+        return Err(op_error(op, "the values do not fit the buffer"));
+    }
+    let inputs = Inputs::new(op, &[t])?;
+    let stream = dev.cuda_stream();
+    let Arg::In(cs, offset) = inputs.arg(0)? else {
+        return Err(op_error(op, "not a device buffer"));
+    };
+    let (ptr, sync) = slice_ptr!(&cs.slice, &stream, device_ptr, op);
+    let dst = ptr + (offset * cs.dtype().size_in_bytes()) as u64;
+    // SAFETY: `dst` holds at least `values.len()` elements of T (checked
+    // above); a pageable source is staged before the call returns.
+    unsafe { cudarc::driver::result::memcpy_htod_async(dst, values, stream.cu_stream()) }
+        .map_err(kiln_cuda::CudaError::driver("cuMemcpyHtoDAsync"))?;
+    drop(sync);
+    Ok(())
 }
 
 /// Prepares `c` for `t` rows, allocates `outs` (dtype, shape), launches with
@@ -364,8 +432,22 @@ pub(crate) fn run<C: kiln_kernels::OpConfig>(
                         .next()
                         .ok_or_else(|| op_error(op, "more output parameters than outputs"))?,
                 ),
-                Param::I32(v) => Arg::I32(*v),
+                Param::I32(v) | Param::Position(v) => Arg::I32(*v),
             });
+        }
+        let has_position = params.iter().any(|p| matches!(p, Param::Position(_)));
+        if has_position && capturing(dev) {
+            for (index, p) in params.iter().enumerate() {
+                if let Param::Position(value) = p {
+                    let arg = PositionArg {
+                        func: func.cu_function() as usize,
+                        index,
+                        count: params.len(),
+                        value: *value,
+                    };
+                    POSITION_ARGS.with(|log| log.borrow_mut().push(arg));
+                }
+            }
         }
         launch(op, dev, &func, &dims, args)?;
     }

@@ -15,6 +15,7 @@ pub mod attention;
 #[cfg(feature = "cuda")]
 pub(crate) mod device;
 pub mod host;
+pub mod linear;
 pub mod moe;
 pub mod norm;
 pub mod pack;

@@ -238,3 +238,83 @@ pub fn expert_down(
     #[cfg(not(feature = "cuda"))]
     Err(super::no_cuda(op))
 }
+
+/// The compile inputs of `append_shared_expert` (no dtype: f32 weights, u32 indices).
+pub fn append_shared_expert_build() -> kiln_kernels::KernelBuild {
+    kiln_kernels::KernelBuild {
+        name: "append_shared_expert.cu".into(),
+        entry: "append_shared_expert".into(),
+        source: include_str!("../../kernels/append_shared_expert.cu").into(),
+        defines: vec![],
+    }
+}
+
+/// The router's `weights[T,K]` (f32) and `indices[T,K]` (u32) with the
+/// stacked shared expert appended as column K: weight exactly 1, index `e`.
+pub fn append_shared_expert(
+    weights: &Tensor,
+    indices: &Tensor,
+    e: usize,
+) -> Result<(Tensor, Tensor)> {
+    let op = "append_shared_expert";
+    let (t, k) = weights.dims2()?;
+    if indices.dims() != [t, k] || weights.dtype() != DType::F32 || indices.dtype() != DType::U32 {
+        return Err(op_error(
+            op,
+            format!(
+                "weights {:?} ({:?}) and indices {:?} ({:?}) must be f32 and u32 [T, K]",
+                weights.dims(),
+                weights.dtype(),
+                indices.dims(),
+                indices.dtype()
+            ),
+        ));
+    }
+    if weights.device().is_cpu() {
+        let ones = Tensor::ones((t, 1), DType::F32, weights.device())?;
+        let shared = Tensor::full(e as u32, (t, 1), weights.device())?;
+        return Ok((
+            Tensor::cat(&[weights, &ones], 1)?,
+            Tensor::cat(&[indices, &shared], 1)?,
+        ));
+    }
+    #[cfg(feature = "cuda")]
+    {
+        use super::device::{alloc, cuda_device, function, into_tensor, launch, Arg, Inputs};
+        let dev = cuda_device(op, weights)?;
+        let (weights, indices) = (weights.contiguous()?, indices.contiguous()?);
+        let func = function(&dev, &append_shared_expert_build())?;
+        let n = t * (k + 1);
+        let dims = kiln_kernels::LaunchDims {
+            grid: (n.div_ceil(128) as u32, 1, 1),
+            block: (128, 1, 1),
+            smem: 0,
+        };
+        let mut w_out = alloc(&dev, DType::F32, n)?;
+        let mut i_out = alloc(&dev, DType::U32, n)?;
+        {
+            let inputs = Inputs::new(op, &[&weights, &indices])?;
+            launch(
+                op,
+                &dev,
+                &func,
+                &dims,
+                vec![
+                    inputs.arg(0)?,
+                    inputs.arg(1)?,
+                    Arg::Out(&mut w_out),
+                    Arg::Out(&mut i_out),
+                    Arg::I32(t as i32),
+                    Arg::I32(k as i32),
+                    Arg::I32(e as i32),
+                ],
+            )?;
+        }
+        Ok((
+            into_tensor(w_out, (t, k + 1)),
+            into_tensor(i_out, (t, k + 1)),
+        ))
+    }
+    #[cfg(not(feature = "cuda"))]
+    Err(super::no_cuda(op))
+}

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 
 /// The fields of an exported pack entry that kiln-candle uses.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct PackKernel {
     /// The discovery target it was found for.
     pub target: String,
@@ -33,7 +33,7 @@ pub struct PackKernel {
 }
 
 /// A loaded pack.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct KernelPack {
     /// Its kernels.
     pub kernels: Vec<PackKernel>,
@@ -93,12 +93,30 @@ fn same_set(a: &[String], b: &[String]) -> bool {
 
 static ACTIVE: RwLock<Option<KernelPack>> = RwLock::new(None);
 static GENERATION: AtomicU64 = AtomicU64::new(0);
+/// Every pack made active so far: a pack's generation is 1 + its index, so
+/// switching back and forth (validate interleaves configurations) reuses the
+/// kernels and decode graphs already made for it.
+static SEEN: std::sync::Mutex<Vec<KernelPack>> = std::sync::Mutex::new(Vec::new());
 
 /// Makes `pack` the one every op consults (None: the catalog only).
 pub fn set_active(pack: Option<KernelPack>) {
+    let generation = match &pack {
+        None => 0,
+        Some(p) => match SEEN.lock() {
+            Ok(mut seen) => match seen.iter().position(|q| q == p) {
+                Some(i) => i as u64 + 1,
+                None => {
+                    seen.push(p.clone());
+                    seen.len() as u64
+                }
+            },
+            // A poisoned list: a fresh generation every time is still correct.
+            Err(_) => GENERATION.load(Ordering::SeqCst) + 1_000_000,
+        },
+    };
     if let Ok(mut g) = ACTIVE.write() {
         *g = pack;
-        GENERATION.fetch_add(1, Ordering::SeqCst);
+        GENERATION.store(generation, Ordering::SeqCst);
     }
 }
 

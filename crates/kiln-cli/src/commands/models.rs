@@ -109,6 +109,7 @@ pub fn validate(a: &ValidateArgs) -> anyhow::Result<ExitCode> {
         pack: a.pack.clone(),
         keep_logits: a.dump_logits,
         noise_floor: !a.no_noise_floor,
+        eager: a.eager || a.cpu,
     };
     let bar = indicatif::ProgressBar::new_spinner();
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
@@ -118,6 +119,13 @@ pub fn validate(a: &ValidateArgs) -> anyhow::Result<ExitCode> {
     bar.finish_and_clear();
     println!("{}", report.table());
     write_results(&a.out, &report)?;
+    let failed = report.failures();
+    if !failed.is_empty() {
+        for c in failed {
+            eprintln!("kiln: FAIL {}: {}", c.name, c.verdict_reason);
+        }
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,0 +1,114 @@
+// linear_gemv — a dense projection at decode batch sizes: the weight streamed once, every row of
+// x applied to it.
+//
+// Math (f32 accumulation, one rounding at the output):
+//   out[t, n] = dtype( sum_k x[t, k] * w[n, k] )      t < T, n < N, k < K
+// Layout: x[T, K], w[N, K] (row-major, the nn.Linear weight), out[T, N]; pointers 16-byte aligned.
+// Defines: KILN_DTYPE, KILN_N (>= 1), KILN_K (% (16 / sizeof(dtype)) == 0), KILN_RPW (output rows
+// per warp, 1..=4).
+// Launch: 256 threads (8 warps); warp j of block b computes rows (8b + j) * RPW .. + RPW for every
+// t < T (T <= 8: the kernel keeps T partial sums per row in registers; larger T goes to cuBLAS).
+// Each lane loads 16-byte vectors of a weight row at stride 32 vectors, all RPW rows' loads of
+// one step issued before their FMAs, so a warp keeps RPW * 16 B * 32 in flight per step and the
+// full K loop is unrolled by 4. x is read through the read-only cache (at most 8 rows of K values:
+// it stays in L1 while the weight streams past). Lanes meet by shuffles; lane 0 writes.
+// Why not cuBLAS at T = 1: its M = 1 kernels run 2–4 CTAs for a 128-row router and split-K plus
+// a separate reduce for the output projections (docs/BENCHMARKS.md, the decode profile).
+// kiln: block=256 grid=ceil_div(N, 8*RPW) smem=0
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+typedef KILN_DTYPE scalar_t;
+
+#ifndef KILN_RPW
+#define KILN_RPW 2
+#endif
+
+#define VEC (16 / (int)sizeof(scalar_t))  // elements per 16-byte load
+#define NVEC (KILN_K / VEC)                // 16-byte vectors per row
+#define MAX_T 8
+
+static_assert(KILN_N >= 1, "linear_gemv: N must be >= 1");
+static_assert(KILN_K % (16 / sizeof(scalar_t)) == 0, "linear_gemv: K must fill whole 16-byte vectors");
+static_assert(KILN_RPW >= 1 && KILN_RPW <= 4, "linear_gemv: RPW must be 1..=4");
+
+__device__ __forceinline__ float to_f(float v) { return v; }
+__device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename S> __device__ __forceinline__ S from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// The dot product of one 16-byte vector of w with the matching one of x.
+__device__ __forceinline__ float dot16(const uint4& wv, const uint4& xv) {
+    const scalar_t* w = reinterpret_cast<const scalar_t*>(&wv);
+    const scalar_t* x = reinterpret_cast<const scalar_t*>(&xv);
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) s = fmaf(to_f(w[i]), to_f(x[i]), s);
+    return s;
+}
+
+extern "C" __global__ void __launch_bounds__(256) linear_gemv(const scalar_t* __restrict__ x,
+                                                              const scalar_t* __restrict__ w,
+                                                              scalar_t* __restrict__ out,
+                                                              int t_rows) {
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int row0 = (blockIdx.x * 8 + warp) * KILN_RPW;
+    if (row0 >= KILN_N || t_rows < 1) return;
+    const int T = t_rows < MAX_T ? t_rows : MAX_T;
+
+    float acc[KILN_RPW][MAX_T];
+#pragma unroll
+    for (int r = 0; r < KILN_RPW; ++r)
+#pragma unroll
+        for (int t = 0; t < MAX_T; ++t) acc[r][t] = 0.f;
+
+    const uint4* wv[KILN_RPW];
+#pragma unroll
+    for (int r = 0; r < KILN_RPW; ++r) {
+        // Rows past N re-read the last row (in bounds) and are never written.
+        const int n = min(row0 + r, KILN_N - 1);
+        wv[r] = reinterpret_cast<const uint4*>(w + (size_t)n * KILN_K);
+    }
+    const uint4* xv = reinterpret_cast<const uint4*>(x);
+
+#pragma unroll 4
+    for (int v = lane; v < NVEC; v += 32) {
+        uint4 wl[KILN_RPW];
+#pragma unroll
+        for (int r = 0; r < KILN_RPW; ++r) wl[r] = __ldcs(wv[r] + v);  // streamed once: evict first
+#pragma unroll
+        for (int t = 0; t < MAX_T; ++t) {
+            if (t < T) {
+                const uint4 xl = __ldg(xv + (size_t)t * NVEC + v);
+#pragma unroll
+                for (int r = 0; r < KILN_RPW; ++r) acc[r][t] += dot16(wl[r], xl);
+            }
+        }
+    }
+
+#pragma unroll
+    for (int r = 0; r < KILN_RPW; ++r) {
+#pragma unroll
+        for (int t = 0; t < MAX_T; ++t) {
+            if (t < T) {
+                float s = acc[r][t];
+#pragma unroll
+                for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+                acc[r][t] = s;
+            }
+        }
+    }
+    if (lane == 0) {
+#pragma unroll
+        for (int r = 0; r < KILN_RPW; ++r) {
+            const int n = row0 + r;
+            if (n < KILN_N) {
+                for (int t = 0; t < T; ++t) out[(size_t)t * KILN_N + n] = from_f<scalar_t>(acc[r][t]);
+            }
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! kiln-candle's own kernels (the synthetic-weight fill, the KV cache write,
+//! the decode projections, the shared expert's routing column) compile with NVRTC, as the models build them, in
+//! every dtype; `linear_gemv` at the projection shapes of every preset.
+//!
+//! Needs NVRTC (`scripts/setup.sh` installs it); it fails, never skips,
+//! when NVRTC is missing.
+
+use std::collections::BTreeMap;
+
+use kiln_candle::models::config::{preset, ModelConfig};
+use kiln_candle::models::kv_cache::write_build;
+use kiln_candle::ops::linear;
+use kiln_candle::synth::fill_build;
+use kiln_cuda::Compiler;
+use kiln_kernels::{DType, KernelBuild};
+
+const DTYPES: [DType; 3] = [DType::BF16, DType::F16, DType::F32];
+
+fn compile(c: &Compiler, b: &KernelBuild) {
+    if let Err(e) = c.compile(&b.to_request()) {
+        panic!("{} {:?}: {e}", b.name, b.defines);
+    }
+}
+
+/// Every `(N, K)` a preset's kiln model projects with at decode.
+fn projections(name: &str) -> Vec<(usize, usize)> {
+    let raw = preset(name, Some(1)).expect("preset");
+    let (cfg, _) = ModelConfig::parse(&raw.to_string()).expect("config");
+    match cfg {
+        ModelConfig::Qwen3Moe(c) => {
+            let (h, hd) = (c.hidden_size, c.head_dim);
+            let (qh, kvh) = (c.num_attention_heads, c.num_key_value_heads);
+            vec![
+                ((qh + 2 * kvh) * hd, h),
+                (h, qh * hd),
+                (c.num_experts, h),
+                (c.vocab_size, h),
+            ]
+        }
+        ModelConfig::Glm4MoeLite(c) => {
+            let dqk = c.qk_nope_head_dim + c.qk_rope_head_dim;
+            let nh = c.num_attention_heads;
+            vec![
+                (c.q_lora_rank, c.hidden_size),
+                (nh * dqk, c.q_lora_rank),
+                (c.kv_lora_rank + c.qk_rope_head_dim, c.hidden_size),
+                (nh * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank),
+                (c.hidden_size, nh * c.v_head_dim),
+                (2 * c.intermediate_size, c.hidden_size),
+                (c.hidden_size, c.intermediate_size),
+                (c.n_routed_experts, c.hidden_size),
+                (c.vocab_size, c.hidden_size),
+            ]
+        }
+        ModelConfig::Glm4(c) => {
+            let (h, hd) = (c.hidden_size, c.kv_channels);
+            let (qh, kvh) = (c.num_attention_heads, c.multi_query_group_num);
+            vec![
+                ((qh + 2 * kvh) * hd, h),
+                (h, qh * hd),
+                (2 * c.ffn_hidden_size, h),
+                (h, c.ffn_hidden_size),
+                (c.padded_vocab_size, h),
+            ]
+        }
+    }
+}
+
+#[test]
+fn model_side_kernels_compile_in_every_dtype() {
+    let c = Compiler::new().expect("NVRTC (run scripts/setup.sh)");
+    for d in DTYPES {
+        compile(&c, &fill_build(d));
+        compile(&c, &write_build(d));
+        compile(&c, &linear::build(128, 2048, d));
+    }
+    compile(&c, &kiln_candle::ops::moe::append_shared_expert_build());
+}
+
+#[test]
+fn linear_gemv_compiles_and_launches_at_every_preset_projection() {
+    let c = Compiler::new().expect("NVRTC (run scripts/setup.sh)");
+    let line = linear::launch_line().expect("launch line");
+    for name in ["qwen3-30b-a3b", "glm-4.7-flash", "glm-4-9b"] {
+        let shapes = projections(name);
+        assert!(shapes.len() >= 4, "{name}");
+        for (n, k) in shapes {
+            compile(&c, &linear::build(n, k, DType::BF16));
+            let rpw = linear::rows_per_warp(n);
+            for t in [1i64, 8] {
+                let vars: BTreeMap<String, i64> =
+                    [("N", n as i64), ("RPW", rpw as i64), ("T", t), ("SMS", 132)]
+                        .into_iter()
+                        .map(|(k, v)| (k.to_string(), v))
+                        .collect();
+                let dims = line.evaluate(&vars).expect("launch");
+                // Every output row has a warp: 8 warps per block, RPW rows each.
+                assert_eq!(dims.block, (256, 1, 1));
+                assert_eq!(dims.grid.0 as usize, n.div_ceil(8 * rpw), "{name} N={n}");
+            }
+        }
+    }
+}
