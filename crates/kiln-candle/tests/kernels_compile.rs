@@ -1,5 +1,5 @@
 //! kiln-candle's own kernels (the synthetic-weight fill, the KV cache write,
-//! the decode projections, the shared expert's routing column) compile with NVRTC, as the models build them, in
+//! the decode projections, the shared expert's routing column, MLA keys) compile with NVRTC, as the models build them, in
 //! every dtype; `linear_gemv` at the projection shapes of every preset.
 //!
 //! Needs NVRTC (`scripts/setup.sh` installs it); it fails, never skips,
@@ -73,6 +73,7 @@ fn model_side_kernels_compile_in_every_dtype() {
         compile(&c, &fill_build(d));
         compile(&c, &write_build(d));
         compile(&c, &linear::build(128, 2048, d));
+        compile(&c, &kiln_candle::ops::attention::mla_key_build(d));
     }
     compile(&c, &kiln_candle::ops::moe::append_shared_expert_build());
 }

@@ -224,9 +224,7 @@ impl DecoderStack for Glm4MoeLite {
         let q = q.reshape((t, nh, dqk))?;
         let ckv = linear(x, &ly.kv_a, k_)?; // [T, kv_lora + rope]
         let latent = ckv.narrow(1, 0, c.kv_lora_rank)?.contiguous()?;
-        let k_pe = ckv
-            .narrow(1, c.kv_lora_rank, rope_d)?
-            .reshape((t, 1, rope_d))?;
+        let k_pe = ckv.narrow(1, c.kv_lora_rank, rope_d)?; // [T, rope], shared by the heads
         let kv = linear(
             &rms_norm(&latent, &ly.kv_a_norm, LATENT_NORM_EPS, k_)?,
             &ly.kv_b,
@@ -235,7 +233,15 @@ impl DecoderStack for Glm4MoeLite {
         let kv = kv.reshape((t, nh, nope + dv))?;
         let k_nope = kv.narrow(2, 0, nope)?;
         let v = kv.narrow(2, nope, dv)?;
-        let k = Tensor::cat(&[&k_nope, &k_pe.broadcast_as((t, nh, rope_d))?], 2)?;
+        let k = match k_ {
+            Kernels::Kiln => crate::ops::attention::mla_key(&k_nope, &k_pe)?,
+            Kernels::Candle => {
+                let pe = k_pe
+                    .reshape((t, 1, rope_d))?
+                    .broadcast_as((t, nh, rope_d))?;
+                Tensor::cat(&[&k_nope, &pe], 2)?
+            }
+        };
         let (q, k) = self
             .dec
             .rope

@@ -88,3 +88,87 @@ pub fn decode_attention(
     #[cfg(not(feature = "cuda"))]
     Err(super::no_cuda(op))
 }
+
+/// The compile inputs of `mla_key` for `dtype`.
+pub fn mla_key_build(dtype: kiln_kernels::DType) -> kiln_kernels::KernelBuild {
+    kiln_kernels::KernelBuild {
+        name: format!("mla_key_{dtype}.cu"),
+        entry: "mla_key".into(),
+        source: include_str!("../../kernels/mla_key.cu").into(),
+        defines: vec![dtype.define()],
+    }
+}
+
+/// MLA keys `[T, NH, NOPE + ROPE]`: each head's `k_nope[T, NH, NOPE]` (a
+/// strided view, last dimension contiguous) next to the shared `k_pe[T, ROPE]`.
+pub fn mla_key(k_nope: &Tensor, k_pe: &Tensor) -> Result<Tensor> {
+    let op = "mla_key";
+    let (t, nh, nope) = k_nope.dims3()?;
+    let (t2, rope) = k_pe.dims2()?;
+    if t2 != t || k_pe.dtype() != k_nope.dtype() || nope == 0 || rope == 0 {
+        return Err(op_error(
+            op,
+            format!(
+                "k_nope {:?} and k_pe {:?} do not fit",
+                k_nope.dims(),
+                k_pe.dims()
+            ),
+        ));
+    }
+    if k_nope.device().is_cpu() {
+        let pe = k_pe.reshape((t, 1, rope))?.broadcast_as((t, nh, rope))?;
+        return Ok(Tensor::cat(&[k_nope, &pe], 2)?);
+    }
+    #[cfg(feature = "cuda")]
+    {
+        use super::device::{alloc, cuda_device, function, into_tensor, launch, Arg};
+        use candle_core::Storage;
+        let dev = cuda_device(op, k_nope)?;
+        let k_nope = if k_nope.stride()[2] == 1 {
+            k_nope.clone()
+        } else {
+            k_nope.contiguous()?
+        };
+        let k_pe = if k_pe.stride()[1] == 1 {
+            k_pe.clone()
+        } else {
+            k_pe.contiguous()?
+        };
+        let func = function(&dev, &mla_key_build(kernel_dtype(op, k_nope.dtype())?))?;
+        let dims = kiln_kernels::LaunchDims {
+            grid: ((t * nh) as u32, 1, 1),
+            block: (128, 1, 1),
+            smem: 0,
+        };
+        let (n_st, n_sh, p_st) = (k_nope.stride()[0], k_nope.stride()[1], k_pe.stride()[0]);
+        let mut out = alloc(&dev, k_nope.dtype(), t * nh * (nope + rope))?;
+        {
+            let (ns, nl) = k_nope.storage_and_layout();
+            let (ps, pl) = k_pe.storage_and_layout();
+            let (Storage::Cuda(ns), Storage::Cuda(ps)) = (&*ns, &*ps) else {
+                return Err(op_error(op, "an input is not on the CUDA device"));
+            };
+            launch(
+                op,
+                &dev,
+                &func,
+                &dims,
+                vec![
+                    Arg::In(ns, nl.start_offset()),
+                    Arg::In(ps, pl.start_offset()),
+                    Arg::Out(&mut out),
+                    Arg::I32(t as i32),
+                    Arg::I32(nh as i32),
+                    Arg::I32(nope as i32),
+                    Arg::I32(rope as i32),
+                    Arg::U64(n_st as u64),
+                    Arg::U64(n_sh as u64),
+                    Arg::U64(p_st as u64),
+                ],
+            )?;
+        }
+        Ok(into_tensor(out, (t, nh, nope + rope)))
+    }
+    #[cfg(not(feature = "cuda"))]
+    Err(super::no_cuda(op))
+}
