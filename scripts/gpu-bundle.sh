@@ -41,6 +41,22 @@ for line in sys.stdin:
     print("bundled test", name)
 ' "$bundle/tests"
 
+# KILN_BUNDLE_MODELS_BEFORE=COMMIT adds kiln-models-COMMIT.gz, the models
+# binary of an earlier commit (the `models-before` suite), built from a
+# temporary worktree into the same target folder before the current one.
+if [ -n "${KILN_BUNDLE_MODELS_BEFORE:-}" ]; then
+  scripts/setup.sh --models >/dev/null
+  old=$(mktemp -d)
+  git worktree add --detach "$old" "$KILN_BUNDLE_MODELS_BEFORE" >/dev/null
+  target="${KILN_MODELS_TARGET:-$HOME/.cache/kiln/target-models}"
+  (cd "$old" && PATH="$root/.cache/cuda-build/nvidia/cu13/bin:$PATH" CUDA_HOME="$root/.cache/cuda-build/nvidia/cu13" \
+     CUDA_COMPUTE_CAP=90 KILN_CUDA_LINK_DIR="$root/.cache/cuda-build/link" CARGO_TARGET_DIR="$target" \
+     cargo build --release --locked -p kiln-cli --features models-cuda)
+  gzip -c "$target/release/kiln" > "$bundle/kiln-models-$KILN_BUNDLE_MODELS_BEFORE.gz"
+  git worktree remove --force "$old"
+  KILN_BUNDLE_MODELS=1
+fi
+
 # KILN_BUNDLE_MODELS=1 adds kiln-models: kiln built with candle's CUDA
 # backend (`kiln validate`), from scripts/build-models.sh's target folder.
 if [ "${KILN_BUNDLE_MODELS:-0}" = 1 ]; then

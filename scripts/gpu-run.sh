@@ -2,7 +2,7 @@
 # Runs kiln's GPU suite from a bundle made by scripts/gpu-bundle.sh, on a
 # machine with an NVIDIA GPU. Writes logs and summary.md to $OUT (default
 # ./gpu-results). Usage: run.sh [suite...]; suites: doctor tests bench torch
-# discover sanitizer models moecheck hf ab (default: doctor tests).
+# discover sanitizer models models-before moecheck hf ab (default: doctor tests).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${OUT:-$PWD/gpu-results}
@@ -124,6 +124,28 @@ for suite in $suites; do
       [ $rc = 0 ] || { failed=1; tail -5 "$out/validate-$preset.txt" | sed 's/^/    /' >> "$summary"; }
     done
     ;;
+  models-before)
+    # The same validate runs with an earlier build (KILN_MODELS_BEFORE: a kiln-models binary or
+    # .gz in the bundle, e.g. kiln-models-e280fa5.gz), into $out/validate-before: "before and
+    # after" on one machine. docs/GPU.md says how to build it.
+    before="$here/${KILN_MODELS_BEFORE:-}"
+    if [ -z "${KILN_MODELS_BEFORE:-}" ] || [ ! -f "$before" ]; then
+      echo "- models-before: NOT RUN (set KILN_MODELS_BEFORE to a kiln-models build in the bundle)" >> "$summary"
+      failed=1
+      continue
+    fi
+    case "$before" in
+      *.gz) gunzip -c "$before" > "${before%.gz}" && chmod +x "${before%.gz}"; before="${before%.gz}" ;;
+    esac
+    for preset in ${KILN_VALIDATE:-qwen3-30b-a3b glm-4.7-flash}; do
+      # shellcheck disable=SC2086
+      "$before" validate --synthetic "$preset" --out "$out/validate-before" ${KILN_VALIDATE_BEFORE_ARGS:-${KILN_VALIDATE_ARGS:-}} \
+        > "$out/validate-before-$preset.txt" 2>&1; rc=$?
+      echo "- validate (before: ${KILN_MODELS_BEFORE}) $preset: $([ $rc = 0 ] && echo DONE || echo "FAIL rc=$rc")" >> "$summary"
+      grep -v "^kiln:" "$out/validate-before-$preset.txt" | sed 's/^/    /' >> "$summary"
+      [ $rc = 0 ] || failed=1
+    done
+    ;;
   moecheck)
     # One MoE block per model at real dims: each GPU path against its CPU twin.
     if [ ! -x "$here/kiln-models" ]; then
@@ -167,7 +189,7 @@ for suite in $suites; do
     done
     ;;
   *)
-    echo "unknown suite '$suite' (doctor tests bench torch discover sanitizer models moecheck hf ab)" >&2; exit 2 ;;
+    echo "unknown suite '$suite' (doctor tests bench torch discover sanitizer models models-before moecheck hf ab)" >&2; exit 2 ;;
   esac
 done
 
