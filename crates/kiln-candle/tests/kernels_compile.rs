@@ -1,5 +1,6 @@
 //! kiln-candle's own kernels (the synthetic-weight fill, the KV cache write,
-//! the decode projections, the shared expert's routing column, MLA keys) compile with NVRTC, as the models build them, in
+//! the decode projections, the shared expert's routing column, MLA keys,
+//! Qwen3's fused qk-norm + rope + cache write) compile with NVRTC, as the models build them, in
 //! every dtype; `linear_gemv` at the projection shapes of every preset.
 //!
 //! Needs NVRTC (`scripts/setup.sh` installs it); it fails, never skips,
@@ -74,6 +75,24 @@ fn model_side_kernels_compile_in_every_dtype() {
         compile(&c, &write_build(d));
         compile(&c, &linear::build(128, 2048, d));
         compile(&c, &kiln_candle::ops::attention::mla_key_build(d));
+    }
+    // Qwen3-30B-A3B's attention inputs (and the other head dims the kernel takes).
+    let raw = preset("qwen3-30b-a3b", Some(1)).expect("preset");
+    let Ok((ModelConfig::Qwen3Moe(q), _)) = ModelConfig::parse(&raw.to_string()) else {
+        panic!("qwen3 preset");
+    };
+    let qwen3 = (q.num_attention_heads, q.num_key_value_heads, q.head_dim);
+    for (qh, kvh, d) in [qwen3, (16, 4, 64), (8, 2, 256)] {
+        let shape = kiln_candle::ops::rope::QkNormRopeShape {
+            qh,
+            kvh,
+            d,
+            eps: q.rms_norm_eps,
+        };
+        compile(
+            &c,
+            &kiln_candle::ops::rope::qk_norm_rope_cache_build(&shape, DType::BF16),
+        );
     }
     compile(&c, &kiln_candle::ops::moe::append_shared_expert_build());
 }

@@ -115,6 +115,11 @@ impl RopeTables {
         })
     }
 
+    /// The `[max_len, rot_dim/2]` cos and sin tables, in the model dtype.
+    pub fn tables(&self) -> (&Tensor, &Tensor) {
+        (&self.cos, &self.sin)
+    }
+
     /// The i32 positions `pos..pos+t` the kiln kernel reads; make them once per
     /// forward pass (one host-to-device copy), not once per layer.
     pub fn positions(&self, pos: usize, t: usize, dev: &Device) -> Result<Tensor> {

@@ -16,6 +16,8 @@ use super::layers::{attention, linear, rms_norm, RopeTables};
 use super::moe::{MoeBlock, MoeDims, Router};
 use super::Kernels;
 use crate::error::{Error, Result};
+use crate::ops;
+use crate::ops::rope::QkNormRopeShape;
 
 #[derive(Debug, Clone)]
 struct Layer {
@@ -168,28 +170,52 @@ impl DecoderStack for Qwen3Moe {
         let t = x.dim(0)?;
         let layer = &self.layers[l];
         let qkv = linear(x, &layer.qkv, self.dec.kernels)?;
-        let q = qkv.narrow(1, 0, qh * hd)?.reshape((t, qh, hd))?;
-        let k = qkv.narrow(1, qh * hd, kvh * hd)?.reshape((t, kvh, hd))?;
-        let v = qkv
-            .narrow(1, (qh + kvh) * hd, kvh * hd)?
-            .reshape((t, kvh, hd))?;
-        let q = rms_norm(
-            &q.contiguous()?,
-            &layer.q_norm,
-            c.rms_norm_eps,
-            self.dec.kernels,
-        )?;
-        let k = rms_norm(
-            &k.contiguous()?,
-            &layer.k_norm,
-            c.rms_norm_eps,
-            self.dec.kernels,
-        )?;
-        let (q, k) = self
-            .dec
-            .rope
-            .apply(&q, &k, pos, positions, self.dec.kernels)?;
-        self.dec.caches[l].append(&k, &v, pos, positions)?;
+        let q = match positions {
+            // On CUDA: both norms, rope and the cache write in one launch.
+            Some(p) if self.dec.kernels == Kernels::Kiln && x.device().is_cuda() => {
+                let cache = &mut self.dec.caches[l];
+                let q = ops::rope::qk_norm_rope_cache(
+                    &qkv,
+                    (&layer.q_norm, &layer.k_norm),
+                    self.dec.rope.tables(),
+                    p,
+                    cache.buffers(),
+                    &QkNormRopeShape {
+                        qh,
+                        kvh,
+                        d: hd,
+                        eps: c.rms_norm_eps,
+                    },
+                )?;
+                cache.set_len(pos + t);
+                q
+            }
+            _ => {
+                let q = qkv.narrow(1, 0, qh * hd)?.reshape((t, qh, hd))?;
+                let k = qkv.narrow(1, qh * hd, kvh * hd)?.reshape((t, kvh, hd))?;
+                let v = qkv
+                    .narrow(1, (qh + kvh) * hd, kvh * hd)?
+                    .reshape((t, kvh, hd))?;
+                let q = rms_norm(
+                    &q.contiguous()?,
+                    &layer.q_norm,
+                    c.rms_norm_eps,
+                    self.dec.kernels,
+                )?;
+                let k = rms_norm(
+                    &k.contiguous()?,
+                    &layer.k_norm,
+                    c.rms_norm_eps,
+                    self.dec.kernels,
+                )?;
+                let (q, k) = self
+                    .dec
+                    .rope
+                    .apply(&q, &k, pos, positions, self.dec.kernels)?;
+                self.dec.caches[l].append(&k, &v, pos, positions)?;
+                q
+            }
+        };
         let o = attention(
             &q,
             &self.dec.caches[l],

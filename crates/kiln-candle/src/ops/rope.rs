@@ -72,3 +72,137 @@ pub fn rope(
     #[cfg(not(feature = "cuda"))]
     Err(super::no_cuda(op))
 }
+
+/// The shape of a [`qk_norm_rope_cache`] launch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QkNormRopeShape {
+    /// Query heads.
+    pub qh: usize,
+    /// Key/value heads.
+    pub kvh: usize,
+    /// Head dim (64, 128 or 256; fully rotated, rotate-half).
+    pub d: usize,
+    /// The qk-norm eps.
+    pub eps: f64,
+}
+
+/// The compile inputs of `qk_norm_rope_cache`.
+pub fn qk_norm_rope_cache_build(
+    s: &QkNormRopeShape,
+    dtype: kiln_kernels::DType,
+) -> kiln_kernels::KernelBuild {
+    kiln_kernels::KernelBuild {
+        name: format!(
+            "qk_norm_rope_cache_{dtype}_QH{}_KVH{}_D{}.cu",
+            s.qh, s.kvh, s.d
+        ),
+        entry: "qk_norm_rope_cache".into(),
+        source: include_str!("../../kernels/qk_norm_rope_cache.cu").into(),
+        defines: vec![
+            dtype.define(),
+            ("KILN_QH".into(), s.qh.to_string()),
+            ("KILN_KVH".into(), s.kvh.to_string()),
+            ("KILN_D".into(), s.d.to_string()),
+            (
+                "KILN_EPS".into(),
+                kiln_kernels::catalog::float_literal(s.eps),
+            ),
+        ],
+    }
+}
+
+/// Qwen3's attention inputs in one launch: per-head RMSNorm of q and k,
+/// rotate-half RoPE at `positions` (from the `cos`/`sin` tables), k and v
+/// written into the caches at those positions; returns q `[T, QH, D]`.
+/// `qkv[T, (QH + 2 KVH) · D]` is the fused projection's output. CUDA only.
+#[allow(clippy::too_many_arguments)]
+pub fn qk_norm_rope_cache(
+    qkv: &Tensor,
+    weights: (&Tensor, &Tensor),
+    tables: (&Tensor, &Tensor),
+    positions: &Tensor,
+    caches: (&Tensor, &Tensor),
+    s: &QkNormRopeShape,
+) -> Result<Tensor> {
+    let op = "qk_norm_rope_cache";
+    let t = qkv.dim(0)?;
+    let nh = s.qh + 2 * s.kvh;
+    let s_max = caches.0.dim(1)?;
+    let fits = qkv.dims() == [t, nh * s.d]
+        && weights.0.dims() == [s.d]
+        && weights.1.dims() == [s.d]
+        && tables.0.dims() == [s_max, s.d / 2]
+        && tables.1.dims() == [s_max, s.d / 2]
+        && positions.dims() == [t]
+        && positions.dtype() == DType::I32
+        && caches.0.dims() == [s.kvh, s_max, s.d]
+        && caches.1.dims() == [s.kvh, s_max, s.d]
+        && matches!(s.d, 64 | 128 | 256)
+        && nh * s.d / 8 <= 1024;
+    if !fits {
+        return Err(op_error(
+            op,
+            format!(
+                "qkv {:?}, tables {:?}, caches {:?}, positions {:?} do not fit {s:?}",
+                qkv.dims(),
+                tables.0.dims(),
+                caches.0.dims(),
+                positions.dims()
+            ),
+        ));
+    }
+    if !qkv.device().is_cuda() {
+        return Err(op_error(
+            op,
+            "CUDA only (the CPU path runs rmsnorm, rope and the cache write)",
+        ));
+    }
+    #[cfg(feature = "cuda")]
+    {
+        use super::device::{alloc, cuda_device, function, into_tensor, launch, Arg, Inputs};
+        use candle_core::Storage;
+        let dev = cuda_device(op, qkv)?;
+        let dtype = kernel_dtype(op, qkv.dtype())?;
+        let func = function(&dev, &qk_norm_rope_cache_build(s, dtype))?;
+        let threads = (nh * s.d / 8).div_ceil(32) * 32;
+        let dims = kiln_kernels::LaunchDims {
+            grid: (t as u32, 1, 1),
+            block: (threads as u32, 1, 1),
+            smem: 0,
+        };
+        let mut q = alloc(&dev, qkv.dtype(), t * s.qh * s.d)?;
+        {
+            let inputs = Inputs::new(
+                op,
+                &[qkv, weights.0, weights.1, tables.0, tables.1, positions],
+            )?;
+            let (kc, _) = caches.0.storage_and_layout();
+            let (vc, _) = caches.1.storage_and_layout();
+            let (Storage::Cuda(kc), Storage::Cuda(vc)) = (&*kc, &*vc) else {
+                return Err(op_error(op, "a cache is not on the CUDA device"));
+            };
+            launch(
+                op,
+                &dev,
+                &func,
+                &dims,
+                vec![
+                    inputs.arg(0)?,
+                    inputs.arg(1)?,
+                    inputs.arg(2)?,
+                    inputs.arg(3)?,
+                    inputs.arg(4)?,
+                    inputs.arg(5)?,
+                    Arg::Out(&mut q),
+                    Arg::InPlace(kc),
+                    Arg::InPlace(vc),
+                    Arg::I32(t as i32),
+                    Arg::I32(s_max as i32),
+                ],
+            )?;
+        }
+        Ok(into_tensor(q, (t, s.qh, s.d)))
+    }
+    #[cfg(not(feature = "cuda"))]
+    Err(super::no_cuda(op))
+}
