@@ -17,12 +17,19 @@ pub const GEMV_MAX_ROWS: usize = 8;
 pub const SOURCE: &str = include_str!("../../kernels/linear_gemv.cu");
 
 /// Whether [`gemv`] takes `x[T, K]` against `w[N, K]` (same dtype, T ≤ 8,
-/// K a whole number of 16-byte vectors).
+/// K a whole number of 16-byte vectors, both starting 16-byte aligned).
 pub fn gemv_applies(x: &Tensor, w: &Tensor) -> bool {
     let (Ok((t, k)), Ok((n, k2))) = (x.dims2(), w.dims2()) else {
         return false;
     };
-    let vec = 16 / x.dtype().size_in_bytes().max(1);
+    let size = x.dtype().size_in_bytes().max(1);
+    let vec = 16 / size;
+    // A contiguous view is passed as it is; anything else is copied (aligned) first.
+    let aligned =
+        |t: &Tensor| !t.is_contiguous() || (t.layout().start_offset() * size).is_multiple_of(16);
+    if !aligned(x) || !aligned(w) {
+        return false;
+    }
     (1..=GEMV_MAX_ROWS).contains(&t)
         && k == k2
         && n >= 1
