@@ -16,6 +16,20 @@ import json
 import sys
 
 
+def spread(c):
+    """p90/p10 - 1 as reported, or computed from the runs for older reports."""
+    if "decode_tps_spread" in c:
+        return f"{100 * c['decode_tps_spread']:.1f} %"
+    runs = sorted(c.get("decode_tps_runs", []))
+    if len(runs) < 2:
+        return "-"
+    def q(p):
+        x = p * (len(runs) - 1)
+        lo, hi = int(x), min(int(x) + 1, len(runs) - 1)
+        return runs[lo] + (runs[hi] - runs[lo]) * (x - lo)
+    return f"{100 * (q(0.9) / q(0.1) - 1):.1f} %"
+
+
 def table(report, commit, command):
     bw = report.get("peak_bandwidth")
     active = report["active_weight_bytes"]
@@ -37,14 +51,17 @@ def table(report, commit, command):
     out.append("|---|---|---:|---:|---:|---:|---:|---|")
     for c in report["configs"]:
         pct = f"{100 * c['decode_tps'] / sol:.1f}" if sol else "-"
-        verdict = c.get("verdict", "?").replace("_", " ")
+        verdict = c.get("verdict", "").replace("_", " ")
         if verdict in ("pass", "fail"):
             verdict = verdict.upper()
         reason = c.get("verdict_reason", "")
+        fidelity = f"{verdict}: {reason}" if verdict else (
+            f"no verdict (this build gave none); TF top-1 {100 * c['tf_top1_agreement']:.0f} %, "
+            f"max |Δlogit| {c['tf_max_abs_logit_diff']:.3f}")
         out.append(
             f"| {c['name']} | {c.get('decode', 'eager')} | {c['decode_tps']:.1f} | "
-            f"{100 * c.get('decode_tps_spread', 0):.1f} % | {c['host_ms_per_token']:.2f} | "
-            f"{c['prefill_tps']:.0f} | {pct} | {verdict}: {reason} |"
+            f"{spread(c)} | {c['host_ms_per_token']:.2f} | "
+            f"{c['prefill_tps']:.0f} | {pct} | {fidelity.replace('|', chr(92) + '|')} |"
         )
     nf = report.get("noise_floor")
     if nf:
