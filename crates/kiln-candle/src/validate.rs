@@ -65,6 +65,10 @@ pub struct Options {
     /// Decode kiln's configurations op by op only (no CUDA graph, and so no
     /// graph-against-eager comparison).
     pub eager: bool,
+    /// Skip the baseline: kiln's configurations only, the first of them the
+    /// reference (for checks that need no baseline, such as graph against
+    /// eager at a context the baseline cannot prefill).
+    pub no_baseline: bool,
 }
 
 /// How far bf16 rounding alone moves the baseline: the baseline's own
@@ -362,14 +366,22 @@ pub fn run(opts: &Options, dev: &Device, progress: &mut dyn FnMut(&str)) -> Resu
         ModelConfig::Qwen3Moe(_) | ModelConfig::Glm4(_) => STOCK,
         ModelConfig::Glm4MoeLite(_) => PLAIN,
     };
-    let mut instances: Vec<(Kernels, Vec<Variant>)> = vec![(
-        Kernels::Candle,
-        vec![Variant {
-            name: baseline,
-            graph: false,
-            pack: false,
-        }],
-    )];
+    if opts.no_baseline && opts.no_patch {
+        return Err(Error::Config(
+            "--no-baseline with --no-patch leaves nothing to run".into(),
+        ));
+    }
+    let mut instances: Vec<(Kernels, Vec<Variant>)> = Vec::new();
+    if !opts.no_baseline {
+        instances.push((
+            Kernels::Candle,
+            vec![Variant {
+                name: baseline,
+                graph: false,
+                pack: false,
+            }],
+        ));
+    }
     if !opts.no_patch {
         let graph = !opts.eager;
         let mut v = vec![Variant {
@@ -427,7 +439,7 @@ pub fn run(opts: &Options, dev: &Device, progress: &mut dyn FnMut(&str)) -> Resu
         }
         drop(model);
         dev.synchronize()?;
-        if is_baseline && opts.noise_floor {
+        if is_baseline && opts.noise_floor && !opts.no_baseline {
             if let (Weights::Synthetic { seed, .. }, Some(r)) = (&opts.weights, &reference) {
                 progress("noise floor: the baseline on weights rounded toward zero");
                 let vb = SyntheticBackend::with_rounding(*seed, Rounding::TowardZero)
@@ -441,6 +453,7 @@ pub fn run(opts: &Options, dev: &Device, progress: &mut dyn FnMut(&str)) -> Resu
     }
     judge(&mut results, noise.as_ref());
     let noise_floor_not_run = match (&opts.weights, opts.noise_floor) {
+        (_, true) if opts.no_baseline => Some("no baseline (--no-baseline)".to_string()),
         (Weights::Checkpoint(_), true) => Some(
             "needs synthetic weights (their f32 values are re-rounded; a checkpoint has only its bf16 values)"
                 .to_string(),
@@ -650,12 +663,15 @@ fn bit_identical(a: &[Vec<f32>], b: &[Vec<f32>]) -> bool {
 /// noise floor when there is one.
 fn judge(results: &mut [ConfigResult], noise: Option<&NoiseFloor>) {
     for (i, c) in results.iter_mut().enumerate() {
-        let (verdict, reason) = if i == 0 {
-            (Verdict::Reference, "the baseline".to_string())
-        } else if c.identical_to_eager == Some(false) {
+        let (verdict, reason) = if c.identical_to_eager == Some(false) {
             (
                 Verdict::Fail,
                 "graph decode differs from eager decode of the same kernels".to_string(),
+            )
+        } else if i == 0 {
+            (
+                Verdict::Reference,
+                "what the others are compared with".to_string(),
             )
         } else if let Some(n) = noise {
             let max_diff = NOISE_DIFF_FACTOR * n.tf_max_abs_logit_diff;
@@ -1009,6 +1025,10 @@ mod tests {
             "{}",
             r[2].verdict_reason
         );
+        // The reference itself fails when it is a graph that differs from eager.
+        let mut r = vec![config("graph first", 0.0, 1.0, Some(false))];
+        judge(&mut r, Some(&floor));
+        assert_eq!(r[0].verdict, Verdict::Fail);
         // Without a floor nothing passes by default.
         let mut r = vec![config("base", 0.0, 1.0, None), config("k", 0.0, 1.0, None)];
         judge(&mut r, None);

@@ -21,6 +21,7 @@ fn options(no_patch: bool) -> Options {
         keep_logits: true,
         noise_floor: true,
         eager: true,
+        no_baseline: false,
     }
 }
 
@@ -90,6 +91,10 @@ fn no_patch_runs_only_the_baseline_and_bad_options_are_refused() {
     let report = run(&only_base, &Device::Cpu, &mut |_: &str| {}).expect("validate");
     assert_eq!(report.configs.len(), 1);
     assert!(report.noise_floor.is_none());
+    let mut nothing = options(true);
+    nothing.no_baseline = true;
+    let e = run(&nothing, &Device::Cpu, &mut |_: &str| {}).unwrap_err();
+    assert!(e.to_string().contains("nothing to run"), "{e}");
     let mut bad = options(true);
     bad.prompt.clear();
     let e = run(&bad, &Device::Cpu, &mut |_: &str| {}).unwrap_err();
@@ -103,4 +108,22 @@ fn graph_decode_on_the_cpu_is_refused_not_silently_eager() {
     o.noise_floor = false;
     let e = run(&o, &Device::Cpu, &mut |_: &str| {}).unwrap_err();
     assert!(e.to_string().contains("--eager"), "{e}");
+}
+
+#[test]
+fn no_baseline_runs_kiln_alone_with_its_first_configuration_as_the_reference() {
+    let mut o = options(false);
+    o.no_baseline = true;
+    let report = run(&o, &Device::Cpu, &mut |_: &str| {}).expect("validate");
+    let names: Vec<&str> = report.configs.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["kiln (catalog)"]);
+    assert_eq!(
+        report.configs[0].verdict,
+        kiln_candle::validate::Verdict::Reference
+    );
+    assert!(report.noise_floor.is_none());
+    assert!(report
+        .noise_floor_not_run
+        .as_deref()
+        .is_some_and(|w| w.contains("no baseline")));
 }

@@ -356,4 +356,8 @@ pub struct ValidateArgs {
     /// decode step is one graph replay, checked bit for bit against eager decode).
     #[arg(long)]
     pub eager: bool,
+    /// Skip the baseline: kiln's configurations only (the first is the reference; graph
+    /// against eager is still checked bit for bit). For contexts the baseline cannot prefill.
+    #[arg(long)]
+    pub no_baseline: bool,
 }

@@ -110,6 +110,7 @@ pub fn validate(a: &ValidateArgs) -> anyhow::Result<ExitCode> {
         keep_logits: a.dump_logits,
         noise_floor: !a.no_noise_floor,
         eager: a.eager || a.cpu,
+        no_baseline: a.no_baseline,
     };
     let bar = indicatif::ProgressBar::new_spinner();
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
