@@ -185,6 +185,8 @@ pub struct Report {
     pub noise_floor: Option<NoiseFloor>,
     /// Why the noise floor was not measured, when it was asked for.
     pub noise_floor_not_run: Option<String>,
+    /// Which pack entry replaced which catalog build (`target → build`), when a pack ran.
+    pub pack_replacements: Vec<String>,
     /// The prompt.
     pub prompt: Vec<u32>,
     /// Per configuration, its logits at each step on the baseline's tokens
@@ -318,6 +320,9 @@ impl Report {
         if let Some(why) = &self.noise_floor_not_run {
             s += &format!("noise floor NOT RUN: {why}\n");
         }
+        for r in &self.pack_replacements {
+            s += &format!("pack: {r}\n");
+        }
         s
     }
 
@@ -348,6 +353,13 @@ pub fn run(opts: &Options, dev: &Device, progress: &mut dyn FnMut(&str)) -> Resu
         Weights::Synthetic { config, .. } => ModelConfig::parse(&config.to_string())?,
     };
     let pack = opts.pack.as_deref().map(KernelPack::load).transpose()?;
+    if pack.is_some() && !dev.is_cuda() {
+        return Err(Error::Config(
+            "a kernel pack replaces GPU kernels; on the CPU the ops run the catalog's float64 \
+             references, so a pack has nothing to replace"
+                .into(),
+        ));
+    }
     let (device, peak_bandwidth) = device_facts(dev, progress);
     let max_len = opts.prompt.len() + opts.max_tokens + 8;
     let dtype = DType::BF16;
@@ -410,6 +422,7 @@ pub fn run(opts: &Options, dev: &Device, progress: &mut dyn FnMut(&str)) -> Resu
     let mut logits = Vec::new();
     let mut reference: Option<(Vec<u32>, Vec<Vec<f32>>)> = None;
     let mut noise = None;
+    let mut replacements: Vec<String> = Vec::new();
     for (kernels, variants) in instances {
         let name = variants[0].name;
         progress(&format!("building {name}"));
@@ -419,6 +432,7 @@ pub fn run(opts: &Options, dev: &Device, progress: &mut dyn FnMut(&str)) -> Resu
         let vb = var_builder(&opts.weights, dtype, dev)?;
         let mut model = load(&cfg, &raw, name, kernels, vb, max_len)?;
         let is_baseline = reference.is_none();
+        let _ = pack::take_replacements();
         let measured = measure(
             &variants,
             model.as_mut(),
@@ -428,7 +442,26 @@ pub fn run(opts: &Options, dev: &Device, progress: &mut dyn FnMut(&str)) -> Resu
             progress,
         );
         pack::set_active(None);
-        for (r, step_logits) in measured? {
+        let measured = measured?;
+        if let (Some(p), true) = (&pack, variants.iter().any(|v| v.pack)) {
+            let made = pack::take_replacements();
+            for (i, k) in p.kernels.iter().enumerate() {
+                if !made.iter().any(|r| r.entry == i) {
+                    return Err(Error::Config(format!(
+                        "pack entry {i} (target {}, entry point {}) replaced no kernel of {model_name}: \
+                         its entry point and defines match no configuration this model runs, so the \
+                         pack configuration would have measured the catalog",
+                        k.target,
+                        k.entry_point.as_deref().unwrap_or("any")
+                    )));
+                }
+            }
+            replacements = made
+                .iter()
+                .map(|r| format!("{} → {}", r.target, r.build))
+                .collect();
+        }
+        for (r, step_logits) in measured {
             if opts.keep_logits {
                 logits.push((r.name.clone(), step_logits.clone()));
             }
@@ -470,6 +503,7 @@ pub fn run(opts: &Options, dev: &Device, progress: &mut dyn FnMut(&str)) -> Resu
         configs: results,
         noise_floor: noise,
         noise_floor_not_run,
+        pack_replacements: replacements,
         prompt: opts.prompt.clone(),
         logits,
     })

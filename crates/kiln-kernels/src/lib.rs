@@ -10,6 +10,7 @@
 //!   typed launches over `kiln-cuda` buffers.
 //! - [`reference`]: float64 references that round where the models round.
 //! - [`tolerance`]: the verification tolerances, chosen in one place.
+//! - [`pack`]: how a kernel pack names a kernel's defines (export and the models share it).
 //! - [`presets`]: every configuration the three target models need.
 
 // The workspace MSRV (1.80) predates `usize::is_multiple_of`.
@@ -20,6 +21,7 @@ pub mod dtype;
 pub mod error;
 pub mod launch;
 pub mod ops;
+pub mod pack;
 pub mod presets;
 pub mod reference;
 pub mod seeds;

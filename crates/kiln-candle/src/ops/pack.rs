@@ -67,28 +67,15 @@ impl KernelPack {
 
     /// The pack kernel that replaces `build`, if any.
     pub fn replacement(&self, build: &KernelBuild) -> Option<&PackKernel> {
-        let want: Vec<String> = build
-            .defines
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
         self.kernels.iter().find(|k| match &k.defines {
             Some(d) => {
                 k.entry_point.as_deref().unwrap_or(&build.entry) == build.entry
-                    && same_set(d, &want)
+                    && kiln_kernels::pack::same_defines(d, &build.defines)
             }
             // A whole-op replacement must name its entry point.
             None => k.entry_point.as_deref() == Some(build.entry.as_str()),
         })
     }
-}
-
-fn same_set(a: &[String], b: &[String]) -> bool {
-    let mut a = a.to_vec();
-    let mut b = b.to_vec();
-    a.sort();
-    b.sort();
-    a == b
 }
 
 static ACTIVE: RwLock<Option<KernelPack>> = RwLock::new(None);
@@ -125,17 +112,59 @@ pub fn generation() -> u64 {
     GENERATION.load(Ordering::SeqCst)
 }
 
+/// One replacement made: a pack entry's kernel compiled in place of a catalog build.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Replacement {
+    /// The pack entry's index in its pack.
+    pub entry: usize,
+    /// The pack entry's target.
+    pub target: String,
+    /// The catalog build it replaced (`rmsnorm_bf16_D2048.cu`).
+    pub build: String,
+}
+
+/// Replacements made since the last [`take_replacements`].
+static MADE: std::sync::Mutex<Vec<Replacement>> = std::sync::Mutex::new(Vec::new());
+
+/// The replacements made since the last call (each configuration is
+/// resolved once per pack, when its kernel is first compiled).
+pub fn take_replacements() -> Vec<Replacement> {
+    match MADE.lock() {
+        Ok(mut m) => {
+            let mut v = std::mem::take(&mut *m);
+            v.sort();
+            v.dedup();
+            v
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
 /// `build` with the active pack's source swapped in where one applies.
 pub fn resolve(build: KernelBuild) -> KernelBuild {
     let Ok(g) = ACTIVE.read() else {
         return build;
     };
-    match g.as_ref().and_then(|p| p.replacement(&build)) {
-        Some(k) => KernelBuild {
-            name: format!("pack_{}_{}", k.target, build.name),
-            source: k.source.clone(),
-            ..build
-        },
+    let Some(pack) = g.as_ref() else {
+        return build;
+    };
+    match pack.replacement(&build) {
+        Some(k) => {
+            if let (Ok(mut m), Some(entry)) =
+                (MADE.lock(), pack.kernels.iter().position(|x| x == k))
+            {
+                m.push(Replacement {
+                    entry,
+                    target: k.target.clone(),
+                    build: build.name.clone(),
+                });
+            }
+            KernelBuild {
+                name: format!("pack_{}_{}", k.target, build.name),
+                source: k.source.clone(),
+                ..build
+            }
+        }
         None => build,
     }
 }
@@ -170,6 +199,38 @@ mod tests {
         let mut other = build();
         other.defines[1].1 = "1e-5f".into();
         assert!(pack.replacement(&other).is_none());
+        // A pack exported as compiler flags (before the grammar was shared) matches too.
+        let mut flags = pack.clone();
+        flags.kernels[0].defines = Some(vec!["-DKILN_EPS=1e-6f".into(), "-DKILN_D=2048".into()]);
+        assert!(flags.replacement(&build()).is_some());
+    }
+
+    #[test]
+    fn resolving_records_which_entry_replaced_which_build_and_switching_keeps_generations() {
+        let pack = KernelPack {
+            kernels: vec![PackKernel {
+                target: "qwen3_rmsnorm".into(),
+                entry_point: Some("rmsnorm".into()),
+                source: "// kiln: block=256 grid=T smem=0\n".into(),
+                defines: Some(vec!["KILN_EPS=1e-6f".into(), "KILN_D=2048".into()]),
+            }],
+        };
+        set_active(Some(pack.clone()));
+        let g = generation();
+        let _ = take_replacements();
+        let b = resolve(build());
+        assert!(b.name.starts_with("pack_qwen3_rmsnorm_"));
+        let made = take_replacements();
+        assert_eq!(made.len(), 1);
+        assert_eq!(
+            (made[0].entry, made[0].build.as_str()),
+            (0, "rmsnorm_bf16_D2048.cu")
+        );
+        set_active(None);
+        assert_eq!(generation(), 0);
+        set_active(Some(pack));
+        assert_eq!(generation(), g, "the same pack keeps its generation");
+        set_active(None);
     }
 
     #[test]

@@ -50,7 +50,8 @@ pub struct PackEntry {
     pub launch_line: String,
     /// Static shape variables the kernel was specialised for (`D` → 2048), when known.
     pub static_dims: Option<BTreeMap<String, i64>>,
-    /// The NVRTC `-D` flags it was compiled with (`-DKILN_DTYPE=__nv_bfloat16`, …), when known.
+    /// The NVRTC defines it was compiled with, as `NAME=VALUE`
+    /// (`KILN_DTYPE=__nv_bfloat16`, …; [`kiln_kernels::pack`]), when known.
     pub defines: Option<Vec<String>>,
     /// The storage dtype (`bf16`, `f16`, `f32`), when known.
     pub dtype: Option<String>,
@@ -158,7 +159,7 @@ pub fn pack_entry(
         .or_else(|| dims_from_shapes(&summary.shapes))
         .filter(|d| !d.is_empty());
     let defines = match target.as_ref().and_then(|t| t.defines().ok()) {
-        Some(d) => Some(d.iter().map(|(k, v)| format!("-D{k}={v}")).collect()),
+        Some(d) => Some(kiln_kernels::pack::define_entries(&d)),
         None => static_dims.as_ref().map(define_flags),
     };
     Ok(PackEntry {
@@ -233,10 +234,10 @@ fn dims_from_shapes(shapes: &[ShapeResult]) -> Option<BTreeMap<String, i64>> {
     Some(dims)
 }
 
-/// `-DKILN_<NAME>=<value>` flags for static dims (the catalog's naming), for targets outside the registry.
+/// `KILN_<NAME>=<value>` entries for static dims (the catalog's naming), for targets outside the registry.
 fn define_flags(dims: &BTreeMap<String, i64>) -> Vec<String> {
     dims.iter()
-        .map(|(k, v)| format!("-DKILN_{k}={v}"))
+        .map(|(k, v)| kiln_kernels::pack::define_entry(&format!("KILN_{k}"), &v.to_string()))
         .collect()
 }
 

@@ -329,18 +329,19 @@ fn export_writes_json_and_cu() {
     assert_eq!(v["shapes"][1]["name"], "t37 (D=2048, T=37)");
     assert!((v["speedup_vs_catalog"].as_f64().expect("speedup") - 1.3).abs() < 1e-9);
     assert_eq!(v["session_path"], path.display().to_string());
-    let flags: Vec<String> = target
-        .defines()
-        .expect("defines")
-        .iter()
-        .map(|(k, val)| format!("-D{k}={val}"))
-        .collect();
+    let build_defines = target.defines().expect("defines");
+    let flags = kiln_kernels::pack::define_entries(&build_defines);
     assert_eq!(v["defines"], json!(flags));
+    // The models match a pack entry to a catalog build with the same grammar.
+    assert!(kiln_kernels::pack::same_defines(
+        pack.entry.defines.as_deref().expect("defines"),
+        &build_defines
+    ));
     let cu = fs::read_to_string(&pack.cu).expect("cu");
     assert!(cu.contains(&s.tree.nodes()[1].source), "verbatim source");
     assert!(cu.contains(LAUNCH));
     assert!(cu.contains(&flags.join(" ")), "{cu}");
-    assert!(cu.contains("-DKILN_DTYPE=__nv_bfloat16"), "{cu}");
+    assert!(cu.contains("KILN_DTYPE=__nv_bfloat16"), "{cu}");
     assert!(cu.contains(&format!("void {entry}(")), "{cu}");
     assert!(cu.contains("NVIDIA H100 80GB HBM3 (sm_90), driver 580.65, NVRTC 13.0"));
     assert!(cu.contains("// target:   qwen3_rmsnorm"));
@@ -359,7 +360,7 @@ fn export_of_unknown_target_uses_source_and_record() {
         pack.entry.static_dims,
         Some([("D".to_string(), 2048)].into_iter().collect())
     );
-    assert_eq!(pack.entry.defines, Some(vec!["-DKILN_D=2048".to_string()]));
+    assert_eq!(pack.entry.defines, Some(vec!["KILN_D=2048".to_string()]));
     let v: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(&pack.json).expect("read")).expect("json");
     assert!(v["dtype"].is_null());
