@@ -68,9 +68,13 @@ pub(crate) fn run_step<M: DecoderStack + ?Sized>(
     positions: Option<&Tensor>,
     pos: usize,
 ) -> Result<Tensor> {
-    let at = |what: String| {
+    // The context is formatted only on failure: a step runs these per layer.
+    let at = |l: Option<usize>, part: &'static str| {
         move |e: Error| Error::Step {
-            at: what,
+            at: match l {
+                Some(l) => format!("layer {l} {part}"),
+                None => part.to_string(),
+            },
             source: Box::new(e),
         }
     };
@@ -79,7 +83,7 @@ pub(crate) fn run_step<M: DecoderStack + ?Sized>(
     let mut residual = d
         .embed
         .index_select(ids, 0)
-        .map_err(|e| at("embedding".into())(e.into()))?;
+        .map_err(|e| at(None, "embedding")(e.into()))?;
     let mut delta: Option<Tensor> = None;
     for l in 0..m.layer_count() {
         let (ln1, ln2) = m.norms(l);
@@ -90,15 +94,15 @@ pub(crate) fn run_step<M: DecoderStack + ?Sized>(
                 Err(e) => (Err(e), residual.clone()),
             },
         };
-        let n = n.map_err(at(format!("layer {l} input norm")))?;
+        let n = n.map_err(at(Some(l), "input norm"))?;
         let a = m
             .attention(l, &n, pos, positions)
-            .map_err(at(format!("layer {l} attention")))?;
-        let (n2, h2) = add_rms_norm(&a, &h, &ln2, eps, k)
-            .map_err(at(format!("layer {l} post-attention norm")))?;
+            .map_err(at(Some(l), "attention"))?;
+        let (n2, h2) =
+            add_rms_norm(&a, &h, &ln2, eps, k).map_err(at(Some(l), "post-attention norm"))?;
         delta = Some(
             m.feed_forward(l, &n2)
-                .map_err(at(format!("layer {l} feed-forward")))?,
+                .map_err(at(Some(l), "feed-forward"))?,
         );
         residual = h2;
     }
@@ -115,7 +119,7 @@ pub(crate) fn run_step<M: DecoderStack + ?Sized>(
             .to_dtype(DType::F32)?
             .squeeze(0)?)
     };
-    head().map_err(at("final norm and output projection".into()))
+    head().map_err(at(None, "final norm and output projection"))
 }
 
 impl<M: DecoderStack> DecodeModel for M {
