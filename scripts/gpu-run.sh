@@ -2,7 +2,7 @@
 # Runs kiln's GPU suite from a bundle made by scripts/gpu-bundle.sh, on a
 # machine with an NVIDIA GPU. Writes logs and summary.md to $OUT (default
 # ./gpu-results). Usage: run.sh [suite...]; suites: doctor tests bench torch
-# discover sanitizer models models-before moecheck hf ab (default: doctor tests).
+# discover sanitizer models models-before kernelcheck moecheck hf ab (default: doctor tests).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${OUT:-$PWD/gpu-results}
@@ -146,6 +146,20 @@ for suite in $suites; do
       [ $rc = 0 ] || failed=1
     done
     ;;
+  kernelcheck)
+    # kiln-candle's own kernels (decode projections, cache write, fused attention inputs, MLA
+    # keys, shared-expert column) on the GPU against their CPU paths.
+    if [ ! -x "$here/kiln-models" ]; then
+      echo "- kernelcheck: NOT RUN (no kiln-models in the bundle; build with KILN_BUNDLE_MODELS=1)" >> "$summary"
+      failed=1
+      continue
+    fi
+    "$here/kiln-models" models check-kernels --json "$out/kernelcheck.json" > "$out/kernelcheck.txt" 2>&1; rc=$?
+    cat "$out/kernelcheck.txt"
+    echo "- check-kernels: $([ $rc = 0 ] && echo PASS || echo "FAIL rc=$rc")" >> "$summary"
+    sed 's/^/    /' "$out/kernelcheck.txt" >> "$summary"
+    [ $rc = 0 ] || failed=1
+    ;;
   moecheck)
     # One MoE block per model at real dims: each GPU path against its CPU twin.
     if [ ! -x "$here/kiln-models" ]; then
@@ -189,7 +203,7 @@ for suite in $suites; do
     done
     ;;
   *)
-    echo "unknown suite '$suite' (doctor tests bench torch discover sanitizer models models-before moecheck hf ab)" >&2; exit 2 ;;
+    echo "unknown suite '$suite' (doctor tests bench torch discover sanitizer models models-before kernelcheck moecheck hf ab)" >&2; exit 2 ;;
   esac
 done
 

@@ -12,11 +12,13 @@
 //! - [`validate`]: the comparison runs and `benchmark_results.json`.
 //! - [`check`]: one MoE block on the GPU against its CPU twin (where a
 //!   model-level disagreement comes from).
+//! - [`check_kernels`]: kiln-candle's own kernels on the GPU against their CPU paths.
 //!
 //! Built without the `cuda` feature this crate is CPU-only: ops run their
 //! references and models run on candle's CPU backend.
 
 pub mod check;
+pub mod check_kernels;
 pub mod error;
 pub mod models;
 pub mod ops;

@@ -52,3 +52,11 @@ fn a_dense_layer_or_model_is_refused() {
     let err = check_moe(&opts, None, &mut |_: &str| {}).expect_err("layer 0 is dense");
     assert!(err.to_string().contains("dense"), "{err}");
 }
+
+#[test]
+fn check_kernels_needs_a_gpu_and_says_so() {
+    let raw = kiln_candle::models::config::preset("qwen3-30b-a3b", Some(1)).expect("preset");
+    let e = kiln_candle::check_kernels::check_kernels(&candle_core::Device::Cpu, &[raw])
+        .expect_err("the CPU has no GPU kernels to check");
+    assert!(e.to_string().contains("CUDA device"), "{e}");
+}

@@ -27,44 +27,7 @@ fn compile(c: &Compiler, b: &KernelBuild) {
 fn projections(name: &str) -> Vec<(usize, usize)> {
     let raw = preset(name, Some(1)).expect("preset");
     let (cfg, _) = ModelConfig::parse(&raw.to_string()).expect("config");
-    match cfg {
-        ModelConfig::Qwen3Moe(c) => {
-            let (h, hd) = (c.hidden_size, c.head_dim);
-            let (qh, kvh) = (c.num_attention_heads, c.num_key_value_heads);
-            vec![
-                ((qh + 2 * kvh) * hd, h),
-                (h, qh * hd),
-                (c.num_experts, h),
-                (c.vocab_size, h),
-            ]
-        }
-        ModelConfig::Glm4MoeLite(c) => {
-            let dqk = c.qk_nope_head_dim + c.qk_rope_head_dim;
-            let nh = c.num_attention_heads;
-            vec![
-                (c.q_lora_rank, c.hidden_size),
-                (nh * dqk, c.q_lora_rank),
-                (c.kv_lora_rank + c.qk_rope_head_dim, c.hidden_size),
-                (nh * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank),
-                (c.hidden_size, nh * c.v_head_dim),
-                (2 * c.intermediate_size, c.hidden_size),
-                (c.hidden_size, c.intermediate_size),
-                (c.n_routed_experts, c.hidden_size),
-                (c.vocab_size, c.hidden_size),
-            ]
-        }
-        ModelConfig::Glm4(c) => {
-            let (h, hd) = (c.hidden_size, c.kv_channels);
-            let (qh, kvh) = (c.num_attention_heads, c.multi_query_group_num);
-            vec![
-                ((qh + 2 * kvh) * hd, h),
-                (h, qh * hd),
-                (2 * c.ffn_hidden_size, h),
-                (h, c.ffn_hidden_size),
-                (c.padded_vocab_size, h),
-            ]
-        }
-    }
+    kiln_candle::check_kernels::projections(&cfg)
 }
 
 #[test]

@@ -283,6 +283,16 @@ pub enum ModelsCommand {
         #[arg(long)]
         out: std::path::PathBuf,
     },
+    /// Run kiln-candle's own kernels (decode projections, the KV cache write, Qwen3's fused
+    /// attention inputs, MLA keys, the shared expert's column) on the GPU against their CPU
+    /// paths at the presets' shapes; exits non-zero when one departs.
+    CheckKernels {
+        /// Presets (default: every preset).
+        presets: Vec<String>,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
     /// Run one MoE block at the model's real dims on the GPU, on kiln's kernels and on
     /// plain candle ops, each against the same block on the CPU (same bf16 weights and
     /// inputs); exits non-zero when a GPU path departs from its CPU twin.

@@ -60,8 +60,41 @@ pub fn models(cmd: ModelsCommand) -> anyhow::Result<ExitCode> {
             cpu,
             json,
         } => return check_moe(&name, layer, tokens, seed, cpu, json.as_deref()),
+        ModelsCommand::CheckKernels { presets, json } => {
+            return check_kernels(&presets, json.as_deref())
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln models check-kernels`
+#[cfg(feature = "models")]
+fn check_kernels(names: &[String], json: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    use kiln_candle::models::config::{preset, PRESETS};
+    let names: Vec<String> = if names.is_empty() {
+        PRESETS.iter().map(|(n, _)| n.to_string()).collect()
+    } else {
+        names.to_vec()
+    };
+    let presets = names
+        .iter()
+        .map(|n| preset(n, Some(1)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let gpu = kiln_candle::candle_core::Device::new_cuda(0).context(
+        "check-kernels compares GPU kernels with their CPU paths: it needs an NVIDIA GPU",
+    )?;
+    let report = kiln_candle::check_kernels::check_kernels(&gpu, &presets)?;
+    print!("{}", report.table());
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// `kiln validate`

@@ -1,0 +1,336 @@
+//! `kiln models check-kernels`: kiln-candle's own kernels (the decode
+//! projections, the KV cache write, Qwen3's fused attention inputs, the MLA
+//! keys, the shared expert's routing column) on the GPU against their CPU
+//! paths, at the presets' shapes, with seeded random inputs.
+//!
+//! The copies must match exactly. The arithmetic kernels must match to
+//! [`KERNEL_REL_L2`]: their CPU paths compute in float64 (or compose the
+//! catalog's references), so the gap is bf16 rounding and summation order.
+
+use candle_core::{DType, Device, Tensor};
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::models::config::ModelConfig;
+use crate::models::kv_cache::KvCache;
+use crate::models::layers::RopeTables;
+use crate::models::Kernels;
+use crate::ops;
+
+/// Largest relative L2 error of an arithmetic kernel against its CPU path.
+pub const KERNEL_REL_L2: f64 = 1e-2;
+
+/// One kernel at one shape against its CPU path.
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelCheck {
+    /// The kernel.
+    pub kernel: String,
+    /// The shape, in words.
+    pub shape: String,
+    /// ‖gpu − cpu‖ / ‖cpu‖.
+    pub rel_l2: f64,
+    /// Whether it must be bit-exact (a copy).
+    pub exact: bool,
+    /// Whether it passed.
+    pub passed: bool,
+}
+
+/// Every check.
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelCheckReport {
+    /// The checks, in order.
+    pub checks: Vec<KernelCheck>,
+}
+
+impl KernelCheckReport {
+    /// Whether every check passed.
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.passed)
+    }
+
+    /// A plain-text table.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "{:<22} {:<44} {:>12}  verdict\n",
+            "kernel", "shape", "rel L2"
+        );
+        for c in &self.checks {
+            s += &format!(
+                "{:<22} {:<44} {:>12.3e}  {}\n",
+                c.kernel,
+                c.shape,
+                c.rel_l2,
+                match (c.passed, c.exact) {
+                    (true, true) => "PASS (exact)",
+                    (true, false) => "PASS",
+                    (false, _) => "FAIL",
+                }
+            );
+        }
+        s
+    }
+}
+
+/// Runs every check on `gpu` for the `presets` (configs as from
+/// [`crate::models::config::preset`]).
+pub fn check_kernels(gpu: &Device, presets: &[serde_json::Value]) -> Result<KernelCheckReport> {
+    if !gpu.is_cuda() {
+        return Err(Error::Config(
+            "check-kernels compares the GPU kernels with their CPU paths: it needs a CUDA device"
+                .into(),
+        ));
+    }
+    let mut checks = Vec::new();
+    let mut seed = 1u64;
+    for raw in presets {
+        let (cfg, _) = ModelConfig::parse(&raw.to_string())?;
+        for (n, k) in projections(&cfg) {
+            // The float64 reference of a vocabulary projection takes seconds: one T there.
+            let ts: &[usize] = if n * k > 100_000_000 {
+                &[1]
+            } else {
+                &[1, 3, 8]
+            };
+            for &t in ts {
+                seed += 1;
+                let x = random((t, k), seed)?;
+                let w = random((n, k), seed + 1000)?;
+                let cpu = ops::linear::gemv(&x, &w)?;
+                let got = ops::linear::gemv(&x.to_device(gpu)?, &w.to_device(gpu)?)?;
+                checks.push(judge(
+                    "linear_gemv",
+                    format!("N={n} K={k} T={t}"),
+                    &got,
+                    &cpu,
+                    false,
+                )?);
+            }
+        }
+        match &cfg {
+            ModelConfig::Qwen3Moe(c) => {
+                checks.push(qk_norm_rope(gpu, c, &mut seed)?);
+            }
+            ModelConfig::Glm4MoeLite(c) => {
+                let (t, nh) = (3, c.num_attention_heads);
+                let (nope, rope, dv) = (c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim);
+                seed += 1;
+                let kv = random((t, nh, nope + dv), seed)?;
+                let ckv = random((t, c.kv_lora_rank + rope), seed + 1)?;
+                let key = |d: &Device| -> Result<Tensor> {
+                    let kv = kv.to_device(d)?;
+                    let ckv = ckv.to_device(d)?;
+                    ops::attention::mla_key(
+                        &kv.narrow(2, 0, nope)?,
+                        &ckv.narrow(1, c.kv_lora_rank, rope)?,
+                    )
+                };
+                let shape = format!("T={t} NH={nh} NOPE={nope} ROPE={rope}");
+                checks.push(judge(
+                    "mla_key",
+                    shape,
+                    &key(gpu)?,
+                    &key(&Device::Cpu)?,
+                    true,
+                )?);
+                let (kk, e) = (c.num_experts_per_tok, c.n_routed_experts);
+                let w = random((t, kk), seed + 2)?.to_dtype(DType::F32)?;
+                let idx = Tensor::arange(0u32, (t * kk) as u32, &Device::Cpu)?.reshape((t, kk))?;
+                let (wg, ig) =
+                    ops::moe::append_shared_expert(&w.to_device(gpu)?, &idx.to_device(gpu)?, e)?;
+                let (wc, ic) = ops::moe::append_shared_expert(&w, &idx, e)?;
+                let shape = format!("T={t} K={kk} E={e}");
+                checks.push(judge(
+                    "append_shared_expert",
+                    shape.clone(),
+                    &wg,
+                    &wc,
+                    true,
+                )?);
+                checks.push(judge(
+                    "append_shared_expert",
+                    format!("{shape} (indices)"),
+                    &ig.to_dtype(DType::F32)?,
+                    &ic.to_dtype(DType::F32)?,
+                    true,
+                )?);
+            }
+            ModelConfig::Glm4(_) => {}
+        }
+    }
+    Ok(KernelCheckReport { checks })
+}
+
+/// Qwen3's fused attention inputs against rmsnorm, rope and the cache write
+/// on the CPU (the catalog's references), at a position past 0.
+fn qk_norm_rope(
+    gpu: &Device,
+    c: &crate::models::config::Qwen3MoeConfig,
+    seed: &mut u64,
+) -> Result<KernelCheck> {
+    use kiln_kernels::reference::rope::RopeShape;
+    let (qh, kvh, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+    let (t, pos, max_len) = (3usize, 37usize, 64usize);
+    *seed += 1;
+    let qkv = random((t, (qh + 2 * kvh) * hd), *seed)?;
+    let qn = random(hd, *seed + 1)?;
+    let kn = random(hd, *seed + 2)?;
+    let shape = RopeShape {
+        qh,
+        kh: kvh,
+        head_dim: hd,
+        rot_dim: hd,
+        rot_offset: 0,
+        interleaved: false,
+        theta: c.rope_theta,
+        hf_rounding: true,
+    };
+    let run = |d: &Device| -> Result<(Tensor, Tensor, Tensor)> {
+        let rope = RopeTables::new(shape, max_len, DType::BF16, d)?;
+        let mut cache = KvCache::new(kvh, max_len, hd, hd, DType::BF16, d)?;
+        let positions = rope.positions(pos, t, d)?;
+        let (qkv, qn, kn) = (qkv.to_device(d)?, qn.to_device(d)?, kn.to_device(d)?);
+        let q = if d.is_cuda() {
+            let q = ops::rope::qk_norm_rope_cache(
+                &qkv,
+                (&qn, &kn),
+                rope.tables(),
+                &positions,
+                cache.buffers(),
+                &ops::rope::QkNormRopeShape {
+                    qh,
+                    kvh,
+                    d: hd,
+                    eps: c.rms_norm_eps,
+                },
+            )?;
+            cache.set_len(pos + t);
+            q
+        } else {
+            let q = qkv.narrow(1, 0, qh * hd)?.reshape((t, qh, hd))?;
+            let k = qkv.narrow(1, qh * hd, kvh * hd)?.reshape((t, kvh, hd))?;
+            let v = qkv
+                .narrow(1, (qh + kvh) * hd, kvh * hd)?
+                .reshape((t, kvh, hd))?;
+            let q = ops::norm::rms_norm(&q.contiguous()?, &qn, c.rms_norm_eps)?;
+            let k = ops::norm::rms_norm(&k.contiguous()?, &kn, c.rms_norm_eps)?;
+            let (q, k) = rope.apply(&q, &k, pos, Some(&positions), Kernels::Kiln)?;
+            cache.append(&k, &v, pos, None)?;
+            q
+        };
+        let (kc, vc) = cache.history()?;
+        Ok((q, kc, vc))
+    };
+    let (qg, kg, vg) = run(gpu)?;
+    let (qc, kc, vc) = run(&Device::Cpu)?;
+    let rel = [rel_l2(&qg, &qc)?, rel_l2(&kg, &kc)?, rel_l2(&vg, &vc)?];
+    let worst = rel.iter().cloned().fold(0.0, f64::max);
+    Ok(KernelCheck {
+        kernel: "qk_norm_rope_cache".into(),
+        shape: format!("QH={qh} KVH={kvh} D={hd} T={t} at {pos}"),
+        rel_l2: worst,
+        exact: false,
+        // v is a copy: it must be exact.
+        passed: worst <= KERNEL_REL_L2 && rel[2] == 0.0,
+    })
+}
+
+/// Every `(N, K)` a model projects with at decode.
+pub fn projections(cfg: &ModelConfig) -> Vec<(usize, usize)> {
+    match cfg {
+        ModelConfig::Qwen3Moe(c) => {
+            let (h, hd) = (c.hidden_size, c.head_dim);
+            let (qh, kvh) = (c.num_attention_heads, c.num_key_value_heads);
+            vec![
+                ((qh + 2 * kvh) * hd, h),
+                (h, qh * hd),
+                (c.num_experts, h),
+                (c.vocab_size, h),
+            ]
+        }
+        ModelConfig::Glm4MoeLite(c) => {
+            let dqk = c.qk_nope_head_dim + c.qk_rope_head_dim;
+            let nh = c.num_attention_heads;
+            vec![
+                (c.q_lora_rank, c.hidden_size),
+                (nh * dqk, c.q_lora_rank),
+                (c.kv_lora_rank + c.qk_rope_head_dim, c.hidden_size),
+                (nh * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank),
+                (c.hidden_size, nh * c.v_head_dim),
+                (2 * c.intermediate_size, c.hidden_size),
+                (c.hidden_size, c.intermediate_size),
+                (c.n_routed_experts, c.hidden_size),
+                (c.vocab_size, c.hidden_size),
+            ]
+        }
+        ModelConfig::Glm4(c) => {
+            let (h, hd) = (c.hidden_size, c.kv_channels);
+            let (qh, kvh) = (c.num_attention_heads, c.multi_query_group_num);
+            vec![
+                ((qh + 2 * kvh) * hd, h),
+                (h, qh * hd),
+                (2 * c.ffn_hidden_size, h),
+                (h, c.ffn_hidden_size),
+                (c.padded_vocab_size, h),
+            ]
+        }
+    }
+}
+
+fn random(shape: impl Into<candle_core::Shape>, seed: u64) -> Result<Tensor> {
+    let shape = shape.into();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let normal = Normal::new(0f32, 1.0).map_err(|e| Error::Config(e.to_string()))?;
+    let v: Vec<f32> = (0..shape.elem_count())
+        .map(|_| normal.sample(&mut rng))
+        .collect();
+    Ok(Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(DType::BF16)?)
+}
+
+fn rel_l2(a: &Tensor, b: &Tensor) -> Result<f64> {
+    let a: Vec<f32> = a
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
+    let b: Vec<f32> = b
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
+    if a.len() != b.len() {
+        return Ok(f64::NAN);
+    }
+    let (mut num, mut den) = (0f64, 0f64);
+    for (x, y) in a.iter().zip(&b) {
+        num += ((x - y) as f64).powi(2);
+        den += (*y as f64).powi(2);
+    }
+    Ok(if den > 0.0 {
+        (num / den).sqrt()
+    } else {
+        num.sqrt()
+    })
+}
+
+fn judge(
+    kernel: &str,
+    shape: String,
+    got: &Tensor,
+    want: &Tensor,
+    exact: bool,
+) -> Result<KernelCheck> {
+    let rel = rel_l2(got, want)?;
+    Ok(KernelCheck {
+        kernel: kernel.into(),
+        shape,
+        rel_l2: rel,
+        exact,
+        passed: if exact {
+            rel == 0.0
+        } else {
+            rel <= KERNEL_REL_L2
+        },
+    })
+}
