@@ -130,8 +130,7 @@ fn write_at_positions(
     k_cache: &Tensor,
     v_cache: &Tensor,
 ) -> Result<()> {
-    use crate::ops::device::{cuda_device, function, launch, Arg, Inputs};
-    use candle_core::Storage;
+    use crate::ops::device::{cuda_device, function, last_dim_contiguous, launch, Arg, Inputs};
     let op = "kv_cache_write";
     let (t, kvh, dk) = k.dims3()?;
     let dv = v.dim(2)?;
@@ -157,16 +156,7 @@ fn write_at_positions(
     let dev = cuda_device(op, k)?;
     // The new rows may be strided views (a slice of a fused projection); only
     // their last dimension must be contiguous.
-    let k = if k.stride()[2] == 1 {
-        k.clone()
-    } else {
-        k.contiguous()?
-    };
-    let v = if v.stride()[2] == 1 {
-        v.clone()
-    } else {
-        v.contiguous()?
-    };
+    let (k, v) = (last_dim_contiguous(k)?, last_dim_contiguous(v)?);
     let (k_st, k_sh) = (k.stride()[0] as u64, k.stride()[1] as u64);
     let (v_st, v_sh) = (v.stride()[0] as u64, v.stride()[1] as u64);
     let func = function(&dev, &write_build(crate::ops::kernel_dtype(op, k.dtype())?))?;
@@ -175,19 +165,8 @@ fn write_at_positions(
         block: (128, 1, 1),
         smem: 0,
     };
-    let (ks, kl) = k.storage_and_layout();
-    let (vs, vl) = v.storage_and_layout();
-    let (kc, _) = k_cache.storage_and_layout();
-    let (vc, _) = v_cache.storage_and_layout();
-    fn cuda(s: &Storage) -> Result<&candle_core::CudaStorage> {
-        match s {
-            Storage::Cuda(c) => Ok(c),
-            _ => Err(op_error(
-                "kv_cache_write",
-                "a tensor is not on the CUDA device",
-            )),
-        }
-    }
+    let rows = Inputs::rows(op, &[&k, &v])?;
+    let caches = Inputs::new(op, &[k_cache, v_cache])?;
     let p = Inputs::new(op, &[positions])?;
     launch(
         op,
@@ -195,11 +174,11 @@ fn write_at_positions(
         &func,
         &dims,
         vec![
-            Arg::In(cuda(&ks)?, kl.start_offset()),
-            Arg::In(cuda(&vs)?, vl.start_offset()),
+            rows.arg(0)?,
+            rows.arg(1)?,
             p.arg(0)?,
-            Arg::InPlace(cuda(&kc)?),
-            Arg::InPlace(cuda(&vc)?),
+            caches.in_place(0)?,
+            caches.in_place(1)?,
             Arg::I32(t as i32),
             Arg::I32(kvh as i32),
             Arg::I32(dk as i32),

@@ -121,19 +121,11 @@ pub fn mla_key(k_nope: &Tensor, k_pe: &Tensor) -> Result<Tensor> {
     }
     #[cfg(feature = "cuda")]
     {
-        use super::device::{alloc, cuda_device, function, into_tensor, launch, Arg};
-        use candle_core::Storage;
+        use super::device::{
+            alloc, cuda_device, function, into_tensor, last_dim_contiguous, launch, Arg, Inputs,
+        };
         let dev = cuda_device(op, k_nope)?;
-        let k_nope = if k_nope.stride()[2] == 1 {
-            k_nope.clone()
-        } else {
-            k_nope.contiguous()?
-        };
-        let k_pe = if k_pe.stride()[1] == 1 {
-            k_pe.clone()
-        } else {
-            k_pe.contiguous()?
-        };
+        let (k_nope, k_pe) = (last_dim_contiguous(k_nope)?, last_dim_contiguous(k_pe)?);
         let func = function(&dev, &mla_key_build(kernel_dtype(op, k_nope.dtype())?))?;
         let dims = kiln_kernels::LaunchDims {
             grid: ((t * nh) as u32, 1, 1),
@@ -143,19 +135,15 @@ pub fn mla_key(k_nope: &Tensor, k_pe: &Tensor) -> Result<Tensor> {
         let (n_st, n_sh, p_st) = (k_nope.stride()[0], k_nope.stride()[1], k_pe.stride()[0]);
         let mut out = alloc(&dev, k_nope.dtype(), t * nh * (nope + rope))?;
         {
-            let (ns, nl) = k_nope.storage_and_layout();
-            let (ps, pl) = k_pe.storage_and_layout();
-            let (Storage::Cuda(ns), Storage::Cuda(ps)) = (&*ns, &*ps) else {
-                return Err(op_error(op, "an input is not on the CUDA device"));
-            };
+            let rows = Inputs::rows(op, &[&k_nope, &k_pe])?;
             launch(
                 op,
                 &dev,
                 &func,
                 &dims,
                 vec![
-                    Arg::In(ns, nl.start_offset()),
-                    Arg::In(ps, pl.start_offset()),
+                    rows.arg(0)?,
+                    rows.arg(1)?,
                     Arg::Out(&mut out),
                     Arg::I32(t as i32),
                     Arg::I32(nh as i32),

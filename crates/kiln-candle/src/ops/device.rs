@@ -117,11 +117,25 @@ pub(crate) struct Inputs<'a> {
 impl<'a> Inputs<'a> {
     /// Locks the storage of each tensor (each must be contiguous and on CUDA).
     pub(crate) fn new(op: &'static str, tensors: &[&'a Tensor]) -> Result<Self> {
+        if tensors.iter().any(|t| !t.is_contiguous()) {
+            return Err(op_error(op, "inputs must be contiguous"));
+        }
+        Self::lock(op, tensors)
+    }
+
+    /// Locks the storage of strided views whose last dimension is contiguous
+    /// (slices of a fused projection, see [`last_dim_contiguous`]); the kernel
+    /// gets their other strides as arguments.
+    pub(crate) fn rows(op: &'static str, tensors: &[&'a Tensor]) -> Result<Self> {
+        if tensors.iter().any(|t| t.stride().last() != Some(&1)) {
+            return Err(op_error(op, "inputs must have a contiguous last dimension"));
+        }
+        Self::lock(op, tensors)
+    }
+
+    fn lock(op: &'static str, tensors: &[&'a Tensor]) -> Result<Self> {
         let mut guards = Vec::with_capacity(tensors.len());
         for t in tensors {
-            if !t.is_contiguous() {
-                return Err(op_error(op, "inputs must be contiguous"));
-            }
             let (st, layout) = t.storage_and_layout();
             if !matches!(&*st, Storage::Cuda(_)) {
                 return Err(op_error(op, "an input is not on the CUDA device"));
@@ -140,6 +154,32 @@ impl<'a> Inputs<'a> {
             },
             None => Err(op_error(self.op, format!("no input {i}"))),
         }
+    }
+
+    /// The `i`-th tensor as a buffer the kernel updates in place (a KV cache:
+    /// it must start at its storage's start).
+    pub(crate) fn in_place(&self, i: usize) -> Result<Arg<'_>> {
+        match self.guards.get(i) {
+            Some((st, 0)) => match &**st {
+                Storage::Cuda(cs) => Ok(Arg::InPlace(cs)),
+                _ => Err(op_error(self.op, "a buffer is not on the CUDA device")),
+            },
+            Some(_) => Err(op_error(
+                self.op,
+                "an in-place buffer must start at its storage's start",
+            )),
+            None => Err(op_error(self.op, format!("no input {i}"))),
+        }
+    }
+}
+
+/// `t` itself when its last dimension is contiguous (a strided view a kernel
+/// can read with its other strides), otherwise a contiguous copy.
+pub(crate) fn last_dim_contiguous(t: &Tensor) -> Result<Tensor> {
+    if t.stride().last() == Some(&1) {
+        Ok(t.clone())
+    } else {
+        Ok(t.contiguous()?)
     }
 }
 

@@ -160,7 +160,6 @@ pub fn qk_norm_rope_cache(
     #[cfg(feature = "cuda")]
     {
         use super::device::{alloc, cuda_device, function, into_tensor, launch, Arg, Inputs};
-        use candle_core::Storage;
         let dev = cuda_device(op, qkv)?;
         let dtype = kernel_dtype(op, qkv.dtype())?;
         let func = function(&dev, &qk_norm_rope_cache_build(s, dtype))?;
@@ -176,11 +175,7 @@ pub fn qk_norm_rope_cache(
                 op,
                 &[qkv, weights.0, weights.1, tables.0, tables.1, positions],
             )?;
-            let (kc, _) = caches.0.storage_and_layout();
-            let (vc, _) = caches.1.storage_and_layout();
-            let (Storage::Cuda(kc), Storage::Cuda(vc)) = (&*kc, &*vc) else {
-                return Err(op_error(op, "a cache is not on the CUDA device"));
-            };
+            let cache = Inputs::new(op, &[caches.0, caches.1])?;
             launch(
                 op,
                 &dev,
@@ -194,8 +189,8 @@ pub fn qk_norm_rope_cache(
                     inputs.arg(4)?,
                     inputs.arg(5)?,
                     Arg::Out(&mut q),
-                    Arg::InPlace(kc),
-                    Arg::InPlace(vc),
+                    cache.in_place(0)?,
+                    cache.in_place(1)?,
                     Arg::I32(t as i32),
                     Arg::I32(s_max as i32),
                 ],
