@@ -11,8 +11,6 @@
 //! the selection margins) is rounding, a flip with a wide margin is not.
 
 use candle_core::{DType, Device, Tensor};
-use rand::SeedableRng;
-use rand_distr::{Distribution, Normal};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -292,10 +290,7 @@ fn block_dims(cfg: &ModelConfig) -> (usize, String) {
 
 /// `[T, H]` bf16 with unit variance: what a normed hidden state looks like.
 fn random_input(t: usize, h: usize, seed: u64) -> Result<Tensor> {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x6d6f_6563);
-    let normal = Normal::new(0f32, 1f32).map_err(|e| Error::Config(e.to_string()))?;
-    let v: Vec<f32> = (0..t * h).map(|_| normal.sample(&mut rng)).collect();
-    Ok(Tensor::from_vec(v, (t, h), &Device::Cpu)?.to_dtype(DType::BF16)?)
+    crate::check_kernels::random((t, h), seed ^ 0x6d6f_6563)
 }
 
 fn side(block: &MoeBlock, x: &Tensor) -> Result<Side> {

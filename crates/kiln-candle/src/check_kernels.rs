@@ -278,7 +278,8 @@ pub fn projections(cfg: &ModelConfig) -> Vec<(usize, usize)> {
     }
 }
 
-fn random(shape: impl Into<candle_core::Shape>, seed: u64) -> Result<Tensor> {
+/// Seeded unit-normal values in bf16 on the CPU (ChaCha8, f32 samples).
+pub(crate) fn random(shape: impl Into<candle_core::Shape>, seed: u64) -> Result<Tensor> {
     let shape = shape.into();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let normal = Normal::new(0f32, 1.0).map_err(|e| Error::Config(e.to_string()))?;

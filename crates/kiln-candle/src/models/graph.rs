@@ -64,16 +64,6 @@ impl DecodeGraph {
             ))
         }
     }
-
-    /// Whether a graph is captured (and replayed by the next step).
-    pub fn is_captured(&self) -> bool {
-        #[cfg(feature = "cuda")]
-        {
-            self.inner.is_captured()
-        }
-        #[cfg(not(feature = "cuda"))]
-        false
-    }
 }
 
 /// One decode step of `m` through its graph: token `id` at position `pos`.
@@ -160,11 +150,6 @@ mod cuda {
                 warm: Vec::new(),
                 captured: Vec::new(),
             })
-        }
-
-        pub(super) fn is_captured(&self) -> bool {
-            let generation = pack::generation();
-            self.captured.iter().any(|c| c.generation == generation)
         }
 
         pub(super) fn step<M: DecoderStack + ?Sized>(
