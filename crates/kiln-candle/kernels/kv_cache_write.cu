@@ -13,6 +13,8 @@
 // contiguous. Defines: KILN_DTYPE.
 // Arguments: k, v, positions (i32[T]), k_cache, v_cache, T, KVH, DK, DV, S_MAX, K_ST, K_SH, V_ST, V_SH.
 // Launch: one block of 128 threads per (t, h): grid = T * KVH, threads stride over d.
+// Early launch: the models may start this kernel while the one before it runs; it waits
+// (griddepcontrol.wait) before its first memory access.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -26,6 +28,11 @@ extern "C" __global__ void kv_cache_write(const scalar_t* __restrict__ k,
                                           int t_rows, int kvh, int dk, int dv, int s_max,
                                           long long k_st, long long k_sh,
                                           long long v_st, long long v_sh) {
+#if __CUDA_ARCH__ >= 900
+    // Early launch: wait for the kernel before this one, then let the next one be scheduled.
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
     const int t = blockIdx.x / kvh;
     const int h = blockIdx.x % kvh;
     if (t >= t_rows) return;

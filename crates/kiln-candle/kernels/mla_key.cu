@@ -11,6 +11,8 @@
 // Why a kernel: candle's concatenation of the strided slice with the broadcast rope part cost
 // three copy launches per layer at decode.
 // Launch: one block of 128 threads per (t, h); threads stride over d.
+// Early launch: the models may start this kernel while the one before it runs; it waits
+// (griddepcontrol.wait) before its first memory access.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -21,6 +23,11 @@ extern "C" __global__ void mla_key(const scalar_t* __restrict__ k_nope,
                                    scalar_t* __restrict__ key,
                                    int t_rows, int nh, int nope, int rope,
                                    long long n_st, long long n_sh, long long p_st) {
+#if __CUDA_ARCH__ >= 900
+    // Early launch: wait for the kernel before this one, then let the next one be scheduled.
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
     const int t = blockIdx.x / nh;
     const int h = blockIdx.x % nh;
     if (t >= t_rows) return;

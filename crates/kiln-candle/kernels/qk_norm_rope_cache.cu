@@ -21,6 +21,8 @@
 // lanes are adjacent within a warp, so its sum of squares and the rotate-half partner exchange
 // are warp shuffles): block = (QH + 2 KVH) * D / 8 threads rounded up to a warp (<= 1024),
 // grid = T.
+// Early launch: the models may start this kernel while the one before it runs; it waits
+// (griddepcontrol.wait) before its first memory access.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -51,6 +53,11 @@ extern "C" __global__ void qk_norm_rope_cache(const scalar_t* __restrict__ qkv,
                                               scalar_t* __restrict__ k_cache,
                                               scalar_t* __restrict__ v_cache,
                                               int t_rows, int s_max) {
+#if __CUDA_ARCH__ >= 900
+    // Early launch: wait for the kernel before this one, then let the next one be scheduled.
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
     const int t = blockIdx.x;
     if (t >= t_rows) return;  // block-uniform
     const int head = threadIdx.x / LPH;

@@ -9,6 +9,8 @@
 // checkpoint written to disk and one built in GPU memory hold the same weights.
 // Defines: KILN_DTYPE. Arguments: out[n], n, seed, offset, half_width, toward_zero.
 // Launch: a grid-stride loop; one element per thread per step.
+// Early launch: the models may start this kernel while the one before it runs; it waits
+// (griddepcontrol.wait) before its first memory access.
 // kiln: block=256 grid=min(ceil_div(T, 256), 65535) smem=0
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -31,6 +33,11 @@ __device__ __forceinline__ unsigned long long mix(unsigned long long z) {
 
 extern "C" __global__ void synth_fill(scalar_t* __restrict__ out, long long n, unsigned long long seed,
                                       float offset, float half_width, int toward_zero) {
+#if __CUDA_ARCH__ >= 900
+    // Early launch: wait for the kernel before this one, then let the next one be scheduled.
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
         const unsigned long long z = mix(seed + (unsigned long long)i * 0x9E3779B97F4A7C15ull);

@@ -187,6 +187,9 @@ pub struct Report {
     pub noise_floor_not_run: Option<String>,
     /// Which pack entry replaced which catalog build (`target → build`), when a pack ran.
     pub pack_replacements: Vec<String>,
+    /// Early launch (programmatic dependent launch) on, and the kernels it
+    /// applied to out of those kiln loaded: "on, 17 of 17 kernels".
+    pub early_launch: String,
     /// The prompt.
     pub prompt: Vec<u32>,
     /// Per configuration, its logits at each step on the baseline's tokens
@@ -323,6 +326,7 @@ impl Report {
         for r in &self.pack_replacements {
             s += &format!("pack: {r}\n");
         }
+        s += &format!("early launch: {}\n", self.early_launch);
         s
     }
 
@@ -504,9 +508,28 @@ pub fn run(opts: &Options, dev: &Device, progress: &mut dyn FnMut(&str)) -> Resu
         noise_floor: noise,
         noise_floor_not_run,
         pack_replacements: replacements,
+        early_launch: early_launch_summary(),
         prompt: opts.prompt.clone(),
         logits,
     })
+}
+
+/// Early launch as the report states it. On with no kernel that allows it is
+/// a loud warning: the setting took no effect.
+fn early_launch_summary() -> String {
+    let (on, early, loaded) = crate::ops::early_launch();
+    if loaded == 0 {
+        return "not used (no CUDA kernel loaded)".into();
+    }
+    if !on {
+        return "off (KILN_EARLY_LAUNCH=0)".into();
+    }
+    if early == 0 {
+        tracing::warn!(
+            "early launch is on but none of the {loaded} loaded kernels waits before its first memory access: it took no effect"
+        );
+    }
+    format!("on, {early} of {loaded} loaded kernels")
 }
 
 /// Builds configuration `name`'s model.

@@ -1,7 +1,9 @@
 //! kiln-candle's own kernels (the synthetic-weight fill, the KV cache write,
 //! the decode projections, the shared expert's routing column, MLA keys,
 //! Qwen3's fused qk-norm + rope + cache write) compile with NVRTC, as the models build them, in
-//! every dtype; `linear_gemv` at the projection shapes of every preset.
+//! every dtype; `linear_gemv` at the projection shapes of every preset. Each
+//! one's PTX waits for the kernel before it before any memory access, so the
+//! models launch it early (`kiln_cuda::early_launch`).
 //!
 //! Needs NVRTC (`scripts/setup.sh` installs it); it fails, never skips,
 //! when NVRTC is missing.
@@ -17,10 +19,22 @@ use kiln_kernels::{DType, KernelBuild};
 
 const DTYPES: [DType; 3] = [DType::BF16, DType::F16, DType::F32];
 
+/// Compiles `b` and checks that the models may launch it early: its PTX
+/// waits for the kernel before it before touching memory.
 fn compile(c: &Compiler, b: &KernelBuild) {
-    if let Err(e) = c.compile(&b.to_request()) {
-        panic!("{} {:?}: {e}", b.name, b.defines);
-    }
+    let compiled = c
+        .compile(&b.to_request())
+        .unwrap_or_else(|e| panic!("{} {:?}: {e}", b.name, b.defines));
+    let ptx = compiled
+        .ptx
+        .as_deref()
+        .expect("a cubin compile carries its PTX");
+    assert!(
+        kiln_cuda::early_launch::waits_before_memory(ptx, &b.entry),
+        "{} {:?}: the PTX touches memory before griddepcontrol.wait",
+        b.name,
+        b.defines
+    );
 }
 
 /// Every `(N, K)` a preset's kiln model projects with at decode.

@@ -7,6 +7,8 @@
 //! 3. [`Gpu::load_module`] loads the image; [`Module::kernel`] finds an entry point.
 //! 4. Launch through cudarc's builder on [`Gpu::stream`], or type-erased with
 //!    [`Kernel::launch`].
+//!    [`early_launch`] launches a kernel whose PTX waits for the kernel
+//!    before it (programmatic dependent launch) while that kernel still runs.
 //! 5. Time with [`Gpu::time_us`] (CUDA events) and [`Gpu::capture`] (CUDA graphs).
 //!
 //! ```no_run
@@ -36,6 +38,7 @@
 pub mod compile_cache;
 pub mod compiler;
 pub mod device;
+pub mod early_launch;
 pub mod error;
 pub mod module;
 pub mod probe;

@@ -369,8 +369,9 @@ impl Probes {
     }
 }
 
-/// Launches `kernel` (1-D, arguments all 64-bit) with programmatic stream
-/// serialization, so it may start while the previous grid on the stream ends.
+/// Launches `kernel` (1-D, arguments all 64-bit) early
+/// ([`crate::early_launch`]), so it may start while the previous grid on the
+/// stream ends.
 fn launch_programmatic(
     gpu: &Gpu,
     kernel: &Kernel,
@@ -378,40 +379,24 @@ fn launch_programmatic(
     block: u32,
     args: &[u64],
 ) -> Result<()> {
-    use cudarc::driver::sys;
-    // SAFETY: an all-zero launch attribute is a valid value of the C union.
-    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-    attr.value.programmaticStreamSerializationAllowed = 1;
-    let config = sys::CUlaunchConfig {
-        gridDimX: grid,
-        gridDimY: 1,
-        gridDimZ: 1,
-        blockDimX: block,
-        blockDimY: 1,
-        blockDimZ: 1,
-        sharedMemBytes: 0,
-        hStream: gpu.stream().cu_stream(),
-        attrs: &mut attr,
-        numAttrs: 1,
-    };
     let mut params: Vec<*mut std::ffi::c_void> = args
         .iter()
         .map(|a| a as *const u64 as *mut std::ffi::c_void)
         .collect();
     // SAFETY: `params` points at one live 64-bit value per kernel parameter,
-    // which the driver copies before returning; the function belongs to a
-    // module loaded on this context.
+    // which the driver copies before returning; the copy kernel waits before
+    // touching memory.
     unsafe {
-        sys::cuLaunchKernelEx(
-            &config,
-            kernel.function().cu_function(),
-            params.as_mut_ptr(),
-            std::ptr::null_mut(),
+        crate::early_launch::launch(
+            gpu.stream(),
+            kernel.function(),
+            (grid, 1, 1),
+            (block, 1, 1),
+            0,
+            &mut params,
+            true,
         )
     }
-    .result()
-    .map_err(CudaError::driver("cuLaunchKernelEx(programmatic)"))
 }
 
 fn median(samples: &[f64]) -> Result<f64> {

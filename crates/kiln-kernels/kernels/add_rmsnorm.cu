@@ -17,6 +17,8 @@
 // h is known (before the reduction), and only h and w stay in registers (40 in
 // bf16 at D = 2048, so 12 blocks of 128 per SM). The cross-warp reduction is one
 // barrier over a tiny shared array. x and residual are read once: evict-first.
+// Early launch: the models may start this kernel while the one before it runs; it waits
+// (griddepcontrol.wait) before its first memory access.
 // kiln: block=min(D/8, min(32*ceil_div(D, 512), 512))*max(1, 128/min(D/8, min(32*ceil_div(D, 512), 512))) grid=ceil_div(T, max(1, 128/min(D/8, min(32*ceil_div(D, 512), 512)))) smem=0
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -100,6 +102,11 @@ extern "C" __global__ void __launch_bounds__(BLOCK, MIN_BLOCKS) add_rmsnorm(cons
                                                                            scalar_t* __restrict__ normed,
                                                                            scalar_t* __restrict__ new_residual,
                                                                            int T) {
+#if __CUDA_ARCH__ >= 900
+    // Early launch: wait for the kernel before this one, then let the next one be scheduled.
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
     const int rb = threadIdx.x / TPR;     // row inside the block
     const int tr = threadIdx.x % TPR;     // thread inside the row
     const long long row = (long long)blockIdx.x * RPB + rb;

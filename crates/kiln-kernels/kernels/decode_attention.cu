@@ -34,6 +34,8 @@
 // the slice for the weighted V sum (4 rows in flight per thread); the groups' partial sums
 // meet in shared memory. Before sm_90 (no clusters) block 0 of each group takes the slices in
 // turn and merges as it goes; the other blocks leave at once.
+// Early launch: the models may start this kernel while the one before it runs; it waits
+// (griddepcontrol.wait) before its first memory access.
 // kiln: block=256 grid=ceil_div(T*QH*(1+min(512/(T*QH)/2,1)+2*min(512/(T*QH)/4,1)+4*min(512/(T*QH)/8,1)), 8)*8 smem=ceil_div(S_MAX, (1+min(512/(T*QH)/2,1)+2*min(512/(T*QH)/4,1)+4*min(512/(T*QH)/8,1)))*4
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -245,6 +247,11 @@ extern "C" __global__ void CLUSTER_ATTR __launch_bounds__(BLOCK) decode_attentio
                                                                      const scalar_t* __restrict__ k_cache,
                                                                      const scalar_t* __restrict__ v_cache,
                                                                      scalar_t* __restrict__ out, int T, int past) {
+#if __CUDA_ARCH__ >= 900
+    // Early launch: wait for the kernel before this one, then let the next one be scheduled.
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
     extern __shared__ float sc[];             // [ceil(S_MAX/S)] scores, then unnormalised probabilities
     __shared__ float red_max[WARPS], red_sum[WARPS];
     __shared__ __align__(16) float part[VGROUPS * KILN_DV];  // pass-2 partial sums (<= BLOCK*8 floats)

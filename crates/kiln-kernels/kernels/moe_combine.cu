@@ -9,6 +9,8 @@
 // KILN_HAS_SHARED=1; may be null otherwise), out[T,D]; 16-byte aligned.
 // Defines: KILN_DTYPE, KILN_D (D % 8 == 0), KILN_K (1..=32), KILN_HAS_SHARED (0/1).
 // Launch: one thread per 8-element output chunk; its K (+1) loads are independent.
+// Early launch: the models may start this kernel while the one before it runs; it waits
+// (griddepcontrol.wait) before its first memory access.
 // kiln: block=256 grid=ceil_div(T*D, 256*8) smem=0
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -54,6 +56,11 @@ extern "C" __global__ void __launch_bounds__(256) moe_combine(const scalar_t* __
                                                               const float* __restrict__ weights,
                                                               const scalar_t* __restrict__ shared,
                                                               scalar_t* __restrict__ out, int T) {
+#if __CUDA_ARCH__ >= 900
+    // Early launch: wait for the kernel before this one, then let the next one be scheduled.
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
     const long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= (long long)T * CPR) return;
     const long long t = c / CPR;

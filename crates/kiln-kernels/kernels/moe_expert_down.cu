@@ -18,6 +18,8 @@
 // (K*I values) in static shared memory; each warp streams its K weight rows with 16-byte loads
 // (lane l takes the 8-element chunks l, l+32, ...; up to 16 loads per lane in flight) and reduces
 // the K dot products with warp shuffles.
+// Early launch: the models may start this kernel while the one before it runs; it waits
+// (griddepcontrol.wait) before its first memory access.
 // kiln: block=256 grid=T*ceil_div(H, 8) smem=0
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -77,6 +79,11 @@ extern "C" __global__ void __launch_bounds__(256) moe_expert_down(const scalar_t
                                                                   const float* __restrict__ weights,
                                                                   const scalar_t* __restrict__ shared,
                                                                   scalar_t* __restrict__ out, int T) {
+#if __CUDA_ARCH__ >= 900
+    // Early launch: wait for the kernel before this one, then let the next one be scheduled.
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
     __shared__ uint4 hs[HS_U4];
     const long long t = blockIdx.x / ROW_BLOCKS;
     const int r = (int)(blockIdx.x - t * ROW_BLOCKS) * WARPS + (threadIdx.x >> 5);

@@ -17,6 +17,8 @@
 // l, l+32, ... of the gate and up rows with 16-byte streaming loads (up to 16 in flight per lane)
 // and the same chunks of x[t] (L1-resident: every warp of the block reads them); warp shuffles
 // reduce the two dot products. A slot's blocks are adjacent, so its expert's rows stream in order.
+// Early launch: the models may start this kernel while the one before it runs; it waits
+// (griddepcontrol.wait) before its first memory access.
 // kiln: block=256 grid=T*K*ceil_div(I, 8) smem=0
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -79,6 +81,11 @@ extern "C" __global__ void __launch_bounds__(256) moe_expert_swiglu(const scalar
                                                                     const scalar_t* __restrict__ w_up,
                                                                     const unsigned int* __restrict__ indices,
                                                                     scalar_t* __restrict__ h, int T) {
+#if __CUDA_ARCH__ >= 900
+    // Early launch: wait for the kernel before this one, then let the next one be scheduled.
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
     const long long slot = blockIdx.x / ROW_BLOCKS;  // t*K + k
     const int i = (int)(blockIdx.x - slot * ROW_BLOCKS) * WARPS + (threadIdx.x >> 5);
     const int lane = threadIdx.x & 31;

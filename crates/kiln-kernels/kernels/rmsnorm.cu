@@ -23,6 +23,8 @@
 // keeps 16 such blocks resident, and the cross-warp part of the reduction is a
 // single barrier over a tiny shared array. x and w load through the read-only
 // path with normal caching (evict-first x was 2 % slower at T = 4096, H200 A/B).
+// Early launch: the models may start this kernel while the one before it runs; it waits
+// (griddepcontrol.wait) before its first memory access.
 // kiln: block=min(D/8, min(32*ceil_div(D, 512), 512))*max(1, 128/min(D/8, min(32*ceil_div(D, 512), 512))) grid=ceil_div(T, max(1, 128/min(D/8, min(32*ceil_div(D, 512), 512)))) smem=0
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -95,6 +97,11 @@ static_assert(TPR <= 32 ? (32 % TPR == 0) : (TPR % 32 == 0), "rmsnorm: TPR layou
 extern "C" __global__ void __launch_bounds__(BLOCK, MIN_BLOCKS) rmsnorm(const scalar_t* __restrict__ x,
                                                             const scalar_t* __restrict__ w,
                                                             scalar_t* __restrict__ out, int T) {
+#if __CUDA_ARCH__ >= 900
+    // Early launch: wait for the kernel before this one, then let the next one be scheduled.
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
     const int rb = threadIdx.x / TPR;     // row inside the block
     const int tr = threadIdx.x % TPR;     // thread inside the row
     const long long row = (long long)blockIdx.x * RPB + rb;

@@ -26,6 +26,8 @@
 // q) in every block's life, and a double pow per entry sat before every sincos;
 // removing both made rope 0-7 % faster at T <= 64 and 7-16 % at T = 4096 (H200
 // A/B). It still costs about twice a copy of its bytes at decode sizes.
+// Early launch: the models may start this kernel while the one before it runs; it waits
+// (griddepcontrol.wait) before its first memory access.
 // kiln: block=256 grid=T smem=0
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -140,6 +142,11 @@ extern "C" __global__ void __launch_bounds__(256) rope(const scalar_t* __restric
                                                        const int* __restrict__ positions,
                                                        scalar_t* __restrict__ q_out,
                                                        scalar_t* __restrict__ k_out, int T) {
+#if __CUDA_ARCH__ >= 900
+    // Early launch: wait for the kernel before this one, then let the next one be scheduled.
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
     __shared__ float cs[HALF], sn[HALF];
     const long long t = blockIdx.x;
     if (t >= (long long)T) return;  // block-uniform

@@ -27,6 +27,8 @@
 // largest key, then the lowest index holding it; the winner's s comes from its
 // lane in one shuffle, and every lane sums the winners as they come. Why: the
 // shuffle arg-max took five dependent triples of shuffles per round.
+// Early launch: the models may start this kernel while the one before it runs; it waits
+// (griddepcontrol.wait) before its first memory access.
 // kiln: block=128 grid=ceil_div(T, 4) smem=0
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -86,6 +88,11 @@ extern "C" __global__ void __launch_bounds__(128) sigmoid_topk(const scalar_t* _
                                                                float* __restrict__ weights,
                                                                unsigned int* __restrict__ indices,
                                                                int T) {
+#if __CUDA_ARCH__ >= 900
+    // Early launch: wait for the kernel before this one, then let the next one be scheduled.
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const long long row = (long long)blockIdx.x * WARPS + warp;

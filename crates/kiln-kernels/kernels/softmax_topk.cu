@@ -15,6 +15,8 @@
 // Selection runs on exp(l - max); only the K winners are divided by the sum
 // (p is monotone in it: only near-ties, which the contract lets swap, can order
 // differently), and every lane sums the winners as they come (no final shuffles).
+// Early launch: the models may start this kernel while the one before it runs; it waits
+// (griddepcontrol.wait) before its first memory access.
 // kiln: block=128 grid=ceil_div(T, 4) smem=0
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -73,6 +75,11 @@ extern "C" __global__ void __launch_bounds__(128) softmax_topk(const scalar_t* _
                                                                float* __restrict__ weights,
                                                                unsigned int* __restrict__ indices,
                                                                int T) {
+#if __CUDA_ARCH__ >= 900
+    // Early launch: wait for the kernel before this one, then let the next one be scheduled.
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
     const int lane = threadIdx.x & 31;
     const long long row = (long long)blockIdx.x * WARPS + (threadIdx.x >> 5);
     if (row >= (long long)T) return;  // whole warp leaves together: row is warp-uniform

@@ -14,6 +14,8 @@
 // T = 4096 (H200, interleaved A/B, bench/ab/swiglu_flat_*). Inputs go through
 // the read-only path with normal caching (2-3 % faster than evict-first there).
 // The activation is branch-free (see act).
+// Early launch: the models may start this kernel while the one before it runs; it waits
+// (griddepcontrol.wait) before its first memory access.
 // kiln: block=256 grid=ceil_div(T*I, 256*8) smem=0
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -82,6 +84,11 @@ __device__ __forceinline__ float act(float g, float u) {
 extern "C" __global__ void __launch_bounds__(256) swiglu(const scalar_t* __restrict__ gate,
                                                          const scalar_t* __restrict__ up,
                                                          scalar_t* __restrict__ out, int T) {
+#if __CUDA_ARCH__ >= 900
+    // Early launch: wait for the kernel before this one, then let the next one be scheduled.
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
     const long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= (long long)T * (KILN_I / 8)) return;
     const Chunk g = load_chunk(gate + c * 8), u = load_chunk(up + c * 8);

@@ -11,6 +11,8 @@
 // chunk's row and column come from one division by a compile-time constant.
 // Inputs through the read-only path with normal caching. The activation is
 // branch-free (see act).
+// Early launch: the models may start this kernel while the one before it runs; it waits
+// (griddepcontrol.wait) before its first memory access.
 // kiln: block=256 grid=ceil_div(T*I, 256*8) smem=0
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -79,6 +81,11 @@ __device__ __forceinline__ float act(float g, float u) {
 
 extern "C" __global__ void __launch_bounds__(256) swiglu_packed(const scalar_t* __restrict__ gate_up,
                                                                 scalar_t* __restrict__ out, int T) {
+#if __CUDA_ARCH__ >= 900
+    // Early launch: wait for the kernel before this one, then let the next one be scheduled.
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
     const long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= (long long)T * CPR) return;
     const long long row = c / CPR;

@@ -20,6 +20,8 @@
 // Launch: one block of 4F threads per row: thread (q, j) owns column j and the k-quarter q
 // of W, keeps those F/4 weights in registers between the two products, and the
 // reductions go through shared memory.
+// Early launch: the models may start this kernel while the one before it runs; it waits
+// (griddepcontrol.wait) before its first memory access.
 // kiln: block=4*F grid=T smem=0
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -63,6 +65,11 @@ extern "C" __global__ void __launch_bounds__(NT) ttt_linear_decode(
     const float* __restrict__ lr, const float* __restrict__ token_idx, const int* __restrict__ last_in_mb,
     scalar_t* __restrict__ out, float* __restrict__ W_out, float* __restrict__ b_out,
     float* __restrict__ W_grad_out, float* __restrict__ b_grad_out, int T) {
+#if __CUDA_ARCH__ >= 900
+    // Early launch: wait for the kernel before this one, then let the next one be scheduled.
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
     __shared__ float s_xq[F], s_xk[F], s_part[KS][F], s_red[NT / 32];
     const long long r = blockIdx.x;
     if (r >= (long long)T) return;  // block-uniform

@@ -1,6 +1,7 @@
 //! Every catalog kernel compiles with NVRTC for sm_90 in every dtype at every
 //! preset configuration (the three models of docs/MODELS.md plus generic shapes),
-//! with no local-memory spills. Needs NVRTC and the CUDA headers, not a GPU:
+//! with no local-memory spills, and waits for the kernel before it before any
+//! memory access (so the models may launch it early: kiln_cuda::early_launch). Needs NVRTC and the CUDA headers, not a GPU:
 //! `scripts/setup.sh` installs them into `.cache/cuda-wheels`.
 
 use std::sync::Mutex;
@@ -61,9 +62,16 @@ fn every_kernel_compiles_in_every_dtype_without_spills() {
                     Err(e) => Some(format!("{label} [{dt}]: {e}")),
                     Ok(c) => {
                         let (st, ld) = spills(&c.log);
-                        (st + ld > 0).then(|| {
-                            format!("{label} [{dt}]: {st} bytes spill stores, {ld} bytes spill loads\n{}", c.log)
-                        })
+                        let early = c.ptx.as_deref().is_some_and(|p| {
+                            kiln_cuda::early_launch::waits_before_memory(p, &build.entry)
+                        });
+                        if st + ld > 0 {
+                            Some(format!("{label} [{dt}]: {st} bytes spill stores, {ld} bytes spill loads\n{}", c.log))
+                        } else if !early {
+                            Some(format!("{label} [{dt}]: its PTX does not wait (griddepcontrol.wait) before its first memory access, so the models cannot launch it early"))
+                        } else {
+                            None
+                        }
                     }
                 };
                 if let Some(m) = msg {

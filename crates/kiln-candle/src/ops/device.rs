@@ -14,9 +14,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::CudaStorageSlice;
 use candle_core::op::BackpropOp;
 use candle_core::{CudaDevice, CudaStorage, DType, Shape, Storage, Tensor};
-use cudarc::driver::{
-    CudaFunction, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg, SyncOnDrop,
-};
+use cudarc::driver::{CudaFunction, CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop};
 use half::{bf16, f16};
 use kiln_kernels::{KernelBuild, LaunchDims};
 
@@ -31,37 +29,70 @@ fn compiler() -> Result<&'static kiln_cuda::Compiler> {
         .map_err(|e| op_error("nvrtc", e.clone()))
 }
 
-/// Loaded functions by (CUDA context, configuration).
-type FunctionCache = Mutex<HashMap<(usize, String), CudaFunction>>;
+/// A loaded entry point and whether it may be launched early.
+#[derive(Clone)]
+pub(crate) struct Kernel {
+    /// The function.
+    pub func: CudaFunction,
+    /// Its PTX waits for the kernel before it before touching memory
+    /// ([`kiln_cuda::early_launch::waits_before_memory`]) and early launch is
+    /// on, so it is launched while that kernel still runs.
+    pub early: bool,
+}
 
-fn functions() -> &'static FunctionCache {
-    static FUNCS: OnceLock<FunctionCache> = OnceLock::new();
-    FUNCS.get_or_init(Default::default)
+/// Loaded kernels by (CUDA context, configuration).
+type KernelCache = Mutex<HashMap<(usize, String), Kernel>>;
+
+fn kernels() -> &'static KernelCache {
+    static KERNELS: OnceLock<KernelCache> = OnceLock::new();
+    KERNELS.get_or_init(Default::default)
+}
+
+/// Whether kernels whose PTX allows it are launched early (programmatic
+/// dependent launch). On unless `KILN_EARLY_LAUNCH=0`, which exists to
+/// measure what it buys; read once per process.
+pub fn early_launch_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KILN_EARLY_LAUNCH").map_or(true, |v| v != "0"))
+}
+
+/// Loaded kernels so far: (launched early, all). What validate reports, so a
+/// run where early launch did not take effect says so.
+pub fn early_launch_counts() -> (usize, usize) {
+    kernels().lock().map_or((0, 0), |c| {
+        (c.values().filter(|k| k.early).count(), c.len())
+    })
 }
 
 /// The compiled and loaded entry point of `build` on `dev`.
-pub(crate) fn function(dev: &CudaDevice, build: &KernelBuild) -> Result<CudaFunction> {
+pub(crate) fn function(dev: &CudaDevice, build: &KernelBuild) -> Result<Kernel> {
     let stream = dev.cuda_stream();
     let ctx = stream.context();
     let key = (
         Arc::as_ptr(ctx) as usize,
-        format!("{}{:?}", build.name, build.defines),
+        format!("{}{}{:?}", build.name, build.entry, build.defines),
     );
-    let mut cache = functions()
+    let mut cache = kernels()
         .lock()
         .map_err(|_| op_error("kernel cache", "poisoned by an earlier panic"))?;
-    if let Some(f) = cache.get(&key) {
-        return Ok(f.clone());
+    if let Some(k) = cache.get(&key) {
+        return Ok(k.clone());
     }
     let compiled = compiler()?.compile(&build.to_request())?;
+    let early = early_launch_enabled()
+        && compiled
+            .ptx
+            .as_deref()
+            .is_some_and(|ptx| kiln_cuda::early_launch::waits_before_memory(ptx, &build.entry));
     let module = ctx
         .load_module(cudarc::nvrtc::Ptx::from_binary(compiled.image))
         .map_err(kiln_cuda::CudaError::driver("cuModuleLoadData"))?;
     let func = module
         .load_function(&build.entry)
         .map_err(kiln_cuda::CudaError::driver("cuModuleGetFunction"))?;
-    cache.insert(key, func.clone());
-    Ok(func)
+    let k = Kernel { func, early };
+    cache.insert(key, k.clone());
+    Ok(k)
 }
 
 /// Streaming multiprocessors of `dev` (launch lines may use `SMS`).
@@ -221,11 +252,12 @@ macro_rules! slice_ptr {
     };
 }
 
-/// Launches `func` with `args` in order, on the stream of `dev`.
+/// Launches `kernel` with `args` in order, on the stream of `dev` (early
+/// where the kernel allows it, see [`Kernel::early`]).
 pub(crate) fn launch(
     op: &'static str,
     dev: &CudaDevice,
-    func: &CudaFunction,
+    kernel: &Kernel,
     dims: &LaunchDims,
     args: Vec<Arg<'_>>,
 ) -> Result<()> {
@@ -281,29 +313,36 @@ pub(crate) fn launch(
             format!("{} bytes of shared memory exceed 48 KiB", dims.smem),
         ));
     }
-    let cfg = LaunchConfig {
-        grid_dim: dims.grid,
-        block_dim: dims.block,
-        shared_mem_bytes: dims.smem,
-    };
-    let mut b = stream.launch_builder(func);
+    let mut params: Vec<*mut std::ffi::c_void> = Vec::with_capacity(order.len());
     for (kind, i) in &order {
-        match kind {
-            0 => b.arg(&addrs[*i]),
-            1 => b.arg(&ints[*i]),
-            _ => b.arg(&floats[*i]),
-        };
+        params.push(match kind {
+            0 => (&mut addrs[*i]) as *mut u64 as *mut std::ffi::c_void,
+            1 => (&mut ints[*i]) as *mut i32 as *mut std::ffi::c_void,
+            _ => (&mut floats[*i]) as *mut f32 as *mut std::ffi::c_void,
+        });
     }
     // SAFETY: the caller passes arguments in the kernel's parameter order and
-    // sizes every buffer from the op's validated configuration.
-    unsafe { b.launch(cfg) }.map_err(kiln_cuda::CudaError::driver("cuLaunchKernel"))?;
+    // sizes every buffer from the op's validated configuration; the values
+    // `params` points into live until the call returns; `early` is set only
+    // for kernels whose PTX waits before any memory access.
+    unsafe {
+        kiln_cuda::early_launch::launch(
+            &stream,
+            &kernel.func,
+            dims.grid,
+            dims.block,
+            dims.smem,
+            &mut params,
+            kernel.early,
+        )
+    }?;
     drop(syncs);
     Ok(())
 }
 
 /// A configuration's loaded function and parsed launch line.
 struct Prepared {
-    func: CudaFunction,
+    kernel: Kernel,
     line: kiln_kernels::LaunchLine,
     sms: u32,
 }
@@ -324,7 +363,7 @@ pub(crate) fn prepare<C: kiln_kernels::OpConfig>(
     c: &C,
     dev: &CudaDevice,
     t: usize,
-) -> Result<(CudaFunction, LaunchDims)> {
+) -> Result<(Kernel, LaunchDims)> {
     let op = c.spec().name;
     let ctx = Arc::as_ptr(dev.cuda_stream().context()) as usize;
     let key = (ctx, super::pack::generation(), format!("{op}{c:?}"));
@@ -340,7 +379,7 @@ pub(crate) fn prepare<C: kiln_kernels::OpConfig>(
             let line = kiln_kernels::LaunchLine::parse_source(&build.source)
                 .map_err(|source| kiln_kernels::KernelError::Launch { op, source })?;
             let p = Arc::new(Prepared {
-                func: function(dev, &build)?,
+                kernel: function(dev, &build)?,
                 line,
                 sms: sm_count(dev)?,
             });
@@ -359,7 +398,7 @@ pub(crate) fn prepare<C: kiln_kernels::OpConfig>(
         .line
         .evaluate(&c.vars(rows, p.sms))
         .map_err(|source| kiln_kernels::KernelError::Launch { op, source })?;
-    Ok((p.func.clone(), dims))
+    Ok((p.kernel.clone(), dims))
 }
 
 /// Whether candle's stream on `dev` is capturing a graph.
@@ -442,7 +481,7 @@ pub(crate) fn run<C: kiln_kernels::OpConfig>(
     outs: &[(DType, Shape)],
 ) -> Result<Vec<Tensor>> {
     let op = c.spec().name;
-    let (func, dims) = prepare(c, dev, t)?;
+    let (kernel, dims) = prepare(c, dev, t)?;
     let mut bufs = outs
         .iter()
         .map(|(dtype, shape)| alloc(dev, *dtype, shape.elem_count().max(1)))
@@ -480,7 +519,7 @@ pub(crate) fn run<C: kiln_kernels::OpConfig>(
             for (index, p) in params.iter().enumerate() {
                 if let Param::Position(value) = p {
                     let arg = PositionArg {
-                        func: func.cu_function() as usize,
+                        func: kernel.func.cu_function() as usize,
                         index,
                         count: params.len(),
                         value: *value,
@@ -489,7 +528,7 @@ pub(crate) fn run<C: kiln_kernels::OpConfig>(
                 }
             }
         }
-        launch(op, dev, &func, &dims, args)?;
+        launch(op, dev, &kernel, &dims, args)?;
     }
     Ok(bufs
         .into_iter()

@@ -34,6 +34,18 @@ pub(crate) fn no_cuda(op: &'static str) -> crate::Error {
     op_error(op, "this build has no CUDA support (feature `cuda`)")
 }
 
+/// Whether early launch is on and, of the kernels loaded so far in this
+/// process, how many it applies to: `(on, early, loaded)`.
+pub fn early_launch() -> (bool, usize, usize) {
+    #[cfg(feature = "cuda")]
+    {
+        let (early, all) = device::early_launch_counts();
+        (device::early_launch_enabled(), early, all)
+    }
+    #[cfg(not(feature = "cuda"))]
+    (false, 0, 0)
+}
+
 /// The catalog dtype for a candle dtype, or an error naming the op.
 pub fn kernel_dtype(op: &'static str, dtype: DType) -> Result<kiln_kernels::DType> {
     match dtype {
