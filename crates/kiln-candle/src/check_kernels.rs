@@ -253,9 +253,12 @@ pub fn projections(cfg: &ModelConfig) -> Vec<(usize, usize)> {
             let dqk = c.qk_nope_head_dim + c.qk_rope_head_dim;
             let nh = c.num_attention_heads;
             vec![
-                (c.q_lora_rank, c.hidden_size),
+                // q_a_proj and kv_a_proj_with_mqa stacked (one launch).
+                (
+                    c.q_lora_rank + c.kv_lora_rank + c.qk_rope_head_dim,
+                    c.hidden_size,
+                ),
                 (nh * dqk, c.q_lora_rank),
-                (c.kv_lora_rank + c.qk_rope_head_dim, c.hidden_size),
                 (nh * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank),
                 (c.hidden_size, nh * c.v_head_dim),
                 (2 * c.intermediate_size, c.hidden_size),

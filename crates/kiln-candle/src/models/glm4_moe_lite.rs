@@ -30,14 +30,51 @@ enum Ffn {
     Moe(MoeBlock),
 }
 
+/// The two projections of the hidden state that start MLA: `q_a_proj`
+/// `[q_lora, H]` and `kv_a_proj_with_mqa` `[kv_lora + rope, H]`.
+#[derive(Debug, Clone)]
+enum LatentProjections {
+    /// Two matmuls, as transformers computes them (the plain-candle baseline).
+    Split { q_a: Tensor, kv_a: Tensor },
+    /// One `[q_lora + kv_lora + rope, H]` weight: one launch on kiln's kernels,
+    /// each output row computed exactly as on its own.
+    Stacked { w: Tensor, q_lora: usize },
+}
+
+impl LatentProjections {
+    fn new(q_a: Tensor, kv_a: Tensor, kernels: Kernels) -> Result<Self> {
+        Ok(match kernels {
+            Kernels::Kiln => Self::Stacked {
+                q_lora: q_a.dim(0)?,
+                w: Tensor::cat(&[&q_a, &kv_a], 0)?,
+            },
+            Kernels::Candle => Self::Split { q_a, kv_a },
+        })
+    }
+
+    /// `(x · q_aᵀ, x · kv_aᵀ)` for `x[T, H]`.
+    fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<(Tensor, Tensor)> {
+        match self {
+            Self::Split { q_a, kv_a } => Ok((linear(x, q_a, kernels)?, linear(x, kv_a, kernels)?)),
+            Self::Stacked { w, q_lora } => {
+                let both = linear(x, w, kernels)?;
+                let width = both.dim(1)?;
+                Ok((
+                    both.narrow(1, 0, *q_lora)?,
+                    both.narrow(1, *q_lora, width - q_lora)?,
+                ))
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Layer {
     ln1: Tensor,
     ln2: Tensor,
-    q_a: Tensor,
+    latent: LatentProjections,
     q_a_norm: Tensor,
     q_b: Tensor,
-    kv_a: Tensor,
     kv_a_norm: Tensor,
     kv_b: Tensor,
     o: Tensor,
@@ -91,14 +128,16 @@ impl Glm4MoeLite {
             layers.push(Layer {
                 ln1: v.pp("input_layernorm").get(h, "weight")?,
                 ln2: v.pp("post_attention_layernorm").get(h, "weight")?,
-                q_a: a.pp("q_a_proj").get((cfg.q_lora_rank, h), "weight")?,
+                latent: LatentProjections::new(
+                    a.pp("q_a_proj").get((cfg.q_lora_rank, h), "weight")?,
+                    a.pp("kv_a_proj_with_mqa")
+                        .get((cfg.kv_lora_rank + cfg.qk_rope_head_dim, h), "weight")?,
+                    kernels,
+                )?,
                 q_a_norm: a.pp("q_a_layernorm").get(cfg.q_lora_rank, "weight")?,
                 q_b: a
                     .pp("q_b_proj")
                     .get((nh * dqk, cfg.q_lora_rank), "weight")?,
-                kv_a: a
-                    .pp("kv_a_proj_with_mqa")
-                    .get((cfg.kv_lora_rank + cfg.qk_rope_head_dim, h), "weight")?,
                 kv_a_norm: a.pp("kv_a_layernorm").get(cfg.kv_lora_rank, "weight")?,
                 kv_b: a.pp("kv_b_proj").get(
                     (nh * (cfg.qk_nope_head_dim + dv), cfg.kv_lora_rank),
@@ -142,6 +181,21 @@ impl Glm4MoeLite {
     }
 }
 
+/// The router's rule: f32 sigmoid scores of f32 logits, the selection bias,
+/// grouping, renormalisation and scale, as transformers computes them.
+pub fn routing(cfg: &Glm4MoeLiteConfig) -> SigmoidRouting {
+    SigmoidRouting {
+        e: cfg.n_routed_experts,
+        k: cfg.num_experts_per_tok,
+        n_group: cfg.n_group,
+        topk_group: cfg.topk_group,
+        norm_eps: 1e-20,
+        scale: cfg.routed_scaling_factor,
+        sigmoid_in_dtype: false,
+        dtype: kiln_kernels::DType::F32,
+    }
+}
+
 /// Layer `l`'s MoE block (`model.layers.{l}.mlp` under the root `vb`); None
 /// for the dense first layers.
 pub fn moe_block(
@@ -153,16 +207,7 @@ pub fn moe_block(
     if l < cfg.first_k_dense_replace {
         return Ok(None);
     }
-    let routing = SigmoidRouting {
-        e: cfg.n_routed_experts,
-        k: cfg.num_experts_per_tok,
-        n_group: cfg.n_group,
-        topk_group: cfg.topk_group,
-        norm_eps: 1e-20,
-        scale: cfg.routed_scaling_factor,
-        sigmoid_in_dtype: false,
-        dtype: kiln_kernels::DType::F32,
-    };
+    let routing = routing(cfg);
     let dims = MoeDims {
         h: cfg.hidden_size,
         i: cfg.moe_intermediate_size,
@@ -216,13 +261,13 @@ impl DecoderStack for Glm4MoeLite {
         let dqk = nope + rope_d;
         let t = x.dim(0)?;
         let ly = &self.layers[l];
+        let (q_a, ckv) = ly.latent.forward(x, k_)?; // [T, q_lora], [T, kv_lora + rope]
         let q = linear(
-            &rms_norm(&linear(x, &ly.q_a, k_)?, &ly.q_a_norm, LATENT_NORM_EPS, k_)?,
+            &rms_norm(&q_a, &ly.q_a_norm, LATENT_NORM_EPS, k_)?,
             &ly.q_b,
             k_,
         )?;
         let q = q.reshape((t, nh, dqk))?;
-        let ckv = linear(x, &ly.kv_a, k_)?; // [T, kv_lora + rope]
         let latent = ckv.narrow(1, 0, c.kv_lora_rank)?.contiguous()?;
         let k_pe = ckv.narrow(1, c.kv_lora_rank, rope_d)?; // [T, rope], shared by the heads
         let kv = linear(
