@@ -1,10 +1,134 @@
-//! How a kernel pack names the NVRTC defines a kernel was verified with,
-//! declared once: `kiln discover export` writes with [`define_entry`],
-//! kiln-candle matches with [`same_defines`].
+//! The kernel-pack format, declared once: `kiln discover export` writes a
+//! [`PackEntry`], kiln-candle reads it back ([`parse_pack`]) and replaces the
+//! catalog build whose entry point and defines match.
 //!
-//! An entry is `NAME=VALUE` (`KILN_D=2048`). Packs exported before this
-//! grammar was shared wrote the compiler flag (`-DKILN_D=2048`); the parser
-//! reads both, so those packs load instead of silently replacing nothing.
+//! Defines are `NAME=VALUE` entries (`KILN_D=2048`): export writes them with
+//! [`define_entry`], kiln-candle matches with [`same_defines`]. Packs exported
+//! before this grammar was shared wrote the compiler flag (`-DKILN_D=2048`);
+//! the parser reads both, so those packs load instead of silently replacing
+//! nothing.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The format tag of every exported entry, bumped on incompatible changes.
+pub const PACK_FORMAT: &str = "kiln-kernel-pack-entry/1";
+
+/// One shape's speedup in a pack entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PackShape {
+    /// The shape's name.
+    pub name: String,
+    /// Catalog time / this kernel's time.
+    pub speedup: Option<f64>,
+    /// This kernel's median time in µs.
+    pub median_us: Option<f64>,
+    /// The catalog kernel's median time in µs.
+    pub baseline_median_us: Option<f64>,
+}
+
+/// A kernel-pack entry: a kernel and everything needed to compile, launch and
+/// trust it. `target`, `source` and (for a replacement of every configuration
+/// of an op) `entry_point` are all a hand-written entry needs; the rest is the
+/// provenance export records, empty when absent.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PackEntry {
+    /// [`PACK_FORMAT`] (empty in a hand-written entry).
+    #[serde(default)]
+    pub format: String,
+    /// The target the kernel implements.
+    pub target: String,
+    /// The `extern "C"` entry point, when known.
+    #[serde(default)]
+    pub entry_point: Option<String>,
+    /// The full CUDA C++ source, as verified and timed, with its launch line.
+    pub source: String,
+    /// The `// kiln:` launch line, as the worker read it from `source`.
+    #[serde(default)]
+    pub launch_line: String,
+    /// Static shape variables the kernel was specialised for (`D` → 2048), when known.
+    #[serde(default)]
+    pub static_dims: Option<BTreeMap<String, i64>>,
+    /// The NVRTC defines it was verified with, as `NAME=VALUE` entries
+    /// ([`define_entry`]); absent: it replaces every configuration of its entry point.
+    #[serde(default)]
+    pub defines: Option<Vec<String>>,
+    /// The storage dtype (`bf16`, `f16`, `f32`), when known.
+    #[serde(default)]
+    pub dtype: Option<String>,
+    /// The GPU it was measured on.
+    #[serde(default)]
+    pub gpu_name: String,
+    /// That GPU's architecture (e.g. `sm_90`).
+    #[serde(default)]
+    pub gpu_arch: String,
+    /// The CUDA driver version.
+    #[serde(default)]
+    pub driver_version: String,
+    /// The NVRTC version it was compiled with.
+    #[serde(default)]
+    pub nvrtc_version: String,
+    /// The kiln version that ran the search.
+    #[serde(default)]
+    pub kiln_version: String,
+    /// When the session was last saved (RFC 3339, UTC).
+    #[serde(default)]
+    pub measured_at: String,
+    /// Per-shape speedups over the catalog kernel.
+    #[serde(default)]
+    pub shapes: Vec<PackShape>,
+    /// Geometric-mean speedup over the catalog kernel.
+    #[serde(default)]
+    pub speedup_vs_catalog: Option<f64>,
+    /// Speedup over the naive seed kernel.
+    #[serde(default)]
+    pub speedup_vs_seed: Option<f64>,
+    /// The search reward.
+    #[serde(default)]
+    pub reward: f64,
+    /// The session file it came from, when exported from a file.
+    #[serde(default)]
+    pub session_path: Option<PathBuf>,
+    /// The winning node of that session's tree.
+    #[serde(default)]
+    pub node: Option<u32>,
+}
+
+/// Why a pack text is not a pack.
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    /// Not JSON of one entry or an array of entries.
+    #[error("not a kernel pack from `kiln discover export` ({0})")]
+    Json(#[from] serde_json::Error),
+    /// An entry of another format version.
+    #[error("entry for {target} has format `{found}`; this kiln reads `{PACK_FORMAT}` (export it again with this kiln)")]
+    Format {
+        /// The entry's target.
+        target: String,
+        /// Its format tag.
+        found: String,
+    },
+}
+
+/// The entries of a pack text: one exported entry, or a JSON array of entries.
+pub fn parse_pack(text: &str) -> Result<Vec<PackEntry>, PackError> {
+    let entries = if text.trim_start().starts_with('[') {
+        serde_json::from_str::<Vec<PackEntry>>(text)?
+    } else {
+        vec![serde_json::from_str::<PackEntry>(text)?]
+    };
+    for e in &entries {
+        if !e.format.is_empty() && e.format != PACK_FORMAT {
+            return Err(PackError::Format {
+                target: e.target.clone(),
+                found: e.format.clone(),
+            });
+        }
+    }
+    Ok(entries)
+}
 
 /// The pack entry of one define.
 pub fn define_entry(name: &str, value: &str) -> String {
@@ -40,6 +164,36 @@ pub fn same_defines(entries: &[String], build: &[(String, String)]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_entry_round_trips_and_hand_written_or_foreign_entries_are_read_as_such() {
+        let e = PackEntry {
+            format: PACK_FORMAT.into(),
+            target: "qwen3_rmsnorm".into(),
+            entry_point: Some("rmsnorm".into()),
+            source: "// kiln: block=32 grid=T\n".into(),
+            defines: Some(vec![define_entry("KILN_D", "2048")]),
+            node: Some(3),
+            ..Default::default()
+        };
+        let text = serde_json::to_string_pretty(&e).expect("json");
+        assert_eq!(parse_pack(&text).expect("one"), vec![e.clone()]);
+        let arr = format!(
+            "[{text}, {{\"target\": \"x\", \"source\": \"s\", \"entry_point\": \"rope\"}}]"
+        );
+        let both = parse_pack(&arr).expect("array");
+        assert_eq!(both[0], e);
+        assert_eq!(both[1].defines, None, "hand-written: every configuration");
+        let foreign = text.replace(PACK_FORMAT, "kiln-kernel-pack-entry/9");
+        assert!(matches!(
+            parse_pack(&foreign),
+            Err(PackError::Format { .. })
+        ));
+        assert!(matches!(
+            parse_pack("{\"target\": 1}"),
+            Err(PackError::Json(_))
+        ));
+    }
 
     #[test]
     fn entries_round_trip_and_the_older_flag_form_matches_too() {

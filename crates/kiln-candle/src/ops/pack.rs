@@ -14,23 +14,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
 use kiln_kernels::{KernelBuild, LaunchLine};
-use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
-/// The fields of an exported pack entry that kiln-candle uses.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct PackKernel {
-    /// The discovery target it was found for.
-    pub target: String,
-    /// Its entry point (the catalog op's).
-    pub entry_point: Option<String>,
-    /// The CUDA source, with its `// kiln:` launch line.
-    pub source: String,
-    /// The NVRTC defines it was verified with, as `NAME=VALUE`; absent: it
-    /// replaces every configuration of its entry point.
-    pub defines: Option<Vec<String>>,
-}
+/// A pack entry (the format is kiln-kernels').
+pub use kiln_kernels::pack::PackEntry as PackKernel;
 
 /// A loaded pack.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -46,17 +34,8 @@ impl KernelPack {
             path: path.to_path_buf(),
             source,
         })?;
-        let bad = |e: serde_json::Error| {
-            Error::Config(format!(
-                "{}: not a kernel pack from `kiln discover export` ({e})",
-                path.display()
-            ))
-        };
-        let kernels = if text.trim_start().starts_with('[') {
-            serde_json::from_str::<Vec<PackKernel>>(&text).map_err(bad)?
-        } else {
-            vec![serde_json::from_str::<PackKernel>(&text).map_err(bad)?]
-        };
+        let kernels = kiln_kernels::pack::parse_pack(&text)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         for k in &kernels {
             LaunchLine::parse_source(&k.source).map_err(|e| {
                 Error::Config(format!("{}: kernel for {}: {e}", path.display(), k.target))
@@ -193,6 +172,7 @@ mod tests {
                 entry_point: Some("rmsnorm".into()),
                 source: "// kiln: block=256 grid=T smem=0\n".into(),
                 defines: Some(vec!["KILN_EPS=1e-6f".into(), "KILN_D=2048".into()]),
+                ..Default::default()
             }],
         };
         assert!(pack.replacement(&build()).is_some());
@@ -213,6 +193,7 @@ mod tests {
                 entry_point: Some("rmsnorm".into()),
                 source: "// kiln: block=256 grid=T smem=0\n".into(),
                 defines: Some(vec!["KILN_EPS=1e-6f".into(), "KILN_D=2048".into()]),
+                ..Default::default()
             }],
         };
         set_active(Some(pack.clone()));
@@ -241,6 +222,7 @@ mod tests {
                 entry_point: entry.map(str::to_string),
                 source: "// kiln: block=256 grid=T smem=0\n".into(),
                 defines: None,
+                ..Default::default()
             }],
         };
         let mut other = build();

@@ -10,76 +10,13 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-
 use super::error::{write_file, ReportError};
 use super::summary::{KernelSummary, ShapeResult};
-use crate::search::NodeId;
 use crate::session::{self, Session};
 use kiln_eval::candidate::strip_comments;
 use kiln_eval::targets;
 
-/// The format tag written into every entry, bumped on incompatible changes.
-pub const PACK_FORMAT: &str = "kiln-kernel-pack-entry/1";
-
-/// One shape's speedup in a pack entry.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct PackShape {
-    /// The shape's name.
-    pub name: String,
-    /// Catalog time / this kernel's time.
-    pub speedup: Option<f64>,
-    /// This kernel's median time in µs.
-    pub median_us: Option<f64>,
-    /// The catalog kernel's median time in µs.
-    pub baseline_median_us: Option<f64>,
-}
-
-/// A kernel-pack entry: the winner and everything needed to compile, launch and trust it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct PackEntry {
-    /// Always [`PACK_FORMAT`].
-    pub format: String,
-    /// The target the kernel implements.
-    pub target: String,
-    /// The `extern "C"` entry point, when known.
-    pub entry_point: Option<String>,
-    /// The full CUDA C++ source, as verified and timed.
-    pub source: String,
-    /// The `// kiln:` launch line, as the worker read it from `source`.
-    pub launch_line: String,
-    /// Static shape variables the kernel was specialised for (`D` → 2048), when known.
-    pub static_dims: Option<BTreeMap<String, i64>>,
-    /// The NVRTC defines it was compiled with, as `NAME=VALUE`
-    /// (`KILN_DTYPE=__nv_bfloat16`, …; [`kiln_kernels::pack`]), when known.
-    pub defines: Option<Vec<String>>,
-    /// The storage dtype (`bf16`, `f16`, `f32`), when known.
-    pub dtype: Option<String>,
-    /// The GPU it was measured on.
-    pub gpu_name: String,
-    /// That GPU's architecture (e.g. `sm_90`).
-    pub gpu_arch: String,
-    /// The CUDA driver version.
-    pub driver_version: String,
-    /// The NVRTC version it was compiled with.
-    pub nvrtc_version: String,
-    /// The kiln version that ran the search.
-    pub kiln_version: String,
-    /// When the session was last saved (RFC 3339, UTC).
-    pub measured_at: String,
-    /// Per-shape speedups over the catalog kernel.
-    pub shapes: Vec<PackShape>,
-    /// Geometric-mean speedup over the catalog kernel.
-    pub speedup_vs_catalog: Option<f64>,
-    /// Speedup over the naive seed kernel.
-    pub speedup_vs_seed: Option<f64>,
-    /// The search reward.
-    pub reward: f64,
-    /// The session file it came from, when exported from a file.
-    pub session_path: Option<PathBuf>,
-    /// The winning node.
-    pub node: NodeId,
-}
+pub use kiln_kernels::pack::{PackEntry, PackShape, PACK_FORMAT};
 
 /// What [`export_winner`] wrote.
 #[derive(Clone, Debug, PartialEq)]
@@ -191,7 +128,7 @@ pub fn pack_entry(
         speedup_vs_seed: summary.speedup_vs_seed,
         reward: summary.reward.unwrap_or(0.0),
         session_path: session_path.map(Path::to_path_buf),
-        node: id,
+        node: Some(id.0),
     })
 }
 
@@ -303,7 +240,10 @@ fn cu_text(e: &PackEntry) -> String {
         || "an in-memory session".to_string(),
         |p| p.display().to_string(),
     );
-    let _ = writeln!(h, "// from:     {from}, node {}", e.node);
+    let node = e
+        .node
+        .map_or_else(|| "unknown".to_string(), |n| n.to_string());
+    let _ = writeln!(h, "// from:     {from}, node {node}");
     let _ = writeln!(
         h,
         "// speedup:  {} vs the catalog kernel, {} vs the naive seed; reward {:.4}",

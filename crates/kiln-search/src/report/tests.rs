@@ -337,6 +337,10 @@ fn export_writes_json_and_cu() {
         pack.entry.defines.as_deref().expect("defines"),
         &build_defines
     ));
+    // The file reads back as the entry that was written (the format models read).
+    let read = kiln_kernels::pack::parse_pack(&fs::read_to_string(&pack.json).expect("read"))
+        .expect("a pack");
+    assert_eq!(read, vec![pack.entry.clone()]);
     let cu = fs::read_to_string(&pack.cu).expect("cu");
     assert!(cu.contains(&s.tree.nodes()[1].source), "verbatim source");
     assert!(cu.contains(LAUNCH));
@@ -372,7 +376,7 @@ fn export_of_unknown_target_uses_source_and_record() {
         .expect("add");
     s.tree.record_result(id, 4.0, json!(null)).expect("rec");
     let pack = export_winner(&s, &dir.path().join("w2.json")).expect("export");
-    assert_eq!(pack.entry.node, id);
+    assert_eq!(pack.entry.node, Some(id.0));
     assert_eq!(pack.entry.static_dims, None);
     assert_eq!(pack.entry.defines, None);
     let v: serde_json::Value =

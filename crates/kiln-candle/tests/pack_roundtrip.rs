@@ -1,0 +1,124 @@
+//! A pack entry made for a model's search target, written to a file as
+//! `kiln discover export` writes it and read back by kiln-candle, replaces
+//! exactly the catalog build that model runs, and nothing of another model.
+//!
+//! The two sides are declared apart: the target's defines come from the
+//! judge's registry (kiln-eval), the build from the model's preset config
+//! through the same op configs the model's layers use. This is where they meet.
+
+use kiln_candle::models::config::{preset, ModelConfig};
+use kiln_candle::models::glm4_moe_lite;
+use kiln_candle::ops::pack::KernelPack;
+use kiln_kernels::ops::norm::RmsNormConfig;
+use kiln_kernels::ops::topk::{SigmoidTopkConfig, SoftmaxTopkConfig};
+use kiln_kernels::pack::{define_entries, PackEntry, PACK_FORMAT};
+use kiln_kernels::{DType, KernelBuild, OpConfig};
+
+fn config(name: &str) -> ModelConfig {
+    let raw = preset(name, Some(1)).expect("preset");
+    ModelConfig::parse(&raw.to_string()).expect("config").0
+}
+
+/// `(target, the build the model runs for it)` for every searchable kernel a
+/// kiln model runs at decode.
+fn model_builds() -> Vec<(&'static str, KernelBuild)> {
+    let ModelConfig::Qwen3Moe(q) = config("qwen3-30b-a3b") else {
+        panic!("qwen3 preset");
+    };
+    let ModelConfig::Glm4MoeLite(g) = config("glm-4.7-flash") else {
+        panic!("glm preset");
+    };
+    let bf16 = DType::BF16;
+    let build = |c: &dyn Fn() -> kiln_kernels::Result<KernelBuild>| c().expect("build");
+    vec![
+        (
+            "qwen3_rmsnorm",
+            build(&|| RmsNormConfig::new(q.hidden_size, q.rms_norm_eps, bf16).build()),
+        ),
+        (
+            "qwen3_topk_gating",
+            build(&|| {
+                SoftmaxTopkConfig {
+                    e: q.num_experts,
+                    k: q.num_experts_per_tok,
+                    renorm: q.norm_topk_prob,
+                    dtype: bf16,
+                }
+                .build()
+            }),
+        ),
+        (
+            "glm_rmsnorm",
+            build(&|| RmsNormConfig::new(g.hidden_size, g.rms_norm_eps, bf16).build()),
+        ),
+        (
+            "glm_topk_gating",
+            build(&|| {
+                SigmoidTopkConfig {
+                    routing: glm4_moe_lite::routing(&g),
+                }
+                .build()
+            }),
+        ),
+    ]
+}
+
+/// What export writes for `target` (its provenance aside), through a file.
+fn exported(target: &str, dir: &std::path::Path) -> KernelPack {
+    let t = kiln_eval::targets::find(target).expect("registry target");
+    let entry = PackEntry {
+        format: PACK_FORMAT.into(),
+        target: target.into(),
+        entry_point: Some(t.signature().expect("signature").entry),
+        source: t.baseline().expect("baseline").source,
+        defines: Some(define_entries(&t.defines().expect("defines"))),
+        ..Default::default()
+    };
+    let path = dir.join(format!("{target}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(&entry).expect("json")).expect("write");
+    KernelPack::load(&path).expect("load")
+}
+
+#[test]
+fn an_exported_entry_replaces_the_build_its_model_runs_and_no_other() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let builds = model_builds();
+    for (target, build) in &builds {
+        let pack = exported(target, dir.path());
+        assert!(
+            pack.replacement(build).is_some(),
+            "{target}: the exported entry does not match the model's build {:?}",
+            build.defines
+        );
+        for (other, other_build) in &builds {
+            if other != target {
+                assert!(
+                    pack.replacement(other_build).is_none(),
+                    "{target} would also replace {other}'s build"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_broken_or_foreign_pack_file_is_an_error_that_names_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, text) in [
+        ("junk.json", "not json"),
+        ("no_source.json", r#"{"target": "qwen3_rmsnorm"}"#),
+        (
+            "future.json",
+            r#"{"format": "kiln-kernel-pack-entry/9", "target": "t", "source": "// kiln: block=32 grid=T\n"}"#,
+        ),
+        (
+            "no_launch_line.json",
+            r#"{"target": "t", "source": "__global__ void f() {}"}"#,
+        ),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write");
+        let err = KernelPack::load(&path).expect_err(name).to_string();
+        assert!(err.contains(name), "{name}: {err}");
+    }
+}
