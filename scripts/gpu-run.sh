@@ -2,7 +2,7 @@
 # Runs kiln's GPU suite from a bundle made by scripts/gpu-bundle.sh, on a
 # machine with an NVIDIA GPU. Writes logs and summary.md to $OUT (default
 # ./gpu-results). Usage: run.sh [suite...]; suites: doctor tests bench torch
-# discover sanitizer models models-before kernelcheck moecheck hf ab (default: doctor tests).
+# discover sanitizer models models-before kernelcheck moecheck ncu hf ab (default: doctor tests).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${OUT:-$PWD/gpu-results}
@@ -186,6 +186,26 @@ for suite in $suites; do
     echo "- kernel A/B: $(grep -c "candidate/catalog" "$out/ab.txt" 2>/dev/null || echo 0) shapes timed (ab.txt)" >> "$summary"
     sed 's/^/    /' "$out/ab.txt" >> "$summary" 2>/dev/null
     ;;
+  ncu)
+    # Nsight Compute on a KILN_NCU_LAYERS-layer model (default 2): each kernel of one eager
+    # decode step, serialised (early launch off, so durations are the kernels' own), through
+    # bench/ncu_step.py.
+    if ! command -v ncu > /dev/null; then
+      echo "- ncu: NOT RUN (no ncu on this machine)" >> "$summary"
+      failed=1
+      continue
+    fi
+    for preset in ${KILN_VALIDATE:-qwen3-30b-a3b glm-4.7-flash}; do
+      KILN_EARLY_LAUNCH=0 ncu --csv --print-units base --cache-control none --clock-control none \
+        --metrics gpu__time_duration.sum "$here/kiln-models" validate --synthetic "$preset" \
+        --layers "${KILN_NCU_LAYERS:-2}" --max-tokens 4 --runs 1 --no-baseline --no-noise-floor --eager \
+        --out "$out/ncu-validate" 2> "$out/ncu-$preset.err" | gzip > "$out/ncu-$preset.csv.gz"
+      python3 "$here/bench/ncu_step.py" "$out/ncu-$preset.csv.gz" > "$out/ncu-step-$preset.txt" 2>&1; rc=$?
+      echo "- ncu $preset: $([ $rc = 0 ] && echo DONE || echo "FAIL rc=$rc")" >> "$summary"
+      sed 's/^/    /' "$out/ncu-step-$preset.txt" >> "$summary"
+      [ $rc = 0 ] || failed=1
+    done
+    ;;
   hf)
     # transformers on a small synthetic checkpoint: logits against kiln's, and its decode speed.
     for preset in ${KILN_VALIDATE:-qwen3-30b-a3b glm-4.7-flash}; do
@@ -203,7 +223,7 @@ for suite in $suites; do
     done
     ;;
   *)
-    echo "unknown suite '$suite' (doctor tests bench torch discover sanitizer models models-before kernelcheck moecheck hf ab)" >&2; exit 2 ;;
+    echo "unknown suite '$suite' (doctor tests bench torch discover sanitizer models models-before kernelcheck moecheck ncu hf ab)" >&2; exit 2 ;;
   esac
 done
 
