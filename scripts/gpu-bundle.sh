@@ -43,12 +43,16 @@ for line in sys.stdin:
 
 # KILN_BUNDLE_MODELS_BEFORE=COMMIT adds kiln-models-COMMIT.gz, the models
 # binary of an earlier commit (the `models-before` suite), built from a
-# temporary worktree into the same target folder before the current one.
+# temporary worktree into its own target folder (…-before) before the current one.
 if [ -n "${KILN_BUNDLE_MODELS_BEFORE:-}" ]; then
   scripts/setup.sh --models >/dev/null
   old=$(mktemp -d)
   git worktree add --detach "$old" "$KILN_BUNDLE_MODELS_BEFORE" >/dev/null
-  target="${KILN_MODELS_TARGET:-$HOME/.cache/kiln/target-models}"
+  # Its own target folder: cargo names a workspace crate's artifacts by its path
+  # relative to the workspace, so the worktree's crates and the current ones
+  # would share file names in one folder, and the current build could pick up
+  # the older crate where the current sources look older than its artifact.
+  target="${KILN_MODELS_TARGET:-$HOME/.cache/kiln/target-models}-before"
   (cd "$old" && PATH="$root/.cache/cuda-build/nvidia/cu13/bin:$PATH" CUDA_HOME="$root/.cache/cuda-build/nvidia/cu13" \
      CUDA_COMPUTE_CAP=90 KILN_CUDA_LINK_DIR="$root/.cache/cuda-build/link" CARGO_TARGET_DIR="$target" \
      cargo build --release --locked -p kiln-cli --features models-cuda)

@@ -102,6 +102,25 @@ fn an_exported_entry_replaces_the_build_its_model_runs_and_no_other() {
 }
 
 #[test]
+fn the_registry_says_run_by_a_model_for_exactly_these_targets() {
+    let mut runs: Vec<String> = kiln_eval::targets::all()
+        .into_iter()
+        .filter(|t| t.model_use == kiln_eval::targets::ModelUse::Runs)
+        .map(|t| t.name)
+        .collect();
+    let mut built: Vec<String> = model_builds()
+        .into_iter()
+        .map(|(t, _)| t.to_string())
+        .collect();
+    runs.sort();
+    built.sort();
+    assert_eq!(
+        runs, built,
+        "`kiln discover list` must say which targets kiln's models run"
+    );
+}
+
+#[test]
 fn a_broken_or_foreign_pack_file_is_an_error_that_names_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     for (name, text) in [

@@ -31,6 +31,32 @@ pub struct Target {
     pub visible_verify_t: Vec<usize>,
     /// Row counts verified but never shown to the proposer.
     pub hidden_verify_t: Vec<usize>,
+    /// Whether one of kiln's models runs exactly this build at decode (so a
+    /// winner can be proven in the model), pinned by kiln-candle's
+    /// `tests/pack_roundtrip.rs`.
+    pub model_use: ModelUse,
+}
+
+/// Whether a kiln model runs a target's exact build at decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelUse {
+    /// A generic shape, no model's.
+    Generic,
+    /// The model runs this build: its winners can be validated in it.
+    Runs,
+    /// The model's configuration, but kiln's model runs other kernels for it (why).
+    NotRun(&'static str),
+}
+
+impl ModelUse {
+    /// One phrase for `kiln discover list`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Generic => "no model (generic shape)".into(),
+            Self::Runs => "yes".into(),
+            Self::NotRun(why) => format!("no: {why}"),
+        }
+    }
 }
 
 impl Target {

@@ -11,7 +11,7 @@ use kiln_kernels::ops::ttt::TttConfig;
 use kiln_kernels::DType;
 
 use super::op_problem::OpProblem;
-use super::Target;
+use super::{ModelUse, Target};
 
 /// Token counts timed for row ops: decode (1), small batch (16), prefill (4096).
 const TIMED_T: [usize; 3] = [1, 16, 4096];
@@ -35,6 +35,21 @@ fn target(
         // The proposer never sees these: odd sizes catch hard-coded shapes and
         // missing tails.
         hidden_verify_t: vec![3, 37, 1000],
+        model_use: match model {
+            None => ModelUse::Generic,
+            Some(_) => ModelUse::Runs,
+        },
+    }
+}
+
+/// Why kiln's models do not run a model-shaped target.
+const FUSED_EXPERTS: &str = "kiln's model runs the fused expert kernels instead";
+const NO_LFM2: &str = "kiln has no LFM2 model yet";
+
+impl Target {
+    fn not_run(mut self, why: &'static str) -> Self {
+        self.model_use = ModelUse::NotRun(why);
+        self
     }
 }
 
@@ -106,7 +121,8 @@ pub fn all() -> Vec<Target> {
             "expert SwiGLU, I=1536",
             swiglu(1536),
             &TIMED_T,
-        ),
+        )
+        .not_run(FUSED_EXPERTS),
         target(
             "glm_rmsnorm",
             glm,
@@ -120,7 +136,8 @@ pub fn all() -> Vec<Target> {
             "combine of K=4 experts plus the shared expert, D=2048",
             combine(2048, 4, true),
             &TIMED_T,
-        ),
+        )
+        .not_run(FUSED_EXPERTS),
         target(
             "glm_topk_gating",
             glm,
@@ -135,7 +152,8 @@ pub fn all() -> Vec<Target> {
             "expert SwiGLU, I=768",
             swiglu(768),
             &TIMED_T,
-        ),
+        )
+        .not_run(FUSED_EXPERTS),
         target(
             "qwen3_rmsnorm",
             qwen,
@@ -149,7 +167,8 @@ pub fn all() -> Vec<Target> {
             "combine of K=8 experts, D=2048",
             combine(2048, 8, false),
             &TIMED_T,
-        ),
+        )
+        .not_run(FUSED_EXPERTS),
         target(
             "qwen3_topk_gating",
             qwen,
@@ -164,28 +183,32 @@ pub fn all() -> Vec<Target> {
             "expert SwiGLU, I=1792",
             swiglu(1792),
             &TIMED_T,
-        ),
+        )
+        .not_run(NO_LFM2),
         target(
             "lfm2_rmsnorm",
             lfm,
             "hidden RMSNorm, D=2048, eps 1e-5",
             rmsnorm(2048, 1e-5),
             &TIMED_T,
-        ),
+        )
+        .not_run(NO_LFM2),
         target(
             "lfm2_moe_combine",
             lfm,
             "combine of K=4 experts, D=2048",
             combine(2048, 4, false),
             &TIMED_T,
-        ),
+        )
+        .not_run(NO_LFM2),
         target(
             "lfm2_topk_gating",
             lfm,
             "sigmoid router in bf16, E=32, top-4, bias selects",
             OpProblem::SigmoidTopk(SigmoidTopkConfig::lfm2_8b_a1b(bf16)),
             &TIMED_T,
-        ),
+        )
+        .not_run(NO_LFM2),
     ]
 }
 
