@@ -23,6 +23,7 @@ pub mod error;
 pub mod models;
 pub mod ops;
 pub mod synth;
+pub mod text;
 pub mod validate;
 
 pub use candle_core;

@@ -131,6 +131,10 @@ pub struct ConfigResult {
     pub verdict: Verdict,
     /// Why, in a line.
     pub verdict_reason: String,
+    /// The greedy tokens as text, when the checkpoint has a tokenizer
+    /// ([`Report::decode_texts`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
 }
 
 /// A configuration's fidelity verdict.
@@ -327,7 +331,20 @@ impl Report {
             s += &format!("pack: {r}\n");
         }
         s += &format!("early launch: {}\n", self.early_launch);
+        for c in &self.configs {
+            if let Some(text) = &c.text {
+                s += &format!("{} said: {text:?}\n", c.name);
+            }
+        }
         s
+    }
+
+    /// Fills in each configuration's greedy tokens as text.
+    pub fn decode_texts(&mut self, tokenizer: &crate::text::Tokenizer) -> Result<()> {
+        for c in &mut self.configs {
+            c.text = Some(tokenizer.decode(&c.tokens)?);
+        }
+        Ok(())
     }
 
     /// The configurations whose verdict is FAIL.
@@ -689,6 +706,7 @@ fn measure(
                 identical_to_eager: None,
                 verdict: Verdict::NotJudged,
                 verdict_reason: String::new(),
+                text: None,
             },
             step_logits,
         ));
@@ -1045,6 +1063,7 @@ mod tests {
             identical_to_eager: identical,
             verdict: Verdict::NotJudged,
             verdict_reason: String::new(),
+            text: None,
         }
     }
 

@@ -341,8 +341,12 @@ pub struct ValidateArgs {
     #[arg(long, default_value_t = 32)]
     pub prompt_len: usize,
     /// Prompt token ids, comma-separated (overrides --prompt-len).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', conflicts_with = "prompt_text")]
     pub prompt: Vec<u32>,
+    /// The prompt as text, encoded with the checkpoint's tokenizer.json (each
+    /// configuration's output is then printed as text too).
+    #[arg(long, requires = "model")]
+    pub prompt_text: Option<String>,
     /// Run only the baseline (no kiln kernels).
     #[arg(long)]
     pub no_patch: bool,

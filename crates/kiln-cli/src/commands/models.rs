@@ -128,10 +128,22 @@ pub fn validate(a: &ValidateArgs) -> anyhow::Result<ExitCode> {
             .and_then(|v| v["vocab_size"].as_u64()),
     }
     .unwrap_or(1000) as u32;
-    let prompt = if a.prompt.is_empty() {
-        seeded_prompt(a.prompt_len, vocab, a.seed)
-    } else {
-        a.prompt.clone()
+    // A checkpoint's own tokenizer: the prompt may be text, and every
+    // configuration's tokens are shown as text.
+    let tokenizer = match (&a.model, &a.prompt_text) {
+        (Some(dir), Some(_)) => Some(kiln_candle::text::Tokenizer::from_checkpoint(dir)?),
+        (None, Some(_)) => anyhow::bail!(
+            "--prompt-text needs a checkpoint with a tokenizer.json; synthetic weights have no text (use --prompt or --prompt-len)"
+        ),
+        (Some(dir), None) if dir.join(kiln_candle::text::Tokenizer::FILE).is_file() => {
+            Some(kiln_candle::text::Tokenizer::from_checkpoint(dir)?)
+        }
+        _ => None,
+    };
+    let prompt = match (&a.prompt_text, &tokenizer) {
+        (Some(text), Some(t)) => t.encode(text)?,
+        _ if a.prompt.is_empty() => seeded_prompt(a.prompt_len, vocab, a.seed),
+        _ => a.prompt.clone(),
     };
     let opts = Options {
         weights,
@@ -151,6 +163,10 @@ pub fn validate(a: &ValidateArgs) -> anyhow::Result<ExitCode> {
         bar.set_message(msg.to_string())
     })?;
     bar.finish_and_clear();
+    let mut report = report;
+    if let Some(t) = &tokenizer {
+        report.decode_texts(t)?;
+    }
     println!("{}", report.table());
     write_results(&a.out, &report)?;
     let failed = report.failures();
