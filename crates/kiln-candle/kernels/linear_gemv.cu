@@ -4,8 +4,9 @@
 // Math (f32 accumulation, one rounding at the output):
 //   out[t, n] = dtype( sum_k x[t, k] * w[n, k] )      t < T, n < N, k < K
 // Layout: x[T, K], w[N, K] (row-major, the nn.Linear weight), out[T, N]; pointers 16-byte aligned.
-// Defines: KILN_DTYPE, KILN_N (>= 1), KILN_K (% (16 / sizeof(dtype)) == 0), KILN_RPW (output rows
-// per warp, 1..=4).
+// Defines: KILN_DTYPE (w and out), KILN_X_DTYPE (x; default KILN_DTYPE, may be narrower: widened
+// exactly), KILN_N (>= 1), KILN_K (% (16 / sizeof(dtype)) == 0), KILN_RPW (output rows per warp,
+// 1..=4).
 // Launch: 256 threads (8 warps); warp j of block b computes rows (8b + j) * RPW .. + RPW for every
 // t < T (T <= 8: the kernel keeps T partial sums per row in registers; larger T goes to cuBLAS).
 // Each lane loads 16-byte vectors of a weight row at stride 32 vectors, all RPW rows' loads of
@@ -21,6 +22,13 @@
 #include <cuda_fp16.h>
 
 typedef KILN_DTYPE scalar_t;
+// x may be stored narrower than the weight (a bf16 hidden state against GLM's f32 router):
+// each value is widened exactly to f32, so the result is the weight dtype's gemv of x cast up.
+#ifdef KILN_X_DTYPE
+typedef KILN_X_DTYPE x_t;
+#else
+typedef scalar_t x_t;
+#endif
 
 #ifndef KILN_RPW
 #define KILN_RPW 2
@@ -44,17 +52,36 @@ template <> __device__ __forceinline__ float from_f<float>(float v) { return v; 
 template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
-// The dot product of one 16-byte vector of w with the matching one of x.
-__device__ __forceinline__ float dot16(const uint4& wv, const uint4& xv) {
+// The VEC values of x that meet one 16-byte vector of w (VEC * sizeof(x_t) bytes, read through
+// the read-only cache: at most 8 rows of K values, they stay in L1 while the weight streams past).
+struct __align__(8) XVec { x_t v[VEC]; };
+static_assert(sizeof(XVec) % 8 == 0, "linear_gemv: x vectors are whole 8-byte words");
+__device__ __forceinline__ XVec load_x(const x_t* x, size_t vec) {
+    XVec r;
+    if (sizeof(XVec) % 16 == 0) {
+        const uint4* p = reinterpret_cast<const uint4*>(x + vec * VEC);
+        uint4* q = reinterpret_cast<uint4*>(&r);
+#pragma unroll
+        for (int i = 0; i < (int)(sizeof(XVec) / 16); ++i) q[i] = __ldg(p + i);
+    } else {
+        const uint2* p = reinterpret_cast<const uint2*>(x + vec * VEC);
+        uint2* q = reinterpret_cast<uint2*>(&r);
+#pragma unroll
+        for (int i = 0; i < (int)(sizeof(XVec) / 8); ++i) q[i] = __ldg(p + i);
+    }
+    return r;
+}
+
+// The dot product of one 16-byte vector of w with the matching values of x.
+__device__ __forceinline__ float dot16(const uint4& wv, const XVec& xv) {
     const scalar_t* w = reinterpret_cast<const scalar_t*>(&wv);
-    const scalar_t* x = reinterpret_cast<const scalar_t*>(&xv);
     float s = 0.f;
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) s = fmaf(to_f(w[i]), to_f(x[i]), s);
+    for (int i = 0; i < VEC; ++i) s = fmaf(to_f(w[i]), to_f(xv.v[i]), s);
     return s;
 }
 
-extern "C" __global__ void __launch_bounds__(256) linear_gemv(const scalar_t* __restrict__ x,
+extern "C" __global__ void __launch_bounds__(256) linear_gemv(const x_t* __restrict__ x,
                                                               const scalar_t* __restrict__ w,
                                                               scalar_t* __restrict__ out,
                                                               int t_rows) {
@@ -93,7 +120,6 @@ extern "C" __global__ void __launch_bounds__(256) linear_gemv(const scalar_t* __
         const int n = min(row0 + r, KILN_N - 1);
         wv[r] = reinterpret_cast<const uint4*>(w + (size_t)n * KILN_K);
     }
-    const uint4* xv = reinterpret_cast<const uint4*>(x);
 
 #pragma unroll 4
     for (int v = lane; v < NVEC; v += 32) {
@@ -103,7 +129,7 @@ extern "C" __global__ void __launch_bounds__(256) linear_gemv(const scalar_t* __
 #pragma unroll
         for (int t = 0; t < MAX_T; ++t) {
             if (t < T) {
-                const uint4 xl = __ldg(xv + (size_t)t * NVEC + v);
+                const XVec xl = load_x(x, (size_t)t * NVEC + v);
 #pragma unroll
                 for (int r = 0; r < KILN_RPW; ++r) acc[r][t] += dot16(wl[r], xl);
             }

@@ -86,7 +86,7 @@ pub fn check_kernels(gpu: &Device, presets: &[serde_json::Value]) -> Result<Kern
     let mut seed = 1u64;
     for raw in presets {
         let (cfg, _) = ModelConfig::parse(&raw.to_string())?;
-        for (n, k) in projections(&cfg) {
+        for (n, k, w_dtype) in projections(&cfg) {
             // The float64 reference of a vocabulary projection takes seconds: one T there.
             let ts: &[usize] = if n * k > 100_000_000 {
                 &[1]
@@ -96,12 +96,12 @@ pub fn check_kernels(gpu: &Device, presets: &[serde_json::Value]) -> Result<Kern
             for &t in ts {
                 seed += 1;
                 let x = random((t, k), seed)?;
-                let w = random((n, k), seed + 1000)?;
+                let w = random((n, k), seed + 1000)?.to_dtype(candle_dtype(w_dtype))?;
                 let cpu = ops::linear::gemv(&x, &w)?;
                 let got = ops::linear::gemv(&x.to_device(gpu)?, &w.to_device(gpu)?)?;
                 checks.push(judge(
                     "linear_gemv",
-                    format!("N={n} K={k} T={t}"),
+                    format!("N={n} K={k} T={t} w {w_dtype}"),
                     &got,
                     &cpu,
                     false,
@@ -236,17 +236,19 @@ fn qk_norm_rope(
     })
 }
 
-/// Every `(N, K)` a model projects with at decode.
-pub fn projections(cfg: &ModelConfig) -> Vec<(usize, usize)> {
+/// Every `(N, K, weight dtype)` a model projects with at decode (x is the
+/// model's bf16 hidden state; GLM-4.7-Flash's router weight is f32).
+pub fn projections(cfg: &ModelConfig) -> Vec<(usize, usize, kiln_kernels::DType)> {
+    use kiln_kernels::DType::{BF16, F32};
     match cfg {
         ModelConfig::Qwen3Moe(c) => {
             let (h, hd) = (c.hidden_size, c.head_dim);
             let (qh, kvh) = (c.num_attention_heads, c.num_key_value_heads);
             vec![
-                ((qh + 2 * kvh) * hd, h),
-                (h, qh * hd),
-                (c.num_experts, h),
-                (c.vocab_size, h),
+                ((qh + 2 * kvh) * hd, h, BF16),
+                (h, qh * hd, BF16),
+                (c.num_experts, h, BF16),
+                (c.vocab_size, h, BF16),
             ]
         }
         ModelConfig::Glm4MoeLite(c) => {
@@ -257,27 +259,41 @@ pub fn projections(cfg: &ModelConfig) -> Vec<(usize, usize)> {
                 (
                     c.q_lora_rank + c.kv_lora_rank + c.qk_rope_head_dim,
                     c.hidden_size,
+                    BF16,
                 ),
-                (nh * dqk, c.q_lora_rank),
-                (nh * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank),
-                (c.hidden_size, nh * c.v_head_dim),
-                (2 * c.intermediate_size, c.hidden_size),
-                (c.hidden_size, c.intermediate_size),
-                (c.n_routed_experts, c.hidden_size),
-                (c.vocab_size, c.hidden_size),
+                (nh * dqk, c.q_lora_rank, BF16),
+                (
+                    nh * (c.qk_nope_head_dim + c.v_head_dim),
+                    c.kv_lora_rank,
+                    BF16,
+                ),
+                (c.hidden_size, nh * c.v_head_dim, BF16),
+                (2 * c.intermediate_size, c.hidden_size, BF16),
+                (c.hidden_size, c.intermediate_size, BF16),
+                (c.n_routed_experts, c.hidden_size, F32),
+                (c.vocab_size, c.hidden_size, BF16),
             ]
         }
         ModelConfig::Glm4(c) => {
             let (h, hd) = (c.hidden_size, c.kv_channels);
             let (qh, kvh) = (c.num_attention_heads, c.multi_query_group_num);
             vec![
-                ((qh + 2 * kvh) * hd, h),
-                (h, qh * hd),
-                (2 * c.ffn_hidden_size, h),
-                (h, c.ffn_hidden_size),
-                (c.padded_vocab_size, h),
+                ((qh + 2 * kvh) * hd, h, BF16),
+                (h, qh * hd, BF16),
+                (2 * c.ffn_hidden_size, h, BF16),
+                (h, c.ffn_hidden_size, BF16),
+                (c.padded_vocab_size, h, BF16),
             ]
         }
+    }
+}
+
+/// candle's dtype for a kernel dtype.
+fn candle_dtype(d: kiln_kernels::DType) -> candle_core::DType {
+    match d {
+        kiln_kernels::DType::BF16 => candle_core::DType::BF16,
+        kiln_kernels::DType::F16 => candle_core::DType::F16,
+        kiln_kernels::DType::F32 => candle_core::DType::F32,
     }
 }
 

@@ -37,8 +37,8 @@ fn compile(c: &Compiler, b: &KernelBuild) {
     );
 }
 
-/// Every `(N, K)` a preset's kiln model projects with at decode.
-fn projections(name: &str) -> Vec<(usize, usize)> {
+/// Every `(N, K, weight dtype)` a preset's kiln model projects with at decode.
+fn projections(name: &str) -> Vec<(usize, usize, DType)> {
     let raw = preset(name, Some(1)).expect("preset");
     let (cfg, _) = ModelConfig::parse(&raw.to_string()).expect("config");
     kiln_candle::check_kernels::projections(&cfg)
@@ -81,8 +81,8 @@ fn linear_gemv_compiles_and_launches_at_every_preset_projection() {
     for name in ["qwen3-30b-a3b", "glm-4.7-flash", "glm-4-9b"] {
         let shapes = projections(name);
         assert!(shapes.len() >= 4, "{name}");
-        for (n, k) in shapes {
-            compile(&c, &linear::build(n, k, DType::BF16));
+        for (n, k, w_dtype) in shapes {
+            compile(&c, &linear::build_mixed(n, k, w_dtype, DType::BF16));
             let rpw = linear::rows_per_warp(n);
             for t in [1i64, 8] {
                 let vars: BTreeMap<String, i64> =

@@ -13,7 +13,13 @@ use crate::ops;
 /// sizes (T ≤ 8) kiln's `linear_gemv`, otherwise cuBLAS (the plain-candle
 /// baseline always).
 pub fn linear(x: &Tensor, w: &Tensor, k: Kernels) -> Result<Tensor> {
-    if k == Kernels::Kiln && x.device().is_cuda() && ops::linear::gemv_applies(x, w) {
+    // Same dtypes only: a mixed pair would come back in w's dtype here and
+    // fail in the matmul below (the router widens x on purpose, see moe.rs).
+    if k == Kernels::Kiln
+        && x.dtype() == w.dtype()
+        && x.device().is_cuda()
+        && ops::linear::gemv_applies(x, w)
+    {
         return ops::linear::gemv(x, w);
     }
     Ok(x.matmul(&w.t()?)?)

@@ -179,7 +179,14 @@ impl MoeBlock {
                 ops::router::softmax_topk(&linear(x, &self.gate, self.kernels)?, self.k, *renorm)
             }
             (Router::Sigmoid { bias, routing }, Kernels::Kiln) => {
-                let logits = linear(&x.to_dtype(DType::F32)?, &self.gate, self.kernels)?;
+                // f32 logits of the bf16 hidden state widened to f32, as HF computes
+                // them; at decode the projection widens x itself (one launch, the
+                // same values), elsewhere x is cast first.
+                let logits = if x.device().is_cuda() && ops::linear::gemv_applies(x, &self.gate) {
+                    ops::linear::gemv(x, &self.gate)?
+                } else {
+                    linear(&x.to_dtype(DType::F32)?, &self.gate, self.kernels)?
+                };
                 ops::router::sigmoid_topk(&logits, bias, *routing)
             }
             (Router::Softmax { renorm }, Kernels::Candle) => {

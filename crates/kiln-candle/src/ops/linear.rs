@@ -16,17 +16,19 @@ pub const GEMV_MAX_ROWS: usize = 8;
 /// The kernel's source (its header states the math and the launch rule).
 pub const SOURCE: &str = include_str!("../../kernels/linear_gemv.cu");
 
-/// Whether [`gemv`] takes `x[T, K]` against `w[N, K]` (same dtype, T ≤ 8,
-/// K a whole number of 16-byte vectors, both starting 16-byte aligned).
+/// Whether [`gemv`] takes `x[T, K]` against `w[N, K]` (kernel dtypes, T ≤ 8,
+/// K a whole number of w's 16-byte vectors, both starting 16-byte aligned).
 pub fn gemv_applies(x: &Tensor, w: &Tensor) -> bool {
     let (Ok((t, k)), Ok((n, k2))) = (x.dims2(), w.dims2()) else {
         return false;
     };
-    let size = x.dtype().size_in_bytes().max(1);
-    let vec = 16 / size;
+    // The kernel's vector is 16 bytes of w (and the same number of x values).
+    let vec = 16 / w.dtype().size_in_bytes().max(1);
     // A contiguous view is passed as it is; anything else is copied (aligned) first.
-    let aligned =
-        |t: &Tensor| !t.is_contiguous() || (t.layout().start_offset() * size).is_multiple_of(16);
+    let aligned = |t: &Tensor| {
+        !t.is_contiguous()
+            || (t.layout().start_offset() * t.dtype().size_in_bytes()).is_multiple_of(16)
+    };
     if !aligned(x) || !aligned(w) {
         return false;
     }
@@ -34,8 +36,8 @@ pub fn gemv_applies(x: &Tensor, w: &Tensor) -> bool {
         && k == k2
         && n >= 1
         && k % vec == 0
-        && x.dtype() == w.dtype()
         && kernel_dtype("linear_gemv", x.dtype()).is_ok()
+        && kernel_dtype("linear_gemv", w.dtype()).is_ok()
 }
 
 /// Output rows per warp for an `n`-row weight: one while that leaves SMs
@@ -48,23 +50,42 @@ pub fn rows_per_warp(n: usize) -> usize {
     }
 }
 
-/// The compile inputs for an `n × k` weight of `dtype`.
+/// The compile inputs for an `n × k` weight of `dtype`, x of the same dtype.
 pub fn build(n: usize, k: usize, dtype: kiln_kernels::DType) -> kiln_kernels::KernelBuild {
+    build_mixed(n, k, dtype, dtype)
+}
+
+/// The compile inputs for an `n × k` weight (and output) of `w_dtype` and x of
+/// `x_dtype`, widened exactly (GLM's f32 router on the bf16 hidden state).
+pub fn build_mixed(
+    n: usize,
+    k: usize,
+    w_dtype: kiln_kernels::DType,
+    x_dtype: kiln_kernels::DType,
+) -> kiln_kernels::KernelBuild {
     let rpw = rows_per_warp(n);
+    let mut defines = vec![
+        w_dtype.define(),
+        ("KILN_N".into(), n.to_string()),
+        ("KILN_K".into(), k.to_string()),
+        ("KILN_RPW".into(), rpw.to_string()),
+    ];
+    let mut name = format!("linear_gemv_{w_dtype}_N{n}_K{k}_RPW{rpw}");
+    if x_dtype != w_dtype {
+        let (_, x_type) = x_dtype.define();
+        defines.push(("KILN_X_DTYPE".into(), x_type));
+        name += &format!("_x{x_dtype}");
+    }
     kiln_kernels::KernelBuild {
-        name: format!("linear_gemv_{dtype}_N{n}_K{k}_RPW{rpw}.cu"),
+        name: name + ".cu",
         entry: "linear_gemv".into(),
         source: SOURCE.into(),
-        defines: vec![
-            dtype.define(),
-            ("KILN_N".into(), n.to_string()),
-            ("KILN_K".into(), k.to_string()),
-            ("KILN_RPW".into(), rpw.to_string()),
-        ],
+        defines,
     }
 }
 
-/// `x[T, K] · w[N, K]ᵀ → [T, N]`, f32 accumulation, one rounding (see [`gemv_applies`]).
+/// `x[T, K] · w[N, K]ᵀ → [T, N]` in w's dtype, f32 accumulation, one
+/// rounding (see [`gemv_applies`]); x may be another dtype, widened exactly.
 pub fn gemv(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let op = "linear_gemv";
     if !gemv_applies(x, w) {
@@ -81,7 +102,7 @@ pub fn gemv(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     }
     let (t, k) = x.dims2()?;
     let n = w.dim(0)?;
-    let dtype = kernel_dtype(op, x.dtype())?;
+    let dtype = kernel_dtype(op, w.dtype())?;
     let (x, w) = (x.contiguous()?, w.contiguous()?);
     if x.device().is_cpu() {
         let (xv, wv) = (host::values(&x)?, host::values(&w)?);
@@ -92,14 +113,15 @@ pub fn gemv(x: &Tensor, w: &Tensor) -> Result<Tensor> {
                 out[r * n + c] = dtype.round(s);
             }
         }
-        return host::tensor(out, (t, n), x.dtype(), x.device());
+        return host::tensor(out, (t, n), w.dtype(), x.device());
     }
     #[cfg(feature = "cuda")]
     {
         use super::device::{cuda_device, function, launch, sm_count, Arg, Inputs};
         use std::collections::BTreeMap;
         let dev = cuda_device(op, &x)?;
-        let func = function(&dev, &build(n, k, dtype))?;
+        let x_dtype = kernel_dtype(op, x.dtype())?;
+        let func = function(&dev, &build_mixed(n, k, dtype, x_dtype))?;
         let line = launch_line()?;
         let vars: BTreeMap<String, i64> = [
             ("N", n as i64),
@@ -113,7 +135,7 @@ pub fn gemv(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         let dims = line
             .evaluate(&vars)
             .map_err(|e| op_error(op, format!("launch line: {e}")))?;
-        let mut out = super::device::alloc(&dev, x.dtype(), t * n)?;
+        let mut out = super::device::alloc(&dev, w.dtype(), t * n)?;
         {
             let inputs = Inputs::new(op, &[&x, &w])?;
             launch(
