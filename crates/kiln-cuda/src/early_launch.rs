@@ -225,6 +225,12 @@ mod tests {
             "\tbar.sync 0;\n",
             "\tcall.uni (retval0), f, (param0);\n",
             "\tcp.async.ca.shared.global [%r1], [%rd2], 16;\n",
+            // Not a load, but it drops L2 lines another kernel may still need.
+            "\tdiscard.global.L2 [%rd2], 128;\n",
+            "\tst.param.b32 [param0], %r1;\n",
+            "\tmbarrier.init.shared.b64 [%r1], 1;\n",
+            "\tred.global.add.u32 [%rd2], 1;\n",
+            "\tsuld.b.1d.b32.trap {%r2}, [%rd1, {%r1}];\n",
         ] {
             let ptx = entry(&format!("{prefix}\tgriddepcontrol.wait;\n"));
             assert!(!waits_before_memory(&ptx, "k"), "{prefix}");
