@@ -539,7 +539,7 @@ fn early_launch_summary() -> String {
         return "not used (no CUDA kernel loaded)".into();
     }
     if !on {
-        return "off (KILN_EARLY_LAUNCH=0)".into();
+        return "off (KILN_EARLY_LAUNCH=1 turns it on)".into();
     }
     if early == 0 {
         tracing::warn!(

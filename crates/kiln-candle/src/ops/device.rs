@@ -49,11 +49,13 @@ fn kernels() -> &'static KernelCache {
 }
 
 /// Whether kernels whose PTX allows it are launched early (programmatic
-/// dependent launch). On unless `KILN_EARLY_LAUNCH=0`, which exists to
-/// measure what it buys; read once per process.
+/// dependent launch): only with `KILN_EARLY_LAUNCH=1`, read once per process.
+/// Off by default until a GPU run has shown graph decode bit-identical to
+/// eager with it on, and measured what it buys (no device could be had when
+/// it was written).
 pub fn early_launch_enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("KILN_EARLY_LAUNCH").map_or(true, |v| v != "0"))
+    *ON.get_or_init(|| std::env::var("KILN_EARLY_LAUNCH").is_ok_and(|v| v == "1"))
 }
 
 /// Loaded kernels so far: (launched early, all). What validate reports, so a
