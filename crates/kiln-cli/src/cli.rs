@@ -126,6 +126,11 @@ pub struct SearchFlags {
     /// Use a session recorded on another GPU, or move an unusable one aside.
     #[arg(long)]
     pub force: bool,
+    /// Who judges candidates: `gpu` (the GPU worker), or `replay:DIR`, which
+    /// answers from the sessions recorded under DIR (no GPU; a source they
+    /// never evaluated stops the search as "not recorded").
+    #[arg(long, default_value = "gpu")]
+    pub evaluator: String,
 }
 
 /// `kiln discover search` flags.
@@ -170,8 +175,27 @@ pub struct AutorunArgs {
     /// Folder of the sessions and `autorun_summary.json`.
     #[arg(long, default_value = "discover_sessions/autorun")]
     pub session_dir: std::path::PathBuf,
+    /// Run only shard I of N (`I/N`, I from 0): the (backend, target) sessions
+    /// whose position in the full list is I modulo N, so N processes (a Slurm
+    /// array, one per GPU) share one folder and together run every session once.
+    #[arg(long, value_parser = parse_shard)]
+    pub shard: Option<(usize, usize)>,
     #[command(flatten)]
     pub flags: SearchFlags,
+}
+
+/// `I/N` with `N ≥ 1` and `I < N`.
+fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("`{s}`: expected I/N with 0 <= I < N (e.g. 0/4)");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = (
+        i.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
 }
 
 /// `kiln discover eval` flags.

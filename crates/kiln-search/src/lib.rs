@@ -1,6 +1,7 @@
 //! kiln's kernel search: the PUCT tree ([`search`]), resumable sessions
 //! ([`session`]), the driver that asks proposers and the judge in turn
-//! ([`driver`]), reports and export ([`report`]), and the port every proposer
+//! ([`driver`]), reports and export ([`report`]), a GPU-free evaluator that
+//! replays recorded sessions ([`replay`]), and the port every proposer
 //! implements ([`propose::Proposer`]).
 //!
 //! The search trusts the judge (`kiln-eval`) and nothing a proposer writes;
@@ -9,6 +10,7 @@
 
 pub mod driver;
 pub mod propose;
+pub mod replay;
 pub mod report;
 pub mod search;
 pub mod session;

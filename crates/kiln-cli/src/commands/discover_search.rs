@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use kiln_eval::evaluator::{EvaluatorConfig, GpuEvaluator};
+use kiln_eval::evaluator::{CandidateEvaluator, EvaluatorConfig, GpuEvaluator};
 use kiln_eval::targets::{self, Target};
 use kiln_propose::{backend_from_name, BackendOptions};
 use kiln_search::driver::{run_search, SearchObserver, SearchSummary};
+use kiln_search::replay::ReplayEvaluator;
 use kiln_search::search::{Node, NodeStatus, Widening};
 use kiln_search::session::{Opened, SearchConfig, Session};
 use serde_json::json;
@@ -103,16 +104,30 @@ fn config(steps: u32, candidates_per_step: u32, flags: &SearchFlags) -> SearchCo
     }
 }
 
-fn evaluator(flags: &SearchFlags) -> anyhow::Result<GpuEvaluator> {
-    Ok(GpuEvaluator::new(
-        super::worker_command(flags.device)?,
-        EvaluatorConfig {
-            secret_seed: super::discover_eval::clock_seed(),
-            warmup: flags.warmup,
-            iters: flags.iters,
-            timeout: Duration::from_secs(flags.timeout),
+/// The judge `--evaluator` names: the GPU worker, or a replay of recorded sessions.
+fn evaluator(flags: &SearchFlags) -> anyhow::Result<Box<dyn CandidateEvaluator>> {
+    match flags.evaluator.as_str() {
+        "gpu" => Ok(Box::new(GpuEvaluator::new(
+            super::worker_command(flags.device)?,
+            EvaluatorConfig {
+                secret_seed: super::discover_eval::clock_seed(),
+                warmup: flags.warmup,
+                iters: flags.iters,
+                timeout: Duration::from_secs(flags.timeout),
+            },
+        )?)),
+        other => match other.strip_prefix("replay:") {
+            Some(dir) if !dir.is_empty() => {
+                let r = ReplayEvaluator::from_dir(Path::new(dir))?;
+                eprintln!(
+                    "evaluator: replaying {} recorded evaluations from {dir} (no GPU)",
+                    r.len()
+                );
+                Ok(Box::new(r))
+            }
+            _ => bail!("--evaluator `{other}`: use `gpu` or `replay:DIR`"),
         },
-    )?)
+    }
 }
 
 /// One search with its progress bar.
@@ -123,7 +138,7 @@ fn search_one(
     candidates_per_step: u32,
     path: &Path,
     flags: &SearchFlags,
-    evaluator: &mut GpuEvaluator,
+    evaluator: &mut dyn CandidateEvaluator,
 ) -> anyhow::Result<SearchSummary> {
     let proposer = backend_from_name(
         backend,
@@ -192,7 +207,7 @@ pub fn search(args: &SearchArgs) -> anyhow::Result<ExitCode> {
         args.candidates_per_step,
         &path,
         &args.flags,
-        &mut ev,
+        ev.as_mut(),
     )?;
     println!(
         "{}",
@@ -217,8 +232,27 @@ pub fn autorun(args: &AutorunArgs) -> anyhow::Result<ExitCode> {
     let mut ev = evaluator(&args.flags)?;
     let mut rows = Vec::new();
     let mut failures = 0;
-    for backend in &args.backends {
-        for target in &chosen {
+    // Every (backend, target) session in a fixed order; a shard keeps every N-th.
+    let all: Vec<(&String, &Target)> = args
+        .backends
+        .iter()
+        .flat_map(|b| chosen.iter().map(move |t| (b, t)))
+        .collect();
+    let mine: Vec<(&String, &Target)> = match args.shard {
+        Some((i, n)) => {
+            let picked: Vec<_> = all
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| k % n == i)
+                .map(|(_, p)| *p)
+                .collect();
+            println!("shard {i}/{n}: {} of {} sessions", picked.len(), all.len());
+            picked
+        }
+        None => all,
+    };
+    for (backend, target) in mine {
+        {
             let path = session_path(&args.session_dir, &target.name, backend);
             let started = Instant::now();
             if let Some(done) = finished(&path) {
@@ -241,7 +275,7 @@ pub fn autorun(args: &AutorunArgs) -> anyhow::Result<ExitCode> {
                 args.candidates_per_step,
                 &path,
                 &args.flags,
-                &mut ev,
+                ev.as_mut(),
             ) {
                 Ok(s) => {
                     println!(
@@ -263,7 +297,11 @@ pub fn autorun(args: &AutorunArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let summary_path = args.session_dir.join("autorun_summary.json");
+    // Shards share the folder, so each keeps its own summary.
+    let summary_path = args.session_dir.join(match args.shard {
+        Some((i, n)) => format!("autorun_summary_shard{i}of{n}.json"),
+        None => "autorun_summary.json".to_string(),
+    });
     std::fs::write(&summary_path, serde_json::to_string_pretty(&rows)?)
         .with_context(|| format!("cannot write {}", summary_path.display()))?;
     match kiln_search::report::compare_dir(&args.session_dir) {

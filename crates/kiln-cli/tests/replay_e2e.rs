@@ -1,0 +1,184 @@
+//! `kiln discover autorun --evaluator replay:DIR` and `--shard I/N`, end to
+//! end with no GPU: sessions are recorded once through the real driver over an
+//! evaluator double, then the CLI replays them whole, and in two shards into
+//! one folder, and must produce the same sessions.
+
+use std::path::Path;
+use std::process::Command;
+
+use kiln_eval::targets;
+use kiln_propose::offline::OfflineProposer;
+use kiln_search::driver::{run_search, Quiet};
+use kiln_search::search::{NodeStatus, Widening};
+use kiln_search::session::{load, SearchConfig};
+
+mod common;
+use common::DoubleEvaluator;
+
+const TARGETS: [&str; 3] = ["qwen3_rmsnorm", "glm_rmsnorm", "qwen3_topk_gating"];
+const STEPS: u32 = 2;
+const PER_STEP: u32 = 4;
+const SEED: u64 = 5;
+
+/// The configuration autorun builds from its flags (`--steps 2
+/// --candidates-per-step 4` and the defaults), so the replay asks for the
+/// same candidates.
+fn autorun_config() -> SearchConfig {
+    SearchConfig {
+        steps: STEPS,
+        candidates_per_step: PER_STEP,
+        parents_per_step: 1,
+        c_puct: 1.0,
+        widening: Widening::DEFAULT,
+        warmup: 3,
+        iters: 100,
+        timeout_s: 60,
+    }
+}
+
+/// Records every target's session under `dir` as autorun lays them out.
+fn record(dir: &Path) {
+    let mut ev = DoubleEvaluator::new();
+    for t in TARGETS {
+        let target = targets::find(t).expect("target");
+        let path = dir.join(format!("{t}_offline")).join("session.json");
+        run_search(
+            &target,
+            &OfflineProposer::new(SEED),
+            &mut ev,
+            &path,
+            autorun_config(),
+            SEED,
+            false,
+            &mut Quiet,
+        )
+        .expect("record");
+    }
+}
+
+/// `(source, status, reward)` of every node of each target's session.
+fn contents(dir: &Path) -> Vec<Vec<(String, String, Option<f64>)>> {
+    TARGETS
+        .iter()
+        .map(|t| {
+            let s = load(dir.join(format!("{t}_offline")).join("session.json")).expect("session");
+            assert!(s.finished, "{t}: unfinished");
+            s.tree
+                .nodes()
+                .iter()
+                .map(|n| {
+                    let status = match &n.status {
+                        NodeStatus::Failed { stage, .. } => format!("failed at {stage}"),
+                        other => format!("{other:?}"),
+                    };
+                    (n.source.clone(), status, n.reward)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn autorun(replay: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args: Vec<String> = vec![
+        "discover".into(),
+        "autorun".into(),
+        "--evaluator".into(),
+        format!("replay:{}", replay.display()),
+        "--targets".into(),
+        TARGETS.join(","),
+        "--steps".into(),
+        STEPS.to_string(),
+        "--candidates-per-step".into(),
+        PER_STEP.to_string(),
+        "--seed".into(),
+        SEED.to_string(),
+        "--session-dir".into(),
+        out.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(&args)
+        .output()
+        .expect("run kiln")
+}
+
+#[test]
+fn a_replayed_autorun_and_its_shards_reproduce_the_recorded_sessions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rec = dir.path().join("recorded");
+    record(&rec);
+    let want = contents(&rec);
+    assert!(want.iter().all(|s| s.len() > 4), "the recording searched");
+
+    let whole = dir.path().join("whole");
+    let out = autorun(&rec, &whole, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(contents(&whole), want, "one process");
+
+    let sharded = dir.path().join("sharded");
+    for shard in ["0/2", "1/2"] {
+        let out = autorun(&rec, &sharded, &["--shard", shard]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(&format!("shard {shard}:")), "{text}");
+    }
+    assert_eq!(contents(&sharded), want, "two shards in one folder");
+    for f in [
+        "autorun_summary_shard0of2.json",
+        "autorun_summary_shard1of2.json",
+    ] {
+        assert!(sharded.join(f).is_file(), "{f}");
+    }
+}
+
+#[test]
+fn what_was_never_recorded_is_a_clear_failure_not_a_score() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rec = dir.path().join("recorded");
+    record(&rec);
+    // Another seed proposes other candidates: the replay cannot judge them.
+    let out_dir = dir.path().join("other-seed");
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "discover",
+            "autorun",
+            "--evaluator",
+            &format!("replay:{}", rec.display()),
+            "--targets",
+            "qwen3_rmsnorm",
+            "--steps",
+            "2",
+            "--seed",
+            "99",
+            "--session-dir",
+        ])
+        .arg(&out_dir)
+        .output()
+        .expect("run kiln");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not recorded"), "{err}");
+
+    // An empty folder, and a bad flag, say what to do.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    let out = autorun(&empty, &dir.path().join("x"), &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no session.json"));
+    for bad in [["--shard", "2/2"], ["--shard", "1"]] {
+        let out = autorun(&rec, &dir.path().join("y"), &bad);
+        assert!(!out.status.success(), "{bad:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("I/N"),
+            "{bad:?}"
+        );
+    }
+}
