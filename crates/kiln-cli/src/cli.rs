@@ -180,6 +180,10 @@ pub struct AutorunArgs {
     /// array, one per GPU) share one folder and together run every session once.
     #[arg(long, value_parser = parse_shard)]
     pub shard: Option<(usize, usize)>,
+    /// GPUs to spread the sessions over, one worker each (`0,1,…` or `all`);
+    /// each session runs whole on one of them. Without it: the one `--device`.
+    #[arg(long)]
+    pub devices: Option<String>,
     #[command(flatten)]
     pub flags: SearchFlags,
 }

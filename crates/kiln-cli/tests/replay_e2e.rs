@@ -131,6 +131,24 @@ fn a_replayed_autorun_and_its_shards_reproduce_the_recorded_sessions() {
         assert!(text.contains(&format!("shard {shard}:")), "{text}");
     }
     assert_eq!(contents(&sharded), want, "two shards in one folder");
+
+    // Two workers (one per "device"; the replay stands in for each GPU) share
+    // the sessions; each session runs whole on one of them.
+    let parallel = dir.path().join("parallel");
+    let out = autorun(&rec, &parallel, &["--devices", "0,1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(contents(&parallel), want, "two workers");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(parallel.join("autorun_summary.json")).expect("summary"),
+    )
+    .expect("json");
+    let names: Vec<&str> = rows.iter().filter_map(|r| r["target"].as_str()).collect();
+    assert_eq!(names, TARGETS, "rows in the list's order");
+    assert!(rows.iter().all(|r| r["device"] == 0 || r["device"] == 1));
     for f in [
         "autorun_summary_shard0of2.json",
         "autorun_summary_shard1of2.json",

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use kiln_eval::evaluator::{CandidateEvaluator, EvaluatorConfig, GpuEvaluator};
 use kiln_eval::targets::{self, Target};
 use kiln_propose::{backend_from_name, BackendOptions};
@@ -105,10 +105,10 @@ fn config(steps: u32, candidates_per_step: u32, flags: &SearchFlags) -> SearchCo
 }
 
 /// The judge `--evaluator` names: the GPU worker, or a replay of recorded sessions.
-fn evaluator(flags: &SearchFlags) -> anyhow::Result<Box<dyn CandidateEvaluator>> {
+fn evaluator(flags: &SearchFlags, device: usize) -> anyhow::Result<Box<dyn CandidateEvaluator>> {
     match flags.evaluator.as_str() {
         "gpu" => Ok(Box::new(GpuEvaluator::new(
-            super::worker_command(flags.device)?,
+            super::worker_command(device)?,
             EvaluatorConfig {
                 secret_seed: super::discover_eval::clock_seed(),
                 warmup: flags.warmup,
@@ -134,11 +134,11 @@ fn evaluator(flags: &SearchFlags) -> anyhow::Result<Box<dyn CandidateEvaluator>>
 fn search_one(
     target: &Target,
     backend: &str,
-    steps: u32,
-    candidates_per_step: u32,
+    search: SearchConfig,
     path: &Path,
     flags: &SearchFlags,
     evaluator: &mut dyn CandidateEvaluator,
+    bars: Option<&MultiProgress>,
 ) -> anyhow::Result<SearchSummary> {
     let proposer = backend_from_name(
         backend,
@@ -148,13 +148,19 @@ fn search_one(
             ..BackendOptions::default()
         },
     )?;
-    let mut progress = Progress::new(&target.name, u64::from(steps * candidates_per_step) + 1);
+    let mut progress = Progress::new(
+        &target.name,
+        u64::from(search.steps * search.candidates_per_step) + 1,
+    );
+    if let Some(m) = bars {
+        progress.bar = m.add(progress.bar.clone());
+    }
     let summary = run_search(
         target,
         proposer.as_ref(),
         evaluator,
         path,
-        config(steps, candidates_per_step, flags),
+        search,
         flags.seed,
         flags.force,
         &mut progress,
@@ -198,16 +204,16 @@ pub fn search(args: &SearchArgs) -> anyhow::Result<ExitCode> {
             path.display()
         );
     }
-    let mut ev = evaluator(&args.flags)?;
+    let mut ev = evaluator(&args.flags, args.flags.device)?;
     let started = Instant::now();
     let summary = search_one(
         &target,
         &args.backend,
-        args.steps,
-        args.candidates_per_step,
+        config(args.steps, args.candidates_per_step, &args.flags),
         &path,
         &args.flags,
         ev.as_mut(),
+        None,
     )?;
     println!(
         "{}",
@@ -229,9 +235,6 @@ pub fn autorun(args: &AutorunArgs) -> anyhow::Result<ExitCode> {
     };
     std::fs::create_dir_all(&args.session_dir)
         .with_context(|| format!("cannot create {}", args.session_dir.display()))?;
-    let mut ev = evaluator(&args.flags)?;
-    let mut rows = Vec::new();
-    let mut failures = 0;
     // Every (backend, target) session in a fixed order; a shard keeps every N-th.
     let all: Vec<(&String, &Target)> = args
         .backends
@@ -251,52 +254,18 @@ pub fn autorun(args: &AutorunArgs) -> anyhow::Result<ExitCode> {
         }
         None => all,
     };
-    for (backend, target) in mine {
-        {
-            let path = session_path(&args.session_dir, &target.name, backend);
-            let started = Instant::now();
-            if let Some(done) = finished(&path) {
-                if !args.flags.force {
-                    println!(
-                        "{}: finished session with {done} candidates; skipped (--force reruns it)",
-                        target.name
-                    );
-                    rows.push(json!({"target": target.name, "backend": backend, "status": "skipped (finished)", "session": path}));
-                    continue;
-                }
-                let aside = path.with_extension(format!("json.replaced-{}", std::process::id()));
-                std::fs::rename(&path, &aside)
-                    .with_context(|| format!("cannot move {} aside", path.display()))?;
+    let rows: Vec<serde_json::Value> = match &args.devices {
+        None => {
+            let mut ev = evaluator(&args.flags, args.flags.device)?;
+            let mut rows = Vec::new();
+            for (backend, target) in mine {
+                rows.push(run_session(args, backend, target, ev.as_mut(), None)?);
             }
-            match search_one(
-                target,
-                backend,
-                args.steps,
-                args.candidates_per_step,
-                &path,
-                &args.flags,
-                ev.as_mut(),
-            ) {
-                Ok(s) => {
-                    println!(
-                        "{}",
-                        describe(&target.name, &s, started.elapsed().as_secs_f64())
-                    );
-                    rows.push(json!({
-                        "target": target.name, "backend": backend, "status": "ok",
-                        "candidates": s.evaluated, "best_reward": s.best.map(|b| b.1),
-                        "seconds": started.elapsed().as_secs_f64(), "session": path,
-                    }));
-                }
-                Err(e) => {
-                    // One failing target never stops the others.
-                    failures += 1;
-                    eprintln!("{}: FAILED: {e:#}", target.name);
-                    rows.push(json!({"target": target.name, "backend": backend, "status": "failed", "error": format!("{e:#}"), "session": path}));
-                }
-            }
+            rows
         }
-    }
+        Some(devices) => run_on_devices(args, &devices_of(devices)?, mine)?,
+    };
+    let failures = rows.iter().filter(|r| r["status"] == "failed").count();
     // Shards share the folder, so each keeps its own summary.
     let summary_path = args.session_dir.join(match args.shard {
         Some((i, n)) => format!("autorun_summary_shard{i}of{n}.json"),
@@ -317,6 +286,151 @@ pub fn autorun(args: &AutorunArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One autorun session: skipped when finished (unless `--force`), otherwise
+/// searched; returns its summary row. A failing search is a `failed` row,
+/// never an error, so one target never stops the others.
+fn run_session(
+    args: &AutorunArgs,
+    backend: &str,
+    target: &Target,
+    ev: &mut dyn CandidateEvaluator,
+    device: Option<(usize, &MultiProgress)>,
+) -> anyhow::Result<serde_json::Value> {
+    let path = session_path(&args.session_dir, &target.name, backend);
+    let started = Instant::now();
+    let on = device.map_or(String::new(), |(d, _)| format!(" on GPU {d}"));
+    let say = |line: String| match device {
+        Some((_, m)) => {
+            let _ = m.println(line);
+        }
+        None => println!("{line}"),
+    };
+    if let Some(done) = finished(&path) {
+        if !args.flags.force {
+            say(format!(
+                "{}: finished session with {done} candidates; skipped (--force reruns it)",
+                target.name
+            ));
+            return Ok(
+                json!({"target": target.name, "backend": backend, "status": "skipped (finished)", "session": path}),
+            );
+        }
+        let aside = path.with_extension(format!("json.replaced-{}", std::process::id()));
+        std::fs::rename(&path, &aside)
+            .with_context(|| format!("cannot move {} aside", path.display()))?;
+    }
+    let device_no = device.map(|(d, _)| d);
+    Ok(
+        match search_one(
+            target,
+            backend,
+            config(args.steps, args.candidates_per_step, &args.flags),
+            &path,
+            &args.flags,
+            ev,
+            device.map(|(_, m)| m),
+        ) {
+            Ok(s) => {
+                say(format!(
+                    "{}{on}",
+                    describe(&target.name, &s, started.elapsed().as_secs_f64())
+                ));
+                json!({
+                    "target": target.name, "backend": backend, "status": "ok", "device": device_no,
+                    "candidates": s.evaluated, "best_reward": s.best.map(|b| b.1),
+                    "seconds": started.elapsed().as_secs_f64(), "session": path,
+                })
+            }
+            Err(e) => {
+                eprintln!("{}{on}: FAILED: {e:#}", target.name);
+                json!({"target": target.name, "backend": backend, "status": "failed", "device": device_no, "error": format!("{e:#}"), "session": path})
+            }
+        },
+    )
+}
+
+/// The GPU ordinals of `--devices` (`0,1,…` or `all`).
+fn devices_of(spec: &str) -> anyhow::Result<Vec<usize>> {
+    if spec == "all" {
+        let n = kiln_cuda::device_count()
+            .context("--devices all: counting the GPUs (name them, e.g. --devices 0,1)")?;
+        return Ok((0..n).collect());
+    }
+    let mut out: Vec<usize> = Vec::new();
+    for part in spec.split(',') {
+        let d: usize = part.trim().parse().with_context(|| {
+            format!("--devices `{spec}`: expected GPU ordinals like 0,1 or `all`")
+        })?;
+        if out.contains(&d) {
+            bail!("--devices `{spec}`: GPU {d} is named twice");
+        }
+        out.push(d);
+    }
+    Ok(out)
+}
+
+/// The sessions over one worker per device: each device's thread takes the
+/// next session from a shared queue and runs it whole (its baseline and its
+/// candidates on that device). A device whose evaluator does not start, or
+/// whose searches fail, takes no other device down; sessions left when every
+/// device has stopped are reported as failed rows.
+fn run_on_devices(
+    args: &AutorunArgs,
+    devices: &[usize],
+    sessions: Vec<(&String, &Target)>,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    // Each session keeps its place in the list, so the rows come back in order.
+    let queue = std::sync::Mutex::new(
+        sessions
+            .into_iter()
+            .enumerate()
+            .collect::<std::collections::VecDeque<_>>(),
+    );
+    let rows = std::sync::Mutex::new(Vec::<(usize, serde_json::Value)>::new());
+    let bars = MultiProgress::new();
+    std::thread::scope(|scope| {
+        for &d in devices {
+            let (queue, rows, bars) = (&queue, &rows, &bars);
+            scope.spawn(move || {
+                let mut ev = match evaluator(&args.flags, d) {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        eprintln!("GPU {d}: its evaluator did not start, the other devices go on: {e:#}");
+                        return;
+                    }
+                };
+                loop {
+                    let next = queue.lock().map(|mut q| q.pop_front()).unwrap_or(None);
+                    let Some((place, (backend, target))) = next else {
+                        break;
+                    };
+                    let row = run_session(args, backend, target, ev.as_mut(), Some((d, bars)))
+                        .unwrap_or_else(|e| {
+                            json!({"target": target.name, "backend": backend, "status": "failed", "device": d, "error": format!("{e:#}")})
+                        });
+                    if let Ok(mut r) = rows.lock() {
+                        r.push((place, row));
+                    }
+                }
+            });
+        }
+    });
+    let mut rows = rows
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("a device thread panicked"))?;
+    // Sessions no device could take (every evaluator failed to start).
+    if let Ok(left) = queue.into_inner() {
+        for (place, (backend, target)) in left {
+            rows.push((
+                place,
+                json!({"target": target.name, "backend": backend, "status": "failed", "error": "no device could run it (see above)"}),
+            ));
+        }
+    }
+    rows.sort_by_key(|(k, _)| *k);
+    Ok(rows.into_iter().map(|(_, r)| r).collect())
 }
 
 /// Candidates of a finished session at `path`, if it is one.
