@@ -42,6 +42,7 @@ def table(report, commit, command):
         + (f"; speed of light {sol:.0f} tok/s ({bw / 1e12:.2f} TB/s, "
            f"{active / 1e9:.2f} GB per token)" if sol else "")
         + (f"; commit {commit}" if commit else "")
+        + (f"; early launch {report['early_launch']}" if "early_launch" in report else "")
         + "."
     )
     if command:

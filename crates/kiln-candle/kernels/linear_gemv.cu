@@ -13,8 +13,8 @@
 // one step issued before their FMAs, so a warp keeps RPW * 16 B * 32 in flight per step and the
 // full K loop is unrolled by 4. x is read through the read-only cache (at most 8 rows of K values:
 // it stays in L1 while the weight streams past). Lanes meet by shuffles; lane 0 writes.
-// Early launch: the models may start this kernel while the one before it runs. Before its
-// wait (griddepcontrol.wait) it only prefetches its weight rows into L2, which no kernel writes.
+// Early launch: the models may start this kernel while the one before it runs; it waits
+// (griddepcontrol.wait) before its first memory access.
 // Why not cuBLAS at T = 1: its M = 1 kernels run 2–4 CTAs for a 128-row router and split-K plus
 // a separate reduce for the output projections (docs/BENCHMARKS.md, the decode profile).
 // kiln: block=256 grid=ceil_div(N, 8*RPW) smem=0
@@ -37,8 +37,6 @@ typedef scalar_t x_t;
 #define VEC (16 / (int)sizeof(scalar_t))  // elements per 16-byte load
 #define NVEC (KILN_K / VEC)                // 16-byte vectors per row
 #define MAX_T 8
-#define ROW_LINES ((KILN_K * (int)sizeof(scalar_t) + 127) / 128)  // 128-byte lines per weight row
-#define ROW_LINES_PER_LANE ((ROW_LINES + 31) / 32)
 
 static_assert(KILN_N >= 1, "linear_gemv: N must be >= 1");
 static_assert(KILN_K % (16 / sizeof(scalar_t)) == 0, "linear_gemv: K must fill whole 16-byte vectors");
@@ -89,18 +87,9 @@ extern "C" __global__ void __launch_bounds__(256) linear_gemv(const x_t* __restr
     const int warp = threadIdx.x >> 5;
     const int row0 = (blockIdx.x * 8 + warp) * KILN_RPW;
 #if __CUDA_ARCH__ >= 900
-    // Early launch. The weight does not depend on the kernel before this one, so while that
-    // kernel runs the warp asks L2 for its rows (straight-line code: the PTX check admits no
-    // branch before the wait); rows past N re-read the last row.
-#pragma unroll
-    for (int r = 0; r < KILN_RPW; ++r) {
-        const char* row = reinterpret_cast<const char*>(w + (size_t)min(row0 + r, KILN_N - 1) * KILN_K);
-#pragma unroll
-        for (int i = 0; i < ROW_LINES_PER_LANE; ++i) {
-            const int line = min(lane + 32 * i, ROW_LINES - 1);
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(row + 128 * line));
-        }
-    }
+    // Early launch: wait for the kernel before this one, then let the next one be scheduled.
+    // (An L2 prefetch of the weight rows before the wait made the models slower on the H100:
+    // every resident warp prefetching whole rows asks for more than L2 holds.)
     asm volatile("griddepcontrol.wait;" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif

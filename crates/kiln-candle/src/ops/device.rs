@@ -50,9 +50,8 @@ fn kernels() -> &'static KernelCache {
 
 /// Whether kernels whose PTX allows it are launched early (programmatic
 /// dependent launch): only with `KILN_EARLY_LAUNCH=1`, read once per process.
-/// Off by default until a GPU run has shown graph decode bit-identical to
-/// eager with it on, and measured what it buys (no device could be had when
-/// it was written).
+/// Off by default: on the H100 graph decode stayed bit-identical with it but
+/// gained nothing measurable (docs/BENCHMARKS.md); eager decode gains.
 pub fn early_launch_enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| std::env::var("KILN_EARLY_LAUNCH").is_ok_and(|v| v == "1"))
