@@ -89,6 +89,9 @@ pub enum DiscoverCommand {
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
+    /// Write an sbatch script that runs autorun as a Slurm array job: task I
+    /// of N runs `autorun --shard I/N` with the autorun flags given after `--`.
+    Slurm(SlurmArgs),
     /// Export a session's winner as a kernel-pack entry (JSON) plus a standalone .cu.
     Export {
         /// Session file.
@@ -186,6 +189,33 @@ pub struct AutorunArgs {
     pub devices: Option<String>,
     #[command(flatten)]
     pub flags: SearchFlags,
+}
+
+/// `kiln discover slurm` flags.
+#[derive(Debug, Args)]
+pub struct SlurmArgs {
+    /// Array tasks (shards); every task runs its own sessions.
+    #[arg(long)]
+    pub tasks: usize,
+    /// GPUs per task; above 1 the task runs `--devices all` over them.
+    #[arg(long, default_value_t = 1)]
+    pub gpus_per_task: usize,
+    /// Slurm partition.
+    #[arg(long)]
+    pub partition: Option<String>,
+    /// Slurm account.
+    #[arg(long)]
+    pub account: Option<String>,
+    /// Wall-clock limit per task (Slurm's form, e.g. 04:00:00).
+    #[arg(long, default_value = "04:00:00")]
+    pub time: String,
+    /// Where the script goes.
+    #[arg(short, long, default_value = "kiln-autorun.sbatch")]
+    pub out: std::path::PathBuf,
+    /// The autorun flags every task runs with (after `--`); `--session-dir`
+    /// must be a folder every node sees. `--shard` is the script's to set.
+    #[arg(last = true)]
+    pub autorun: Vec<String>,
 }
 
 /// `I/N` with `N ≥ 1` and `I < N`.

@@ -1,7 +1,9 @@
 //! `kiln discover autorun --evaluator replay:DIR` and `--shard I/N`, end to
 //! end with no GPU: sessions are recorded once through the real driver over an
 //! evaluator double, then the CLI replays them whole, and in two shards into
-//! one folder, and must produce the same sessions.
+//! one folder, over two workers, and as the Slurm array script
+//! `kiln discover slurm` writes (its tasks run by hand, as Slurm would), and
+//! must produce the same sessions.
 
 use std::path::Path;
 use std::process::Command;
@@ -198,5 +200,95 @@ fn what_was_never_recorded_is_a_clear_failure_not_a_score() {
             String::from_utf8_lossy(&out.stderr).contains("I/N"),
             "{bad:?}"
         );
+    }
+}
+
+#[test]
+fn the_slurm_array_script_runs_every_session_once_across_its_tasks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rec = dir.path().join("recorded");
+    record(&rec);
+    let shared = dir.path().join("shared");
+    let script = dir.path().join("job.sbatch");
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "discover",
+            "slurm",
+            "--tasks",
+            "2",
+            "--partition",
+            "gpu",
+            "--out",
+        ])
+        .arg(&script)
+        .arg("--")
+        .args([
+            "--evaluator",
+            &format!("replay:{}", rec.display()),
+            "--targets",
+            &TARGETS.join(","),
+            "--steps",
+            &STEPS.to_string(),
+            "--candidates-per-step",
+            &PER_STEP.to_string(),
+            "--seed",
+            &SEED.to_string(),
+            "--session-dir",
+        ])
+        .arg(&shared)
+        .output()
+        .expect("run kiln");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&script).expect("script");
+    for line in [
+        "#SBATCH --array=0-1",
+        "#SBATCH --gres=gpu:1",
+        "#SBATCH --partition=gpu",
+    ] {
+        assert!(text.contains(line), "{line}\n{text}");
+    }
+    let syntax = Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .status()
+        .expect("bash");
+    assert!(syntax.success(), "{text}");
+    // Outside Slurm the script refuses to guess its task.
+    let out = Command::new("bash").arg(&script).output().expect("bash");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sbatch"));
+    for task in ["0", "1"] {
+        let out = Command::new("bash")
+            .arg(&script)
+            .env("SLURM_ARRAY_TASK_ID", task)
+            .output()
+            .expect("bash");
+        assert!(
+            out.status.success(),
+            "task {task}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(contents(&shared), contents(&rec), "two array tasks");
+
+    // Flags the script cannot honour are refused before anything is written.
+    for bad in [
+        vec!["--session-dir", "relative/dir"],
+        vec!["--shard", "0/2", "--session-dir", "/abs"],
+        vec!["--no-such-flag"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["discover", "slurm", "--tasks", "2", "--out"])
+            .arg(dir.path().join("bad.sbatch"))
+            .arg("--")
+            .args(&bad)
+            .output()
+            .expect("run kiln");
+        assert!(!out.status.success(), "{bad:?}");
+        assert!(!dir.path().join("bad.sbatch").exists(), "{bad:?}");
     }
 }

@@ -5,6 +5,7 @@ mod discover_eval;
 mod discover_list;
 mod discover_report;
 mod discover_search;
+mod discover_slurm;
 mod doctor;
 mod kernels;
 mod models;
@@ -30,6 +31,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             DiscoverCommand::Report { session, top, out } => {
                 discover_report::report(&session, top, out.as_deref())
             }
+            DiscoverCommand::Slurm(args) => discover_slurm::run(&args),
             DiscoverCommand::Export { session, out } => discover_report::export(&session, &out),
         },
         Command::Kernels(KernelsCommand::List) => kernels::list(),
