@@ -158,34 +158,34 @@ fn gpu_fill(
     dtype: DType,
     toward_zero: bool,
 ) -> Result<Tensor> {
-    use crate::ops::device::{alloc, function, into_tensor, launch, Arg};
+    use crate::ops::device::{function, run_kernel, Param};
+    let op = "synth_fill";
     let n = shape.elem_count();
-    let func = function(
-        dev,
-        &fill_build(crate::ops::kernel_dtype("synth_fill", dtype)?),
-    )?;
-    let mut out = alloc(dev, dtype, n.max(1))?;
+    let func = function(dev, &fill_build(crate::ops::kernel_dtype(op, dtype)?))?;
     let blocks = n.div_ceil(256).clamp(1, 65535) as u32;
     let dims = kiln_kernels::LaunchDims {
         grid: (blocks, 1, 1),
         block: (256, 1, 1),
         smem: 0,
     };
-    launch(
-        "synth_fill",
+    run_kernel(
+        op,
         dev,
         &func,
         &dims,
-        vec![
-            Arg::Out(&mut out),
-            Arg::U64(n as u64),
-            Arg::U64(s),
-            Arg::F32(fill.offset),
-            Arg::F32(fill.half_width),
-            Arg::I32(toward_zero as i32),
+        &[
+            Param::Out,
+            Param::U64(n as u64),
+            Param::U64(s),
+            Param::F32(fill.offset),
+            Param::F32(fill.half_width),
+            Param::I32(toward_zero as i32),
         ],
-    )?;
-    Ok(into_tensor(out, shape.clone()))
+        &[(dtype, shape.clone())],
+    )?
+    .into_iter()
+    .next()
+    .ok_or_else(|| crate::error::op_error(op, "no output"))
 }
 
 /// A candle weight source that makes each tensor when a model asks for it.

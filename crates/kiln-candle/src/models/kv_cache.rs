@@ -130,7 +130,7 @@ fn write_at_positions(
     k_cache: &Tensor,
     v_cache: &Tensor,
 ) -> Result<()> {
-    use crate::ops::device::{cuda_device, function, last_dim_contiguous, launch, Arg, Inputs};
+    use crate::ops::device::{cuda_device, function, last_dim_contiguous, run_kernel, Param};
     let op = "kv_cache_write";
     let (t, kvh, dk) = k.dims3()?;
     let dv = v.dim(2)?;
@@ -165,29 +165,28 @@ fn write_at_positions(
         block: (128, 1, 1),
         smem: 0,
     };
-    let rows = Inputs::rows(op, &[&k, &v])?;
-    let caches = Inputs::new(op, &[k_cache, v_cache])?;
-    let p = Inputs::new(op, &[positions])?;
-    launch(
+    run_kernel(
         op,
         &dev,
         &func,
         &dims,
-        vec![
-            rows.arg(0)?,
-            rows.arg(1)?,
-            p.arg(0)?,
-            caches.in_place(0)?,
-            caches.in_place(1)?,
-            Arg::I32(t as i32),
-            Arg::I32(kvh as i32),
-            Arg::I32(dk as i32),
-            Arg::I32(dv as i32),
-            Arg::I32(s_max as i32),
-            Arg::U64(k_st),
-            Arg::U64(k_sh),
-            Arg::U64(v_st),
-            Arg::U64(v_sh),
+        &[
+            Param::Rows(&k),
+            Param::Rows(&v),
+            Param::In(positions),
+            Param::InPlace(k_cache),
+            Param::InPlace(v_cache),
+            Param::I32(t as i32),
+            Param::I32(kvh as i32),
+            Param::I32(dk as i32),
+            Param::I32(dv as i32),
+            Param::I32(s_max as i32),
+            Param::U64(k_st),
+            Param::U64(k_sh),
+            Param::U64(v_st),
+            Param::U64(v_sh),
         ],
-    )
+        &[],
+    )?;
+    Ok(())
 }

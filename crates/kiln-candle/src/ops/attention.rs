@@ -121,9 +121,7 @@ pub fn mla_key(k_nope: &Tensor, k_pe: &Tensor) -> Result<Tensor> {
     }
     #[cfg(feature = "cuda")]
     {
-        use super::device::{
-            alloc, cuda_device, function, into_tensor, last_dim_contiguous, launch, Arg, Inputs,
-        };
+        use super::device::{cuda_device, function, last_dim_contiguous, run_kernel, Param};
         let dev = cuda_device(op, k_nope)?;
         let (k_nope, k_pe) = (last_dim_contiguous(k_nope)?, last_dim_contiguous(k_pe)?);
         let func = function(&dev, &mla_key_build(kernel_dtype(op, k_nope.dtype())?))?;
@@ -133,29 +131,28 @@ pub fn mla_key(k_nope: &Tensor, k_pe: &Tensor) -> Result<Tensor> {
             smem: 0,
         };
         let (n_st, n_sh, p_st) = (k_nope.stride()[0], k_nope.stride()[1], k_pe.stride()[0]);
-        let mut out = alloc(&dev, k_nope.dtype(), t * nh * (nope + rope))?;
-        {
-            let rows = Inputs::rows(op, &[&k_nope, &k_pe])?;
-            launch(
-                op,
-                &dev,
-                &func,
-                &dims,
-                vec![
-                    rows.arg(0)?,
-                    rows.arg(1)?,
-                    Arg::Out(&mut out),
-                    Arg::I32(t as i32),
-                    Arg::I32(nh as i32),
-                    Arg::I32(nope as i32),
-                    Arg::I32(rope as i32),
-                    Arg::U64(n_st as u64),
-                    Arg::U64(n_sh as u64),
-                    Arg::U64(p_st as u64),
-                ],
-            )?;
-        }
-        Ok(into_tensor(out, (t, nh, nope + rope)))
+        let out = run_kernel(
+            op,
+            &dev,
+            &func,
+            &dims,
+            &[
+                Param::Rows(&k_nope),
+                Param::Rows(&k_pe),
+                Param::Out,
+                Param::I32(t as i32),
+                Param::I32(nh as i32),
+                Param::I32(nope as i32),
+                Param::I32(rope as i32),
+                Param::U64(n_st as u64),
+                Param::U64(n_sh as u64),
+                Param::U64(p_st as u64),
+            ],
+            &[(k_nope.dtype(), (t, nh, nope + rope).into())],
+        )?;
+        out.into_iter()
+            .next()
+            .ok_or_else(|| op_error(op, "no output"))
     }
     #[cfg(not(feature = "cuda"))]
     Err(super::no_cuda(op))

@@ -155,17 +155,8 @@ impl<'a> Inputs<'a> {
         Self::lock(op, tensors)
     }
 
-    /// Locks the storage of strided views whose last dimension is contiguous
-    /// (slices of a fused projection, see [`last_dim_contiguous`]); the kernel
-    /// gets their other strides as arguments.
-    pub(crate) fn rows(op: &'static str, tensors: &[&'a Tensor]) -> Result<Self> {
-        if tensors.iter().any(|t| t.stride().last() != Some(&1)) {
-            return Err(op_error(op, "inputs must have a contiguous last dimension"));
-        }
-        Self::lock(op, tensors)
-    }
-
-    fn lock(op: &'static str, tensors: &[&'a Tensor]) -> Result<Self> {
+    /// Locks the storage of each tensor, as it is (the caller has checked its layout).
+    pub(crate) fn lock(op: &'static str, tensors: &[&'a Tensor]) -> Result<Self> {
         let mut guards = Vec::with_capacity(tensors.len());
         for t in tensors {
             let (st, layout) = t.storage_and_layout();
@@ -414,12 +405,22 @@ pub(crate) fn capturing(dev: &CudaDevice) -> bool {
 pub(crate) enum Param<'a> {
     /// An input tensor (contiguous, on this device).
     In(&'a Tensor),
+    /// An input whose last dimension only is contiguous (a slice of a fused
+    /// projection, see [`last_dim_contiguous`]); the kernel takes its other
+    /// strides as further parameters.
+    Rows(&'a Tensor),
+    /// A buffer the kernel updates in place (a KV cache; see [`Arg::InPlace`]).
+    InPlace(&'a Tensor),
     /// An optional input: a null pointer when absent.
     Maybe(Option<&'a Tensor>),
     /// The next output of [`run`]'s `outs`.
     Out,
     /// An `int` scalar.
     I32(i32),
+    /// A 64-bit scalar.
+    U64(u64),
+    /// A `float` scalar.
+    F32(f32),
     /// The decode position, an `int` passed by value: while a decode graph is
     /// captured the launch is logged, so each replay can set it
     /// ([`take_position_args`]).
@@ -481,30 +482,57 @@ pub(crate) fn run<C: kiln_kernels::OpConfig>(
     params: &[Param<'_>],
     outs: &[(DType, Shape)],
 ) -> Result<Vec<Tensor>> {
-    let op = c.spec().name;
     let (kernel, dims) = prepare(c, dev, t)?;
+    run_kernel(c.spec().name, dev, &kernel, &dims, params, outs)
+}
+
+/// Allocates `outs` (dtype, shape), launches `kernel` with `params` in its
+/// parameter order and returns the outputs as tensors, in `outs` order: the
+/// launch of every kernel, the catalog's ([`run`]) and kiln-candle's own.
+pub(crate) fn run_kernel(
+    op: &'static str,
+    dev: &CudaDevice,
+    kernel: &Kernel,
+    dims: &LaunchDims,
+    params: &[Param<'_>],
+    outs: &[(DType, Shape)],
+) -> Result<Vec<Tensor>> {
     let mut bufs = outs
         .iter()
         .map(|(dtype, shape)| alloc(dev, *dtype, shape.elem_count().max(1)))
         .collect::<Result<Vec<_>>>()?;
     {
-        let tensors: Vec<&Tensor> = params
-            .iter()
-            .filter_map(|p| match p {
-                Param::In(t) => Some(*t),
-                Param::Maybe(t) => *t,
-                _ => None,
-            })
-            .collect();
-        let inputs = Inputs::new(op, &tensors)?;
+        let mut tensors: Vec<&Tensor> = Vec::new();
+        for p in params {
+            let (t, fits) = match p {
+                Param::In(t) | Param::Maybe(Some(t)) | Param::InPlace(t) => (*t, t.is_contiguous()),
+                Param::Rows(t) => (*t, t.stride().last() == Some(&1)),
+                _ => continue,
+            };
+            if !fits {
+                return Err(op_error(
+                    op,
+                    match p {
+                        Param::Rows(_) => "inputs must have a contiguous last dimension",
+                        _ => "inputs must be contiguous",
+                    },
+                ));
+            }
+            tensors.push(t);
+        }
+        let inputs = Inputs::lock(op, &tensors)?;
         let mut next_in = 0;
         let mut next_out = bufs.iter_mut();
         let mut args = Vec::with_capacity(params.len());
         for p in params {
             args.push(match p {
-                Param::In(_) | Param::Maybe(Some(_)) => {
+                Param::In(_) | Param::Rows(_) | Param::Maybe(Some(_)) => {
                     next_in += 1;
                     inputs.arg(next_in - 1)?
+                }
+                Param::InPlace(_) => {
+                    next_in += 1;
+                    inputs.in_place(next_in - 1)?
                 }
                 Param::Maybe(None) => Arg::Null,
                 Param::Out => Arg::Out(
@@ -513,6 +541,8 @@ pub(crate) fn run<C: kiln_kernels::OpConfig>(
                         .ok_or_else(|| op_error(op, "more output parameters than outputs"))?,
                 ),
                 Param::I32(v) | Param::Position(v) => Arg::I32(*v),
+                Param::U64(v) => Arg::U64(*v),
+                Param::F32(v) => Arg::F32(*v),
             });
         }
         let has_position = params.iter().any(|p| matches!(p, Param::Position(_)));
@@ -529,7 +559,7 @@ pub(crate) fn run<C: kiln_kernels::OpConfig>(
                 }
             }
         }
-        launch(op, dev, &kernel, &dims, args)?;
+        launch(op, dev, kernel, dims, args)?;
     }
     Ok(bufs
         .into_iter()

@@ -117,7 +117,7 @@ pub fn gemv(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     }
     #[cfg(feature = "cuda")]
     {
-        use super::device::{cuda_device, function, launch, sm_count, Arg, Inputs};
+        use super::device::{cuda_device, function, run_kernel, sm_count, Param};
         use std::collections::BTreeMap;
         let dev = cuda_device(op, &x)?;
         let x_dtype = kernel_dtype(op, x.dtype())?;
@@ -135,23 +135,22 @@ pub fn gemv(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         let dims = line
             .evaluate(&vars)
             .map_err(|e| op_error(op, format!("launch line: {e}")))?;
-        let mut out = super::device::alloc(&dev, w.dtype(), t * n)?;
-        {
-            let inputs = Inputs::new(op, &[&x, &w])?;
-            launch(
-                op,
-                &dev,
-                &func,
-                &dims,
-                vec![
-                    inputs.arg(0)?,
-                    inputs.arg(1)?,
-                    Arg::Out(&mut out),
-                    Arg::I32(t as i32),
-                ],
-            )?;
-        }
-        Ok(super::device::into_tensor(out, (t, n)))
+        let out = run_kernel(
+            op,
+            &dev,
+            &func,
+            &dims,
+            &[
+                Param::In(&x),
+                Param::In(&w),
+                Param::Out,
+                Param::I32(t as i32),
+            ],
+            &[(w.dtype(), (t, n).into())],
+        )?;
+        out.into_iter()
+            .next()
+            .ok_or_else(|| op_error(op, "no output"))
     }
     #[cfg(not(feature = "cuda"))]
     Err(super::no_cuda(op))

@@ -280,7 +280,7 @@ pub fn append_shared_expert(
     }
     #[cfg(feature = "cuda")]
     {
-        use super::device::{alloc, cuda_device, function, into_tensor, launch, Arg, Inputs};
+        use super::device::{cuda_device, function, run_kernel, Param};
         let dev = cuda_device(op, weights)?;
         let (weights, indices) = (weights.contiguous()?, indices.contiguous()?);
         let func = function(&dev, &append_shared_expert_build())?;
@@ -290,30 +290,30 @@ pub fn append_shared_expert(
             block: (128, 1, 1),
             smem: 0,
         };
-        let mut w_out = alloc(&dev, DType::F32, n)?;
-        let mut i_out = alloc(&dev, DType::U32, n)?;
-        {
-            let inputs = Inputs::new(op, &[&weights, &indices])?;
-            launch(
-                op,
-                &dev,
-                &func,
-                &dims,
-                vec![
-                    inputs.arg(0)?,
-                    inputs.arg(1)?,
-                    Arg::Out(&mut w_out),
-                    Arg::Out(&mut i_out),
-                    Arg::I32(t as i32),
-                    Arg::I32(k as i32),
-                    Arg::I32(e as i32),
-                ],
-            )?;
+        let mut outs = run_kernel(
+            op,
+            &dev,
+            &func,
+            &dims,
+            &[
+                Param::In(&weights),
+                Param::In(&indices),
+                Param::Out,
+                Param::Out,
+                Param::I32(t as i32),
+                Param::I32(k as i32),
+                Param::I32(e as i32),
+            ],
+            &[
+                (DType::F32, (t, k + 1).into()),
+                (DType::U32, (t, k + 1).into()),
+            ],
+        )?
+        .into_iter();
+        match (outs.next(), outs.next()) {
+            (Some(w), Some(i)) => Ok((w, i)),
+            _ => Err(op_error(op, "missing outputs")),
         }
-        Ok((
-            into_tensor(w_out, (t, k + 1)),
-            into_tensor(i_out, (t, k + 1)),
-        ))
     }
     #[cfg(not(feature = "cuda"))]
     Err(super::no_cuda(op))

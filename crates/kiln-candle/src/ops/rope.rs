@@ -159,7 +159,7 @@ pub fn qk_norm_rope_cache(
     }
     #[cfg(feature = "cuda")]
     {
-        use super::device::{alloc, cuda_device, function, into_tensor, launch, Arg, Inputs};
+        use super::device::{cuda_device, function, run_kernel, Param};
         let dev = cuda_device(op, qkv)?;
         let dtype = kernel_dtype(op, qkv.dtype())?;
         let func = function(&dev, &qk_norm_rope_cache_build(s, dtype))?;
@@ -169,34 +169,29 @@ pub fn qk_norm_rope_cache(
             block: (threads as u32, 1, 1),
             smem: 0,
         };
-        let mut q = alloc(&dev, qkv.dtype(), t * s.qh * s.d)?;
-        {
-            let inputs = Inputs::new(
-                op,
-                &[qkv, weights.0, weights.1, tables.0, tables.1, positions],
-            )?;
-            let cache = Inputs::new(op, &[caches.0, caches.1])?;
-            launch(
-                op,
-                &dev,
-                &func,
-                &dims,
-                vec![
-                    inputs.arg(0)?,
-                    inputs.arg(1)?,
-                    inputs.arg(2)?,
-                    inputs.arg(3)?,
-                    inputs.arg(4)?,
-                    inputs.arg(5)?,
-                    Arg::Out(&mut q),
-                    cache.in_place(0)?,
-                    cache.in_place(1)?,
-                    Arg::I32(t as i32),
-                    Arg::I32(s_max as i32),
-                ],
-            )?;
-        }
-        Ok(into_tensor(q, (t, s.qh, s.d)))
+        let q = run_kernel(
+            op,
+            &dev,
+            &func,
+            &dims,
+            &[
+                Param::In(qkv),
+                Param::In(weights.0),
+                Param::In(weights.1),
+                Param::In(tables.0),
+                Param::In(tables.1),
+                Param::In(positions),
+                Param::Out,
+                Param::InPlace(caches.0),
+                Param::InPlace(caches.1),
+                Param::I32(t as i32),
+                Param::I32(s_max as i32),
+            ],
+            &[(qkv.dtype(), (t, s.qh, s.d).into())],
+        )?;
+        q.into_iter()
+            .next()
+            .ok_or_else(|| op_error(op, "no output"))
     }
     #[cfg(not(feature = "cuda"))]
     Err(super::no_cuda(op))
