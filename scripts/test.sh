@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # kiln's test command (the README's second command; CI runs exactly this).
 # Installs the pinned NVRTC wheels, then: formatting, lints, and every test
-# that needs no GPU — NVRTC compilation of every kernel included. GPU tests
+# that needs no GPU — NVRTC compilation of every kernel included — and a
+# Slurm array job on a one-node cluster it starts. GPU tests
 # are listed as ignored here; scripts/gpu-suite.sh runs them on a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,10 @@ for t in probe_kernels_compile_to_sm90_cubin_and_ptx; do
     exit 1
   fi
 done
+# A real one-node Slurm (installed and started by the script, stopped after):
+# a `kiln discover slurm` array of four shards must equal one process.
+echo "== Slurm: a 4-task autorun array on a one-node cluster"
+scripts/slurm-test.sh
 # kiln-candle's CUDA build (candle's own kernels need nvcc, from pinned wheels):
 # lint and build it here, where no GPU runs it. Its target folder persists
 # outside the clone (KILN_MODELS_TARGET), so later runs are incremental.

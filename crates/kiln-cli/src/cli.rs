@@ -70,10 +70,13 @@ pub enum DiscoverCommand {
     Search(SearchArgs),
     /// Search every target with every backend; one session per (target, backend).
     Autorun(AutorunArgs),
-    /// Compare the sessions in a folder: best speedups and a USE / MARGINAL / KEEP verdict.
+    /// Compare the sessions in one or more folders (merged: the shards of a
+    /// Slurm run, runs on several machines): best speedups and a USE /
+    /// MARGINAL / KEEP verdict per target and backend.
     Compare {
-        /// Folder of sessions (autorun's `--session-dir`).
-        dir: std::path::PathBuf,
+        /// Folders of sessions (autorun's `--session-dir`).
+        #[arg(required = true)]
+        dirs: Vec<std::path::PathBuf>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,

@@ -8,100 +8,45 @@
 use std::path::Path;
 use std::process::Command;
 
-use kiln_eval::targets;
-use kiln_propose::offline::OfflineProposer;
-use kiln_search::driver::{run_search, Quiet};
-use kiln_search::search::{NodeStatus, Widening};
-use kiln_search::session::{load, SearchConfig};
-
 mod common;
-use common::DoubleEvaluator;
+mod replay;
+use replay::{autorun_flags, PER_STEP, SEED, STEPS};
 
 const TARGETS: [&str; 3] = ["qwen3_rmsnorm", "glm_rmsnorm", "qwen3_topk_gating"];
-const STEPS: u32 = 2;
-const PER_STEP: u32 = 4;
-const SEED: u64 = 5;
 
-/// The configuration autorun builds from its flags (`--steps 2
-/// --candidates-per-step 4` and the defaults), so the replay asks for the
-/// same candidates.
-fn autorun_config() -> SearchConfig {
-    SearchConfig {
-        steps: STEPS,
-        candidates_per_step: PER_STEP,
-        parents_per_step: 1,
-        c_puct: 1.0,
-        widening: Widening::DEFAULT,
-        warmup: 3,
-        iters: 100,
-        timeout_s: 60,
-    }
-}
-
-/// Records every target's session under `dir` as autorun lays them out.
 fn record(dir: &Path) {
-    let mut ev = DoubleEvaluator::new();
-    for t in TARGETS {
-        let target = targets::find(t).expect("target");
-        let path = dir.join(format!("{t}_offline")).join("session.json");
-        run_search(
-            &target,
-            &OfflineProposer::new(SEED),
-            &mut ev,
-            &path,
-            autorun_config(),
-            SEED,
-            false,
-            &mut Quiet,
-        )
-        .expect("record");
-    }
+    replay::record(dir, &TARGETS)
 }
 
-/// `(source, status, reward)` of every node of each target's session.
 fn contents(dir: &Path) -> Vec<Vec<(String, String, Option<f64>)>> {
-    TARGETS
-        .iter()
-        .map(|t| {
-            let s = load(dir.join(format!("{t}_offline")).join("session.json")).expect("session");
-            assert!(s.finished, "{t}: unfinished");
-            s.tree
-                .nodes()
-                .iter()
-                .map(|n| {
-                    let status = match &n.status {
-                        NodeStatus::Failed { stage, .. } => format!("failed at {stage}"),
-                        other => format!("{other:?}"),
-                    };
-                    (n.source.clone(), status, n.reward)
-                })
-                .collect()
-        })
-        .collect()
+    replay::contents(dir, &TARGETS)
+}
+
+fn kiln(args: &[String]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .output()
+        .expect("run kiln")
 }
 
 fn autorun(replay: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args: Vec<String> = vec![
-        "discover".into(),
-        "autorun".into(),
-        "--evaluator".into(),
-        format!("replay:{}", replay.display()),
-        "--targets".into(),
-        TARGETS.join(","),
-        "--steps".into(),
-        STEPS.to_string(),
-        "--candidates-per-step".into(),
-        PER_STEP.to_string(),
-        "--seed".into(),
-        SEED.to_string(),
-        "--session-dir".into(),
-        out.display().to_string(),
-    ];
+    let mut args: Vec<String> = vec!["discover".into(), "autorun".into()];
+    args.extend(autorun_flags(replay, &TARGETS, out));
     args.extend(extra.iter().map(|s| s.to_string()));
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(&args)
-        .output()
-        .expect("run kiln")
+    kiln(&args)
+}
+
+/// `kiln discover compare DIRS…`'s table.
+fn compare(dirs: &[&Path]) -> String {
+    let mut args: Vec<String> = vec!["discover".into(), "compare".into()];
+    args.extend(dirs.iter().map(|d| d.display().to_string()));
+    let out = kiln(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -133,6 +78,30 @@ fn a_replayed_autorun_and_its_shards_reproduce_the_recorded_sessions() {
         assert!(text.contains(&format!("shard {shard}:")), "{text}");
     }
     assert_eq!(contents(&sharded), want, "two shards in one folder");
+
+    // Shards in folders of their own, merged by compare, read as one run.
+    let (a, b) = (dir.path().join("shard-a"), dir.path().join("shard-b"));
+    for (shard, out_dir) in [("0/2", &a), ("1/2", &b)] {
+        let out = autorun(&rec, out_dir, &["--shard", shard]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let whole_table = compare(&[&whole]);
+    assert!(whole_table.contains("qwen3_topk_gating"), "{whole_table}");
+    assert_ne!(
+        compare(&[&a]),
+        whole_table,
+        "one shard alone is not the run"
+    );
+    assert_eq!(compare(&[&a, &b]), whole_table, "two shard folders merged");
+    assert_eq!(
+        compare(&[&a, &b, &a]),
+        whole_table,
+        "a folder given twice counts once"
+    );
 
     // Two workers (one per "device"; the replay stands in for each GPU) share
     // the sessions; each session runs whole on one of them.

@@ -1,13 +1,13 @@
 //! `kiln discover compare`, `report` and `export`: turn sessions into decisions.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use kiln_search::report::{compare_dir, export_winner_from, render_report};
+use kiln_search::report::{compare_dirs, export_winner_from, render_report};
 
-/// A table (or JSON) of every session in `dir`.
-pub fn compare(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let c = compare_dir(dir)?;
+/// A table (or JSON) of every session in `dirs`, merged.
+pub fn compare(dirs: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
+    let c = compare_dirs(dirs)?;
     if json {
         println!("{}", c.to_json()?);
     } else {

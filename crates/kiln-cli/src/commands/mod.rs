@@ -27,7 +27,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             DiscoverCommand::Check(args) => Ok(discover_check::run(&args)),
             DiscoverCommand::Search(args) => discover_search::search(&args),
             DiscoverCommand::Autorun(args) => discover_search::autorun(&args),
-            DiscoverCommand::Compare { dir, json } => discover_report::compare(&dir, json),
+            DiscoverCommand::Compare { dirs, json } => discover_report::compare(&dirs, json),
             DiscoverCommand::Report { session, top, out } => {
                 discover_report::report(&session, top, out.as_deref())
             }

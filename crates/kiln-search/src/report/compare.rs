@@ -1,8 +1,11 @@
-//! One table comparing every session in a folder: is the discovered kernel worth using?
+//! One table comparing every session in one or more folders: is the
+//! discovered kernel worth using?
 //!
 //! `kiln discover autorun` lays sessions out as `<dir>/<target>_<backend>/session.json`;
-//! session files directly in `<dir>` are read too. Each (target, backend)
-//! gets one row with the best kernel's speedups and a verdict:
+//! session files directly in `<dir>` are read too. Folders are merged (the
+//! shards of a Slurm run, or runs on several machines): each (target,
+//! backend) gets one row with the best kernel's speedups over all of them
+//! and a verdict:
 //!
 //! | verdict    | rule (speedup over the catalog kernel) |
 //! |------------|----------------------------------------|
@@ -99,11 +102,11 @@ pub struct ComparisonRow {
     pub other_sessions: Vec<PathBuf>,
 }
 
-/// The rows for one folder, sorted by target then backend.
+/// The rows for one or more folders, sorted by target then backend.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Comparison {
-    /// The folder that was searched.
-    pub dir: PathBuf,
+    /// The folders that were searched, as given.
+    pub dirs: Vec<PathBuf>,
     /// One row per (target, backend).
     pub rows: Vec<ComparisonRow>,
 }
@@ -112,13 +115,29 @@ pub struct Comparison {
 ///
 /// Only failing to list `dir` itself is an error; an unreadable session is a row.
 pub fn compare_dir(dir: &Path) -> Result<Comparison, ReportError> {
-    let mut rows: Vec<ComparisonRow> = session_files(dir)?
-        .into_iter()
-        .map(|path| match session::load(&path) {
-            Ok(s) => row_for(&s, &path),
-            Err(e) => error_row(&path, dir, e.to_string()),
-        })
-        .collect();
+    compare_dirs(&[dir.to_path_buf()])
+}
+
+/// Reads every session under each of `dirs` and builds one row per (target,
+/// backend) over all of them; the other sessions of a pair are listed in its
+/// row. A folder given twice (or a session reached twice) counts once.
+///
+/// Only failing to list a folder itself is an error; an unreadable session is a row.
+pub fn compare_dirs(dirs: &[PathBuf]) -> Result<Comparison, ReportError> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut rows: Vec<ComparisonRow> = Vec::new();
+    for dir in dirs {
+        for path in session_files(dir)? {
+            let key = fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+            if !seen.insert(key) {
+                continue;
+            }
+            rows.push(match session::load(&path) {
+                Ok(s) => row_for(&s, &path),
+                Err(e) => error_row(&path, dir, e.to_string()),
+            });
+        }
+    }
     rows.sort_by(|a, b| {
         (&a.target, &a.backend, rank(a), &a.session_path).cmp(&(
             &b.target,
@@ -138,7 +157,7 @@ pub fn compare_dir(dir: &Path) -> Result<Comparison, ReportError> {
         }
     }
     Ok(Comparison {
-        dir: dir.to_path_buf(),
+        dirs: dirs.to_vec(),
         rows: kept,
     })
 }

@@ -22,7 +22,7 @@ pub mod summary;
 #[cfg(test)]
 mod tests;
 
-pub use compare::{compare_dir, Comparison, ComparisonRow, Verdict};
+pub use compare::{compare_dir, compare_dirs, Comparison, ComparisonRow, Verdict};
 pub use error::ReportError;
 pub use export::{export_winner, export_winner_from, ExportedPack, PackEntry};
 pub use markdown::{render_report, ReportFiles};
