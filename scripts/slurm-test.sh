@@ -56,7 +56,7 @@ su -s /bin/sh munge -c "/usr/sbin/munged --key-file=$work/munge/munge.key \
 
 cat > "$work/slurm.conf" <<CONF
 ClusterName=kilntest
-SlurmctldHost=$host
+SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -82,7 +82,7 @@ SelectTypeParameters=CR_Core
 ReturnToService=2
 GresTypes=gpu
 SlurmdParameters=config_overrides
-NodeName=$host CPUs=$(nproc) Gres=gpu:4 State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$(nproc) Gres=gpu:4 State=UNKNOWN
 PartitionName=kiln Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 CONF
 # Stand-in GPUs: Slurm drops a GPU without a device file.
