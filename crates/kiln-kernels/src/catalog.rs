@@ -32,6 +32,8 @@ pub enum Op {
     MoeExpertDown,
     /// Causal GQA attention of new query tokens over a KV cache.
     DecodeAttention,
+    /// LFM2's gated short convolution with its rolling state.
+    ShortConv,
 }
 
 /// The fixed facts of one op: its name, entry point, source and signature.
@@ -59,7 +61,7 @@ impl OpSpec {
 }
 
 /// Every catalog op, in a fixed order.
-pub const CATALOG: [OpSpec; 12] = [
+pub const CATALOG: [OpSpec; 13] = [
     OpSpec {
         op: Op::RmsNorm,
         name: "rmsnorm",
@@ -166,6 +168,14 @@ pub const CATALOG: [OpSpec; 12] = [
         signature: "const scalar_t* q, const scalar_t* k_cache, const scalar_t* v_cache, \
                     scalar_t* out, int T, int past",
         static_vars: &["QH", "KVH", "DQK", "DV", "S_MAX"],
+    },
+    OpSpec {
+        op: Op::ShortConv,
+        name: "short_conv",
+        entry: "short_conv",
+        source: include_str!("../kernels/short_conv.cu"),
+        signature: "const scalar_t* bcx, const scalar_t* w, scalar_t* state, scalar_t* out, int T",
+        static_vars: &["D", "L"],
     },
 ];
 

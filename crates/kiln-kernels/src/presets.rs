@@ -8,6 +8,7 @@ use crate::ops::moe_combine::MoeCombineConfig;
 use crate::ops::moe_expert::{MoeExpertDownConfig, MoeExpertSwigluConfig};
 use crate::ops::norm::{AddRmsNormConfig, RmsNormConfig};
 use crate::ops::rope::RopeConfig;
+use crate::ops::short_conv::ShortConvConfig;
 use crate::ops::swiglu::{SwigluConfig, SwigluPackedConfig};
 use crate::ops::topk::{SigmoidTopkConfig, SoftmaxTopkConfig};
 use crate::ops::ttt::TttConfig;
@@ -229,6 +230,10 @@ pub fn all_builds(dtype: DType) -> Result<Vec<(String, KernelBuild)>> {
     absorbed.shape.dqk = 576;
     absorbed.shape.dv = 512;
     push("decode_attention glm47 (MLA absorbed)", absorbed.build())?;
+    push(
+        "short_conv lfm2",
+        ShortConvConfig::lfm2_8b_a1b(dtype).build(),
+    )?;
     Ok(out)
 }
 

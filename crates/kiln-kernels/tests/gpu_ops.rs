@@ -13,6 +13,7 @@ use kiln_kernels::ops::moe_combine::MoeCombineConfig;
 use kiln_kernels::ops::moe_expert::{MoeExpertDownConfig, MoeExpertSwigluConfig};
 use kiln_kernels::ops::norm::{AddRmsNormConfig, RmsNormConfig};
 use kiln_kernels::ops::rope::RopeConfig;
+use kiln_kernels::ops::short_conv::ShortConvConfig;
 use kiln_kernels::ops::swiglu::{SwigluConfig, SwigluPackedConfig};
 use kiln_kernels::ops::topk::{SigmoidTopkConfig, SoftmaxTopkConfig};
 use kiln_kernels::ops::ttt::{TttConfig, TttInputs, TttOutputs};
@@ -21,7 +22,9 @@ use kiln_kernels::reference::moe_expert::DownInputs;
 use kiln_kernels::reference::topk::{
     sigmoid_scores, sigmoid_weights, softmax_weights, SigmoidRouting,
 };
-use kiln_kernels::reference::{attention, moe_combine, moe_expert, norm, rope, swiglu, topk, ttt};
+use kiln_kernels::reference::{
+    attention, moe_combine, moe_expert, norm, rope, short_conv, swiglu, topk, ttt,
+};
 use kiln_kernels::tolerance::{check_topk, Tolerance};
 use kiln_kernels::{DType, Element, Op, OpConfig};
 use rand::{Rng, SeedableRng};
@@ -1109,6 +1112,60 @@ fn decode_attention_cases<S: Elem>(c: &Ctx) {
     }
 }
 all_dtypes!(decode_attention_matches_reference, decode_attention_cases);
+
+// ---------------------------------------------------------------- short_conv
+
+/// LFM2's convolution at its shape and two odd ones, every row count; then a
+/// decode chain (one launch per token) against one call over all the rows,
+/// which checks the in-place state carries exactly what the reference keeps.
+fn short_conv_cases<S: Elem>(c: &Ctx) {
+    let dt = S::DTYPE;
+    for (d, l) in [(2048, 3), (200, 2), (72, 5)] {
+        let cfg = ShortConvConfig::new(d, l, dt);
+        let op = cfg
+            .load(&c.gpu, &c.compiler)
+            .unwrap_or_else(|e| panic!("{e}"));
+        for &t in &rows() {
+            let tag = format!("short_conv D={d} L={l} T={t} {dt}");
+            let mut rng = seed("short_conv", t * 7919 + d + l);
+            let bcx = values(&mut rng, t * 3 * d, Dist::Outliers(20.0), dt);
+            let w = values(&mut rng, d * l, Dist::Normal(0.5), dt);
+            let state0 = values(&mut rng, (l - 1) * d, Dist::Normal(1.0), dt);
+            let (want, want_state) = short_conv::short_conv(&bcx, &w, &state0, cfg.shape, dt);
+            let (bd, wd) = (up::<S>(c, &bcx), up::<S>(c, &w));
+            let mut state = up::<S>(c, &state0);
+            let mut out = poisoned::<S>(c, t * d);
+            op.launch(&c.gpu, &bd, &wd, &mut state, &mut out, t)
+                .unwrap_or_else(|e| panic!("{e}"));
+            check(Op::ShortConv, dt, &tag, &want, &down(c, &out));
+            // The state is B ⊙ x rounded once: exact.
+            assert_eq!(down(c, &state), want_state, "{tag}: state");
+            unchanged(c, "bcx", &bd, &bcx);
+            unchanged(c, "w", &wd, &w);
+        }
+        // Decode: 7 launches of one row continue from each other's state.
+        let t = 7;
+        let mut rng = seed("short_conv chain", d + l);
+        let bcx = values(&mut rng, t * 3 * d, Dist::Normal(1.0), dt);
+        let w = values(&mut rng, d * l, Dist::Normal(0.5), dt);
+        let state0 = values(&mut rng, (l - 1) * d, Dist::Normal(1.0), dt);
+        let (want, want_state) = short_conv::short_conv(&bcx, &w, &state0, cfg.shape, dt);
+        let wd = up::<S>(c, &w);
+        let mut state = up::<S>(c, &state0);
+        let mut got = Vec::new();
+        for r in 0..t {
+            let row = up::<S>(c, &bcx[r * 3 * d..(r + 1) * 3 * d]);
+            let mut out = poisoned::<S>(c, d);
+            op.launch(&c.gpu, &row, &wd, &mut state, &mut out, 1)
+                .unwrap_or_else(|e| panic!("{e}"));
+            got.extend(down(c, &out));
+        }
+        let tag = format!("short_conv D={d} L={l} decode chain {dt}");
+        check(Op::ShortConv, dt, &tag, &want, &got);
+        assert_eq!(down(c, &state), want_state, "{tag}: state");
+    }
+}
+all_dtypes!(short_conv_matches_reference, short_conv_cases);
 
 /// Typed errors of the decode ops: lengths, the shared-buffer rule, past + T.
 #[test]

@@ -6,6 +6,7 @@ pub mod moe_combine;
 pub mod moe_expert;
 pub mod norm;
 pub mod rope;
+pub mod short_conv;
 pub mod swiglu;
 pub mod topk;
 pub mod ttt;
