@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::models::config::ModelConfig;
 use crate::models::moe::MoeBlock;
-use crate::models::{glm4_moe_lite, qwen3_moe, Kernels};
+use crate::models::{glm4_moe_lite, lfm2_moe, qwen3_moe, Kernels};
 use crate::synth::SyntheticBackend;
 
 /// Largest relative L2 error (over the tokens both sides route alike) at
@@ -163,6 +163,7 @@ pub fn check_moe(
         (Some(l), _) => l,
         (None, ModelConfig::Qwen3Moe(_)) => 0,
         (None, ModelConfig::Glm4MoeLite(c)) => c.first_k_dense_replace,
+        (None, ModelConfig::Lfm2Moe(c)) => c.num_dense_layers,
         (None, ModelConfig::Glm4(_)) => {
             return Err(Error::Config(
                 "check-moe: chatglm (GLM-4-9B) is dense and has no MoE block".into(),
@@ -181,6 +182,7 @@ pub fn check_moe(
         let block = match &cfg {
             ModelConfig::Qwen3Moe(c) => Some(qwen3_moe::moe_block(c, &vb, layer, kernels)?),
             ModelConfig::Glm4MoeLite(c) => glm4_moe_lite::moe_block(c, &vb, layer, kernels)?,
+            ModelConfig::Lfm2Moe(c) => lfm2_moe::moe_block(c, &vb, layer, kernels)?,
             ModelConfig::Glm4(_) => None,
         };
         block.ok_or_else(|| Error::Config(format!("check-moe: layer {layer} is dense")))
@@ -285,6 +287,13 @@ fn block_dims(cfg: &ModelConfig) -> (usize, String) {
             ),
         ),
         ModelConfig::Glm4(c) => (c.hidden_size, "dense".into()),
+        ModelConfig::Lfm2Moe(c) => (
+            c.hidden_size,
+            format!(
+                "H={} I={} E={} K={}, sigmoid router in the model dtype",
+                c.hidden_size, c.moe_intermediate_size, c.num_experts, c.num_experts_per_tok
+            ),
+        ),
     }
 }
 

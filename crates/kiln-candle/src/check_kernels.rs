@@ -1,6 +1,6 @@
 //! `kiln models check-kernels`: kiln-candle's own kernels (the decode
 //! projections, the KV cache write, Qwen3's fused attention inputs, the MLA
-//! keys, the shared expert's routing column) on the GPU against their CPU
+//! keys, the shared expert's routing column, LFM2's short convolution) on the GPU against their CPU
 //! paths, at the presets' shapes, with seeded random inputs.
 //!
 //! The copies must match exactly. The arithmetic kernels must match to
@@ -157,6 +157,9 @@ pub fn check_kernels(gpu: &Device, presets: &[serde_json::Value]) -> Result<Kern
                 )?);
             }
             ModelConfig::Glm4(_) => {}
+            ModelConfig::Lfm2Moe(c) => {
+                checks.extend(short_conv(gpu, c.hidden_size, c.conv_l_cache, &mut seed)?);
+            }
         }
     }
     Ok(KernelCheckReport { checks })
@@ -236,6 +239,48 @@ fn qk_norm_rope(
     })
 }
 
+/// The short convolution (a prefill of 5 rows, then one decode row) on the
+/// GPU against the catalog's reference on the CPU: outputs and the state
+/// the kernel leaves in place.
+fn short_conv(gpu: &Device, h: usize, l: usize, seed: &mut u64) -> Result<Vec<KernelCheck>> {
+    *seed += 1;
+    let w = random((h, l), *seed)?;
+    let state0 = random((l - 1, h), *seed + 1)?;
+    let steps = [
+        random((5, 3 * h), *seed + 2)?,
+        random((1, 3 * h), *seed + 3)?,
+    ];
+    let run = |d: &Device| -> Result<(Vec<Tensor>, Tensor)> {
+        let (w, state) = (w.to_device(d)?, state0.to_device(d)?.copy()?);
+        let outs = steps
+            .iter()
+            .map(|x| ops::short_conv::short_conv(&x.to_device(d)?, &w, &state))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((outs, state))
+    };
+    let (go, gs) = run(gpu)?;
+    let (co, cs) = run(&Device::Cpu)?;
+    let mut checks = Vec::new();
+    for ((g, c), t) in go.iter().zip(&co).zip([5, 1]) {
+        checks.push(judge(
+            "short_conv",
+            format!("D={h} L={l} T={t}"),
+            g,
+            c,
+            false,
+        )?);
+    }
+    // The state holds B ⊙ x rows, one rounding each: exact.
+    checks.push(judge(
+        "short_conv",
+        format!("D={h} L={l} state"),
+        &gs,
+        &cs,
+        true,
+    )?);
+    Ok(checks)
+}
+
 /// Every `(N, K, weight dtype)` a model projects with at decode (x is the
 /// model's bf16 hidden state; GLM-4.7-Flash's router weight is f32).
 pub fn projections(cfg: &ModelConfig) -> Vec<(usize, usize, kiln_kernels::DType)> {
@@ -272,6 +317,20 @@ pub fn projections(cfg: &ModelConfig) -> Vec<(usize, usize, kiln_kernels::DType)
                 (c.hidden_size, c.intermediate_size, BF16),
                 (c.n_routed_experts, c.hidden_size, F32),
                 (c.vocab_size, c.hidden_size, BF16),
+            ]
+        }
+        ModelConfig::Lfm2Moe(c) => {
+            let (h, hd) = (c.hidden_size, c.head_dim());
+            let (qh, kvh) = (c.num_attention_heads, c.num_key_value_heads);
+            vec![
+                (3 * h, h, BF16),
+                (h, h, BF16),
+                ((qh + 2 * kvh) * hd, h, BF16),
+                (h, qh * hd, BF16),
+                (2 * c.intermediate_size, h, BF16),
+                (h, c.intermediate_size, BF16),
+                (c.num_experts, h, BF16),
+                (c.vocab_size, h, BF16),
             ]
         }
         ModelConfig::Glm4(c) => {

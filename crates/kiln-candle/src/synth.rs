@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::models::config::ModelConfig;
 use crate::models::glm4::Glm4;
 use crate::models::glm4_moe_lite::Glm4MoeLite;
+use crate::models::lfm2_moe::Lfm2Moe;
 use crate::models::qwen3_moe::Qwen3Moe;
 use crate::models::Kernels;
 
@@ -36,7 +37,7 @@ pub struct Fill {
 
 /// The fill of a tensor by its HF name.
 pub fn fill_for(name: &str) -> Fill {
-    if name.ends_with("e_score_correction_bias") {
+    if name.ends_with("e_score_correction_bias") || name.ends_with("expert_bias") {
         Fill {
             offset: 0.0,
             half_width: 0.01,
@@ -285,6 +286,7 @@ pub fn write_checkpoint(config: &serde_json::Value, seed: u64, dir: &Path) -> Re
         ModelConfig::Qwen3Moe(c) => drop(Qwen3Moe::load(c, vb, Kernels::Candle, 1)?),
         ModelConfig::Glm4MoeLite(c) => drop(Glm4MoeLite::load(c, vb, Kernels::Candle, 1)?),
         ModelConfig::Glm4(c) => drop(Glm4::load(c, vb, Kernels::Candle, 1)?),
+        ModelConfig::Lfm2Moe(c) => drop(Lfm2Moe::load(c, vb, Kernels::Candle, 1)?),
     }
     let tensors = backend
         .record

@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::models::config::ModelConfig;
 use crate::models::glm4::Glm4;
 use crate::models::glm4_moe_lite::Glm4MoeLite;
+use crate::models::lfm2_moe::Lfm2Moe;
 use crate::models::qwen3_moe::Qwen3Moe;
 use crate::models::stock::{StockGlm4, StockQwen3Moe};
 use crate::models::{DecodeModel, Kernels};
@@ -397,7 +398,7 @@ pub fn run(opts: &Options, dev: &Device, progress: &mut dyn FnMut(&str)) -> Resu
     // one instance and run interleaved, so drift (clocks, heat) hits them alike.
     let baseline = match &cfg {
         ModelConfig::Qwen3Moe(_) | ModelConfig::Glm4(_) => STOCK,
-        ModelConfig::Glm4MoeLite(_) => PLAIN,
+        ModelConfig::Glm4MoeLite(_) | ModelConfig::Lfm2Moe(_) => PLAIN,
     };
     if opts.no_baseline && opts.no_patch {
         return Err(Error::Config(
@@ -564,6 +565,7 @@ fn load(
         (ModelConfig::Glm4MoeLite(c), _) => Box::new(Glm4MoeLite::load(c, vb, kernels, max_len)?),
         (ModelConfig::Glm4(_), STOCK) => Box::new(StockGlm4::load(raw, vb)?),
         (ModelConfig::Glm4(c), _) => Box::new(Glm4::load(c, vb, kernels, max_len)?),
+        (ModelConfig::Lfm2Moe(c), _) => Box::new(Lfm2Moe::load(c, vb, kernels, max_len)?),
     })
 }
 
@@ -646,7 +648,7 @@ fn measure(
         // Warm-up: compiles kernels, captures graphs, settles clocks.
         progress(&format!("{}: warm-up", v.name));
         apply(model, v, pack)?;
-        model.reset();
+        model.reset()?;
         let mut next = argmax(&model.forward(&opts.prompt, 0)?)?;
         for i in 0..opts.max_tokens.min(8) {
             next = argmax(&model.forward(&[next], opts.prompt.len() + i)?)?;
@@ -831,7 +833,7 @@ fn greedy(
     keep_logits: bool,
 ) -> Result<GreedyRun> {
     let dev = model.device().clone();
-    model.reset();
+    model.reset()?;
     dev.synchronize()?;
     let t0 = Instant::now();
     let logits = model.forward(prompt, 0)?;
@@ -871,7 +873,7 @@ fn teacher_forced(
     ref_tokens: &[u32],
     ref_logits: &[Vec<f32>],
 ) -> Result<(f64, f64, Vec<Vec<f32>>)> {
-    model.reset();
+    model.reset()?;
     let mut max_diff = 0f64;
     let mut agree = 0usize;
     let mut n = 0usize;
@@ -951,6 +953,23 @@ pub fn active_weight_bytes(cfg: &ModelConfig) -> u64 {
             let layers = c.num_hidden_layers as u64;
             let k = (c.first_k_dense_replace as u64).min(layers);
             layers * attn + k * dense + (layers - k) * moe + h * c.vocab_size as u64
+        }
+        ModelConfig::Lfm2Moe(c) => {
+            let (h, hd) = (c.hidden_size as u64, c.head_dim() as u64);
+            let (qh, kvh) = (c.num_attention_heads as u64, c.num_key_value_heads as u64);
+            let attn = h * hd * (2 * qh + 2 * kvh);
+            let conv = 4 * h * h + h * c.conv_l_cache as u64;
+            let moe = 3 * h * c.moe_intermediate_size as u64 * c.num_experts_per_tok as u64
+                + h * c.num_experts as u64;
+            let dense = 3 * h * c.intermediate_size as u64;
+            let n = c.num_hidden_layers;
+            let attn_layers = (0..n).filter(|&l| c.is_attention(l)).count() as u64;
+            let dense_layers = (c.num_dense_layers.min(n)) as u64;
+            attn_layers * attn
+                + (n as u64 - attn_layers) * conv
+                + dense_layers * dense
+                + (n as u64 - dense_layers) * moe
+                + h * c.vocab_size as u64
         }
         ModelConfig::Glm4(c) => {
             // Dense: every weight but the embedding table (norms and the qkv bias included).

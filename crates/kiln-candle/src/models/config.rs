@@ -151,6 +151,86 @@ pub struct Glm4Config {
     pub rope_ratio: usize,
 }
 
+/// LFM2-MoE (`lfm2_moe`, LFM2-8B-A1B): short-convolution and GQA layers,
+/// dense then sigmoid-routed MoE feed-forwards.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Lfm2MoeConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Hidden size H.
+    pub hidden_size: usize,
+    /// Decoder layers.
+    pub num_hidden_layers: usize,
+    /// `"conv"` or `"full_attention"` per layer.
+    pub layer_types: Vec<String>,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// KV heads.
+    pub num_key_value_heads: usize,
+    /// RMSNorm eps (every norm).
+    pub norm_eps: f64,
+    /// RoPE theta (older files; newer ones nest it in `rope_parameters`).
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    /// RoPE parameters (`rope_theta` inside).
+    #[serde(default)]
+    pub rope_parameters: Option<serde_json::Value>,
+    /// Short-convolution kernel length.
+    #[serde(rename = "conv_L_cache")]
+    pub conv_l_cache: usize,
+    /// Bias on the convolution and its projections (kiln supports none).
+    #[serde(default)]
+    pub conv_bias: bool,
+    /// Leading layers with a dense SwiGLU instead of MoE.
+    pub num_dense_layers: usize,
+    /// Dense SwiGLU width.
+    pub intermediate_size: usize,
+    /// Expert width I.
+    pub moe_intermediate_size: usize,
+    /// Routed experts E.
+    pub num_experts: usize,
+    /// Experts per token K.
+    pub num_experts_per_tok: usize,
+    /// Renormalise the top-k weights (kiln supports true).
+    #[serde(default = "yes")]
+    pub norm_topk_prob: bool,
+    /// Routed weights' scale.
+    #[serde(default = "unit")]
+    pub routed_scaling_factor: f64,
+    /// A selection bias (`feed_forward.expert_bias`) on the router scores.
+    #[serde(default = "yes")]
+    pub use_expert_bias: bool,
+    /// Tied input and output embeddings (the original files say `tie_embedding`).
+    #[serde(default = "yes", alias = "tie_embedding")]
+    pub tie_word_embeddings: bool,
+}
+
+impl Lfm2MoeConfig {
+    /// The RoPE base: `rope_theta`, or `rope_parameters.rope_theta`, or 1e6.
+    pub fn rope_theta(&self) -> f64 {
+        self.rope_theta
+            .or_else(|| {
+                self.rope_parameters
+                    .as_ref()
+                    .and_then(|p| p.get("rope_theta"))
+                    .and_then(serde_json::Value::as_f64)
+            })
+            .unwrap_or(1e6)
+    }
+
+    /// Head dimension (H / query heads).
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads.max(1)
+    }
+
+    /// Whether layer `l` is an attention layer (otherwise a short convolution).
+    pub fn is_attention(&self, l: usize) -> bool {
+        self.layer_types
+            .get(l)
+            .is_some_and(|t| t == "full_attention")
+    }
+}
+
 impl Glm4Config {
     /// The RoPE base.
     pub fn rope_theta(&self) -> f64 {
@@ -166,6 +246,10 @@ fn yes() -> bool {
     true
 }
 
+fn unit() -> f64 {
+    1.0
+}
+
 /// A supported model's config.
 #[derive(Debug, Clone)]
 pub enum ModelConfig {
@@ -175,6 +259,8 @@ pub enum ModelConfig {
     Glm4MoeLite(Glm4MoeLiteConfig),
     /// GLM-4-9B (dense).
     Glm4(Glm4Config),
+    /// LFM2-8B-A1B.
+    Lfm2Moe(Lfm2MoeConfig),
 }
 
 impl ModelConfig {
@@ -192,9 +278,11 @@ impl ModelConfig {
             // (the `-hf` repos) are other formats (llama-style names, extra
             // norms), so only `chatglm` is taken.
             "chatglm" => Self::Glm4(serde_json::from_value(raw.clone()).map_err(bad)?),
+            "lfm2_moe" => Self::Lfm2Moe(serde_json::from_value(raw.clone()).map_err(bad)?),
             other => {
                 return Err(Error::Config(format!(
-                    "model_type {other:?} is not supported (kiln runs qwen3_moe, glm4_moe_lite and chatglm)"
+                    "model_type {other:?} is not supported (kiln runs qwen3_moe, glm4_moe_lite, \
+                     chatglm and lfm2_moe)"
                 )))
             }
         };
@@ -214,19 +302,22 @@ impl ModelConfig {
             Self::Qwen3Moe(c) => c.num_hidden_layers,
             Self::Glm4MoeLite(c) => c.num_hidden_layers,
             Self::Glm4(c) => c.num_layers,
+            Self::Lfm2Moe(c) => c.num_hidden_layers,
         }
     }
 }
 
 /// The presets: the published configs of the target models.
-pub const PRESETS: [(&str, &str); 3] = [
+pub const PRESETS: [(&str, &str); 4] = [
     ("qwen3-30b-a3b", QWEN3_30B_A3B),
     ("glm-4.7-flash", GLM_47_FLASH),
     ("glm-4-9b", GLM_4_9B),
+    ("lfm2-8b-a1b", LFM2_8B_A1B),
 ];
 
 /// A preset's `config.json` with its layer count (`num_hidden_layers` and/or
-/// `num_layers`, whichever it has) optionally overridden.
+/// `num_layers`, whichever it has) optionally overridden; a per-layer
+/// `layer_types` list is cut to the first `layers` entries.
 pub fn preset(name: &str, layers: Option<usize>) -> Result<serde_json::Value> {
     let text = PRESETS
         .iter()
@@ -246,6 +337,15 @@ pub fn preset(name: &str, layers: Option<usize>) -> Result<serde_json::Value> {
             if v.get(key).is_some() {
                 v[key] = n.into();
             }
+        }
+        if let Some(types) = v.get_mut("layer_types").and_then(|t| t.as_array_mut()) {
+            if n > types.len() {
+                return Err(Error::Config(format!(
+                    "preset {name} has {} layers; {n} were asked for",
+                    types.len()
+                )));
+            }
+            types.truncate(n);
         }
     }
     Ok(v)
@@ -296,6 +396,23 @@ const GLM_4_9B: &str = r#"{
   "use_cache": true
 }"#;
 
+/// LiquidAI/LFM2-8B-A1B's `config.json`: 24 layers, attention at 2, 6, 10,
+/// 14, 18 and 21, the others short convolutions.
+const LFM2_8B_A1B: &str = r#"{
+  "architectures": ["Lfm2MoeForCausalLM"], "model_type": "lfm2_moe",
+  "bos_token_id": 1, "eos_token_id": 7, "pad_token_id": 0,
+  "conv_L_cache": 3, "conv_bias": false, "hidden_size": 2048, "intermediate_size": 7168,
+  "layer_types": ["conv", "conv", "full_attention", "conv", "conv", "conv", "full_attention",
+    "conv", "conv", "conv", "full_attention", "conv", "conv", "conv", "full_attention", "conv",
+    "conv", "conv", "full_attention", "conv", "conv", "full_attention", "conv", "conv"],
+  "max_position_embeddings": 128000, "moe_intermediate_size": 1792, "norm_eps": 1e-05,
+  "norm_topk_prob": true, "num_attention_heads": 32, "num_dense_layers": 2,
+  "num_experts": 32, "num_experts_per_tok": 4, "num_hidden_layers": 24,
+  "num_key_value_heads": 8, "rope_theta": 1000000.0, "routed_scaling_factor": 1.0,
+  "tie_embedding": true, "torch_dtype": "bfloat16", "use_cache": true,
+  "use_expert_bias": true, "vocab_size": 65536
+}"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,6 +434,15 @@ mod tests {
         };
         assert_eq!((c.rope_theta(), c.multi_query_group_num), (5e6, 2));
         assert!(preset("nope", None).is_err());
+        let v = preset("lfm2-8b-a1b", Some(3)).expect("lfm2");
+        let ModelConfig::Lfm2Moe(c) = ModelConfig::parse(&v.to_string()).expect("parse").0 else {
+            panic!("lfm2-8b-a1b is not lfm2_moe")
+        };
+        assert_eq!(c.layer_types.len(), 3);
+        assert!(c.is_attention(2) && !c.is_attention(1) && !c.is_attention(3));
+        assert!(c.tie_word_embeddings, "tie_embedding is read");
+        assert_eq!((c.rope_theta(), c.head_dim()), (1e6, 64));
+        assert!(preset("lfm2-8b-a1b", Some(25)).is_err());
         let e = ModelConfig::parse(r#"{"model_type": "llama"}"#).unwrap_err();
         assert!(e.to_string().contains("not supported"));
     }

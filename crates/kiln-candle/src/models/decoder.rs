@@ -57,6 +57,11 @@ pub trait DecoderStack {
     ) -> Result<Tensor>;
     /// Layer `l`'s MLP or MoE on the normed `x`.
     fn feed_forward(&self, l: usize, x: &Tensor) -> Result<Tensor>;
+    /// Clears state a step leaves besides the KV caches (in place: a decode
+    /// graph reads it at its address). None by default.
+    fn reset_state(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// One forward pass of `m` over the token ids in `ids` (u32 `[T]`, on the
@@ -168,10 +173,11 @@ impl<M: DecoderStack> DecodeModel for M {
         self.decoder().graph.as_ref().is_some_and(|g| g.on)
     }
 
-    fn reset(&mut self) {
+    fn reset(&mut self) -> Result<()> {
         for c in &mut self.decoder_mut().caches {
             c.reset();
         }
+        self.reset_state()
     }
 
     fn device(&self) -> &Device {

@@ -15,7 +15,7 @@ use kiln_kernels::reference::topk::SigmoidRouting;
 use super::config::Glm4MoeLiteConfig;
 use super::decoder::{Decoder, DecoderStack};
 use super::kv_cache::KvCache;
-use super::layers::{attention, linear, rms_norm, Mlp, RopeTables};
+use super::layers::{attention, linear, rms_norm, Mlp, MlpNames, RopeTables};
 use super::moe::{MoeBlock, MoeDims, Router};
 use super::Kernels;
 use crate::error::{Error, Result};
@@ -214,6 +214,7 @@ pub fn moe_block(
         e: cfg.n_routed_experts,
         k: cfg.num_experts_per_tok,
         shared_i: (cfg.n_shared_experts == 1).then_some(cfg.moe_intermediate_size),
+        names: MlpNames::HF,
     };
     let v = vb.pp(format!("model.layers.{l}.mlp"));
     let bias = v.pp("gate").get_with_hints_dtype(

@@ -72,14 +72,50 @@ pub struct Mlp {
     pub down: Tensor,
 }
 
+/// The checkpoint names of a SwiGLU MLP's three projections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MlpNames {
+    /// The gated projection (silu side).
+    pub gate: &'static str,
+    /// The linear projection.
+    pub up: &'static str,
+    /// The output projection.
+    pub down: &'static str,
+}
+
+impl MlpNames {
+    /// Llama-style names (Qwen3, GLM-4.7-Flash).
+    pub const HF: Self = Self {
+        gate: "gate_proj",
+        up: "up_proj",
+        down: "down_proj",
+    };
+    /// LFM2's names: `w1` gate, `w3` up, `w2` down.
+    pub const LFM2: Self = Self {
+        gate: "w1",
+        up: "w3",
+        down: "w2",
+    };
+}
+
 impl Mlp {
     /// Loads `gate_proj`, `up_proj`, `down_proj` under `vb`.
     pub fn load(vb: &candle_nn::VarBuilder, h: usize, i: usize) -> Result<Self> {
-        let g = vb.pp("gate_proj").get((i, h), "weight")?;
-        let u = vb.pp("up_proj").get((i, h), "weight")?;
+        Self::load_named(vb, h, i, MlpNames::HF)
+    }
+
+    /// Loads the three projections named `names` under `vb`.
+    pub fn load_named(
+        vb: &candle_nn::VarBuilder,
+        h: usize,
+        i: usize,
+        names: MlpNames,
+    ) -> Result<Self> {
+        let g = vb.pp(names.gate).get((i, h), "weight")?;
+        let u = vb.pp(names.up).get((i, h), "weight")?;
         Ok(Self {
             gate_up: Tensor::cat(&[&g, &u], 0)?,
-            down: vb.pp("down_proj").get((h, i), "weight")?,
+            down: vb.pp(names.down).get((h, i), "weight")?,
         })
     }
 

@@ -13,7 +13,9 @@ pub mod glm4_moe_lite;
 pub mod graph;
 pub mod kv_cache;
 pub mod layers;
+pub mod lfm2_moe;
 pub mod moe;
+pub mod qk_norm_gqa;
 pub mod qwen3_moe;
 pub mod stock;
 
@@ -50,8 +52,9 @@ pub trait DecodeModel {
     fn graph_decode(&self) -> bool {
         false
     }
-    /// Forgets the KV cache.
-    fn reset(&mut self);
+    /// Forgets the KV cache and any other state a step leaves (LFM2's
+    /// convolution rows), in place.
+    fn reset(&mut self) -> Result<()>;
     /// The device it runs on.
     fn device(&self) -> &Device;
 }

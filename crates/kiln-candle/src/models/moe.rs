@@ -10,7 +10,7 @@
 use candle_core::{DType, Tensor, D};
 use kiln_kernels::reference::topk::SigmoidRouting;
 
-use super::layers::{linear, Mlp};
+use super::layers::{linear, Mlp, MlpNames};
 use super::Kernels;
 use crate::error::{op_error, Result};
 use crate::ops;
@@ -73,6 +73,8 @@ pub struct MoeDims {
     pub k: usize,
     /// Shared-expert width (the shared expert is stacked only when it equals I).
     pub shared_i: Option<usize>,
+    /// The experts' projection names.
+    pub names: MlpNames,
 }
 
 impl MoeBlock {
@@ -89,10 +91,13 @@ impl MoeBlock {
             e,
             k,
             shared_i,
+            names,
         } = dims;
         let mut gate = vb.pp("gate").get((e, h), "weight")?;
-        if matches!(router, Router::Sigmoid { .. }) {
-            gate = gate.to_dtype(DType::F32)?;
+        if let Router::Sigmoid { routing, .. } = &router {
+            if !routing.sigmoid_in_dtype {
+                gate = gate.to_dtype(DType::F32)?;
+            }
         }
         let shared = match shared_i {
             Some(si) => Some(Mlp::load(&vb.pp("shared_experts"), h, si)?),
@@ -104,9 +109,9 @@ impl MoeBlock {
         let mut downs = Vec::with_capacity(e + 1);
         for j in 0..e {
             let v = ex.pp(j);
-            gates.push(v.pp("gate_proj").get((i, h), "weight")?);
-            ups.push(v.pp("up_proj").get((i, h), "weight")?);
-            downs.push(v.pp("down_proj").get((h, i), "weight")?);
+            gates.push(v.pp(names.gate).get((i, h), "weight")?);
+            ups.push(v.pp(names.up).get((i, h), "weight")?);
+            downs.push(v.pp(names.down).get((h, i), "weight")?);
         }
         let stack_shared = kernels == Kernels::Kiln && shared_i == Some(i);
         let experts = match kernels {
@@ -158,7 +163,11 @@ impl MoeBlock {
                 } else {
                     (weights, indices)
                 };
-                let round_weights = matches!(self.router, Router::Softmax { .. });
+                // Qwen3 and LFM2 hand the combine model-dtype weights; GLM f32 ones.
+                let round_weights = match &self.router {
+                    Router::Softmax { .. } => true,
+                    Router::Sigmoid { routing, .. } => routing.sigmoid_in_dtype,
+                };
                 let h = ops::moe::expert_swiglu(x, gate, up, &idx)?;
                 ops::moe::expert_down(&h, down, &idx, &w, None, round_weights)?
             }
@@ -177,6 +186,10 @@ impl MoeBlock {
         match (&self.router, self.kernels) {
             (Router::Softmax { renorm }, Kernels::Kiln) => {
                 ops::router::softmax_topk(&linear(x, &self.gate, self.kernels)?, self.k, *renorm)
+            }
+            (Router::Sigmoid { bias, routing }, Kernels::Kiln) if routing.sigmoid_in_dtype => {
+                // LFM2: logits, sigmoid and weights in the model dtype.
+                ops::router::sigmoid_topk(&linear(x, &self.gate, self.kernels)?, bias, *routing)
             }
             (Router::Sigmoid { bias, routing }, Kernels::Kiln) => {
                 // f32 logits of the bf16 hidden state widened to f32, as HF computes
@@ -216,9 +229,15 @@ impl MoeBlock {
                     .narrow(D::Minus1, 0, self.k)?
                     .contiguous()?;
                 let w = s.gather(&idx, D::Minus1)?;
+                // LFM2 does the weight arithmetic in the model dtype, GLM in f32.
+                let w = if routing.sigmoid_in_dtype {
+                    w.to_dtype(x.dtype())?
+                } else {
+                    w
+                };
                 let w = (w.broadcast_div(&(w.sum_keepdim(D::Minus1)? + routing.norm_eps)?)?
                     * routing.scale)?;
-                Ok((w, idx))
+                Ok((w.to_dtype(DType::F32)?, idx))
             }
         }
     }
@@ -252,6 +271,11 @@ impl MoeBlock {
             Router::Softmax { .. } => candle_nn::ops::softmax_last_dim(
                 &linear(x, &self.gate, self.kernels)?.to_dtype(DType::F32)?,
             )?,
+            // LFM2: sigmoid of model-dtype logits, in the model dtype.
+            Router::Sigmoid { routing, .. } if routing.sigmoid_in_dtype => {
+                candle_nn::ops::sigmoid(&linear(x, &self.gate, self.kernels)?)?
+                    .to_dtype(DType::F32)?
+            }
             Router::Sigmoid { .. } => candle_nn::ops::sigmoid(&linear(
                 &x.to_dtype(DType::F32)?,
                 &self.gate,

@@ -12,29 +12,31 @@ use kiln_kernels::reference::rope::RopeShape;
 use super::config::Qwen3MoeConfig;
 use super::decoder::{Decoder, DecoderStack};
 use super::kv_cache::KvCache;
-use super::layers::{attention, linear, rms_norm, RopeTables};
+use super::layers::{MlpNames, RopeTables};
 use super::moe::{MoeBlock, MoeDims, Router};
+use super::qk_norm_gqa::{QkNormGqa, QkNormGqaNames};
 use super::Kernels;
 use crate::error::{Error, Result};
-use crate::ops;
 use crate::ops::rope::QkNormRopeShape;
 
 #[derive(Debug, Clone)]
 struct Layer {
     ln1: Tensor,
     ln2: Tensor,
-    /// `[q; k; v]` projections stacked: `[(QH + 2·KVH)·HD, H]`.
-    qkv: Tensor,
-    o: Tensor,
-    q_norm: Tensor,
-    k_norm: Tensor,
+    attn: QkNormGqa,
     moe: MoeBlock,
 }
+
+/// Qwen3's attention weight names.
+const ATTENTION_NAMES: QkNormGqaNames = QkNormGqaNames {
+    o: "o_proj",
+    q_norm: "q_norm",
+    k_norm: "k_norm",
+};
 
 /// Qwen3-MoE for causal LM at batch 1.
 #[derive(Debug)]
 pub struct Qwen3Moe {
-    cfg: Qwen3MoeConfig,
     layers: Vec<Layer>,
     dec: Decoder,
 }
@@ -66,19 +68,18 @@ impl Qwen3Moe {
         };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         let mut caches = Vec::with_capacity(cfg.num_hidden_layers);
+        let shape = QkNormRopeShape {
+            qh,
+            kvh,
+            d: hd,
+            eps: cfg.rms_norm_eps,
+        };
         for l in 0..cfg.num_hidden_layers {
             let v = vb.pp(format!("model.layers.{l}"));
-            let a = v.pp("self_attn");
-            let q = a.pp("q_proj").get((qh * hd, h), "weight")?;
-            let k = a.pp("k_proj").get((kvh * hd, h), "weight")?;
-            let vv = a.pp("v_proj").get((kvh * hd, h), "weight")?;
             layers.push(Layer {
                 ln1: v.pp("input_layernorm").get(h, "weight")?,
                 ln2: v.pp("post_attention_layernorm").get(h, "weight")?,
-                qkv: Tensor::cat(&[&q, &k, &vv], 0)?,
-                o: a.pp("o_proj").get((h, qh * hd), "weight")?,
-                q_norm: a.pp("q_norm").get(hd, "weight")?,
-                k_norm: a.pp("k_norm").get(hd, "weight")?,
+                attn: QkNormGqa::load(&v.pp("self_attn"), h, shape, ATTENTION_NAMES)?,
                 moe: moe_block(cfg, &vb, l, kernels)?,
             });
             caches.push(KvCache::new(kvh, max_len, hd, hd, dtype, &dev)?);
@@ -99,7 +100,6 @@ impl Qwen3Moe {
             &dev,
         )?;
         Ok(Self {
-            cfg: cfg.clone(),
             layers,
             dec: Decoder {
                 embed,
@@ -129,6 +129,7 @@ pub fn moe_block(
         e: cfg.num_experts,
         k: cfg.num_experts_per_tok,
         shared_i: None,
+        names: MlpNames::HF,
     };
     let router = Router::Softmax {
         renorm: cfg.norm_topk_prob,
@@ -165,65 +166,9 @@ impl DecoderStack for Qwen3Moe {
         pos: usize,
         positions: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let c = &self.cfg;
-        let (qh, kvh, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let t = x.dim(0)?;
-        let layer = &self.layers[l];
-        let qkv = linear(x, &layer.qkv, self.dec.kernels)?;
-        let q = match positions {
-            // On CUDA: both norms, rope and the cache write in one launch.
-            Some(p) if self.dec.kernels == Kernels::Kiln && x.device().is_cuda() => {
-                let cache = &mut self.dec.caches[l];
-                let q = ops::rope::qk_norm_rope_cache(
-                    &qkv,
-                    (&layer.q_norm, &layer.k_norm),
-                    self.dec.rope.tables(),
-                    p,
-                    cache.buffers(),
-                    &QkNormRopeShape {
-                        qh,
-                        kvh,
-                        d: hd,
-                        eps: c.rms_norm_eps,
-                    },
-                )?;
-                cache.set_len(pos + t);
-                q
-            }
-            _ => {
-                let q = qkv.narrow(1, 0, qh * hd)?.reshape((t, qh, hd))?;
-                let k = qkv.narrow(1, qh * hd, kvh * hd)?.reshape((t, kvh, hd))?;
-                let v = qkv
-                    .narrow(1, (qh + kvh) * hd, kvh * hd)?
-                    .reshape((t, kvh, hd))?;
-                let q = rms_norm(
-                    &q.contiguous()?,
-                    &layer.q_norm,
-                    c.rms_norm_eps,
-                    self.dec.kernels,
-                )?;
-                let k = rms_norm(
-                    &k.contiguous()?,
-                    &layer.k_norm,
-                    c.rms_norm_eps,
-                    self.dec.kernels,
-                )?;
-                let (q, k) = self
-                    .dec
-                    .rope
-                    .apply(&q, &k, pos, positions, self.dec.kernels)?;
-                self.dec.caches[l].append(&k, &v, pos, positions)?;
-                q
-            }
-        };
-        let o = attention(
-            &q,
-            &self.dec.caches[l],
-            pos,
-            1.0 / (hd as f64).sqrt(),
-            self.dec.kernels,
-        )?;
-        linear(&o, &self.layers[l].o, self.dec.kernels)
+        self.layers[l]
+            .attn
+            .forward(&mut self.dec, l, x, pos, positions)
     }
 
     fn feed_forward(&self, l: usize, x: &Tensor) -> Result<Tensor> {

@@ -33,8 +33,9 @@ impl DecodeModel for StockQwen3Moe {
         Ok(logits.flatten_all()?.to_dtype(DType::F32)?)
     }
 
-    fn reset(&mut self) {
+    fn reset(&mut self) -> Result<()> {
         self.model.clear_kv_cache();
+        Ok(())
     }
 
     fn device(&self) -> &Device {
@@ -82,9 +83,10 @@ impl DecodeModel for StockGlm4 {
         Ok(logits.flatten_all()?.to_dtype(DType::F32)?)
     }
 
-    fn reset(&mut self) {
+    fn reset(&mut self) -> Result<()> {
         self.model.reset_kv_cache();
         self.len = 0;
+        Ok(())
     }
 
     fn device(&self) -> &Device {

@@ -21,6 +21,7 @@ pub mod norm;
 pub mod pack;
 pub mod rope;
 pub mod router;
+pub mod short_conv;
 pub mod swiglu;
 pub mod ttt;
 
