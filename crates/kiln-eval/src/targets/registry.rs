@@ -44,7 +44,6 @@ fn target(
 
 /// Why kiln's models do not run a model-shaped target.
 const FUSED_EXPERTS: &str = "kiln's model runs the fused expert kernels instead";
-const NO_LFM2: &str = "kiln has no LFM2 model yet";
 
 impl Target {
     fn not_run(mut self, why: &'static str) -> Self {
@@ -184,15 +183,14 @@ pub fn all() -> Vec<Target> {
             swiglu(1792),
             &TIMED_T,
         )
-        .not_run(NO_LFM2),
+        .not_run(FUSED_EXPERTS),
         target(
             "lfm2_rmsnorm",
             lfm,
             "hidden RMSNorm, D=2048, eps 1e-5",
             rmsnorm(2048, 1e-5),
             &TIMED_T,
-        )
-        .not_run(NO_LFM2),
+        ),
         target(
             "lfm2_moe_combine",
             lfm,
@@ -200,15 +198,14 @@ pub fn all() -> Vec<Target> {
             combine(2048, 4, false),
             &TIMED_T,
         )
-        .not_run(NO_LFM2),
+        .not_run(FUSED_EXPERTS),
         target(
             "lfm2_topk_gating",
             lfm,
             "sigmoid router in bf16, E=32, top-4, bias selects",
             OpProblem::SigmoidTopk(SigmoidTopkConfig::lfm2_8b_a1b(bf16)),
             &TIMED_T,
-        )
-        .not_run(NO_LFM2),
+        ),
     ]
 }
 
