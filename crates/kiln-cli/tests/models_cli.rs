@@ -1,27 +1,93 @@
 //! `kiln models` and `kiln validate` in the default build (without candle):
-//! a clear error that says how to build them, and a non-zero exit.
+//! their help prints anywhere; run, they hand over to the models build when
+//! there is one and the NVIDIA driver is there, and otherwise fail with an
+//! error that says what is missing.
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn kiln(args: &[&str], env: &[(&str, &Path)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    cmd.args(args)
+        .env_remove("KILN_MODELS_BIN")
+        .env_remove("KILN_MODELS_HANDOFF");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run kiln")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
 
 #[test]
-fn models_commands_say_how_to_build_them_when_absent() {
+fn models_commands_print_help_and_say_what_is_missing() {
     if cfg!(feature = "models") {
         eprintln!("NOT RUN: this kiln has its models; kiln-candle's tests cover the real commands");
         return;
     }
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Help needs neither the models build nor a GPU.
+    for args in [["validate", "--help"], ["models", "--help"]] {
+        let out = kiln(&args, &[]);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
+    }
+    // No models build (an empty target folder): how to build one.
+    let empty = dir.path().join("no-target");
     for args in [
         vec!["validate", "--synthetic", "qwen3-30b-a3b"],
         vec!["models", "list"],
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .args(&args)
-            .output()
-            .expect("run kiln");
+        let out = kiln(&args, &[("KILN_MODELS_TARGET", &empty)]);
         assert!(
             !out.status.success(),
             "{args:?} should fail without the models"
         );
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("scripts/build-models.sh"), "{args:?}: {err}");
+        assert!(
+            stderr(&out).contains("scripts/build-models.sh"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
     }
+    let missing = dir.path().join("nothing-here");
+    let out = kiln(&["models", "list"], &[("KILN_MODELS_BIN", &missing)]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+
+    // A models build (a stand-in that prints its arguments): handed the
+    // command line where the driver is, refused with the driver named where not.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let fake = dir.path().join("kiln-models");
+        std::fs::write(&fake, "#!/bin/sh\necho \"models build: $*\"\n").expect("write");
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let out = kiln(&["models", "list"], &[("KILN_MODELS_BIN", &fake)]);
+        if kiln_cuda::toolkit::require_driver().is_ok() {
+            assert!(out.status.success(), "{}", stderr(&out));
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                "models build: models list\n"
+            );
+        } else {
+            assert!(!out.status.success());
+            let err = stderr(&out);
+            assert!(err.contains("libcuda"), "{err}");
+            assert!(err.contains("NVIDIA driver"), "{err}");
+        }
+    }
+    // A hand-over that lands in a kiln without models again stops at once.
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["models", "list"])
+        .env("KILN_MODELS_HANDOFF", "1")
+        .output()
+        .expect("run kiln");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("without its candle models"),
+        "{}",
+        stderr(&out)
+    );
 }

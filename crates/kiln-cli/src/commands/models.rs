@@ -1,24 +1,91 @@
 //! `kiln models …` and `kiln validate`: thin shells over kiln-candle, which
-//! is built only with the `models` feature (`scripts/build-models.sh`).
+//! is built only with the `models` feature (`scripts/build-models.sh`). A
+//! kiln built without it hands these commands to the models build, after
+//! checking that the NVIDIA driver it links is there.
 
 use std::process::ExitCode;
 
 use crate::cli::{ModelsCommand, ValidateArgs};
 
 #[cfg(not(feature = "models"))]
-const NOT_BUILT: &str = "this kiln was built without its candle models: build it with \
+const NOT_BUILT: &str = "this kiln was built without its candle models, and no models build was \
+    found (KILN_MODELS_BIN, or KILN_MODELS_TARGET/release/kiln): build one with \
     `scripts/build-models.sh` (installs nvcc from pinned wheels and builds with `--features models-cuda`)";
 
-/// `kiln models …`
+/// `kiln models …`: handed to the models build.
 #[cfg(not(feature = "models"))]
 pub fn models(_: ModelsCommand) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("{NOT_BUILT}")
+    hand_over()
 }
 
-/// `kiln validate`
+/// `kiln validate`: handed to the models build.
 #[cfg(not(feature = "models"))]
 pub fn validate(_: &ValidateArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("{NOT_BUILT}")
+    hand_over()
+}
+
+/// The models build `scripts/build-models.sh` makes: `KILN_MODELS_BIN`, else
+/// `$KILN_MODELS_TARGET/release/kiln` (default `~/.cache/kiln/target-models`).
+#[cfg(not(feature = "models"))]
+fn models_binary() -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    if let Some(p) = std::env::var_os("KILN_MODELS_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let target = std::env::var_os("KILN_MODELS_TARGET")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/kiln/target-models"))
+        })?;
+    Some(target.join("release/kiln")).filter(|p| p.is_file())
+}
+
+/// Runs this command line in the models build. That build links the CUDA
+/// libraries (candle's CUDA backend does), so on a machine without the NVIDIA
+/// driver it could not even start: this kiln, which loads them only when
+/// asked, checks for the driver first and says what is missing.
+#[cfg(not(feature = "models"))]
+fn hand_over() -> anyhow::Result<ExitCode> {
+    use anyhow::{bail, Context};
+    const MARK: &str = "KILN_MODELS_HANDOFF";
+    if std::env::var_os(MARK).is_some() {
+        bail!(
+            "KILN_MODELS_BIN names a kiln built without its candle models; point it at the \
+             binary `scripts/build-models.sh` builds"
+        );
+    }
+    let Some(bin) = models_binary() else {
+        bail!("{NOT_BUILT}");
+    };
+    if !bin.is_file() {
+        bail!(
+            "the models build {} (KILN_MODELS_BIN) does not exist; build it with \
+             `scripts/build-models.sh`",
+            bin.display()
+        );
+    }
+    kiln_cuda::toolkit::require_driver().context(
+        "kiln's models run on an NVIDIA GPU and its models build needs the driver's \
+         libcuda.so.1 to start",
+    )?;
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.args(std::env::args_os().skip(1)).env(MARK, "1");
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        // exec only returns on failure.
+        let err = cmd.exec();
+        Err(err).with_context(|| format!("cannot run the models build {}", bin.display()))
+    }
+    #[cfg(not(unix))]
+    {
+        let status = cmd
+            .status()
+            .with_context(|| format!("cannot run the models build {}", bin.display()))?;
+        Ok(ExitCode::from(
+            status.code().unwrap_or(1).clamp(0, 255) as u8
+        ))
+    }
 }
 
 /// `kiln models …`
