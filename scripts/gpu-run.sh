@@ -167,7 +167,7 @@ for suite in $suites; do
       failed=1
       continue
     fi
-    for preset in ${KILN_MOECHECK:-qwen3-30b-a3b glm-4.7-flash}; do
+    for preset in ${KILN_MOECHECK:-qwen3-30b-a3b glm-4.7-flash lfm2-8b-a1b}; do
       # shellcheck disable=SC2086
       "$here/kiln-models" models check-moe "$preset" --json "$out/moecheck-$preset.json" ${KILN_MOECHECK_ARGS:-} \
         > "$out/moecheck-$preset.txt" 2>&1; rc=$?
