@@ -25,9 +25,7 @@ fi
 [ "$(id -u)" = 0 ] || { echo "error: the Slurm test starts munged and slurmd: run it as root" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/kiln-slurm.XXXXXX)
-pids=()
 stop() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for f in "$work"/slurmd.pid "$work"/slurmctld.pid "$work"/munge/munged.pid; do
     [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
   done
