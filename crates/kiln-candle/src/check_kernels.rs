@@ -110,7 +110,13 @@ pub fn check_kernels(gpu: &Device, presets: &[serde_json::Value]) -> Result<Kern
         }
         match &cfg {
             ModelConfig::Qwen3Moe(c) => {
-                checks.push(qk_norm_rope(gpu, c, &mut seed)?);
+                let heads = ops::rope::QkNormRopeShape {
+                    qh: c.num_attention_heads,
+                    kvh: c.num_key_value_heads,
+                    d: c.head_dim,
+                    eps: c.rms_norm_eps,
+                };
+                checks.push(qk_norm_rope(gpu, heads, c.rope_theta, &mut seed)?);
             }
             ModelConfig::Glm4MoeLite(c) => {
                 let (t, nh) = (3, c.num_attention_heads);
@@ -158,6 +164,13 @@ pub fn check_kernels(gpu: &Device, presets: &[serde_json::Value]) -> Result<Kern
             }
             ModelConfig::Glm4(_) => {}
             ModelConfig::Lfm2Moe(c) => {
+                let heads = ops::rope::QkNormRopeShape {
+                    qh: c.num_attention_heads,
+                    kvh: c.num_key_value_heads,
+                    d: c.head_dim(),
+                    eps: c.norm_eps,
+                };
+                checks.push(qk_norm_rope(gpu, heads, c.rope_theta(), &mut seed)?);
                 checks.extend(short_conv(gpu, c.hidden_size, c.conv_l_cache, &mut seed)?);
             }
         }
@@ -165,15 +178,21 @@ pub fn check_kernels(gpu: &Device, presets: &[serde_json::Value]) -> Result<Kern
     Ok(KernelCheckReport { checks })
 }
 
-/// Qwen3's fused attention inputs against rmsnorm, rope and the cache write
+/// Qwen3's and LFM2's fused attention inputs against rmsnorm, rope and the cache write
 /// on the CPU (the catalog's references), at a position past 0.
 fn qk_norm_rope(
     gpu: &Device,
-    c: &crate::models::config::Qwen3MoeConfig,
+    heads: ops::rope::QkNormRopeShape,
+    theta: f64,
     seed: &mut u64,
 ) -> Result<KernelCheck> {
     use kiln_kernels::reference::rope::RopeShape;
-    let (qh, kvh, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+    let ops::rope::QkNormRopeShape {
+        qh,
+        kvh,
+        d: hd,
+        eps,
+    } = heads;
     let (t, pos, max_len) = (3usize, 37usize, 64usize);
     *seed += 1;
     let qkv = random((t, (qh + 2 * kvh) * hd), *seed)?;
@@ -186,7 +205,7 @@ fn qk_norm_rope(
         rot_dim: hd,
         rot_offset: 0,
         interleaved: false,
-        theta: c.rope_theta,
+        theta,
         hf_rounding: true,
     };
     let run = |d: &Device| -> Result<(Tensor, Tensor, Tensor)> {
@@ -201,12 +220,7 @@ fn qk_norm_rope(
                 rope.tables(),
                 &positions,
                 cache.buffers(),
-                &ops::rope::QkNormRopeShape {
-                    qh,
-                    kvh,
-                    d: hd,
-                    eps: c.rms_norm_eps,
-                },
+                &heads,
             )?;
             cache.set_len(pos + t);
             q
@@ -216,8 +230,8 @@ fn qk_norm_rope(
             let v = qkv
                 .narrow(1, (qh + kvh) * hd, kvh * hd)?
                 .reshape((t, kvh, hd))?;
-            let q = ops::norm::rms_norm(&q.contiguous()?, &qn, c.rms_norm_eps)?;
-            let k = ops::norm::rms_norm(&k.contiguous()?, &kn, c.rms_norm_eps)?;
+            let q = ops::norm::rms_norm(&q.contiguous()?, &qn, eps)?;
+            let k = ops::norm::rms_norm(&k.contiguous()?, &kn, eps)?;
             let (q, k) = rope.apply(&q, &k, pos, Some(&positions), Kernels::Kiln)?;
             cache.append(&k, &v, pos, None)?;
             q
