@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::models::config::ModelConfig;
 use crate::models::kv_cache::KvCache;
 use crate::models::layers::RopeTables;
-use crate::models::Kernels;
+use crate::models::{lfm2_moe, qwen3_moe, Kernels};
 use crate::ops;
 
 /// Largest relative L2 error of an arithmetic kernel against its CPU path.
@@ -110,12 +110,7 @@ pub fn check_kernels(gpu: &Device, presets: &[serde_json::Value]) -> Result<Kern
         }
         match &cfg {
             ModelConfig::Qwen3Moe(c) => {
-                let heads = ops::rope::QkNormRopeShape {
-                    qh: c.num_attention_heads,
-                    kvh: c.num_key_value_heads,
-                    d: c.head_dim,
-                    eps: c.rms_norm_eps,
-                };
+                let heads = qwen3_moe::attention_heads(c);
                 checks.push(qk_norm_rope(gpu, heads, c.rope_theta, &mut seed)?);
             }
             ModelConfig::Glm4MoeLite(c) => {
@@ -164,12 +159,7 @@ pub fn check_kernels(gpu: &Device, presets: &[serde_json::Value]) -> Result<Kern
             }
             ModelConfig::Glm4(_) => {}
             ModelConfig::Lfm2Moe(c) => {
-                let heads = ops::rope::QkNormRopeShape {
-                    qh: c.num_attention_heads,
-                    kvh: c.num_key_value_heads,
-                    d: c.head_dim(),
-                    eps: c.norm_eps,
-                };
+                let heads = lfm2_moe::attention_heads(c);
                 checks.push(qk_norm_rope(gpu, heads, c.rope_theta(), &mut seed)?);
                 checks.extend(short_conv(gpu, c.hidden_size, c.conv_l_cache, &mut seed)?);
             }
@@ -186,7 +176,6 @@ fn qk_norm_rope(
     theta: f64,
     seed: &mut u64,
 ) -> Result<KernelCheck> {
-    use kiln_kernels::reference::rope::RopeShape;
     let ops::rope::QkNormRopeShape {
         qh,
         kvh,
@@ -198,16 +187,7 @@ fn qk_norm_rope(
     let qkv = random((t, (qh + 2 * kvh) * hd), *seed)?;
     let qn = random(hd, *seed + 1)?;
     let kn = random(hd, *seed + 2)?;
-    let shape = RopeShape {
-        qh,
-        kh: kvh,
-        head_dim: hd,
-        rot_dim: hd,
-        rot_offset: 0,
-        interleaved: false,
-        theta,
-        hf_rounding: true,
-    };
+    let shape = heads.rope_shape(theta);
     let run = |d: &Device| -> Result<(Tensor, Tensor, Tensor)> {
         let rope = RopeTables::new(shape, max_len, DType::BF16, d)?;
         let mut cache = KvCache::new(kvh, max_len, hd, hd, DType::BF16, d)?;

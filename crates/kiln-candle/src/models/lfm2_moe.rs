@@ -16,7 +16,6 @@
 
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
-use kiln_kernels::reference::rope::RopeShape;
 use kiln_kernels::reference::topk::SigmoidRouting;
 
 use super::config::Lfm2MoeConfig;
@@ -53,6 +52,9 @@ struct ShortConv {
     in_proj: Tensor,
     /// The depthwise kernel `[H, L]` (the checkpoint's `[H, 1, L]`).
     w: Tensor,
+    /// Its columns in f32, `L` × `[H]`: the plain-candle path's taps, made
+    /// once at load (empty on kiln's kernels).
+    taps: Vec<Tensor>,
     /// `out_proj`: `[H, H]`.
     out_proj: Tensor,
     /// The last `L-1` rows of `B ⊙ x`, `[L-1, H]`, updated in place.
@@ -90,7 +92,7 @@ impl Lfm2Moe {
     ) -> Result<Self> {
         check(cfg)?;
         let (h, hd) = (cfg.hidden_size, cfg.head_dim());
-        let (qh, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let kvh = cfg.num_key_value_heads;
         let l_conv = cfg.conv_l_cache;
         let dev = vb.device().clone();
         let dtype = vb.dtype();
@@ -102,12 +104,7 @@ impl Lfm2Moe {
         } else {
             vb.pp("lm_head").get((cfg.vocab_size, h), "weight")?
         };
-        let shape = QkNormRopeShape {
-            qh,
-            kvh,
-            d: hd,
-            eps: cfg.norm_eps,
-        };
+        let shape = attention_heads(cfg);
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         let mut caches = Vec::new();
         for l in 0..cfg.num_hidden_layers {
@@ -120,11 +117,23 @@ impl Lfm2Moe {
                 }
             } else {
                 let c = v.pp("conv");
+                let w = c
+                    .pp("conv")
+                    .get((h, 1, l_conv), "weight")?
+                    .reshape((h, l_conv))?;
+                let taps = match kernels {
+                    Kernels::Kiln => Vec::new(),
+                    Kernels::Candle => {
+                        let wf = w.to_dtype(DType::F32)?;
+                        (0..l_conv)
+                            .map(|j| Ok(wf.narrow(1, j, 1)?.squeeze(1)?.contiguous()?))
+                            .collect::<Result<_>>()?
+                    }
+                };
                 Mixer::Conv(ShortConv {
                     in_proj: c.pp("in_proj").get((3 * h, h), "weight")?,
-                    w: c.pp("conv")
-                        .get((h, 1, l_conv), "weight")?
-                        .reshape((h, l_conv))?,
+                    w,
+                    taps,
                     out_proj: c.pp("out_proj").get((h, h), "weight")?,
                     state: Tensor::zeros((l_conv - 1, h), dtype, &dev)?,
                 })
@@ -145,21 +154,7 @@ impl Lfm2Moe {
                 ffn,
             });
         }
-        let rope = RopeTables::new(
-            RopeShape {
-                qh,
-                kh: kvh,
-                head_dim: hd,
-                rot_dim: hd,
-                rot_offset: 0,
-                interleaved: false,
-                theta: cfg.rope_theta(),
-                hf_rounding: true,
-            },
-            max_len,
-            dtype,
-            &dev,
-        )?;
+        let rope = RopeTables::new(shape.rope_shape(cfg.rope_theta()), max_len, dtype, &dev)?;
         Ok(Self {
             layers,
             dec: Decoder {
@@ -218,6 +213,16 @@ fn check(cfg: &Lfm2MoeConfig) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The attention layers' heads and their qk-norm eps.
+pub fn attention_heads(cfg: &Lfm2MoeConfig) -> QkNormRopeShape {
+    QkNormRopeShape {
+        qh: cfg.num_attention_heads,
+        kvh: cfg.num_key_value_heads,
+        d: cfg.head_dim(),
+        eps: cfg.norm_eps,
+    }
 }
 
 /// The router's math: sigmoid and weights in the model dtype, renormalised
@@ -294,14 +299,12 @@ impl ShortConv {
             bcx.narrow(1, 2 * h, h)?,
         );
         let bx = (b * x)?;
-        let l = self.w.dim(1)?;
+        let l = self.taps.len();
         let seq = Tensor::cat(&[&self.state, &bx], 0)?; // [L-1+T, H]
-        let wf = self.w.to_dtype(DType::F32)?;
         let mut acc = Tensor::zeros((t, h), DType::F32, bcx.device())?;
-        for j in 0..l {
+        for (j, wj) in self.taps.iter().enumerate() {
             let rows = seq.narrow(0, j, t)?.to_dtype(DType::F32)?;
-            let wj = wf.narrow(1, j, 1)?.squeeze(1)?;
-            acc = (acc + rows.broadcast_mul(&wj)?)?;
+            acc = (acc + rows.broadcast_mul(wj)?)?;
         }
         let conv = acc.to_dtype(bcx.dtype())?;
         let next = seq.narrow(0, t, l - 1)?.contiguous()?;

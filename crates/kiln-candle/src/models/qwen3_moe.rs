@@ -7,7 +7,6 @@
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
-use kiln_kernels::reference::rope::RopeShape;
 
 use super::config::Qwen3MoeConfig;
 use super::decoder::{Decoder, DecoderStack};
@@ -55,7 +54,7 @@ impl Qwen3Moe {
             ));
         }
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
-        let (qh, kvh) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let kvh = cfg.num_key_value_heads;
         let dev = vb.device().clone();
         let dtype = vb.dtype();
         let embed = vb
@@ -68,12 +67,7 @@ impl Qwen3Moe {
         };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         let mut caches = Vec::with_capacity(cfg.num_hidden_layers);
-        let shape = QkNormRopeShape {
-            qh,
-            kvh,
-            d: hd,
-            eps: cfg.rms_norm_eps,
-        };
+        let shape = attention_heads(cfg);
         for l in 0..cfg.num_hidden_layers {
             let v = vb.pp(format!("model.layers.{l}"));
             layers.push(Layer {
@@ -84,21 +78,7 @@ impl Qwen3Moe {
             });
             caches.push(KvCache::new(kvh, max_len, hd, hd, dtype, &dev)?);
         }
-        let rope = RopeTables::new(
-            RopeShape {
-                qh,
-                kh: kvh,
-                head_dim: hd,
-                rot_dim: hd,
-                rot_offset: 0,
-                interleaved: false,
-                theta: cfg.rope_theta,
-                hf_rounding: true,
-            },
-            max_len,
-            dtype,
-            &dev,
-        )?;
+        let rope = RopeTables::new(shape.rope_shape(cfg.rope_theta), max_len, dtype, &dev)?;
         Ok(Self {
             layers,
             dec: Decoder {
@@ -113,6 +93,16 @@ impl Qwen3Moe {
                 graph: None,
             },
         })
+    }
+}
+
+/// The attention heads and their qk-norm eps.
+pub fn attention_heads(cfg: &Qwen3MoeConfig) -> QkNormRopeShape {
+    QkNormRopeShape {
+        qh: cfg.num_attention_heads,
+        kvh: cfg.num_key_value_heads,
+        d: cfg.head_dim,
+        eps: cfg.rms_norm_eps,
     }
 }
 

@@ -86,6 +86,23 @@ pub struct QkNormRopeShape {
     pub eps: f64,
 }
 
+impl QkNormRopeShape {
+    /// The rotary these heads take: the whole head, rotate-half, HF's table
+    /// rounding, base `theta` (what the fused kernel and its CPU path apply).
+    pub fn rope_shape(&self, theta: f64) -> kiln_kernels::reference::rope::RopeShape {
+        kiln_kernels::reference::rope::RopeShape {
+            qh: self.qh,
+            kh: self.kvh,
+            head_dim: self.d,
+            rot_dim: self.d,
+            rot_offset: 0,
+            interleaved: false,
+            theta,
+            hf_rounding: true,
+        }
+    }
+}
+
 /// The compile inputs of `qk_norm_rope_cache`.
 pub fn qk_norm_rope_cache_build(
     s: &QkNormRopeShape,
