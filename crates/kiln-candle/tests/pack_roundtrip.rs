@@ -9,6 +9,7 @@
 use kiln_candle::models::config::{preset, ModelConfig};
 use kiln_candle::models::{glm4_moe_lite, lfm2_moe};
 use kiln_candle::ops::pack::KernelPack;
+use kiln_kernels::ops::moe_expert::{MoeExpertDownConfig, MoeExpertSwigluConfig};
 use kiln_kernels::ops::norm::RmsNormConfig;
 use kiln_kernels::ops::topk::{SigmoidTopkConfig, SoftmaxTopkConfig};
 use kiln_kernels::pack::{define_entries, PackEntry, PACK_FORMAT};
@@ -33,7 +34,56 @@ fn model_builds() -> Vec<(&'static str, KernelBuild)> {
     };
     let bf16 = DType::BF16;
     let build = |c: &dyn Fn() -> kiln_kernels::Result<KernelBuild>| c().expect("build");
+    // The gathered experts as `models::moe` runs them: GLM-4.7-Flash stacks its one
+    // shared expert (of the routed width) as expert E with weight 1 in slot K; Qwen3
+    // rounds its softmax weights to the dtype, LFM2 computes its router in the dtype.
+    let experts = |h, i, e, k, round_weights| {
+        let swiglu = MoeExpertSwigluConfig::new(h, i, e, k, bf16)
+            .build()
+            .expect("swiglu build");
+        let down = MoeExpertDownConfig {
+            weight_in_dtype: round_weights,
+            ..MoeExpertDownConfig::new(h, i, e, k, bf16)
+        }
+        .build()
+        .expect("down build");
+        (swiglu, down)
+    };
+    assert_eq!(
+        g.n_shared_experts, 1,
+        "the GLM preset stacks one shared expert"
+    );
+    let lfm_round = lfm2_moe::routing(&l, candle_core::DType::BF16)
+        .expect("routing")
+        .sigmoid_in_dtype;
+    let (q_sw, q_dn) = experts(
+        q.hidden_size,
+        q.moe_intermediate_size,
+        q.num_experts,
+        q.num_experts_per_tok,
+        true,
+    );
+    let (g_sw, g_dn) = experts(
+        g.hidden_size,
+        g.moe_intermediate_size,
+        g.n_routed_experts + 1,
+        g.num_experts_per_tok + 1,
+        false,
+    );
+    let (l_sw, l_dn) = experts(
+        l.hidden_size,
+        l.moe_intermediate_size,
+        l.num_experts,
+        l.num_experts_per_tok,
+        lfm_round,
+    );
     vec![
+        ("qwen3_moe_expert_swiglu", q_sw),
+        ("qwen3_moe_expert_down", q_dn),
+        ("glm_moe_expert_swiglu", g_sw),
+        ("glm_moe_expert_down", g_dn),
+        ("lfm2_moe_expert_swiglu", l_sw),
+        ("lfm2_moe_expert_down", l_dn),
         (
             "qwen3_rmsnorm",
             build(&|| RmsNormConfig::new(q.hidden_size, q.rms_norm_eps, bf16).build()),

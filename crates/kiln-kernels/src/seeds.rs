@@ -5,7 +5,7 @@
 //! search finds is measured from a plain starting point.
 
 /// `(family, source)` of every seed.
-pub const SEEDS: [(&str, &str); 6] = [
+pub const SEEDS: [(&str, &str); 8] = [
     ("swiglu", include_str!("../seeds/swiglu.cu")),
     ("rmsnorm", include_str!("../seeds/rmsnorm.cu")),
     ("moe_combine", include_str!("../seeds/moe_combine.cu")),
@@ -14,6 +14,14 @@ pub const SEEDS: [(&str, &str); 6] = [
     (
         "ttt_linear_decode",
         include_str!("../seeds/ttt_linear_decode.cu"),
+    ),
+    (
+        "moe_expert_swiglu",
+        include_str!("../seeds/moe_expert_swiglu.cu"),
+    ),
+    (
+        "moe_expert_down",
+        include_str!("../seeds/moe_expert_down.cu"),
     ),
 ];
 

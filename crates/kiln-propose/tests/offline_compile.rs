@@ -1,7 +1,7 @@
 //! Every source the offline generator can produce compiles with NVRTC for
 //! every target, declares a launch that is valid at decode and prefill
-//! shapes, and passes the evaluator's static checks. The seeds also compile
-//! in f32, f16 and bf16.
+//! shapes, and passes the evaluator's static checks and its check of the
+//! compiled PTX. The seeds also compile in f32, f16 and bf16.
 //!
 //! This test needs NVRTC (`scripts/setup.sh` installs pinned wheels into
 //! `.cache/cuda-wheels`); it fails, never skips, when NVRTC is missing.
@@ -173,7 +173,13 @@ fn every_offline_source_compiles_for_every_target() {
                 req = req.define(k.clone(), v.clone());
             }
             match compiler.compile(&req) {
-                Ok(_) => None,
+                // A cubin compile carries its PTX: the evaluator checks that text.
+                Ok(c) => match &c.ptx {
+                    Some(ptx) => kiln_eval::ptx_check::check_ptx(ptx).err().map(|e| {
+                        format!("{} / {}: PTX check: {}", job.target, job.label, e.reason)
+                    }),
+                    None => Some(format!("{} / {}: no PTX came back", job.target, job.label)),
+                },
                 Err(CudaError::Compile { log, .. }) => Some(format!(
                     "{} / {}:\n{}",
                     job.target,

@@ -4,6 +4,7 @@
 //! [`all`] (see docs/DISCOVER.md).
 
 use kiln_kernels::ops::moe_combine::MoeCombineConfig;
+use kiln_kernels::ops::moe_expert::{MoeExpertDownConfig, MoeExpertSwigluConfig};
 use kiln_kernels::ops::norm::RmsNormConfig;
 use kiln_kernels::ops::swiglu::SwigluConfig;
 use kiln_kernels::ops::topk::{SigmoidTopkConfig, SoftmaxTopkConfig};
@@ -17,6 +18,8 @@ use super::{ModelUse, Target};
 const TIMED_T: [usize; 3] = [1, 16, 4096];
 /// Rows timed for TTT (batch·heads).
 const TIMED_TTT: [usize; 3] = [16, 64, 512];
+/// Tokens timed for the decode hot path: batch-1 decode, small batches, one larger.
+const TIMED_DECODE: [usize; 5] = [1, 2, 4, 8, 32];
 
 fn target(
     name: &str,
@@ -48,6 +51,14 @@ const FUSED_EXPERTS: &str = "kiln's model runs the fused expert kernels instead"
 impl Target {
     fn not_run(mut self, why: &'static str) -> Self {
         self.model_use = ModelUse::NotRun(why);
+        self
+    }
+
+    /// A decode hot-path kernel: verified at few tokens (the expert weights
+    /// alone are hundreds of MB per trial), with odd hidden counts.
+    fn decode_rows(mut self) -> Self {
+        self.visible_verify_t = vec![1, 4];
+        self.hidden_verify_t = vec![3, 5, 37];
         self
     }
 }
@@ -138,6 +149,22 @@ pub fn all() -> Vec<Target> {
         )
         .not_run(FUSED_EXPERTS),
         target(
+            "glm_moe_expert_swiglu",
+            glm,
+            "gathered expert gate/up + SwiGLU, H=2048, I=1536, 64 experts + the shared one stacked, top-4+1",
+            OpProblem::MoeExpertSwiglu(MoeExpertSwigluConfig::glm47_flash(bf16)),
+            &TIMED_DECODE,
+        )
+        .decode_rows(),
+        target(
+            "glm_moe_expert_down",
+            glm,
+            "gathered expert down + weighted combine, H=2048, I=1536, 64+1 experts, top-4+1, f32 weights",
+            OpProblem::MoeExpertDown(MoeExpertDownConfig::glm47_flash(bf16)),
+            &TIMED_DECODE,
+        )
+        .decode_rows(),
+        target(
             "glm_topk_gating",
             glm,
             "sigmoid router, E=64, top-4, bias selects, ×1.8 (f32 logits)",
@@ -169,6 +196,22 @@ pub fn all() -> Vec<Target> {
         )
         .not_run(FUSED_EXPERTS),
         target(
+            "qwen3_moe_expert_swiglu",
+            qwen,
+            "gathered expert gate/up + SwiGLU, H=2048, I=768, 128 experts, top-8",
+            OpProblem::MoeExpertSwiglu(MoeExpertSwigluConfig::qwen3_30b_a3b(bf16)),
+            &TIMED_DECODE,
+        )
+        .decode_rows(),
+        target(
+            "qwen3_moe_expert_down",
+            qwen,
+            "gathered expert down + weighted combine, H=2048, I=768, 128 experts, top-8, bf16 weights",
+            OpProblem::MoeExpertDown(MoeExpertDownConfig::qwen3_30b_a3b(bf16)),
+            &TIMED_DECODE,
+        )
+        .decode_rows(),
+        target(
             "qwen3_topk_gating",
             qwen,
             "softmax router, E=128, top-8, renormalised",
@@ -199,6 +242,22 @@ pub fn all() -> Vec<Target> {
             &TIMED_T,
         )
         .not_run(FUSED_EXPERTS),
+        target(
+            "lfm2_moe_expert_swiglu",
+            lfm,
+            "gathered expert gate/up + SwiGLU, H=2048, I=1792, 32 experts, top-4",
+            OpProblem::MoeExpertSwiglu(MoeExpertSwigluConfig::lfm2_8b_a1b(bf16)),
+            &TIMED_DECODE,
+        )
+        .decode_rows(),
+        target(
+            "lfm2_moe_expert_down",
+            lfm,
+            "gathered expert down + weighted combine, H=2048, I=1792, 32 experts, top-4, bf16 weights",
+            OpProblem::MoeExpertDown(MoeExpertDownConfig::lfm2_8b_a1b(bf16)),
+            &TIMED_DECODE,
+        )
+        .decode_rows(),
         target(
             "lfm2_topk_gating",
             lfm,

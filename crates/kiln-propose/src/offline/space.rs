@@ -27,12 +27,14 @@ const T_MOE: &str = include_str!("templates/moe_combine.cu");
 const T_RMSNORM: &str = include_str!("templates/rmsnorm.cu");
 const T_TOPK: &str = include_str!("templates/topk.cu");
 const T_TTT: &str = include_str!("templates/ttt.cu");
+const T_EXPERT_SWIGLU: &str = include_str!("templates/moe_expert_swiglu.cu");
+const T_EXPERT_DOWN: &str = include_str!("templates/moe_expert_down.cu");
 
 /// Why the generator cannot work on a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OfflineError {
     /// The family has no offline templates.
-    #[error("the offline generator has no templates for family `{0}` (known: swiglu, rmsnorm, moe_combine, softmax_topk, sigmoid_topk, ttt_linear_decode)")]
+    #[error("the offline generator has no templates for family `{0}` (known: swiglu, rmsnorm, moe_combine, softmax_topk, sigmoid_topk, ttt_linear_decode, moe_expert_swiglu, moe_expert_down)")]
     UnknownFamily(String),
     /// A static dim the family's templates need is missing or out of range.
     #[error("offline {family}: static dim `{dim}` is {problem}")]
@@ -69,17 +71,23 @@ pub enum Family {
     SigmoidTopk,
     /// `ttt_linear_decode(…)`: one TTT-Linear decode step per row.
     TttLinearDecode,
+    /// `moe_expert_swiglu(x, w_gate, w_up, indices, h, T)`: gathered gate/up mat-vec + SwiGLU.
+    MoeExpertSwiglu,
+    /// `moe_expert_down(h, w_down, indices, weights, shared, out, T)`: gathered down + combine.
+    MoeExpertDown,
 }
 
 impl Family {
     /// Every family, in a fixed order.
-    pub const ALL: [Family; 6] = [
+    pub const ALL: [Family; 8] = [
         Family::Swiglu,
         Family::RmsNorm,
         Family::MoeCombine,
         Family::SoftmaxTopk,
         Family::SigmoidTopk,
         Family::TttLinearDecode,
+        Family::MoeExpertSwiglu,
+        Family::MoeExpertDown,
     ];
 
     /// The family's name (the catalog op's short name).
@@ -91,6 +99,8 @@ impl Family {
             Family::SoftmaxTopk => "softmax_topk",
             Family::SigmoidTopk => "sigmoid_topk",
             Family::TttLinearDecode => "ttt_linear_decode",
+            Family::MoeExpertSwiglu => "moe_expert_swiglu",
+            Family::MoeExpertDown => "moe_expert_down",
         }
     }
 
@@ -111,6 +121,8 @@ impl Family {
             Family::SoftmaxTopk => SOFTMAX,
             Family::SigmoidTopk => SIGMOID,
             Family::TttLinearDecode => TTT,
+            Family::MoeExpertSwiglu => EXPERT_SWIGLU,
+            Family::MoeExpertDown => EXPERT_DOWN,
         }
     }
 
@@ -141,6 +153,8 @@ impl Family {
             Family::RmsNorm => &["rpb", "keep", "minb", "vec", "tpr"],
             Family::SoftmaxTopk | Family::SigmoidTopk => &["rpb", "lay", "minb", "tpr"],
             Family::TttLinearDecode => &["pre", "cpt", "ks", "minb"],
+            Family::MoeExpertSwiglu => &["unr", "rpw", "xs", "minb", "vec", "wpb"],
+            Family::MoeExpertDown => &["unr", "rpw", "hs", "minb", "vec", "wpb"],
         }
     }
 
@@ -220,6 +234,30 @@ impl Family {
                     "at most 128 state registers per thread",
                 )
             }
+            Family::MoeExpertSwiglu | Family::MoeExpertDown => {
+                let (vec, unr, rpw) = (k.get("vec"), k.get("unr"), k.get("rpw"));
+                // The dot products run along H (gate/up rows) or I (down rows).
+                let (len, staged, what) = if self == Family::MoeExpertSwiglu {
+                    (d.h, k.get("xs") * d.h, "x[t]")
+                } else {
+                    (d.i, k.get("hs") * d.k * d.i, "h[t]")
+                };
+                ensure(len % vec == 0, "the row length must be a multiple of vec")?;
+                // Gate and up double the swiglu family's loads; both stay within 128 elements.
+                let per = if self == Family::MoeExpertSwiglu {
+                    2
+                } else {
+                    1
+                };
+                ensure(
+                    per * unr * rpw * vec <= 128,
+                    "at most 128 weight elements in flight per lane",
+                )?;
+                ensure(
+                    staged * 4 <= 48 * 1024,
+                    &format!("the staged {what} must fit 48 KiB in f32"),
+                )
+            }
         }
     }
 
@@ -231,6 +269,7 @@ impl Family {
                 k.get("tpr") * k.get("rpb")
             }
             Family::TttLinearDecode => k.get("ks") * d.f / k.get("cpt").max(1),
+            Family::MoeExpertSwiglu | Family::MoeExpertDown => 32 * k.get("wpb"),
         }
     }
 
@@ -258,6 +297,11 @@ impl Family {
                 cap(format!("ceil_div(T, {})", k.get("rpb")))
             }
             Family::TttLinearDecode => "T".to_string(),
+            // A block per (slot, wpb·rpw rows of h) or (token, wpb·rpw output rows).
+            Family::MoeExpertSwiglu => {
+                format!("T*K*ceil_div(I, {})", k.get("wpb") * k.get("rpw"))
+            }
+            Family::MoeExpertDown => format!("T*ceil_div(H, {})", k.get("wpb") * k.get("rpw")),
         };
         let block_expr = match self {
             Family::TttLinearDecode => format!("{}*F/{}", k.get("ks"), k.get("cpt")),
@@ -323,6 +367,8 @@ impl Family {
                 T_TOPK.replace("@ENTRY@", entry)
             }
             Family::TttLinearDecode => T_TTT.to_string(),
+            Family::MoeExpertSwiglu => T_EXPERT_SWIGLU.to_string(),
+            Family::MoeExpertDown => T_EXPERT_DOWN.to_string(),
         };
         s.push_str(PRELUDE);
         s.push('\n');
@@ -377,6 +423,30 @@ impl Family {
                 hint("wh"),
                 hint("sh")
             )],
+            Family::MoeExpertSwiglu | Family::MoeExpertDown => {
+                let (rows, staged, staged_what) = if self == Family::MoeExpertSwiglu {
+                    ("gate/up rows", k.get("xs"), "x[t]")
+                } else {
+                    ("down rows", k.get("hs"), "h[t]")
+                };
+                vec![
+                    format!(
+                        "{} {rows} per warp, {} warps per block, {}-element vectors, {} vector(s) per row in flight per lane.",
+                        k.get("rpw"),
+                        k.get("wpb"),
+                        k.get("vec"),
+                        k.get("unr")
+                    ),
+                    format!(
+                        "Weight loads: {}; {staged_what} {}; H = {}, I = {}, K = {}.",
+                        hint("ldh"),
+                        if staged == 1 { "staged in shared memory" } else { "read through L1" },
+                        d.h,
+                        d.i,
+                        d.k
+                    ),
+                ]
+            }
         }
     }
 
@@ -457,6 +527,18 @@ impl Family {
                 r("recipe-kslice8-prefetch", "8-way k-split, float2 columns, W_grad prefetched, fused sums, no-allocate loads",
                   vec![("ks", 8), ("cpt", 2), ("wh", 4), ("pre", 1), ("fuse", 1)]),
             ],
+            Family::MoeExpertSwiglu | Family::MoeExpertDown => {
+                let staged = if self == Family::MoeExpertSwiglu { "xs" } else { "hs" };
+                let deep = if self == Family::MoeExpertSwiglu { 8 } else { 16 };
+                vec![
+                    r("recipe-warp-per-row-stream", "a warp per row, 8 warps per block, 16-byte no-allocate loads, 16 in flight per lane (the catalog design)",
+                      vec![("rpw", 1), ("wpb", 8), ("vec", 8), ("unr", deep), ("ldh", 4), (staged, 1)]),
+                    r("recipe-two-rows-per-warp", "two rows per warp sharing each activation load, 4 warps per block, streaming loads",
+                      vec![("rpw", 2), ("wpb", 4), ("vec", 8), ("unr", deep / 2), ("ldh", 2), (staged, 1)]),
+                    r("recipe-small-blocks", "a warp per row in 2-warp blocks (more blocks in flight at T = 1), 16-byte no-allocate loads",
+                      vec![("rpw", 1), ("wpb", 2), ("vec", 8), ("unr", deep), ("ldh", 4), (staged, 0)]),
+                ]
+            }
         }
     }
 
@@ -798,6 +880,62 @@ const TTT: &[KnobSpec] = &[
     MINB_K,
 ];
 
+const WPB_K: KnobSpec = knob!("wpb", &[1, 2, 4, 8, 16], &[], 8, "warps per block");
+const RPW_K: KnobSpec = knob!(
+    "rpw",
+    &[1, 2, 4],
+    &[],
+    1,
+    "weight rows per warp (sharing each activation load)"
+);
+const UNR_K: KnobSpec = knob!(
+    "unr",
+    &[1, 2, 4, 8, 16],
+    &[],
+    1,
+    "vectors of each row in flight per lane"
+);
+const EXPERT_VEC_K: KnobSpec = knob!(
+    "vec",
+    VEC,
+    &[],
+    1,
+    "elements per weight load (8 = 16 bytes of bf16)"
+);
+
+const EXPERT_SWIGLU: &[KnobSpec] = &[
+    RPW_K,
+    WPB_K,
+    EXPERT_VEC_K,
+    UNR_K,
+    LDH_K,
+    knob!("xs", BOOL, &[], 0, "stage x[t] in shared memory"),
+    knob!(
+        "act",
+        &[0, 1, 2],
+        &["div", "rcp", "fdiv"],
+        0,
+        "sigmoid: IEEE division, __frcp_rn with __expf, or __fdividef with __expf"
+    ),
+    MINB_K,
+];
+
+const EXPERT_DOWN: &[KnobSpec] = &[
+    RPW_K,
+    WPB_K,
+    EXPERT_VEC_K,
+    UNR_K,
+    LDH_K,
+    knob!(
+        "hs",
+        BOOL,
+        &[],
+        0,
+        "stage h[t] (K·I values) in shared memory"
+    ),
+    MINB_K,
+];
+
 /// A configuration: knob name → value.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Knobs(BTreeMap<&'static str, i64>);
@@ -869,6 +1007,8 @@ pub struct Dims {
     pub k: i64,
     /// Head dim (ttt).
     pub f: i64,
+    /// Hidden size (expert kernels).
+    pub h: i64,
 }
 
 impl Dims {
@@ -910,6 +1050,24 @@ impl Dims {
                 }
             }
             Family::TttLinearDecode => d.f = get("F", 32, 128)?,
+            Family::MoeExpertSwiglu | Family::MoeExpertDown => {
+                d.h = get("H", 1, 1 << 16)?;
+                d.i = get("I", 1, 1 << 20)?;
+                d.e = get("E", 1, 1 << 20)?;
+                d.k = get("K", 1, 64)?;
+                let (name, v) = if family == Family::MoeExpertSwiglu {
+                    ("H", d.h)
+                } else {
+                    ("I", d.i)
+                };
+                if v % 8 != 0 {
+                    return Err(OfflineError::BadDim {
+                        family: fam,
+                        dim: name,
+                        problem: format!("{v}, not a multiple of 8"),
+                    });
+                }
+            }
         }
         if matches!(
             family,

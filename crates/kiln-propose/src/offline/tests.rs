@@ -17,6 +17,9 @@ fn dims_of(family: Family) -> BTreeMap<String, i64> {
         Family::SoftmaxTopk => &[("E", 128), ("K", 8)],
         Family::SigmoidTopk => &[("E", 64), ("K", 4), ("N_GROUP", 1), ("TOPK_GROUP", 1)],
         Family::TttLinearDecode => &[("F", 64), ("H", 16)],
+        Family::MoeExpertSwiglu | Family::MoeExpertDown => {
+            &[("H", 2048), ("I", 768), ("E", 128), ("K", 8)]
+        }
     };
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
