@@ -409,11 +409,21 @@ impl OpProblem {
         out
     }
 
+    /// Rows per parallel chunk of the reference: a gathered expert row costs
+    /// millions of multiply-adds, so each token is its own chunk.
+    fn reference_chunk_rows(&self) -> usize {
+        match self {
+            OpProblem::MoeExpertSwiglu(_) | OpProblem::MoeExpertDown(_) => 1,
+            _ => CHUNK_ROWS,
+        }
+    }
+
     /// The float64 reference for one input set; large `t` runs in parallel
     /// over chunks of rows (rows are independent in every op).
     pub fn reference(&self, t: usize, inputs: &[HostBuffer]) -> Reference {
+        let chunk_rows = self.reference_chunk_rows();
         // Attention rows depend on their position past + t: one serial pass.
-        if t <= CHUNK_ROWS || matches!(self, OpProblem::DecodeAttention { .. }) {
+        if t <= chunk_rows || matches!(self, OpProblem::DecodeAttention { .. }) {
             return self.reference_serial(t, inputs);
         }
         let specs = self.buffers(1);
@@ -424,11 +434,11 @@ impl OpProblem {
             .filter(|(b, _)| b.role == Role::Input)
             .map(|(_, l)| *l)
             .collect();
-        let starts: Vec<usize> = (0..t).step_by(CHUNK_ROWS).collect();
+        let starts: Vec<usize> = (0..t).step_by(chunk_rows).collect();
         let parts: Vec<Reference> = starts
             .par_iter()
             .map(|&start| {
-                let rows = CHUNK_ROWS.min(t - start);
+                let rows = chunk_rows.min(t - start);
                 let chunk: Vec<HostBuffer> = inputs
                     .iter()
                     .zip(&input_layout)

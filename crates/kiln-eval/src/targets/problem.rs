@@ -5,6 +5,7 @@
 use kiln_kernels::DType;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// How one buffer's elements are stored on the device.
@@ -71,11 +72,24 @@ pub struct HostBuffer {
 }
 
 impl HostBuffer {
-    /// Encodes the values as device bytes (little endian).
+    /// Encodes the values as device bytes (little endian); large buffers
+    /// (expert weights: hundreds of millions of values) in parallel.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.values.len() * self.kind.size());
-        for &v in &self.values {
-            match self.kind {
+        const PAR_MIN: usize = 1 << 20;
+        if self.values.len() < PAR_MIN {
+            return Self::encode(self.kind, &self.values);
+        }
+        self.values
+            .par_chunks(PAR_MIN)
+            .map(|c| Self::encode(self.kind, c))
+            .collect::<Vec<_>>()
+            .concat()
+    }
+
+    fn encode(kind: ElemKind, values: &[f64]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(values.len() * kind.size());
+        for &v in values {
+            match kind {
                 ElemKind::Dtype(DType::BF16) => {
                     out.extend(half::bf16::from_f64(v).to_bits().to_le_bytes())
                 }
@@ -213,6 +227,15 @@ mod tests {
             values: vec![0.0, 7.0, 4294967295.0],
         };
         assert_eq!(HostBuffer::from_bytes(ElemKind::U32, &idx.to_bytes()), idx);
+    }
+
+    #[test]
+    fn large_buffers_encode_in_parallel_exactly_as_serially() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let kind = ElemKind::Dtype(DType::BF16);
+        let b = draw(kind, (1 << 20) * 2 + 5, Distribution::Normal, &mut rng);
+        assert_eq!(b.to_bytes(), HostBuffer::encode(kind, &b.values));
+        assert_eq!(HostBuffer::from_bytes(kind, &b.to_bytes()), b);
     }
 
     #[test]
