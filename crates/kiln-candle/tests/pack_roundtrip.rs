@@ -10,7 +10,7 @@ use kiln_candle::models::config::{preset, ModelConfig};
 use kiln_candle::models::{glm4_moe_lite, lfm2_moe};
 use kiln_candle::ops::pack::KernelPack;
 use kiln_kernels::ops::moe_expert::{MoeExpertDownConfig, MoeExpertSwigluConfig};
-use kiln_kernels::ops::norm::RmsNormConfig;
+use kiln_kernels::ops::norm::{AddRmsNormConfig, RmsNormConfig};
 use kiln_kernels::ops::topk::{SigmoidTopkConfig, SoftmaxTopkConfig};
 use kiln_kernels::pack::{define_entries, PackEntry, PACK_FORMAT};
 use kiln_kernels::{DType, KernelBuild, OpConfig};
@@ -77,7 +77,15 @@ fn model_builds() -> Vec<(&'static str, KernelBuild)> {
         l.num_experts_per_tok,
         lfm_round,
     );
+    let add_norm = |d, eps| {
+        AddRmsNormConfig(RmsNormConfig::new(d, eps, bf16))
+            .build()
+            .expect("add_rmsnorm build")
+    };
     vec![
+        ("qwen3_add_rmsnorm", add_norm(q.hidden_size, q.rms_norm_eps)),
+        ("glm_add_rmsnorm", add_norm(g.hidden_size, g.rms_norm_eps)),
+        ("lfm2_add_rmsnorm", add_norm(l.hidden_size, l.norm_eps)),
         ("qwen3_moe_expert_swiglu", q_sw),
         ("qwen3_moe_expert_down", q_dn),
         ("glm_moe_expert_swiglu", g_sw),
@@ -167,14 +175,19 @@ fn an_exported_entry_replaces_the_build_its_model_runs_and_no_other() {
             }
         }
     }
-    // The one coincidence, pinned: should the configs part, this test sees it.
+    // The coincidences, pinned: should the configs part, this test sees it.
     let find = |t: &str| builds.iter().find(|(n, _)| *n == t).map(|(_, b)| b.clone());
     assert_eq!(find("glm_rmsnorm"), find("lfm2_rmsnorm"));
+    assert_eq!(find("glm_add_rmsnorm"), find("lfm2_add_rmsnorm"));
     let distinct: std::collections::BTreeSet<_> = builds
         .iter()
-        .map(|(_, b)| format!("{:?}", b.defines))
+        .map(|(_, b)| format!("{} {:?}", b.name, b.defines))
         .collect();
-    assert_eq!(distinct.len(), builds.len() - 1, "only that pair coincides");
+    assert_eq!(
+        distinct.len(),
+        builds.len() - 2,
+        "only those pairs coincide"
+    );
 }
 
 #[test]

@@ -5,9 +5,10 @@
 //! search finds is measured from a plain starting point.
 
 /// `(family, source)` of every seed.
-pub const SEEDS: [(&str, &str); 8] = [
+pub const SEEDS: [(&str, &str); 9] = [
     ("swiglu", include_str!("../seeds/swiglu.cu")),
     ("rmsnorm", include_str!("../seeds/rmsnorm.cu")),
+    ("add_rmsnorm", include_str!("../seeds/add_rmsnorm.cu")),
     ("moe_combine", include_str!("../seeds/moe_combine.cu")),
     ("softmax_topk", include_str!("../seeds/softmax_topk.cu")),
     ("sigmoid_topk", include_str!("../seeds/sigmoid_topk.cu")),

@@ -5,7 +5,7 @@
 
 use kiln_kernels::ops::moe_combine::MoeCombineConfig;
 use kiln_kernels::ops::moe_expert::{MoeExpertDownConfig, MoeExpertSwigluConfig};
-use kiln_kernels::ops::norm::RmsNormConfig;
+use kiln_kernels::ops::norm::{AddRmsNormConfig, RmsNormConfig};
 use kiln_kernels::ops::swiglu::SwigluConfig;
 use kiln_kernels::ops::topk::{SigmoidTopkConfig, SoftmaxTopkConfig};
 use kiln_kernels::ops::ttt::TttConfig;
@@ -84,6 +84,8 @@ pub fn all() -> Vec<Target> {
     };
     let swiglu = |i| OpProblem::Swiglu(SwigluConfig::new(i, bf16));
     let rmsnorm = |d, eps| OpProblem::RmsNorm(RmsNormConfig::new(d, eps, bf16));
+    let add_rmsnorm =
+        |d, eps| OpProblem::AddRmsNorm(AddRmsNormConfig(RmsNormConfig::new(d, eps, bf16)));
     let glm = Some("GLM-4.7-Flash");
     let qwen = Some("Qwen3-30B-A3B");
     let lfm = Some("LFM2-8B-A1B");
@@ -141,6 +143,13 @@ pub fn all() -> Vec<Target> {
             &TIMED_T,
         ),
         target(
+            "glm_add_rmsnorm",
+            glm,
+            "residual add + RMSNorm of every decoder layer, D=2048, eps 1e-5",
+            add_rmsnorm(2048, 1e-5),
+            &TIMED_DECODE,
+        ),
+        target(
             "glm_moe_combine",
             glm,
             "combine of K=4 experts plus the shared expert, D=2048",
@@ -188,6 +197,13 @@ pub fn all() -> Vec<Target> {
             &TIMED_T,
         ),
         target(
+            "qwen3_add_rmsnorm",
+            qwen,
+            "residual add + RMSNorm of every decoder layer, D=2048, eps 1e-6",
+            add_rmsnorm(2048, 1e-6),
+            &TIMED_DECODE,
+        ),
+        target(
             "qwen3_moe_combine",
             qwen,
             "combine of K=8 experts, D=2048",
@@ -233,6 +249,13 @@ pub fn all() -> Vec<Target> {
             "hidden RMSNorm, D=2048, eps 1e-5",
             rmsnorm(2048, 1e-5),
             &TIMED_T,
+        ),
+        target(
+            "lfm2_add_rmsnorm",
+            lfm,
+            "residual add + RMSNorm of every decoder layer, D=2048, eps 1e-5",
+            add_rmsnorm(2048, 1e-5),
+            &TIMED_DECODE,
         ),
         target(
             "lfm2_moe_combine",

@@ -34,7 +34,7 @@ const T_EXPERT_DOWN: &str = include_str!("templates/moe_expert_down.cu");
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OfflineError {
     /// The family has no offline templates.
-    #[error("the offline generator has no templates for family `{0}` (known: swiglu, rmsnorm, moe_combine, softmax_topk, sigmoid_topk, ttt_linear_decode, moe_expert_swiglu, moe_expert_down)")]
+    #[error("the offline generator has no templates for family `{0}` (known: swiglu, rmsnorm, add_rmsnorm, moe_combine, softmax_topk, sigmoid_topk, ttt_linear_decode, moe_expert_swiglu, moe_expert_down)")]
     UnknownFamily(String),
     /// A static dim the family's templates need is missing or out of range.
     #[error("offline {family}: static dim `{dim}` is {problem}")]
@@ -63,6 +63,8 @@ pub enum Family {
     Swiglu,
     /// `rmsnorm(x, w, out, T)` over `[T, D]`.
     RmsNorm,
+    /// `add_rmsnorm(x, residual, w, normed, new_residual, T)`: the residual add, then rmsnorm.
+    AddRmsNorm,
     /// `moe_combine(expert_out, weights, shared, out, T)`.
     MoeCombine,
     /// `softmax_topk(logits, weights, indices, T)`.
@@ -79,9 +81,10 @@ pub enum Family {
 
 impl Family {
     /// Every family, in a fixed order.
-    pub const ALL: [Family; 8] = [
+    pub const ALL: [Family; 9] = [
         Family::Swiglu,
         Family::RmsNorm,
+        Family::AddRmsNorm,
         Family::MoeCombine,
         Family::SoftmaxTopk,
         Family::SigmoidTopk,
@@ -95,6 +98,7 @@ impl Family {
         match self {
             Family::Swiglu => "swiglu",
             Family::RmsNorm => "rmsnorm",
+            Family::AddRmsNorm => "add_rmsnorm",
             Family::MoeCombine => "moe_combine",
             Family::SoftmaxTopk => "softmax_topk",
             Family::SigmoidTopk => "sigmoid_topk",
@@ -116,7 +120,7 @@ impl Family {
     pub fn specs(self) -> &'static [KnobSpec] {
         match self {
             Family::Swiglu => SWIGLU,
-            Family::RmsNorm => RMSNORM,
+            Family::RmsNorm | Family::AddRmsNorm => RMSNORM,
             Family::MoeCombine => MOE,
             Family::SoftmaxTopk => SOFTMAX,
             Family::SigmoidTopk => SIGMOID,
@@ -150,7 +154,7 @@ impl Family {
         match self {
             Family::Swiglu => &["upt", "minb", "vec"],
             Family::MoeCombine => &["upt", "map", "minb", "vec", "block"],
-            Family::RmsNorm => &["rpb", "keep", "minb", "vec", "tpr"],
+            Family::RmsNorm | Family::AddRmsNorm => &["rpb", "keep", "minb", "vec", "tpr"],
             Family::SoftmaxTopk | Family::SigmoidTopk => &["rpb", "lay", "minb", "tpr"],
             Family::TttLinearDecode => &["pre", "cpt", "ks", "minb"],
             Family::MoeExpertSwiglu => &["unr", "rpw", "xs", "minb", "vec", "wpb"],
@@ -199,7 +203,7 @@ impl Family {
                     "a row-blocked block must not exceed a row",
                 )
             }
-            Family::RmsNorm => {
+            Family::RmsNorm | Family::AddRmsNorm => {
                 let (tpr, vec) = (k.get("tpr"), k.get("vec"));
                 ensure(d.d % (tpr * vec) == 0, "D must be a multiple of tpr*vec")?;
                 ensure(
@@ -265,7 +269,7 @@ impl Family {
     pub fn block(self, k: &Knobs, d: &Dims) -> i64 {
         match self {
             Family::Swiglu | Family::MoeCombine => k.get("block"),
-            Family::RmsNorm | Family::SoftmaxTopk | Family::SigmoidTopk => {
+            Family::RmsNorm | Family::AddRmsNorm | Family::SoftmaxTopk | Family::SigmoidTopk => {
                 k.get("tpr") * k.get("rpb")
             }
             Family::TttLinearDecode => k.get("ks") * d.f / k.get("cpt").max(1),
@@ -293,7 +297,7 @@ impl Family {
                     cap(format!("T*ceil_div(D, {per})"))
                 }
             }
-            Family::RmsNorm | Family::SoftmaxTopk | Family::SigmoidTopk => {
+            Family::RmsNorm | Family::AddRmsNorm | Family::SoftmaxTopk | Family::SigmoidTopk => {
                 cap(format!("ceil_div(T, {})", k.get("rpb")))
             }
             Family::TttLinearDecode => "T".to_string(),
@@ -333,14 +337,29 @@ impl Family {
         let body = match self {
             Family::Swiglu => T_SWIGLU.to_string(),
             Family::MoeCombine => T_MOE.to_string(),
-            Family::RmsNorm => {
+            Family::RmsNorm | Family::AddRmsNorm => {
                 let nv = d.d / (k.get("tpr") * k.get("vec")).max(1);
                 let unroll = if nv <= 32 {
                     "#pragma unroll"
                 } else {
                     "#pragma unroll 4"
                 };
-                T_RMSNORM.replace("@UNROLL_NV@", unroll)
+                let add = self == Family::AddRmsNorm;
+                s.push_str(&format!("#define KO_ADD {}\n", i64::from(add)));
+                // The entry is spelled out (not chosen by #if) so static checks see exactly one.
+                let entry = if add {
+                    "extern \"C\" __global__ void KO_BOUNDS add_rmsnorm(const scalar_t* __restrict__ x,\n\
+                     \x20                                                const scalar_t* __restrict__ residual,\n\
+                     \x20                                                const scalar_t* __restrict__ w,\n\
+                     \x20                                                scalar_t* __restrict__ out,\n\
+                     \x20                                                scalar_t* __restrict__ new_residual, int T)"
+                } else {
+                    "extern \"C\" __global__ void KO_BOUNDS rmsnorm(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w,\n\
+                     \x20                                            scalar_t* __restrict__ out, int T)"
+                };
+                T_RMSNORM
+                    .replace("@UNROLL_NV@", unroll)
+                    .replace("@ENTRY@", entry)
             }
             Family::SoftmaxTopk | Family::SigmoidTopk => {
                 s.push_str(&format!(
@@ -398,7 +417,7 @@ impl Family {
                 ),
                 format!("Loads: {}; stores: {}.", hint("ldh"), hint("sth")),
             ],
-            Family::RmsNorm => vec![
+            Family::RmsNorm | Family::AddRmsNorm => vec![
                 format!(
                     "{} thread(s) per row, {} rows per block, {}-element vectors, row {} between the passes, {grid}.",
                     k.get("tpr"),
@@ -482,7 +501,7 @@ impl Family {
                       vec![("vec", v), ("upt", 1), ("block", 256), ("map", 0), ("ldh", 4), ("sth", 1), ("pers", 4)]),
                 ]
             }
-            Family::RmsNorm => {
+            Family::RmsNorm | Family::AddRmsNorm => {
                 let v = vec8(d.d);
                 let block_tpr = (d.d / v).clamp(32, 1024);
                 vec![
@@ -1034,7 +1053,7 @@ impl Dims {
         let mut d = Dims::default();
         match family {
             Family::Swiglu => d.i = get("I", 1, 1 << 20)?,
-            Family::RmsNorm => d.d = get("D", 1, 1 << 16)?,
+            Family::RmsNorm | Family::AddRmsNorm => d.d = get("D", 1, 1 << 16)?,
             Family::MoeCombine => {
                 d.d = get("D", 1, 1 << 16)?;
                 d.k = get("K", 1, 32)?;
@@ -1071,7 +1090,7 @@ impl Dims {
         }
         if matches!(
             family,
-            Family::Swiglu | Family::RmsNorm | Family::MoeCombine
+            Family::Swiglu | Family::RmsNorm | Family::AddRmsNorm | Family::MoeCombine
         ) {
             let (name, v) = if family == Family::Swiglu {
                 ("I", d.i)

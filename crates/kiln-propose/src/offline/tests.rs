@@ -12,7 +12,7 @@ use kiln_search::search::tree::{NewNode, NodeId, Tree};
 fn dims_of(family: Family) -> BTreeMap<String, i64> {
     let pairs: &[(&str, i64)] = match family {
         Family::Swiglu => &[("I", 1536)],
-        Family::RmsNorm => &[("D", 2048)],
+        Family::RmsNorm | Family::AddRmsNorm => &[("D", 2048)],
         Family::MoeCombine => &[("D", 2048), ("K", 4)],
         Family::SoftmaxTopk => &[("E", 128), ("K", 8)],
         Family::SigmoidTopk => &[("E", 64), ("K", 4), ("N_GROUP", 1), ("TOPK_GROUP", 1)],

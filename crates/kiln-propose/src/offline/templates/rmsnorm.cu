@@ -15,8 +15,12 @@ __device__ __forceinline__ float inv_rms(float ss) {
 #endif
 }
 
-extern "C" __global__ void KO_BOUNDS rmsnorm(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w,
-                                             scalar_t* __restrict__ out, int T) {
+@ENTRY@ {
+#if KO_ADD && __CUDA_ARCH__ >= 900
+    // Early launch: a model may start this kernel while the one before it runs.
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
 #if TPR > 32
     __shared__ float red[RPB][TPR / 32];
 #endif
@@ -40,11 +44,19 @@ extern "C" __global__ void KO_BOUNDS rmsnorm(const scalar_t* __restrict__ x, con
         if (live) {
 @UNROLL_NV@
             for (int i = 0; i < NV; ++i) {
-#if KO_KEEP
-                xv[i] = ld_pack<KO_LDH>(x + base + (i * TPR + l) * KO_VEC);
-                const Pack p = xv[i];
+#if KO_ADD
+                // h = dtype(x + residual): the new residual, and the row the norm reads.
+                const Pack xa = ld_pack<KO_LDH>(x + base + (i * TPR + l) * KO_VEC);
+                const Pack ra = ld_pack<KO_LDH>(residual + base + (i * TPR + l) * KO_VEC);
+                Pack p;
+#pragma unroll
+                for (int j = 0; j < KO_VEC; ++j) pset(p, j, pget(xa, j) + pget(ra, j));
+                st_pack<KO_STH>(new_residual + base + (i * TPR + l) * KO_VEC, p);
 #else
                 const Pack p = ld_pack<KO_LDH>(x + base + (i * TPR + l) * KO_VEC);
+#endif
+#if KO_KEEP
+                xv[i] = p;
 #endif
 #pragma unroll
                 for (int j = 0; j < KO_VEC; ++j) { const float v = pget(p, j); ss = fmaf(v, v, ss); }
@@ -66,6 +78,8 @@ extern "C" __global__ void KO_BOUNDS rmsnorm(const scalar_t* __restrict__ x, con
                 const int off = (i * TPR + l) * KO_VEC;
 #if KO_KEEP
                 const Pack p = xv[i];
+#elif KO_ADD
+                const Pack p = ld_pack<0>(new_residual + base + off);  // this thread's own write: plain load
 #else
                 const Pack p = ld_pack<1>(x + base + off);  // second read: usually an L1/L2 hit
 #endif
