@@ -424,7 +424,7 @@ impl OpProblem {
         let chunk_rows = self.reference_chunk_rows();
         // Attention rows depend on their position past + t: one serial pass.
         if t <= chunk_rows || matches!(self, OpProblem::DecodeAttention { .. }) {
-            return self.reference_serial(t, inputs);
+            return self.reference_serial(t, &values_of(inputs));
         }
         let specs = self.buffers(1);
         let layout = self.row_layout();
@@ -439,15 +439,13 @@ impl OpProblem {
             .par_iter()
             .map(|&start| {
                 let rows = chunk_rows.min(t - start);
-                let chunk: Vec<HostBuffer> = inputs
+                // Borrowed: static buffers (expert weights: hundreds of MB) are never copied.
+                let chunk: Vec<&[f64]> = inputs
                     .iter()
                     .zip(&input_layout)
                     .map(|(b, l)| match l {
-                        Some(per_row) => HostBuffer {
-                            kind: b.kind,
-                            values: b.values[start * per_row..(start + rows) * per_row].to_vec(),
-                        },
-                        None => b.clone(),
+                        Some(per_row) => &b.values[start * per_row..(start + rows) * per_row],
+                        None => b.values.as_slice(),
                     })
                     .collect();
                 self.reference_serial(rows, &chunk)
@@ -479,8 +477,8 @@ impl OpProblem {
         }
     }
 
-    fn reference_serial(&self, t: usize, inputs: &[HostBuffer]) -> Reference {
-        let v = |i: usize| inputs[i].values.as_slice();
+    fn reference_serial(&self, t: usize, inputs: &[&[f64]]) -> Reference {
+        let v = |i: usize| inputs[i];
         let dt = self.dt();
         let dense = |kind: ElemKind, values: Vec<f64>| HostBuffer { kind, values };
         match self {
@@ -636,6 +634,11 @@ impl OpProblem {
     }
 }
 
+/// The values of each buffer, borrowed.
+fn values_of(inputs: &[HostBuffer]) -> Vec<&[f64]> {
+    inputs.iter().map(|b| b.values.as_slice()).collect()
+}
+
 /// Host index values (exact u32s held as f64) as `u32`.
 fn as_indices(v: &[f64]) -> Vec<u32> {
     v.iter().map(|&x| x as u32).collect()
@@ -788,9 +791,9 @@ fn ttt_input(
     }
 }
 
-fn ttt_reference(c: &TttConfig, t: usize, inputs: &[HostBuffer]) -> Reference {
+fn ttt_reference(c: &TttConfig, t: usize, inputs: &[&[f64]]) -> Reference {
     let f = c.f;
-    let v = |i: usize| inputs[i].values.as_slice();
+    let v = |i: usize| inputs[i];
     let mut out = Vec::with_capacity(t * f);
     let (mut w_out, mut b_out) = (Vec::with_capacity(t * f * f), Vec::with_capacity(t * f));
     let (mut wg_out, mut bg_out) = (Vec::with_capacity(t * f * f), Vec::with_capacity(t * f));
@@ -889,7 +892,10 @@ mod tests {
                         assert_eq!(o.values.len(), spec.len, "{} {}", p.family(), spec.name);
                         assert!(o.values.iter().all(|v| v.is_finite()), "{}", p.family());
                     }
-                    assert_eq!(r.outputs, p.reference_serial(t, &inputs).outputs);
+                    assert_eq!(
+                        r.outputs,
+                        p.reference_serial(t, &values_of(&inputs)).outputs
+                    );
                 }
             }
         }
@@ -965,7 +971,7 @@ mod tests {
                 );
             }
             let par = p.reference(t, &inputs);
-            let ser = p.reference_serial(t, &inputs);
+            let ser = p.reference_serial(t, &values_of(&inputs));
             assert_eq!(par.outputs, ser.outputs, "{}", target.name);
             assert_eq!(
                 par.selection_scores, ser.selection_scores,
