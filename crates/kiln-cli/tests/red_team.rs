@@ -467,7 +467,31 @@ fn catalog_and_seed_kernels_pass_on_every_target_and_time_repeatably() {
     ev.device().unwrap_or_else(|e| panic!("worker: {e}"));
     let mut failures = Vec::new();
     let mut worst_ratio: f64 = 1.0;
-    for target in kiln_eval::targets::all() {
+    // KILN_TARGETS (comma separated) narrows the run, said loudly: the expert
+    // targets alone take minutes (their inputs are hundreds of MB per trial).
+    let only: Option<Vec<String>> = std::env::var("KILN_TARGETS")
+        .ok()
+        .map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
+    let all = kiln_eval::targets::all();
+    let chosen: Vec<_> = all
+        .iter()
+        .filter(|t| only.as_ref().is_none_or(|o| o.contains(&t.name)))
+        .cloned()
+        .collect();
+    assert!(!chosen.is_empty(), "KILN_TARGETS names no target");
+    if chosen.len() < all.len() {
+        eprintln!(
+            "NOTE: KILN_TARGETS: {} of {} targets run; NOT RUN: {}",
+            chosen.len(),
+            all.len(),
+            all.iter()
+                .filter(|t| !chosen.iter().any(|c| c.name == t.name))
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    for target in chosen {
         let catalog = target.baseline().expect("catalog build").source;
         let seed = target.seed_source().expect("seed kernel").to_string();
         let outcomes = ev.evaluate_batch(&target, &[catalog, seed]);

@@ -320,6 +320,9 @@ impl CandidateEvaluator for GpuEvaluator {
                 Err((stage, reason)) => done(i, EvalOutcome::failure(stage, reason)),
             }
         }
+        // Model-sized inputs take the worker seconds per trial to draw and check.
+        self.pool
+            .set_request_timeout(self.config.timeout * target.timeout_scale());
         for (i, src, report) in ready {
             let job = self.job(target, src, &report.compiled);
             let mut outcome = self.pool.evaluate(&job);

@@ -759,6 +759,11 @@ impl WorkerPool {
             .ok_or_else(|| WorkerFailure::Protocol("no worker".into()))
     }
 
+    /// Sets the limit for each evaluation from now on.
+    pub fn set_request_timeout(&mut self, timeout: Duration) {
+        self.config.request_timeout = timeout;
+    }
+
     /// Starts a worker now (if none runs) and returns its device description.
     pub fn start(&mut self) -> Result<&DeviceSummary, WorkerFailure> {
         self.ensure_worker().map(|w| w.device())

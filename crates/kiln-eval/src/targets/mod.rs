@@ -130,6 +130,23 @@ impl Target {
         })
     }
 
+    /// How many times the base per-candidate timeout an evaluation of this
+    /// target may take. The worker draws, uploads and checks every input
+    /// afresh for each verification trial, and builds the timing sets on a
+    /// target's first candidate: for expert-stacked weights (hundreds of MB)
+    /// that host work is seconds per trial, not the kernel. One more unit per
+    /// 128 MiB of inputs at one row, at most 8; a hang is still caught.
+    pub fn timeout_scale(&self) -> u32 {
+        const UNIT: usize = 128 << 20;
+        let bytes: usize = self
+            .problem
+            .buffers(1)
+            .iter()
+            .map(|b| b.len * b.kind.size())
+            .sum();
+        (1 + bytes / UNIT).min(8) as u32
+    }
+
     /// Every verified row count, visible first.
     pub fn verify_t(&self) -> Vec<usize> {
         let mut all = self.visible_verify_t.clone();

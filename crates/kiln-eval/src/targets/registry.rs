@@ -295,3 +295,37 @@ pub fn all() -> Vec<Target> {
 pub fn find(name: &str) -> Option<Target> {
     all().into_iter().find(|t| t.name == name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_model_sized_weights_stretch_the_timeout() {
+        for t in all() {
+            let scale = t.timeout_scale();
+            let experts = t.name.contains("_moe_expert_");
+            assert!(
+                if experts {
+                    (2..=8).contains(&scale)
+                } else {
+                    scale == 1
+                },
+                "{}: timeout scale {scale}",
+                t.name
+            );
+        }
+        // Qwen3's gate+up weights: 2 × 128·768·2048 bf16 = 805 MB.
+        let q = find("qwen3_moe_expert_swiglu").expect("target");
+        assert_eq!(q.timeout_scale(), 7);
+    }
+
+    #[test]
+    fn names_are_unique_and_every_target_has_a_seed() {
+        let names: std::collections::BTreeSet<String> = all().into_iter().map(|t| t.name).collect();
+        assert_eq!(names.len(), all().len());
+        for t in all() {
+            assert!(t.seed_source().is_some(), "{}: no seed", t.name);
+        }
+    }
+}
