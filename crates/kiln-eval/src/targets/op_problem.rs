@@ -679,15 +679,30 @@ fn expert_indices(
 /// `n` samples of `scale * N(0,1)` rounded to `kind`, drawn in parallel
 /// (expert-stacked weights hold hundreds of millions of values), one seeded
 /// stream per chunk so the result depends only on `rng`.
+///
+/// Each sample goes to `kind` through f32: any value `kind` holds is a valid
+/// input, and the 16-bit conversions from f32 are a few bit operations where
+/// those from f64 cost most of the draw (32 ns a value).
 fn draw_scaled_par(kind: ElemKind, n: usize, scale: f64, rng: &mut ChaCha8Rng) -> Vec<f64> {
     const CHUNK: usize = 1 << 20;
     let seeds: Vec<u64> = (0..n.div_ceil(CHUNK)).map(|_| rng.gen()).collect();
+    let to_kind = move |v: f64| -> f64 {
+        let f = v as f32;
+        match kind {
+            ElemKind::Dtype(kiln_kernels::DType::BF16) => half::bf16::from_f32(f).to_f64(),
+            ElemKind::Dtype(kiln_kernels::DType::F16) => half::f16::from_f32(f).to_f64(),
+            _ => kind.round(f as f64),
+        }
+    };
     seeds
         .par_iter()
         .enumerate()
         .flat_map_iter(|(ci, &seed)| {
             let len = CHUNK.min(n - ci * CHUNK);
-            draw_scaled(kind, len, scale, &mut ChaCha8Rng::seed_from_u64(seed)).values
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            (0..len)
+                .map(|_| to_kind(scale * super::problem::normal(&mut rng)))
+                .collect::<Vec<f64>>()
         })
         .collect()
 }
@@ -898,6 +913,26 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// Expert weights drawn through f32 are values of the dtype, at the asked scale.
+    #[test]
+    fn parallel_weight_draws_hold_dtype_values_at_scale() {
+        for dt in [DType::BF16, DType::F16, DType::F32] {
+            let kind = ElemKind::Dtype(dt);
+            let mut rng = ChaCha8Rng::seed_from_u64(4);
+            let w = draw_scaled_par(kind, 3 << 20, 0.02, &mut rng);
+            assert_eq!(w.len(), 3 << 20);
+            assert!(w.iter().all(|&v| kind.round(v) == v), "{dt:?}");
+            let var = w.iter().map(|v| v * v).sum::<f64>() / w.len() as f64;
+            assert!(
+                (var.sqrt() - 0.02).abs() < 0.001,
+                "{dt:?}: rms {}",
+                var.sqrt()
+            );
+            let mut again = ChaCha8Rng::seed_from_u64(4);
+            assert_eq!(w, draw_scaled_par(kind, 3 << 20, 0.02, &mut again));
         }
     }
 

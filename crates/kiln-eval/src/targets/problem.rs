@@ -72,7 +72,8 @@ pub struct HostBuffer {
 }
 
 impl HostBuffer {
-    /// Encodes the values as device bytes (little endian); large buffers
+    /// Encodes the values (each exactly a value of the kind) as device bytes
+    /// (little endian); large buffers
     /// (expert weights: hundreds of millions of values) in parallel.
     pub fn to_bytes(&self) -> Vec<u8> {
         const PAR_MIN: usize = 1 << 20;
@@ -90,11 +91,13 @@ impl HostBuffer {
         let mut out = Vec::with_capacity(values.len() * kind.size());
         for &v in values {
             match kind {
+                // Through f32: the values are the kind's own (exact in f32), and
+                // the conversions from f32 are far cheaper than those from f64.
                 ElemKind::Dtype(DType::BF16) => {
-                    out.extend(half::bf16::from_f64(v).to_bits().to_le_bytes())
+                    out.extend(half::bf16::from_f32(v as f32).to_bits().to_le_bytes())
                 }
                 ElemKind::Dtype(DType::F16) => {
-                    out.extend(half::f16::from_f64(v).to_bits().to_le_bytes())
+                    out.extend(half::f16::from_f32(v as f32).to_bits().to_le_bytes())
                 }
                 ElemKind::Dtype(DType::F32) | ElemKind::F32 => out.extend((v as f32).to_le_bytes()),
                 ElemKind::U32 => out.extend((v as u32).to_le_bytes()),
