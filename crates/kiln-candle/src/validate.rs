@@ -359,9 +359,9 @@ impl Report {
 
 const STOCK: &str = "candle (stock)";
 const PLAIN: &str = "kiln (plain candle ops)";
-const CATALOG: &str = "kiln (catalog)";
+const CATALOG: &str = kiln_kernels::pack::VALIDATE_CATALOG;
 const CATALOG_EAGER: &str = "kiln (catalog, eager)";
-const PACK: &str = "kiln (pack)";
+const PACK: &str = kiln_kernels::pack::VALIDATE_PACK;
 
 /// Runs the validation on `dev`; `progress` gets one line per step.
 pub fn run(opts: &Options, dev: &Device, progress: &mut dyn FnMut(&str)) -> Result<Report> {

@@ -95,6 +95,13 @@ pub enum DiscoverCommand {
     /// Write an sbatch script that runs autorun as a Slurm array job: task I
     /// of N runs `autorun --shard I/N` with the autorun flags given after `--`.
     Slurm(SlurmArgs),
+    /// Prove each USE winner in the kiln models that run its build (`kiln
+    /// validate --pack`, interleaved runs, noise floor) and admit it into the
+    /// discovered set only when a model decodes faster beyond the spread with
+    /// fidelity intact. Every decision is logged with its reason. Exit 1 when
+    /// a winner could not be judged (a pack that replaced nothing, failed
+    /// fidelity, a validate run that did not finish).
+    Promote(PromoteArgs),
     /// Export a session's winner as a kernel-pack entry (JSON) plus a standalone .cu.
     Export {
         /// Session file.
@@ -103,6 +110,39 @@ pub enum DiscoverCommand {
         #[arg(short, long)]
         out: std::path::PathBuf,
     },
+}
+
+/// `kiln discover promote`.
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// Folders of sessions (autorun's `--session-dir`), merged as `compare` merges them.
+    #[arg(required = true)]
+    pub dirs: Vec<std::path::PathBuf>,
+    /// Validate runs per model (configurations interleaved run by run).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Decoded tokens per run.
+    #[arg(long, default_value_t = 100)]
+    pub max_tokens: usize,
+    /// The discovered set: a JSON array of pack entries (`kiln validate --pack` loads it).
+    #[arg(long, default_value = "crates/kiln-kernels/discovered.json")]
+    pub discovered: std::path::PathBuf,
+    /// The decision log, one JSON object per winner judged.
+    #[arg(long, default_value = "crates/kiln-kernels/discovered-log.jsonl")]
+    pub log: std::path::PathBuf,
+    /// The changelog that gets a line per admitted kernel.
+    #[arg(long, default_value = "CHANGELOG.md")]
+    pub changelog: std::path::PathBuf,
+    /// Folder for the exported entries and validate results (default: a temporary one).
+    #[arg(long)]
+    pub work_dir: Option<std::path::PathBuf>,
+    /// The models build that runs `kiln validate` (default: found as `kiln
+    /// validate` finds it, after checking for the NVIDIA driver).
+    #[arg(long)]
+    pub models_bin: Option<std::path::PathBuf>,
+    /// Judge and print, but write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Flags shared by `search` and `autorun`.

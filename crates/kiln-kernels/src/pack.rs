@@ -13,6 +13,12 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+/// The name `kiln validate` gives the configuration that runs the default
+/// catalog, read back by `kiln discover promote`.
+pub const VALIDATE_CATALOG: &str = "kiln (catalog)";
+/// The name `kiln validate` gives the configuration that runs a pack.
+pub const VALIDATE_PACK: &str = "kiln (pack)";
+
 /// The format tag of every exported entry, bumped on incompatible changes.
 pub const PACK_FORMAT: &str = "kiln-kernel-pack-entry/1";
 

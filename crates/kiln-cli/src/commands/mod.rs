@@ -3,6 +3,7 @@
 mod discover_check;
 mod discover_eval;
 mod discover_list;
+mod discover_promote;
 mod discover_report;
 mod discover_search;
 mod discover_slurm;
@@ -33,6 +34,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             DiscoverCommand::Slurm(args) => discover_slurm::run(&args),
             DiscoverCommand::Export { session, out } => discover_report::export(&session, &out),
+            DiscoverCommand::Promote(args) => discover_promote::run(&args),
         },
         Command::Kernels(KernelsCommand::List) => kernels::list(),
         Command::Kernels(KernelsCommand::Bench(args)) => kernels::bench(&args),

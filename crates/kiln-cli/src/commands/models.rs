@@ -40,20 +40,16 @@ fn models_binary() -> Option<std::path::PathBuf> {
     Some(target.join("release/kiln")).filter(|p| p.is_file())
 }
 
-/// Runs this command line in the models build. That build links the CUDA
-/// libraries (candle's CUDA backend does), so on a machine without the NVIDIA
-/// driver it could not even start: this kiln, which loads them only when
-/// asked, checks for the driver first and says what is missing.
+/// Set in the environment of a models build this kiln starts: a plain kiln
+/// that finds it set was started as the "models build" by mistake, and says so
+/// instead of handing over again.
+pub(crate) const HANDOFF_MARK: &str = "KILN_MODELS_HANDOFF";
+
+/// The program that runs `kiln validate` with the candle models: the models
+/// build, once the driver it links is known to load.
 #[cfg(not(feature = "models"))]
-fn hand_over() -> anyhow::Result<ExitCode> {
+pub(crate) fn models_program() -> anyhow::Result<std::path::PathBuf> {
     use anyhow::{bail, Context};
-    const MARK: &str = "KILN_MODELS_HANDOFF";
-    if std::env::var_os(MARK).is_some() {
-        bail!(
-            "KILN_MODELS_BIN names a kiln built without its candle models; point it at the \
-             binary `scripts/build-models.sh` builds"
-        );
-    }
     let Some(bin) = models_binary() else {
         bail!("{NOT_BUILT}");
     };
@@ -68,8 +64,32 @@ fn hand_over() -> anyhow::Result<ExitCode> {
         "kiln's models run on an NVIDIA GPU and its models build needs the driver's \
          libcuda.so.1 to start",
     )?;
+    Ok(bin)
+}
+
+/// This kiln has the candle models: it runs `kiln validate` itself.
+#[cfg(feature = "models")]
+pub(crate) fn models_program() -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context;
+    std::env::current_exe().context("cannot find this kiln's own executable")
+}
+
+/// Runs this command line in the models build. That build links the CUDA
+/// libraries (candle's CUDA backend does), so on a machine without the NVIDIA
+/// driver it could not even start: this kiln, which loads them only when
+/// asked, checks for the driver first and says what is missing.
+#[cfg(not(feature = "models"))]
+fn hand_over() -> anyhow::Result<ExitCode> {
+    use anyhow::{bail, Context};
+    if std::env::var_os(HANDOFF_MARK).is_some() {
+        bail!(
+            "KILN_MODELS_BIN names a kiln built without its candle models; point it at the \
+             binary `scripts/build-models.sh` builds"
+        );
+    }
+    let bin = models_program()?;
     let mut cmd = std::process::Command::new(&bin);
-    cmd.args(std::env::args_os().skip(1)).env(MARK, "1");
+    cmd.args(std::env::args_os().skip(1)).env(HANDOFF_MARK, "1");
     #[cfg(unix)]
     {
         use std::os::unix::process::CommandExt;

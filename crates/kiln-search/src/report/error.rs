@@ -41,6 +41,14 @@ pub enum ReportError {
         /// plotters' message.
         detail: String,
     },
+    /// A file kiln reads back (a validate report, the discovered set) is not what it should be.
+    #[error("{}: {reason}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// serde_json failed to serialise a report value.
     #[error("cannot serialise {what} as JSON: {source}")]
     Json {

@@ -6,6 +6,7 @@
 //!    per-shape times and full source, failures by stage) with two plots.
 //! 3. [`plots`]: SVG plots of search progress and of the search tree.
 //! 4. [`export`]: the winner as a kernel-pack entry (JSON + standalone `.cu`).
+//! 5. [`promote`]: the model gate a winner passes to join the discovered set.
 //!
 //! Reports read the evaluator's record of each node through [`summary`]; a
 //! record that does not parse shows as a kernel without details, never as an
@@ -17,6 +18,7 @@ pub mod error;
 pub mod export;
 pub mod markdown;
 pub mod plots;
+pub mod promote;
 pub mod summary;
 
 #[cfg(test)]

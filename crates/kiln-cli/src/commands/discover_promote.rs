@@ -1,0 +1,196 @@
+//! `kiln discover promote`: each USE winner of the given sessions is exported,
+//! validated in every kiln model that runs its build (the models build's
+//! `kiln validate --synthetic … --pack …`), and admitted into the discovered
+//! set only when the model gate says so (kiln_search::report::promote).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use kiln_eval::targets::{self, ModelUse};
+use kiln_search::report::promote::{self, Decision, ModelTrial, Promotion};
+use kiln_search::report::{compare_dirs, export_winner_from, Verdict};
+use kiln_search::session::now_rfc3339;
+
+use crate::cli::PromoteArgs;
+
+/// Runs the gate over every USE winner of `a.dirs`.
+pub fn run(a: &PromoteArgs) -> anyhow::Result<ExitCode> {
+    if a.runs < 2 {
+        bail!("--runs must be at least 2: a gain is judged against the run-to-run spread");
+    }
+    let cmp = compare_dirs(&a.dirs)?;
+    let winners: Vec<_> = cmp
+        .rows
+        .iter()
+        .filter(|r| r.verdict == Verdict::Use)
+        .collect();
+    if winners.is_empty() {
+        println!(
+            "no session in {} has a USE winner (≥ 1.05× the catalog); nothing to promote",
+            list(&a.dirs)
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let temp;
+    let work = match &a.work_dir {
+        Some(d) => d.clone(),
+        None => {
+            temp = tempfile::tempdir().context("creating a work folder")?;
+            temp.path().to_path_buf()
+        }
+    };
+    let commit = commit();
+    let mut decisions = Vec::new();
+    let mut program: Option<PathBuf> = None;
+    for row in winners {
+        let session = row.session_path.clone();
+        let (trials, entry, gate) = judge(a, &work, &row.target, &session, &mut program)?;
+        let (decision, reason) = match gate {
+            Some(failed) => (Decision::Failed, failed),
+            None => promote::decide(&trials),
+        };
+        let p = Promotion {
+            target: row.target.clone(),
+            session,
+            kernel_speedup: row.speedup_vs_catalog,
+            trials,
+            decision,
+            reason,
+            date: now_rfc3339(),
+            commit: commit.clone(),
+        };
+        if !a.dry_run {
+            promote::log(&a.log, &p)?;
+            if decision == Decision::Admitted {
+                if let Some(entry) = &entry {
+                    promote::admit(&a.discovered, entry)?;
+                    promote::changelog(&a.changelog, &p)?;
+                }
+            }
+        }
+        println!("{:<24} {:<9} {}", p.target, label(decision), p.reason);
+        decisions.push(p);
+    }
+    let admitted = decisions
+        .iter()
+        .filter(|p| p.decision == Decision::Admitted)
+        .count();
+    let failed = decisions
+        .iter()
+        .filter(|p| p.decision == Decision::Failed)
+        .count();
+    if a.dry_run {
+        println!("dry run: nothing written");
+    } else {
+        println!(
+            "{admitted} admitted into {}; every decision logged in {}",
+            a.discovered.display(),
+            a.log.display()
+        );
+    }
+    if failed > 0 {
+        eprintln!("error: {failed} winner(s) could not be judged (FAILED above)");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Exports the winner and validates it in every model that runs its build:
+/// the trials, the exported entry, and a gate failure (a reason) if the gate
+/// could not run.
+#[allow(clippy::type_complexity)]
+fn judge(
+    a: &PromoteArgs,
+    work: &Path,
+    target_name: &str,
+    session: &Path,
+    program: &mut Option<PathBuf>,
+) -> anyhow::Result<(
+    Vec<ModelTrial>,
+    Option<kiln_search::report::PackEntry>,
+    Option<String>,
+)> {
+    let Some(target) = targets::find(target_name) else {
+        return Ok((
+            Vec::new(),
+            None,
+            Some(format!("no target `{target_name}` in this kiln")),
+        ));
+    };
+    let dir = work.join(target_name);
+    let exported = export_winner_from(session, &dir.join("winner.json"))?;
+    // Which model runs this build: the registry says, and pack_roundtrip pins it.
+    let preset = match (target.model_use, target.model) {
+        (ModelUse::Runs, Some(model)) => model.to_lowercase(),
+        _ => return Ok((Vec::new(), Some(exported.entry), None)),
+    };
+    let bin = match (program.as_ref(), &a.models_bin) {
+        (Some(p), _) => p.clone(),
+        (None, Some(given)) => program.insert(given.clone()).clone(),
+        (None, None) => program.insert(super::models::models_program()?).clone(),
+    };
+    let out = dir.join(format!("validate-{preset}"));
+    let status = std::process::Command::new(&bin)
+        .args(["validate", "--synthetic", &preset, "--pack"])
+        .arg(&exported.json)
+        .args(["--runs", &a.runs.to_string()])
+        .args(["--max-tokens", &a.max_tokens.to_string()])
+        .arg("--out")
+        .arg(&out)
+        .env(super::models::HANDOFF_MARK, "1")
+        .status()
+        .with_context(|| format!("cannot run {}", bin.display()))?;
+    // validate exits 1 when a configuration fails fidelity; its report still says which.
+    let report = std::fs::read_dir(&out)
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("validate_") && n.ends_with(".json"))
+        });
+    let Some(report) = report else {
+        return Ok((
+            Vec::new(),
+            Some(exported.entry),
+            Some(format!(
+                "`kiln validate --synthetic {preset}` wrote no report ({status}); see its output above"
+            )),
+        ));
+    };
+    let trial = ModelTrial::from_validate_json(&report)?;
+    Ok((vec![trial], Some(exported.entry), None))
+}
+
+fn label(d: Decision) -> &'static str {
+    match d {
+        Decision::Admitted => "ADMITTED",
+        Decision::Rejected => "rejected",
+        Decision::Failed => "FAILED",
+    }
+}
+
+fn list(dirs: &[PathBuf]) -> String {
+    dirs.iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The commit of the kiln that judges (`KILN_COMMIT`, else git's HEAD, else `unknown`).
+fn commit() -> String {
+    if let Ok(c) = std::env::var("KILN_COMMIT") {
+        return c;
+    }
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}

@@ -1,0 +1,149 @@
+//! `kiln discover promote` end to end without a GPU: sessions recorded over
+//! the evaluator double, and a stand-in models build that writes the validate
+//! report a real one would (its numbers set by the test). The gate itself is
+//! unit-tested in kiln-search (`report::promote`).
+
+mod common;
+// Only `record` serves here; the other fixtures serve the replay tests.
+#[allow(dead_code)]
+mod replay;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A target kiln's Qwen3 model runs, and a generic one no model runs.
+const TARGETS: [&str; 2] = ["qwen3_rmsnorm", "rmsnorm"];
+
+/// A stand-in models build: `validate … --out DIR` writes DIR/validate_fake.json
+/// with the pack at $FAKE_PACK_TPS tok/s (catalog 250, spread 1 %), fidelity
+/// $FAKE_VERDICT, and a replacement unless $FAKE_REPLACED is 0.
+fn stand_in(dir: &Path) -> PathBuf {
+    let path = dir.join("kiln-models");
+    let script = r#"#!/bin/sh
+out=""; preset=""
+while [ $# -gt 0 ]; do
+  case "$1" in --out) out="$2"; shift ;; --synthetic) preset="$2"; shift ;; esac
+  shift
+done
+mkdir -p "$out"
+rep='["qwen3_rmsnorm → rmsnorm"]'
+[ "${FAKE_REPLACED:-1}" = 0 ] && rep='[]'
+cat > "$out/validate_fake.json" <<JSON
+{"model": "$preset (fake)", "device": "stand-in GPU",
+ "configs": [
+  {"name": "kiln (catalog)", "decode_tps": 250.0, "decode_tps_spread": 0.01, "verdict": "pass"},
+  {"name": "kiln (pack)", "decode_tps": ${FAKE_PACK_TPS:-260}, "decode_tps_spread": 0.01,
+   "verdict": "${FAKE_VERDICT:-pass}", "verdict_reason": "stand-in"}],
+ "pack_replacements": $rep}
+JSON
+[ "${FAKE_VERDICT:-pass}" = pass ]
+"#;
+    std::fs::write(&path, script).expect("write stand-in");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+fn promote(
+    sessions: &Path,
+    out: &Path,
+    bin: &Path,
+    env: &[(&str, &str)],
+    extra: &[&str],
+) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    cmd.args(["discover", "promote"])
+        .arg(sessions)
+        .arg("--models-bin")
+        .arg(bin)
+        .arg("--discovered")
+        .arg(out.join("discovered.json"))
+        .arg("--log")
+        .arg(out.join("log.jsonl"))
+        .arg("--changelog")
+        .arg(out.join("CHANGELOG.md"))
+        .args(extra)
+        .env("KILN_COMMIT", "abc1234");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("kiln runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn a_model_gain_admits_a_winner_and_every_decision_is_logged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sessions = dir.path().join("sessions");
+    replay::record(&sessions, &TARGETS);
+    let bin = stand_in(dir.path());
+
+    // Both sessions have a USE winner over the double (pinned: the seed is fixed).
+    let out = dir.path().join("out");
+    let o = promote(&sessions, &out, &bin, &[], &[]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    assert!(t.contains("qwen3_rmsnorm") && t.contains("ADMITTED"), "{t}");
+    assert!(t.contains("kernel-level only"), "{t}");
+    let set: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("discovered.json")).expect("set"))
+            .expect("json");
+    let targets: Vec<&str> = set
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|e| e["target"].as_str())
+        .collect();
+    assert_eq!(targets, ["qwen3_rmsnorm"]);
+    let log = std::fs::read_to_string(out.join("log.jsonl")).expect("log");
+    assert_eq!(log.lines().count(), 2, "{log}");
+    assert!(log.contains("\"decision\":\"rejected\""), "{log}");
+    let changelog = std::fs::read_to_string(out.join("CHANGELOG.md")).expect("changelog");
+    assert_eq!(changelog.lines().count(), 1, "{changelog}");
+    assert!(
+        changelog.contains("qwen3_rmsnorm") && changelog.contains("abc1234"),
+        "{changelog}"
+    );
+
+    // No gain beyond the spread: rejected, nothing admitted.
+    let out = dir.path().join("flat");
+    let o = promote(&sessions, &out, &bin, &[("FAKE_PACK_TPS", "251")], &[]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    assert!(t.contains("no model gain beyond the spread"), "{t}");
+    assert!(!out.join("discovered.json").exists());
+
+    // A dry run writes nothing at all.
+    let out = dir.path().join("dry");
+    let o = promote(&sessions, &out, &bin, &[], &["--dry-run"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(!out.exists(), "a dry run wrote {}", out.display());
+}
+
+#[test]
+fn a_wrong_kernel_or_a_pack_that_replaced_nothing_fails_loudly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sessions = dir.path().join("sessions");
+    replay::record(&sessions, &TARGETS[..1]);
+    let bin = stand_in(dir.path());
+    for (env, says) in [
+        (("FAKE_VERDICT", "fail"), "fidelity fail"),
+        (("FAKE_REPLACED", "0"), "replaced no kernel"),
+    ] {
+        let out = dir.path().join(env.0);
+        let o = promote(&sessions, &out, &bin, &[env], &[]);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{t}");
+        assert!(t.contains("FAILED") && t.contains(says), "{t}");
+        assert!(!out.join("discovered.json").exists(), "{t}");
+        let log = std::fs::read_to_string(out.join("log.jsonl")).expect("log");
+        assert!(log.contains("\"decision\":\"failed\""), "{log}");
+    }
+}
