@@ -230,3 +230,17 @@ fn a_broken_or_foreign_pack_file_is_an_error_that_names_it() {
         assert!(err.contains(name), "{name}: {err}");
     }
 }
+
+#[test]
+fn every_discovered_kernel_replaces_a_build_a_model_runs() {
+    let builds = model_builds();
+    let set = kiln_kernels::discovered::discovered().expect("discovered.json parses");
+    for k in set {
+        let target = k.target.clone();
+        let one = KernelPack { kernels: vec![k] };
+        assert!(
+            builds.iter().any(|(_, b)| one.replacement(b).is_some()),
+            "discovered kernel for {target} replaces no build a kiln model runs"
+        );
+    }
+}

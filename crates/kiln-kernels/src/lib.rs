@@ -17,6 +17,7 @@
 #![allow(clippy::manual_is_multiple_of)]
 
 pub mod catalog;
+pub mod discovered;
 pub mod dtype;
 pub mod error;
 pub mod launch;

@@ -119,33 +119,63 @@ pub fn take_replacements() -> Vec<Replacement> {
     }
 }
 
-/// `build` with the active pack's source swapped in where one applies.
+/// `build` with the active pack's source swapped in where one applies, else
+/// the discovered set's ([`discovered`]).
 pub fn resolve(build: KernelBuild) -> KernelBuild {
-    let Ok(g) = ACTIVE.read() else {
-        return build;
-    };
-    let Some(pack) = g.as_ref() else {
-        return build;
-    };
-    match pack.replacement(&build) {
-        Some(k) => {
-            if let (Ok(mut m), Some(entry)) =
-                (MADE.lock(), pack.kernels.iter().position(|x| x == k))
-            {
-                m.push(Replacement {
-                    entry,
-                    target: k.target.clone(),
-                    build: build.name.clone(),
-                });
-            }
-            KernelBuild {
-                name: format!("pack_{}_{}", k.target, build.name),
-                source: k.source.clone(),
-                ..build
+    if let Ok(g) = ACTIVE.read() {
+        if let Some(pack) = g.as_ref() {
+            if let Some(k) = pack.replacement(&build) {
+                if let (Ok(mut m), Some(entry)) =
+                    (MADE.lock(), pack.kernels.iter().position(|x| x == k))
+                {
+                    m.push(Replacement {
+                        entry,
+                        target: k.target.clone(),
+                        build: build.name.clone(),
+                    });
+                }
+                return KernelBuild {
+                    name: format!("pack_{}_{}", k.target, build.name),
+                    source: k.source.clone(),
+                    ..build
+                };
             }
         }
+    }
+    swap_in(discovered(), build)
+}
+
+/// `build` with the source of the set's entry for it, if there is one.
+fn swap_in(set: &KernelPack, build: KernelBuild) -> KernelBuild {
+    match set.replacement(&build) {
+        Some(k) => KernelBuild {
+            name: format!("discovered_{}_{}", k.target, build.name),
+            source: k.source.clone(),
+            ..build
+        },
         None => build,
     }
+}
+
+/// The discovered set kiln's models run by default (kiln-kernels'
+/// `discovered.json`, admitted by `kiln discover promote`); empty with
+/// `KILN_NO_DISCOVERED=1`, to measure the catalog alone.
+pub fn discovered() -> &'static KernelPack {
+    static SET: std::sync::OnceLock<KernelPack> = std::sync::OnceLock::new();
+    SET.get_or_init(|| {
+        if std::env::var_os("KILN_NO_DISCOVERED").is_some_and(|v| v == "1") {
+            eprintln!("kiln: KILN_NO_DISCOVERED=1: the discovered kernels are off");
+            return KernelPack::default();
+        }
+        match kiln_kernels::discovered::discovered() {
+            Ok(kernels) => KernelPack { kernels },
+            // kiln-kernels' tests pin that the shipped set parses; say it loudly if not.
+            Err(e) => {
+                eprintln!("kiln: WARNING: the discovered set does not parse ({e}); running the catalog alone");
+                KernelPack::default()
+            }
+        }
+    })
 }
 
 #[cfg(test)]
@@ -162,6 +192,25 @@ mod tests {
                 ("KILN_EPS".into(), "1e-6f".into()),
             ],
         }
+    }
+
+    #[test]
+    fn a_discovered_kernel_replaces_only_its_build() {
+        let set = KernelPack {
+            kernels: vec![PackKernel {
+                target: "qwen3_rmsnorm".into(),
+                entry_point: Some("rmsnorm".into()),
+                source: "// kiln: block=256 grid=T smem=0\n".into(),
+                defines: Some(vec!["KILN_EPS=1e-6f".into(), "KILN_D=2048".into()]),
+                ..Default::default()
+            }],
+        };
+        let swapped = swap_in(&set, build());
+        assert_eq!(swapped.source, set.kernels[0].source);
+        assert!(swapped.name.starts_with("discovered_qwen3_rmsnorm_"));
+        let mut other = build();
+        other.defines[1].1 = "1e-5f".into();
+        assert_eq!(swap_in(&set, other.clone()), other);
     }
 
     #[test]

@@ -207,6 +207,19 @@ pub fn validate(a: &ValidateArgs) -> anyhow::Result<ExitCode> {
             "no CUDA device for candle (use --cpu for a tiny model, or run on an NVIDIA GPU)",
         )?
     };
+    // The catalog configurations run the discovered set too: say which kernels it holds.
+    let discovered = kiln_candle::ops::pack::discovered();
+    if !discovered.kernels.is_empty() {
+        let targets: Vec<&str> = discovered
+            .kernels
+            .iter()
+            .map(|k| k.target.as_str())
+            .collect();
+        eprintln!(
+            "kiln: the default kernels include the discovered set: {} (KILN_NO_DISCOVERED=1 for the catalog alone)",
+            targets.join(", ")
+        );
+    }
     let vocab = match &weights {
         Weights::Synthetic { config, .. } => config["vocab_size"].as_u64(),
         Weights::Checkpoint(dir) => std::fs::read_to_string(dir.join("config.json"))
