@@ -2,7 +2,7 @@
 # Runs kiln's GPU suite from a bundle made by scripts/gpu-bundle.sh, on a
 # machine with an NVIDIA GPU. Writes logs and summary.md to $OUT (default
 # ./gpu-results). Usage: run.sh [suite...]; suites: doctor tests bench torch
-# discover sanitizer models models-before kernelcheck moecheck ncu hf ab (default: doctor tests).
+# discover promote sanitizer models models-before kernelcheck moecheck ncu hf ab (default: doctor tests).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${OUT:-$PWD/gpu-results}
@@ -103,6 +103,24 @@ for suite in $suites; do
     done
     tar czf "$out/sessions.tgz" -C "$dir" .
     echo "- discover autorun: rc=$rc ($(( ($(date +%s%N) - start) / 1000000 )) ms)" >> "$summary"
+    [ $rc = 0 ] || failed=1
+    ;;
+  promote)
+    # kiln discover promote over the sessions the discover suite left (KILN_SESSION_DIR):
+    # the discovered set, its decision log and changelog lines come back under $out/promote.
+    if [ ! -x "$here/kiln-models" ]; then
+      echo "- promote: NOT RUN (no kiln-models in the bundle; build with KILN_BUNDLE_MODELS=1)" >> "$summary"
+      failed=1
+      continue
+    fi
+    dir=${KILN_SESSION_DIR:-/tmp/kiln-sessions}
+    mkdir -p "$out/promote"
+    # shellcheck disable=SC2086
+    "$here/kiln" discover promote "$dir" --models-bin "$here/kiln-models" --work-dir "$out/promote/work" \
+      --discovered "$out/promote/discovered.json" --log "$out/promote/discovered-log.jsonl" \
+      --changelog "$out/promote/CHANGELOG.md" ${KILN_PROMOTE_ARGS:-} > "$out/promote.txt" 2>&1; rc=$?
+    echo "- discover promote: $([ $rc = 0 ] && echo DONE || echo "FAIL rc=$rc")" >> "$summary"
+    grep -v "^kiln:" "$out/promote.txt" | tail -20 | sed 's/^/    /' >> "$summary"
     [ $rc = 0 ] || failed=1
     ;;
   models)
@@ -223,7 +241,7 @@ for suite in $suites; do
     done
     ;;
   *)
-    echo "unknown suite '$suite' (doctor tests bench torch discover sanitizer models models-before kernelcheck moecheck ncu hf ab)" >&2; exit 2 ;;
+    echo "unknown suite '$suite' (doctor tests bench torch discover promote sanitizer models models-before kernelcheck moecheck ncu hf ab)" >&2; exit 2 ;;
   esac
 done
 
