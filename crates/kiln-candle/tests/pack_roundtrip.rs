@@ -231,6 +231,23 @@ fn a_broken_or_foreign_pack_file_is_an_error_that_names_it() {
     }
 }
 
+/// `kiln discover promote` validates a winner in the preset its target names.
+#[test]
+fn every_target_a_model_runs_names_that_models_preset() {
+    for t in kiln_eval::targets::all() {
+        let Some(p) = t.model_preset() else {
+            assert_ne!(
+                t.model_use,
+                kiln_eval::targets::ModelUse::Runs,
+                "{}",
+                t.name
+            );
+            continue;
+        };
+        preset(&p, Some(1)).unwrap_or_else(|e| panic!("{}: preset {p}: {e}", t.name));
+    }
+}
+
 #[test]
 fn every_discovered_kernel_replaces_a_build_a_model_runs() {
     let builds = model_builds();

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use kiln_eval::targets::{self, ModelUse};
+use kiln_eval::targets;
 use kiln_search::report::promote::{self, Decision, ModelTrial, Promotion};
 use kiln_search::report::{compare_dirs, export_winner_from, Verdict};
 use kiln_search::session::now_rfc3339;
@@ -45,16 +45,17 @@ pub fn run(a: &PromoteArgs) -> anyhow::Result<ExitCode> {
     let mut program: Option<PathBuf> = None;
     for row in winners {
         let session = row.session_path.clone();
-        let (trials, entry, gate) = judge(a, &work, &row.target, &session, &mut program)?;
-        let (decision, reason) = match gate {
+        let judged = judge(a, &work, &row.target, &session, &mut program)?;
+        let (decision, reason) = match judged.failure {
             Some(failed) => (Decision::Failed, failed),
-            None => promote::decide(&trials),
+            None => promote::decide(&judged.trials),
         };
+        let entry = judged.entry;
         let p = Promotion {
             target: row.target.clone(),
             session,
             kernel_speedup: row.speedup_vs_catalog,
-            trials,
+            trials: judged.trials,
             decision,
             reason,
             date: now_rfc3339(),
@@ -96,34 +97,53 @@ pub fn run(a: &PromoteArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Exports the winner and validates it in every model that runs its build:
-/// the trials, the exported entry, and a gate failure (a reason) if the gate
-/// could not run.
-#[allow(clippy::type_complexity)]
+/// What validating one winner gave.
+struct Judged {
+    /// One per model that ran it.
+    trials: Vec<ModelTrial>,
+    /// The exported entry (None when it could not be exported).
+    entry: Option<kiln_search::report::PackEntry>,
+    /// Why the gate could not judge it, if it could not.
+    failure: Option<String>,
+}
+
+impl Judged {
+    fn failed(entry: Option<kiln_search::report::PackEntry>, why: String) -> Self {
+        Self {
+            trials: Vec::new(),
+            entry,
+            failure: Some(why),
+        }
+    }
+}
+
+/// Exports the winner and validates it in the model that runs its build. A
+/// winner that cannot be judged is a failure of that winner; only a missing
+/// models build (or driver) stops the whole run.
 fn judge(
     a: &PromoteArgs,
     work: &Path,
     target_name: &str,
     session: &Path,
     program: &mut Option<PathBuf>,
-) -> anyhow::Result<(
-    Vec<ModelTrial>,
-    Option<kiln_search::report::PackEntry>,
-    Option<String>,
-)> {
+) -> anyhow::Result<Judged> {
     let Some(target) = targets::find(target_name) else {
-        return Ok((
-            Vec::new(),
+        return Ok(Judged::failed(
             None,
-            Some(format!("no target `{target_name}` in this kiln")),
+            format!("no target `{target_name}` in this kiln"),
         ));
     };
     let dir = work.join(target_name);
-    let exported = export_winner_from(session, &dir.join("winner.json"))?;
-    // Which model runs this build: the registry says, and pack_roundtrip pins it.
-    let preset = match (target.model_use, target.model) {
-        (ModelUse::Runs, Some(model)) => model.to_lowercase(),
-        _ => return Ok((Vec::new(), Some(exported.entry), None)),
+    let exported = match export_winner_from(session, &dir.join("winner.json")) {
+        Ok(e) => e,
+        Err(e) => return Ok(Judged::failed(None, format!("export: {e}"))),
+    };
+    let Some(preset) = target.model_preset() else {
+        return Ok(Judged {
+            trials: Vec::new(),
+            entry: Some(exported.entry),
+            failure: None,
+        });
     };
     let bin = match (program.as_ref(), &a.models_bin) {
         (Some(p), _) => p.clone(),
@@ -154,16 +174,21 @@ fn judge(
                 .is_some_and(|n| n.starts_with("validate_") && n.ends_with(".json"))
         });
     let Some(report) = report else {
-        return Ok((
-            Vec::new(),
+        return Ok(Judged::failed(
             Some(exported.entry),
-            Some(format!(
+            format!(
                 "`kiln validate --synthetic {preset}` wrote no report ({status}); see its output above"
-            )),
+            ),
         ));
     };
-    let trial = ModelTrial::from_validate_json(&report)?;
-    Ok((vec![trial], Some(exported.entry), None))
+    Ok(match ModelTrial::from_validate_json(&report) {
+        Ok(trial) => Judged {
+            trials: vec![trial],
+            entry: Some(exported.entry),
+            failure: None,
+        },
+        Err(e) => Judged::failed(Some(exported.entry), e.to_string()),
+    })
 }
 
 fn label(d: Decision) -> &'static str {

@@ -130,6 +130,16 @@ impl Target {
         })
     }
 
+    /// The `kiln models` preset of the model that runs this exact build at
+    /// decode (`Qwen3-30B-A3B` → `qwen3-30b-a3b`), where one does; kiln-candle's
+    /// `pack_roundtrip` pins that each is a preset and runs the build.
+    pub fn model_preset(&self) -> Option<String> {
+        match (self.model_use, self.model) {
+            (ModelUse::Runs, Some(model)) => Some(model.to_lowercase()),
+            _ => None,
+        }
+    }
+
     /// How many times the base per-candidate timeout an evaluation of this
     /// target may take. The worker draws, uploads and checks every input
     /// afresh for each verification trial, and builds the timing sets on a
