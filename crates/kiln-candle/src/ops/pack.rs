@@ -194,9 +194,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_discovered_kernel_replaces_only_its_build() {
-        let set = KernelPack {
+    /// One exported entry for Qwen3's rmsnorm (D 2048, eps 1e-6).
+    fn qwen3_rmsnorm_pack() -> KernelPack {
+        KernelPack {
             kernels: vec![PackKernel {
                 target: "qwen3_rmsnorm".into(),
                 entry_point: Some("rmsnorm".into()),
@@ -204,7 +204,12 @@ mod tests {
                 defines: Some(vec!["KILN_EPS=1e-6f".into(), "KILN_D=2048".into()]),
                 ..Default::default()
             }],
-        };
+        }
+    }
+
+    #[test]
+    fn a_discovered_kernel_replaces_only_its_build() {
+        let set = qwen3_rmsnorm_pack();
         let swapped = swap_in(&set, build());
         assert_eq!(swapped.source, set.kernels[0].source);
         assert!(swapped.name.starts_with("discovered_qwen3_rmsnorm_"));
@@ -215,15 +220,7 @@ mod tests {
 
     #[test]
     fn a_pack_kernel_applies_only_to_its_exact_configuration() {
-        let pack = KernelPack {
-            kernels: vec![PackKernel {
-                target: "qwen3_rmsnorm".into(),
-                entry_point: Some("rmsnorm".into()),
-                source: "// kiln: block=256 grid=T smem=0\n".into(),
-                defines: Some(vec!["KILN_EPS=1e-6f".into(), "KILN_D=2048".into()]),
-                ..Default::default()
-            }],
-        };
+        let pack = qwen3_rmsnorm_pack();
         assert!(pack.replacement(&build()).is_some());
         let mut other = build();
         other.defines[1].1 = "1e-5f".into();
@@ -236,15 +233,7 @@ mod tests {
 
     #[test]
     fn resolving_records_which_entry_replaced_which_build_and_switching_keeps_generations() {
-        let pack = KernelPack {
-            kernels: vec![PackKernel {
-                target: "qwen3_rmsnorm".into(),
-                entry_point: Some("rmsnorm".into()),
-                source: "// kiln: block=256 grid=T smem=0\n".into(),
-                defines: Some(vec!["KILN_EPS=1e-6f".into(), "KILN_D=2048".into()]),
-                ..Default::default()
-            }],
-        };
+        let pack = qwen3_rmsnorm_pack();
         set_active(Some(pack.clone()));
         let g = generation();
         let _ = take_replacements();

@@ -710,6 +710,13 @@ const LDH_K: KnobSpec = knob!(
     "cache hint of the streamed loads"
 );
 const STH_K: KnobSpec = knob!("sth", BOOL, ST_LABELS, 0, "cache hint of the stores");
+const ACT_K: KnobSpec = knob!(
+    "act",
+    &[0, 1, 2],
+    &["div", "rcp", "fdiv"],
+    0,
+    "sigmoid: IEEE division, __frcp_rn with __expf, or __fdividef with __expf"
+);
 
 const SWIGLU: &[KnobSpec] = &[
     knob!(
@@ -737,13 +744,7 @@ const SWIGLU: &[KnobSpec] = &[
     PERS_K,
     LDH_K,
     STH_K,
-    knob!(
-        "act",
-        &[0, 1, 2],
-        &["div", "rcp", "fdiv"],
-        0,
-        "sigmoid: IEEE division, __frcp_rn with __expf, or __fdividef with __expf"
-    ),
+    ACT_K,
     MINB_K,
 ];
 
@@ -929,13 +930,7 @@ const EXPERT_SWIGLU: &[KnobSpec] = &[
     UNR_K,
     LDH_K,
     knob!("xs", BOOL, &[], 0, "stage x[t] in shared memory"),
-    knob!(
-        "act",
-        &[0, 1, 2],
-        &["div", "rcp", "fdiv"],
-        0,
-        "sigmoid: IEEE division, __frcp_rn with __expf, or __fdividef with __expf"
-    ),
+    ACT_K,
     MINB_K,
 ];
 
