@@ -134,11 +134,7 @@ pub fn resolve(build: KernelBuild) -> KernelBuild {
                         build: build.name.clone(),
                     });
                 }
-                return KernelBuild {
-                    name: format!("pack_{}_{}", k.target, build.name),
-                    source: k.source.clone(),
-                    ..build
-                };
+                return swapped("pack", k, build);
             }
         }
     }
@@ -148,12 +144,18 @@ pub fn resolve(build: KernelBuild) -> KernelBuild {
 /// `build` with the source of the set's entry for it, if there is one.
 fn swap_in(set: &KernelPack, build: KernelBuild) -> KernelBuild {
     match set.replacement(&build) {
-        Some(k) => KernelBuild {
-            name: format!("discovered_{}_{}", k.target, build.name),
-            source: k.source.clone(),
-            ..build
-        },
+        Some(k) => swapped("discovered", k, build),
         None => build,
+    }
+}
+
+/// `build` compiled from `k`'s source, named apart (`<origin>_<target>_<build>`)
+/// so its kernels and graphs are never mistaken for the catalog's.
+fn swapped(origin: &str, k: &PackKernel, build: KernelBuild) -> KernelBuild {
+    KernelBuild {
+        name: format!("{origin}_{}_{}", k.target, build.name),
+        source: k.source.clone(),
+        ..build
     }
 }
 
