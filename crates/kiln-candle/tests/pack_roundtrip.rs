@@ -261,3 +261,23 @@ fn every_discovered_kernel_replaces_a_build_a_model_runs() {
         );
     }
 }
+
+/// `promote` validates a winner in `Target::model_presets()`: exactly the
+/// models whose builds its exported entry replaces.
+#[test]
+fn a_winner_is_validated_in_every_model_its_entry_replaces_a_build_of() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let builds = model_builds();
+    for (target, _) in &builds {
+        let pack = exported(target, dir.path());
+        let mut replaced: Vec<String> = builds
+            .iter()
+            .filter(|(_, b)| pack.replacement(b).is_some())
+            .filter_map(|(other, _)| kiln_eval::targets::find(other)?.model_preset())
+            .collect();
+        replaced.sort();
+        replaced.dedup();
+        let t = kiln_eval::targets::find(target).expect("target");
+        assert_eq!(t.model_presets(), replaced, "{target}");
+    }
+}

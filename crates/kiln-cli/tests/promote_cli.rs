@@ -17,7 +17,8 @@ const TARGETS: [&str; 2] = ["qwen3_rmsnorm", "rmsnorm"];
 
 /// A stand-in models build: `validate … --out DIR` writes DIR/validate_fake.json
 /// with the pack at $FAKE_PACK_TPS tok/s (catalog 250, spread 1 %), fidelity
-/// $FAKE_VERDICT, and a replacement unless $FAKE_REPLACED is 0.
+/// $FAKE_VERDICT, and a replacement unless $FAKE_REPLACED is 0; each preset
+/// it validates is appended to $FAKE_CALLS when set.
 fn stand_in(dir: &Path) -> PathBuf {
     let path = dir.join("kiln-models");
     let script = r#"#!/bin/sh
@@ -27,6 +28,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 mkdir -p "$out"
+[ -n "$FAKE_CALLS" ] && echo "$preset" >> "$FAKE_CALLS"
 rep='["qwen3_rmsnorm → rmsnorm"]'
 [ "${FAKE_REPLACED:-1}" = 0 ] && rep='[]'
 cat > "$out/validate_fake.json" <<JSON
@@ -146,4 +148,36 @@ fn a_wrong_kernel_or_a_pack_that_replaced_nothing_fails_loudly() {
         let log = std::fs::read_to_string(out.join("log.jsonl")).expect("log");
         assert!(log.contains("\"decision\":\"failed\""), "{log}");
     }
+}
+
+/// GLM-4.7-Flash and LFM2 run one hidden-RMSNorm build: a winner for either
+/// target is validated in both models, and the log carries both trials.
+#[test]
+fn a_build_two_models_run_is_validated_in_both() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sessions = dir.path().join("sessions");
+    replay::record(&sessions, &["glm_rmsnorm"]);
+    let bin = stand_in(dir.path());
+    let calls = dir.path().join("calls.txt");
+    let out = dir.path().join("out");
+    let o = promote(
+        &sessions,
+        &out,
+        &bin,
+        &[("FAKE_CALLS", calls.to_str().expect("utf-8 path"))],
+        &[],
+    );
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    assert!(t.contains("ADMITTED"), "{t}");
+    let called = std::fs::read_to_string(&calls).expect("the stand-in ran");
+    assert_eq!(
+        called.lines().collect::<Vec<_>>(),
+        ["glm-4.7-flash", "lfm2-8b-a1b"]
+    );
+    let log = std::fs::read_to_string(out.join("log.jsonl")).expect("log");
+    assert!(
+        log.contains("glm-4.7-flash (fake)") && log.contains("lfm2-8b-a1b (fake)"),
+        "{log}"
+    );
 }

@@ -117,7 +117,7 @@ impl Judged {
     }
 }
 
-/// Exports the winner and validates it in the model that runs its build. A
+/// Exports the winner and validates it in every model that runs its build. A
 /// winner that cannot be judged is a failure of that winner; only a missing
 /// models build (or driver) stops the whole run.
 fn judge(
@@ -138,22 +138,46 @@ fn judge(
         Ok(e) => e,
         Err(e) => return Ok(Judged::failed(None, format!("export: {e}"))),
     };
-    let Some(preset) = target.model_preset() else {
+    let presets = target.model_presets();
+    if presets.is_empty() {
         return Ok(Judged {
             trials: Vec::new(),
             entry: Some(exported.entry),
             failure: None,
         });
-    };
+    }
     let bin = match (program.as_ref(), &a.models_bin) {
         (Some(p), _) => p.clone(),
         (None, Some(given)) => program.insert(given.clone()).clone(),
         (None, None) => program.insert(super::models::models_program()?).clone(),
     };
+    let mut trials = Vec::new();
+    for preset in presets {
+        match validate(a, &bin, &preset, &exported.json, &dir)? {
+            Ok(trial) => trials.push(trial),
+            Err(why) => return Ok(Judged::failed(Some(exported.entry), why)),
+        }
+    }
+    Ok(Judged {
+        trials,
+        entry: Some(exported.entry),
+        failure: None,
+    })
+}
+
+/// Runs the models build's `validate --synthetic PRESET --pack PACK` and reads
+/// its report: the trial, or why there is none (a failure of this winner).
+fn validate(
+    a: &PromoteArgs,
+    bin: &Path,
+    preset: &str,
+    pack: &Path,
+    dir: &Path,
+) -> anyhow::Result<Result<ModelTrial, String>> {
     let out = dir.join(format!("validate-{preset}"));
-    let status = std::process::Command::new(&bin)
-        .args(["validate", "--synthetic", &preset, "--pack"])
-        .arg(&exported.json)
+    let status = std::process::Command::new(bin)
+        .args(["validate", "--synthetic", preset, "--pack"])
+        .arg(pack)
         .args(["--runs", &a.runs.to_string()])
         .args(["--max-tokens", &a.max_tokens.to_string()])
         .arg("--out")
@@ -174,21 +198,11 @@ fn judge(
                 .is_some_and(|n| n.starts_with("validate_") && n.ends_with(".json"))
         });
     let Some(report) = report else {
-        return Ok(Judged::failed(
-            Some(exported.entry),
-            format!(
-                "`kiln validate --synthetic {preset}` wrote no report ({status}); see its output above"
-            ),
-        ));
+        return Ok(Err(format!(
+            "`kiln validate --synthetic {preset}` wrote no report ({status}); see its output above"
+        )));
     };
-    Ok(match ModelTrial::from_validate_json(&report) {
-        Ok(trial) => Judged {
-            trials: vec![trial],
-            entry: Some(exported.entry),
-            failure: None,
-        },
-        Err(e) => Judged::failed(Some(exported.entry), e.to_string()),
-    })
+    Ok(ModelTrial::from_validate_json(&report).map_err(|e| e.to_string()))
 }
 
 fn label(d: Decision) -> &'static str {

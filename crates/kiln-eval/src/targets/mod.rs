@@ -140,6 +140,31 @@ impl Target {
         }
     }
 
+    /// Every `kiln models` preset that runs this target's exact build: its own
+    /// model's, and that of each other target declaring the same catalog build
+    /// (GLM-4.7-Flash's and LFM2's hidden add-RMSNorm are one build). A winner
+    /// is validated in each. Sorted, without repeats; empty when no model runs it.
+    pub fn model_presets(&self) -> Vec<String> {
+        let Some(own) = self.model_preset() else {
+            return Vec::new();
+        };
+        let Ok(build) = self.baseline() else {
+            return vec![own];
+        };
+        let mut presets: Vec<String> = all()
+            .into_iter()
+            .filter(|t| t.name != self.name)
+            .filter_map(|t| {
+                let preset = t.model_preset()?;
+                (t.baseline().ok()? == build).then_some(preset)
+            })
+            .chain(std::iter::once(own))
+            .collect();
+        presets.sort();
+        presets.dedup();
+        presets
+    }
+
     /// How many times the base per-candidate timeout an evaluation of this
     /// target may take. The worker draws, uploads and checks every input
     /// afresh for each verification trial, and builds the timing sets on a

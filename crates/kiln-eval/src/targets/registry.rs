@@ -328,4 +328,25 @@ mod tests {
             assert!(t.seed_source().is_some(), "{}: no seed", t.name);
         }
     }
+
+    /// A winner is validated in every model that runs its build: exactly the
+    /// two shared GLM-4.7-Flash / LFM2 norms name two presets.
+    #[test]
+    fn a_build_two_models_run_names_both_presets() {
+        let two = ["glm-4.7-flash", "lfm2-8b-a1b"];
+        for t in all() {
+            let presets = t.model_presets();
+            match t.name.as_str() {
+                "glm_rmsnorm" | "lfm2_rmsnorm" | "glm_add_rmsnorm" | "lfm2_add_rmsnorm" => {
+                    assert_eq!(presets, two, "{}", t.name)
+                }
+                _ => assert_eq!(
+                    presets,
+                    t.model_preset().into_iter().collect::<Vec<_>>(),
+                    "{}",
+                    t.name
+                ),
+            }
+        }
+    }
 }
