@@ -143,6 +143,13 @@ pub struct PromoteArgs {
     /// Judge and print, but write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// GPU ordinal of the re-judging worker.
+    #[arg(long, default_value_t = 0)]
+    pub device: usize,
+    /// Skip re-judging each winner on this GPU with a fresh secret seed; the
+    /// gate then rests on the session's verdict, and the log says so.
+    #[arg(long)]
+    pub no_rejudge: bool,
 }
 
 /// Flags shared by `search` and `autorun`.

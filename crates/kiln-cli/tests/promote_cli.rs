@@ -64,8 +64,12 @@ fn promote(
         .arg(out.join("log.jsonl"))
         .arg("--changelog")
         .arg(out.join("CHANGELOG.md"))
-        .args(extra)
+        .args(extra.iter().filter(|a| **a != "--rejudge"))
         .env("KILN_COMMIT", "abc1234");
+    // The fresh-seed re-judging needs a GPU; one test below asks for it.
+    if !extra.contains(&"--rejudge") {
+        cmd.arg("--no-rejudge");
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -106,6 +110,7 @@ fn a_model_gain_admits_a_winner_and_every_decision_is_logged() {
     assert_eq!(targets, ["qwen3_rmsnorm"]);
     let log = std::fs::read_to_string(out.join("log.jsonl")).expect("log");
     assert_eq!(log.lines().count(), 2, "{log}");
+    assert!(log.contains("not re-judged (--no-rejudge)"), "{log}");
     assert!(log.contains("\"decision\":\"rejected\""), "{log}");
     let changelog = std::fs::read_to_string(out.join("CHANGELOG.md")).expect("changelog");
     assert_eq!(changelog.lines().count(), 1, "{changelog}");
@@ -180,4 +185,28 @@ fn a_build_two_models_run_is_validated_in_both() {
         log.contains("glm-4.7-flash (fake)") && log.contains("lfm2-8b-a1b (fake)"),
         "{log}"
     );
+}
+
+/// Without `--no-rejudge` a winner is judged again on the GPU before any model
+/// runs it; a GPU that cannot be opened stops the run with the way out, and
+/// nothing is written.
+#[test]
+fn a_winner_is_rejudged_on_the_gpu_or_the_run_says_how_to_go_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sessions = dir.path().join("sessions");
+    replay::record(&sessions, &TARGETS[..1]);
+    let bin = stand_in(dir.path());
+    let out = dir.path().join("out");
+    // No machine has a 1000th GPU.
+    let o = promote(
+        &sessions,
+        &out,
+        &bin,
+        &[],
+        &["--rejudge", "--device", "1000"],
+    );
+    let t = text(&o);
+    assert_ne!(o.status.code(), Some(0), "{t}");
+    assert!(t.contains("--no-rejudge"), "{t}");
+    assert!(!out.exists(), "{t}");
 }

@@ -180,6 +180,19 @@ pub struct EvaluatorConfig {
     pub timeout: Duration,
 }
 
+impl EvaluatorConfig {
+    /// The search's default knobs (3 warm-up replays, at most 100 timed
+    /// repetitions, 60 s a candidate) with this secret seed.
+    pub fn standard(secret_seed: u64) -> Self {
+        Self {
+            secret_seed,
+            warmup: 3,
+            iters: 100,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
 /// The real evaluator: the checks before the GPU here (compiling in a bounded
 /// child), the rest in the worker.
 pub struct GpuEvaluator {

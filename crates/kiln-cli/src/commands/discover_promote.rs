@@ -1,13 +1,17 @@
 //! `kiln discover promote`: each USE winner of the given sessions is exported,
-//! validated in every kiln model that runs its build (the models build's
-//! `kiln validate --synthetic … --pack …`), and admitted into the discovered
-//! set only when the model gate says so (kiln_search::report::promote).
+//! re-judged on this GPU with a fresh secret seed (the session's verdict may
+//! come from another card, and its seed is written in the session), validated
+//! in every kiln model that runs its build (the models build's `kiln validate
+//! --synthetic … --pack …`), and admitted into the discovered set only when the
+//! model gate says so (kiln_search::report::promote).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use kiln_eval::targets;
+use kiln_eval::evaluator::{CandidateEvaluator, EvaluatorConfig, GpuEvaluator};
+use kiln_eval::record::{EvalOutcome, EvalStatus};
+use kiln_eval::targets::{self, Target};
 use kiln_search::report::promote::{self, Decision, ModelTrial, Promotion};
 use kiln_search::report::{compare_dirs, export_winner_from, Verdict};
 use kiln_search::session::now_rfc3339;
@@ -43,9 +47,17 @@ pub fn run(a: &PromoteArgs) -> anyhow::Result<ExitCode> {
     let commit = commit();
     let mut decisions = Vec::new();
     let mut program: Option<PathBuf> = None;
+    let mut judge_gpu: Option<GpuEvaluator> = None;
     for row in winners {
         let session = row.session_path.clone();
-        let judged = judge(a, &work, &row.target, &session, &mut program)?;
+        let judged = judge(
+            a,
+            &work,
+            &row.target,
+            &session,
+            &mut program,
+            &mut judge_gpu,
+        )?;
         let (decision, reason) = match judged.failure {
             Some(failed) => (Decision::Failed, failed),
             None => promote::decide(&judged.trials),
@@ -60,6 +72,7 @@ pub fn run(a: &PromoteArgs) -> anyhow::Result<ExitCode> {
             reason,
             date: now_rfc3339(),
             commit: commit.clone(),
+            rejudged: judged.rejudged,
         };
         if !a.dry_run {
             promote::log(&a.log, &p)?;
@@ -105,6 +118,8 @@ struct Judged {
     entry: Option<kiln_search::report::PackEntry>,
     /// Why the gate could not judge it, if it could not.
     failure: Option<String>,
+    /// What re-judging it on this GPU said (empty when no model runs it).
+    rejudged: String,
 }
 
 impl Judged {
@@ -113,6 +128,7 @@ impl Judged {
             trials: Vec::new(),
             entry,
             failure: Some(why),
+            rejudged: String::new(),
         }
     }
 }
@@ -126,6 +142,7 @@ fn judge(
     target_name: &str,
     session: &Path,
     program: &mut Option<PathBuf>,
+    judge_gpu: &mut Option<GpuEvaluator>,
 ) -> anyhow::Result<Judged> {
     let Some(target) = targets::find(target_name) else {
         return Ok(Judged::failed(
@@ -144,8 +161,21 @@ fn judge(
             trials: Vec::new(),
             entry: Some(exported.entry),
             failure: None,
+            rejudged: String::new(),
         });
     }
+    let rejudged = if a.no_rejudge {
+        "not re-judged (--no-rejudge): the session's verdict stands alone".to_string()
+    } else {
+        match rejudge(a, judge_gpu, &target, &exported.entry.source)? {
+            Ok(said) => said,
+            Err(why) => {
+                let mut j = Judged::failed(Some(exported.entry), why.clone());
+                j.rejudged = why;
+                return Ok(j);
+            }
+        }
+    };
     let bin = match (program.as_ref(), &a.models_bin) {
         (Some(p), _) => p.clone(),
         (None, Some(given)) => program.insert(given.clone()).clone(),
@@ -162,6 +192,56 @@ fn judge(
         trials,
         entry: Some(exported.entry),
         failure: None,
+        rejudged,
+    })
+}
+
+/// Judges `source` again on this GPU, exactly as the search did, but with a
+/// fresh secret seed: a summary when it passes, or why it is not fit to
+/// promote. Only a judge that cannot start (no GPU, no driver) is an error.
+fn rejudge(
+    a: &PromoteArgs,
+    judge_gpu: &mut Option<GpuEvaluator>,
+    target: &Target,
+    source: &str,
+) -> anyhow::Result<Result<String, String>> {
+    let evaluator = match judge_gpu {
+        Some(e) => e,
+        None => {
+            let e = GpuEvaluator::new(
+                super::worker_command(a.device)?,
+                EvaluatorConfig::standard(super::discover_eval::clock_seed()),
+            )
+            .context(
+                "re-judging the winners needs the GPU worker (pass --no-rejudge to rely on the sessions' verdicts)",
+            )?;
+            judge_gpu.insert(e)
+        }
+    };
+    let gpu = evaluator.device().map(|d| d.gpu_name).context(
+        "re-judging the winners needs a GPU (pass --no-rejudge to rely on the sessions' verdicts)",
+    )?;
+    let outcome = evaluator
+        .evaluate_batch(target, &[source.to_string()])
+        .pop();
+    Ok(match outcome {
+        Some(EvalOutcome::Scored(r)) => match r.status {
+            EvalStatus::Passed => {
+                let speedups: Vec<f64> = r.per_shape.iter().filter_map(|s| s.speedup).collect();
+                let kernel = kiln_eval::reward::geometric_mean(&speedups)
+                    .map_or("—".to_string(), |g| format!("{g:.2}×"));
+                Ok(format!(
+                    "passed again with a fresh seed on {gpu}: {kernel} the catalog"
+                ))
+            }
+            EvalStatus::Failed { stage, reason } => Err(format!(
+                "re-judged with a fresh seed on {gpu}, it fails at the {stage}: {reason}"
+            )),
+        },
+        Some(EvalOutcome::MachineryFailure { reason }) => {
+            Err(format!("could not be re-judged on {gpu}: {reason}"))
+        }
+        None => Err(format!("the judge on {gpu} returned no outcome")),
     })
 }
 

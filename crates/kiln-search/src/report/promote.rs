@@ -221,6 +221,10 @@ pub struct Promotion {
     pub date: String,
     /// The kiln commit that judged it.
     pub commit: String,
+    /// What re-judging the kernel on the validating GPU with a fresh secret
+    /// seed said, before any model ran it (empty in older logs).
+    #[serde(default)]
+    pub rejudged: String,
 }
 
 impl Promotion {
