@@ -32,6 +32,10 @@ pub struct DeviceFacts {
     pub max_smem_per_block_optin: u32,
     /// Most threads per block.
     pub max_threads_per_block: u32,
+    /// Most resident threads per multiprocessor (occupancy's denominator; 0
+    /// in facts recorded before kiln read it).
+    #[serde(default)]
+    pub max_threads_per_sm: u32,
     /// The driver's CUDA version, e.g. `13.0`.
     pub driver_version: String,
 }
@@ -356,6 +360,10 @@ fn read_facts(ctx: &Arc<CudaContext>, ordinal: usize) -> Result<DeviceFacts> {
         max_threads_per_block: attr(
             Attr::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK,
             "cuDeviceGetAttribute(max threads)",
+        )? as u32,
+        max_threads_per_sm: attr(
+            Attr::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR,
+            "cuDeviceGetAttribute(max threads per SM)",
         )? as u32,
         driver_version: driver_version()?,
     })

@@ -49,7 +49,7 @@ pub use compile_cache::CompileCache;
 pub use compiler::{nvrtc_version, Arch, CompileRequest, Compiled, Compiler, OutputKind};
 pub use device::{device_count, driver_version, DeviceFacts, Gpu, Sentinel};
 pub use error::{CudaError, Result};
-pub use module::{Kernel, KernelArg, LaunchDims, Module};
+pub use module::{Kernel, KernelArg, KernelResources, LaunchDims, Module};
 pub use probe::{Bandwidth, CopyCeiling, LaunchFloor, Probes};
 pub use timing::{Graph, L2Flush, Summary};
 

@@ -84,6 +84,35 @@ impl Module {
     }
 }
 
+/// What one compiled kernel costs a multiprocessor at one launch geometry, as
+/// the driver reports it: what limits occupancy, and whether it spills.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct KernelResources {
+    /// Registers per thread.
+    pub registers: u32,
+    /// Local memory per thread in bytes (register spills and local arrays).
+    pub local_bytes: u32,
+    /// Static shared memory per block in bytes (the launch's dynamic part is apart).
+    pub static_smem_bytes: u32,
+    /// Blocks of this launch resident on one multiprocessor at once.
+    pub blocks_per_sm: u32,
+    /// Resident threads over the multiprocessor's maximum, in `[0, 1]`.
+    pub occupancy: f64,
+}
+
+impl KernelResources {
+    /// One phrase for prompts and reports: `40 regs, 0 B local, 8 blocks/SM (100 % occupancy)`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} regs, {} B local, {} blocks/SM ({:.0} % occupancy)",
+            self.registers,
+            self.local_bytes,
+            self.blocks_per_sm,
+            self.occupancy * 100.0
+        )
+    }
+}
+
 /// Grid, block and dynamic shared memory of one launch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct LaunchDims {
@@ -151,6 +180,51 @@ impl Kernel {
     /// The cudarc function, for typed launches through `launch_builder`.
     pub fn function(&self) -> &CudaFunction {
         &self.func
+    }
+
+    /// Registers, local memory, shared memory and occupancy at `dims` (call
+    /// after [`Kernel::prepare`], which opts in to large dynamic shared memory).
+    pub fn resources(&self, dims: &LaunchDims) -> Result<KernelResources> {
+        let attr = |a: FnAttr, what: &'static str| {
+            self.func
+                .get_attribute(a)
+                .map(|v| v.max(0) as u32)
+                .map_err(CudaError::driver(what))
+        };
+        let registers = attr(
+            FnAttr::CU_FUNC_ATTRIBUTE_NUM_REGS,
+            "cuFuncGetAttribute(regs)",
+        )?;
+        let local_bytes = attr(
+            FnAttr::CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES,
+            "cuFuncGetAttribute(local bytes)",
+        )?;
+        let static_smem_bytes = attr(
+            FnAttr::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES,
+            "cuFuncGetAttribute(static smem)",
+        )?;
+        let threads = dims.threads_per_block();
+        let blocks_per_sm = self
+            .func
+            .occupancy_max_active_blocks_per_multiprocessor(
+                threads as u32,
+                dims.smem as usize,
+                None,
+            )
+            .map_err(CudaError::driver(
+                "cuOccupancyMaxActiveBlocksPerMultiprocessor",
+            ))?;
+        let occupancy = match self.facts.max_threads_per_sm {
+            0 => 0.0,
+            max => (blocks_per_sm as f64 * threads as f64 / max as f64).min(1.0),
+        };
+        Ok(KernelResources {
+            registers,
+            local_bytes,
+            static_smem_bytes,
+            blocks_per_sm,
+            occupancy,
+        })
     }
 
     /// Checks `dims` against the device limits and, when the launch wants more

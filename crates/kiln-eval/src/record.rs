@@ -145,6 +145,10 @@ pub struct ShapeResult {
     /// Fraction of the speed of light.
     #[serde(serialize_with = "finite_or_null", default)]
     pub sol_fraction: Option<f64>,
+    /// Registers, local memory and occupancy of the candidate at this shape's
+    /// launch, as the driver reports them (absent in older sessions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<kiln_cuda::KernelResources>,
 }
 
 /// Wall time of each stage, ms; `None` for stages not reached.
@@ -282,7 +286,7 @@ fn opt(x: Option<f64>, digits: usize, unit: &str) -> String {
 }
 
 fn shape_line(r: &ShapeResult) -> String {
-    format!(
+    let mut line = format!(
         "{} (p10 {}, p90 {}) vs baseline {}, speedup {}, {} GB/s, {} of speed of light",
         opt(r.median_us, 2, " µs"),
         opt(r.p10_us, 2, ""),
@@ -291,7 +295,12 @@ fn shape_line(r: &ShapeResult) -> String {
         opt(r.speedup, 3, "x"),
         opt(r.gbps, 0, ""),
         opt(r.sol_fraction.map(|f| f * 100.0), 0, "%"),
-    )
+    );
+    if let Some(res) = &r.resources {
+        line.push_str("; ");
+        line.push_str(&res.describe());
+    }
+    line
 }
 
 fn truncate_utf8(s: &str, max: usize) -> &str {
@@ -387,6 +396,13 @@ mod tests {
                 speedup: Some(1.2),
                 gbps: Some(12.0),
                 sol_fraction: Some(0.4),
+                resources: Some(kiln_cuda::KernelResources {
+                    registers: 40,
+                    local_bytes: 0,
+                    static_smem_bytes: 128,
+                    blocks_per_sm: 8,
+                    occupancy: 1.0,
+                }),
             },
             ShapeResult {
                 shape: shape(37),
@@ -397,6 +413,7 @@ mod tests {
                 speedup: Some(1.0),
                 gbps: None,
                 sol_fraction: None,
+                resources: None,
             },
         ];
         let timings = StageTimings {
@@ -493,7 +510,7 @@ mod tests {
         assert!(fb.len() < FEEDBACK_LOG_BYTES + 200);
         let p = passed().feedback_for_proposer();
         assert!(p.starts_with("passed: reward 1.100"), "{p}");
-        assert!(p.contains("t1 (D=4096, T=1): 5.00 µs (p10 4.90, p90 5.20) vs baseline 6.00 µs, speedup 1.200x, 12 GB/s, 40% of speed of light"), "{p}");
+        assert!(p.contains("t1 (D=4096, T=1): 5.00 µs (p10 4.90, p90 5.20) vs baseline 6.00 µs, speedup 1.200x, 12 GB/s, 40% of speed of light; 40 regs, 0 B local, 8 blocks/SM (100 % occupancy)"), "{p}");
         assert!(p.contains("t37 (D=4096, T=37): n/a"), "{p}");
     }
 }

@@ -395,6 +395,25 @@ fn speedup_vs_seed(tree: &Tree, rec: &EvalRecord) -> Option<f64> {
     geomean(&ratios)
 }
 
+/// One timed shape of a parent, as the proposer reads it: its time against the
+/// catalog's, its bandwidth, and what the driver says limits it.
+fn shape_brief(s: &kiln_eval::record::ShapeResult) -> String {
+    let mut line = format!(
+        "{}: {:.2} µs (catalog {:.2} µs, ×{:.2}), {:.0} GB/s, {:.2} of speed-of-light",
+        s.shape.name,
+        s.median_us.unwrap_or(f64::NAN),
+        s.baseline_median_us.unwrap_or(f64::NAN),
+        s.speedup.unwrap_or(f64::NAN),
+        s.gbps.unwrap_or(f64::NAN),
+        s.sol_fraction.unwrap_or(f64::NAN)
+    );
+    if let Some(r) = &s.resources {
+        line.push_str(", ");
+        line.push_str(&r.describe());
+    }
+    line
+}
+
 /// The proposer's view of one parent.
 fn request_for(
     target: &Target,
@@ -409,22 +428,7 @@ fn request_for(
     let rec = node.and_then(Node::record);
     let per_shape = rec
         .as_ref()
-        .map(|r| {
-            r.per_shape
-                .iter()
-                .map(|s| {
-                    format!(
-                        "{}: {:.2} µs (catalog {:.2} µs, ×{:.2}), {:.0} GB/s, {:.2} of speed-of-light",
-                        s.shape.name,
-                        s.median_us.unwrap_or(f64::NAN),
-                        s.baseline_median_us.unwrap_or(f64::NAN),
-                        s.speedup.unwrap_or(f64::NAN),
-                        s.gbps.unwrap_or(f64::NAN),
-                        s.sol_fraction.unwrap_or(f64::NAN)
-                    )
-                })
-                .collect()
-        })
+        .map(|r| r.per_shape.iter().map(shape_brief).collect())
         .unwrap_or_default();
     let sol = rec.as_ref().and_then(|r| {
         let v: Vec<f64> = r.per_shape.iter().filter_map(|s| s.sol_fraction).collect();
@@ -514,4 +518,38 @@ fn constraints(target: &Target) -> String {
          large shapes rotate inputs beyond L2.",
         defines.join(" ")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shape_brief;
+    use kiln_eval::record::{ShapeId, ShapeResult};
+
+    #[test]
+    fn a_shape_brief_carries_the_kernels_resources_when_known() {
+        let mut s = ShapeResult {
+            shape: ShapeId {
+                name: "T=4".into(),
+                vars: Default::default(),
+            },
+            median_us: Some(5.0),
+            baseline_median_us: Some(6.0),
+            speedup: Some(1.2),
+            gbps: Some(1500.0),
+            sol_fraction: Some(0.5),
+            ..Default::default()
+        };
+        assert_eq!(
+            shape_brief(&s),
+            "T=4: 5.00 µs (catalog 6.00 µs, ×1.20), 1500 GB/s, 0.50 of speed-of-light"
+        );
+        s.resources = Some(kiln_cuda::KernelResources {
+            registers: 64,
+            local_bytes: 16,
+            static_smem_bytes: 0,
+            blocks_per_sm: 4,
+            occupancy: 0.5,
+        });
+        assert!(shape_brief(&s).ends_with(", 64 regs, 16 B local, 4 blocks/SM (50 % occupancy)"));
+    }
 }

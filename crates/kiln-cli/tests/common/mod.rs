@@ -49,6 +49,7 @@ impl DoubleEvaluator {
                 speedup: Some(speedup),
                 gbps: Some(1000.0 * speedup),
                 sol_fraction: Some(0.3 * speedup),
+                resources: None,
             })
             .collect();
         EvalOutcome::Scored(EvalRecord::passed(

@@ -202,6 +202,15 @@ fn evaluate_inner(
             }
         };
         let (cand, base) = (&summaries[0], &summaries[1]);
+        let resources = launch_dims(dev, problem, &candidate, t)
+            .ok()
+            .and_then(|dims| match candidate.resources(&dims) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!("T={t}: the driver did not report the kernel's resources: {e}");
+                    None
+                }
+            });
         let bytes = problem.bytes_moved(t);
         plausible
             .check(cand.median_us, bytes, sets.rotated_beyond_l2)
@@ -229,6 +238,7 @@ fn evaluate_inner(
                 timing.candidate_us,
             )
             .ok(),
+            resources,
         });
     }
     let time_ms = t2.elapsed().as_secs_f64() * 1e3;

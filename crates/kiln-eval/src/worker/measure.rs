@@ -98,6 +98,12 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// The driver's account of this kernel at `dims` (registers, spills,
+    /// occupancy): feedback for the proposer, never part of the verdict.
+    pub fn resources(&self, dims: &LaunchDims) -> Result<kiln_cuda::KernelResources, CudaError> {
+        self.kernel.resources(dims)
+    }
+
     /// Checks that every module-scope global still holds its load-time bytes;
     /// a changed one is restored and reported (a kernel may keep no state
     /// between launches, whatever the source checks missed).

@@ -44,6 +44,7 @@ fn passed(speedup: f64, vs_seed: f64) -> serde_json::Value {
         speedup: Some(speedup.max(0.5)),
         gbps: Some(1500.0 * speedup),
         sol_fraction: Some(sol),
+        resources: None,
     };
     let rec = EvalRecord::passed(
         vec![result(1, 4.0, 0.2), result(37, 10.0, 0.4)],
