@@ -315,7 +315,7 @@ impl OpProblem {
 
     /// Per buffer: `Some(elements per row)` when it grows with `T`, `None`
     /// when it is static (weights, biases, per-head parameters).
-    fn row_layout(&self) -> Vec<Option<usize>> {
+    pub(crate) fn row_layout(&self) -> Vec<Option<usize>> {
         self.buffers(1)
             .iter()
             .zip(self.buffers(2))
@@ -333,10 +333,12 @@ impl OpProblem {
             .step_by(CHUNK_ROWS)
             .map(|start| (CHUNK_ROWS.min(t - start), rng.gen()))
             .collect();
+        // Static buffers (weights) are drawn once, with the first chunk.
         let parts: Vec<Vec<HostBuffer>> = chunks
             .par_iter()
-            .map(|&(rows, seed)| {
-                self.inputs_serial(rows, dist, &mut ChaCha8Rng::seed_from_u64(seed))
+            .enumerate()
+            .map(|(i, &(rows, seed))| {
+                self.draw_inputs(rows, dist, &mut ChaCha8Rng::seed_from_u64(seed), i > 0)
             })
             .collect();
         let layout: Vec<Option<usize>> = self
@@ -350,9 +352,33 @@ impl OpProblem {
     }
 
     fn inputs_serial(&self, t: usize, dist: Distribution, rng: &mut ChaCha8Rng) -> Vec<HostBuffer> {
+        self.draw_inputs(t, dist, rng, false)
+    }
+
+    /// Draws every input of `t` rows; with `rows_only`, a static buffer (one
+    /// whose length does not grow with the rows) is left empty, undrawn.
+    fn draw_inputs(
+        &self,
+        t: usize,
+        dist: Distribution,
+        rng: &mut ChaCha8Rng,
+        rows_only: bool,
+    ) -> Vec<HostBuffer> {
         let specs = self.buffers(t);
+        let layout = self.row_layout();
         let mut out = Vec::new();
-        for spec in specs.iter().filter(|b| b.role == Role::Input) {
+        for (spec, per_row) in specs
+            .iter()
+            .zip(layout)
+            .filter(|(b, _)| b.role == Role::Input)
+        {
+            if rows_only && per_row.is_none() {
+                out.push(HostBuffer {
+                    kind: spec.kind,
+                    values: Vec::new(),
+                });
+                continue;
+            }
             let values = match (self, spec.name.as_str()) {
                 (OpProblem::Rope(_), "positions") => (0..spec.len)
                     .map(|_| rng.gen_range(0..32768) as f64)
@@ -407,6 +433,34 @@ impl OpProblem {
             });
         }
         out
+    }
+
+    /// Whether `windows` launches of `t` rows can each be given their own
+    /// rows of one draw of `t × windows` rows (static buffers shared): every
+    /// row-shaped buffer grows by exactly `windows`, every other input keeps
+    /// its length, every output is row-shaped, and a row's result depends on
+    /// its own rows only (not attention, whose rows see `past + t`; TTT's
+    /// only when `t` is whole heads, as row `r` is head `r mod H`). The timing
+    /// graph then never launches a kernel twice on the same inputs.
+    pub fn rows_windowable(&self, t: usize, windows: usize) -> bool {
+        let rows_stand_alone = match self {
+            OpProblem::DecodeAttention { .. } => false,
+            OpProblem::Ttt(c) => c.h > 0 && t.is_multiple_of(c.h),
+            _ => true,
+        };
+        if !rows_stand_alone || t == 0 || windows == 0 {
+            return false;
+        }
+        let (one, many) = (self.buffers(t), self.buffers(t * windows));
+        one.len() == many.len()
+            && one
+                .iter()
+                .zip(&many)
+                .zip(self.row_layout())
+                .all(|((a, b), per_row)| match per_row {
+                    Some(n) => a.len == n * t && b.len == n * t * windows,
+                    None => a.role == Role::Input && a.len == b.len,
+                })
     }
 
     /// Rows per parallel chunk of the reference: a gathered expert row costs

@@ -349,4 +349,85 @@ mod tests {
             }
         }
     }
+
+    /// The timing graph gives each pass over a set its own rows of one draw
+    /// of `T × windows` rows (measure::timing_sets). That is sound only if a
+    /// window's rows of the whole reference are the reference of that window
+    /// alone, with the static buffers shared: pinned here for every op that
+    /// says it can be windowed, and every op but attention says so.
+    #[test]
+    fn each_row_window_has_the_reference_of_its_rows_alone() {
+        use crate::targets::{Distribution, HostBuffer, OpProblem, Role};
+        use rand::SeedableRng;
+        let windows = 2;
+        for target in all() {
+            // The property is the op's, not the size's: model-sized expert
+            // weights (hundreds of MB) are shrunk, every flag kept.
+            let p = &match &target.problem {
+                OpProblem::MoeExpertSwiglu(c) => OpProblem::MoeExpertSwiglu(
+                    kiln_kernels::ops::moe_expert::MoeExpertSwigluConfig {
+                        h: 256,
+                        i: 64,
+                        e: 8,
+                        ..*c
+                    },
+                ),
+                OpProblem::MoeExpertDown(c) => {
+                    OpProblem::MoeExpertDown(kiln_kernels::ops::moe_expert::MoeExpertDownConfig {
+                        h: 256,
+                        i: 64,
+                        e: 8,
+                        ..*c
+                    })
+                }
+                other => other.clone(),
+            };
+            // Whole heads for TTT (row r is head r mod 16); three rows elsewhere.
+            let t = match p {
+                OpProblem::Ttt(_) => {
+                    assert!(!p.rows_windowable(3, windows), "{}", target.name);
+                    16
+                }
+                _ => 3,
+            };
+            let attention = matches!(p, OpProblem::DecodeAttention { .. });
+            assert_eq!(p.rows_windowable(t, windows), !attention, "{}", target.name);
+            if attention {
+                continue;
+            }
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+            let all_rows = p.inputs(t * windows, Distribution::ALL[0], &mut rng);
+            let whole = p.reference(t * windows, &all_rows);
+            let layout: Vec<Option<usize>> = p
+                .buffers(1)
+                .iter()
+                .zip(p.row_layout())
+                .filter(|(b, _)| b.role == Role::Input)
+                .map(|(_, l)| l)
+                .collect();
+            for w in 0..windows {
+                let own: Vec<HostBuffer> = all_rows
+                    .iter()
+                    .zip(&layout)
+                    .map(|(b, per_row)| HostBuffer {
+                        kind: b.kind,
+                        values: match per_row {
+                            Some(n) => b.values[w * t * n..(w + 1) * t * n].to_vec(),
+                            None => b.values.clone(),
+                        },
+                    })
+                    .collect();
+                let alone = p.reference(t, &own);
+                for (i, (a, b)) in whole.outputs.iter().zip(&alone.outputs).enumerate() {
+                    let n = a.values.len() / (t * windows);
+                    assert_eq!(
+                        &a.values[w * t * n..(w + 1) * t * n],
+                        &b.values[..],
+                        "{}: output {i}, window {w}",
+                        target.name
+                    );
+                }
+            }
+        }
+    }
 }

@@ -85,6 +85,27 @@ fn poison_word(kind: ElemKind) -> (usize, u32) {
     }
 }
 
+/// Bytes from one row window of an input of `bytes` (one window's rows) to
+/// the next: 0 when the input is not windowed (static, or a single window).
+fn window_stride_of(bytes: usize, windows: usize, row_shaped: bool) -> usize {
+    if windows > 1 && row_shaped && bytes > 0 {
+        bytes.div_ceil(WINDOW_ALIGN) * WINDOW_ALIGN
+    } else {
+        0
+    }
+}
+
+/// Spreads `host` (every window's rows back to back) over `windows` blocks
+/// `stride` bytes apart; the padding between blocks is zero.
+fn lay_out_windows(host: &[u8], stride: usize, windows: usize) -> Vec<u8> {
+    let per_window = host.len() / windows.max(1);
+    let mut out = vec![0u8; stride * windows];
+    for (w, chunk) in host.chunks(per_window.max(1)).take(windows).enumerate() {
+        out[w * stride..w * stride + chunk.len()].copy_from_slice(chunk);
+    }
+    out
+}
+
 /// Elements per row of a buffer of `len` elements over `t` rows (the whole
 /// buffer when it is not row-shaped).
 pub fn row_len(len: usize, t: usize) -> usize {
@@ -95,15 +116,38 @@ pub fn row_len(len: usize, t: usize) -> usize {
     }
 }
 
+/// Bytes between the starts of two row windows of one input: the allocator's
+/// alignment, so every launch sees its rows as aligned as a fresh allocation.
+const WINDOW_ALIGN: usize = 256;
+
+/// One output group: every output by parameter position, and which row
+/// window of the row-shaped inputs the launch writing it reads.
+struct OutputGroup {
+    outputs: Vec<Option<Guarded>>,
+    window: usize,
+}
+
 /// The device buffers of one input set, with one or more output groups.
+///
+/// A set may hold several *row windows*: each row-shaped input then holds
+/// `windows` blocks of `T` rows (each block aligned to [`WINDOW_ALIGN`]) and
+/// output group `g` is written by a launch over its own block, with the
+/// static inputs (weights) shared. No two launches of a timing graph then
+/// compute the same rows, so no launch can copy an earlier launch's answer
+/// from another output group instead of computing its own.
 pub struct DeviceSet {
     /// Rows (`T`).
     pub t: usize,
     specs: Vec<BufferSpec>,
     /// Input buffers by parameter position (`None` for outputs and empty inputs).
     inputs: Vec<Option<Guarded>>,
-    /// Output groups; each holds every output by parameter position.
-    groups: Vec<Vec<Option<Guarded>>>,
+    /// Row windows of the row-shaped inputs (1: every group reads the same rows).
+    windows: usize,
+    /// Bytes from one window of each input to the next (0 for inputs that
+    /// are not windowed: static ones, and every input when `windows` is 1).
+    window_stride: Vec<usize>,
+    /// Output groups.
+    groups: Vec<OutputGroup>,
     /// The bytes uploaded into each input (to restore a corrupted input).
     uploaded: Vec<Option<Vec<u8>>>,
     /// A device copy of each input as uploaded: the inputs-unchanged check
@@ -116,11 +160,31 @@ pub struct DeviceSet {
 impl DeviceSet {
     /// Allocates every buffer with one output group (a zero-length buffer stays null).
     pub fn new(gpu: &Gpu, specs: Vec<BufferSpec>, t: usize) -> Result<Self, CudaError> {
+        Self::windowed(gpu, specs, t, &[], 1)
+    }
+
+    /// Like [`DeviceSet::new`], but each input marked in `row_shaped` (by
+    /// parameter position) holds `windows` blocks of `T` rows, and up to
+    /// `windows` output groups each read their own block.
+    pub fn windowed(
+        gpu: &Gpu,
+        specs: Vec<BufferSpec>,
+        t: usize,
+        row_shaped: &[bool],
+        windows: usize,
+    ) -> Result<Self, CudaError> {
+        let windows = windows.max(1);
         let mut inputs = Vec::with_capacity(specs.len());
-        for s in &specs {
+        let mut window_stride = Vec::with_capacity(specs.len());
+        for (i, s) in specs.iter().enumerate() {
             let bytes = s.len * s.kind.size();
+            let stride =
+                window_stride_of(bytes, windows, row_shaped.get(i).copied().unwrap_or(false));
+            window_stride.push(stride);
             inputs.push(if bytes == 0 || s.role != Role::Input {
                 None
+            } else if stride > 0 {
+                Some(Guarded::new(gpu, stride * windows)?)
             } else {
                 Some(Guarded::new(gpu, bytes)?)
             });
@@ -131,6 +195,8 @@ impl DeviceSet {
             t,
             specs,
             inputs,
+            windows,
+            window_stride,
             groups: Vec::new(),
             uploaded,
             pristine,
@@ -140,26 +206,39 @@ impl DeviceSet {
         Ok(set)
     }
 
-    /// Adds another output group over the same inputs; returns its index.
+    /// Adds another output group, over the next row window when the set has
+    /// one left (over the same rows otherwise); returns its index.
     pub fn add_output_group(&mut self, gpu: &Gpu) -> Result<usize, CudaError> {
-        let mut group = Vec::with_capacity(self.specs.len());
+        let mut outputs = Vec::with_capacity(self.specs.len());
         for s in &self.specs {
             let bytes = s.len * s.kind.size();
-            group.push(if bytes == 0 || s.role != Role::Output {
+            outputs.push(if bytes == 0 || s.role != Role::Output {
                 None
             } else {
                 Some(Guarded::new(gpu, bytes)?)
             });
         }
-        self.groups.push(group);
+        let window = self.groups.len() % self.windows;
+        self.groups.push(OutputGroup { outputs, window });
         Ok(self.groups.len() - 1)
     }
 
     /// Puts the output groups in a random order (which pass of a graph
-    /// writes which allocation).
+    /// writes which allocation, over which row window).
     pub fn shuffle_groups(&mut self, rng: &mut impl rand::Rng) {
         use rand::seq::SliceRandom;
         self.groups.shuffle(rng);
+    }
+
+    /// The row window output group `group` is computed from: its rows are
+    /// rows `window × T ..` of the set's host inputs.
+    pub fn window_of(&self, group: usize) -> usize {
+        self.groups.get(group).map_or(0, |g| g.window)
+    }
+
+    /// Row windows in this set.
+    pub fn windows(&self) -> usize {
+        self.windows
     }
 
     /// Output groups in this set.
@@ -182,7 +261,8 @@ impl DeviceSet {
     }
 
     /// Copies fresh inputs into the same device buffers (same pointers as the
-    /// last trial, so a kernel that caches results by pointer is caught).
+    /// last trial, so a kernel that caches results by pointer is caught). A
+    /// windowed input's host buffer holds every window's rows, in order.
     pub fn upload_inputs(&mut self, gpu: &Gpu, inputs: &[HostBuffer]) -> Result<(), CudaError> {
         let mut next = inputs.iter();
         for (i, spec) in self.specs.iter().enumerate() {
@@ -190,6 +270,22 @@ impl DeviceSet {
                 continue;
             }
             let host = next.next().map(HostBuffer::to_bytes).unwrap_or_default();
+            let host = match self.window_stride[i] {
+                0 => host,
+                stride => {
+                    let expected = spec.len * spec.kind.size() * self.windows;
+                    if host.len() != expected {
+                        return Err(CudaError::SelfCheck(format!(
+                            "input `{}` has {} bytes for {} row windows of {} bytes",
+                            spec.name,
+                            host.len(),
+                            self.windows,
+                            spec.len * spec.kind.size()
+                        )));
+                    }
+                    lay_out_windows(&host, stride, self.windows)
+                }
+            };
             if let Some(buf) = self.inputs[i].as_mut() {
                 gpu.upload_range(&host, &mut buf.buf, GUARD_BYTES)?;
                 if host.len() == buf.len {
@@ -209,7 +305,12 @@ impl DeviceSet {
                 buf.reset_guards(gpu)?;
             }
         }
-        for g in self.groups.iter_mut().flatten().flatten() {
+        for g in self
+            .groups
+            .iter_mut()
+            .flat_map(|g| g.outputs.iter_mut())
+            .flatten()
+        {
             g.reset_guards(gpu)?;
         }
         Ok(())
@@ -218,7 +319,7 @@ impl DeviceSet {
     /// Fills every output of every group with its sentinel.
     pub fn poison_outputs(&mut self, gpu: &Gpu) -> Result<(), CudaError> {
         for group in self.groups.iter_mut() {
-            for (spec, buf) in self.specs.iter().zip(group.iter_mut()) {
+            for (spec, buf) in self.specs.iter().zip(group.outputs.iter_mut()) {
                 if let Some(buf) = buf {
                     let (word, pattern) = poison_word(spec.kind);
                     let len = buf.len;
@@ -230,16 +331,19 @@ impl DeviceSet {
     }
 
     /// The launch arguments writing into output group `group`: every
-    /// buffer's pointer (0 for null), `int T`, then the op's run-time scalars.
+    /// buffer's pointer (0 for null; a windowed input's at the group's
+    /// window), `int T`, then the op's run-time scalars.
     pub fn args(&self, gpu: &Gpu, group: usize) -> Vec<KernelArg> {
-        let outputs = &self.groups[group.min(self.groups.len() - 1)];
+        let group = &self.groups[group.min(self.groups.len() - 1)];
         let mut args: Vec<KernelArg> = self
             .inputs
             .iter()
-            .zip(outputs)
-            .map(|(i, o)| match i.as_ref().or(o.as_ref()) {
-                Some(b) => KernelArg::Ptr(b.ptr(gpu)),
-                None => KernelArg::Ptr(0),
+            .zip(&group.outputs)
+            .zip(&self.window_stride)
+            .map(|((i, o), stride)| match (i, o) {
+                (Some(b), _) => KernelArg::Ptr(b.ptr(gpu) + (stride * group.window) as u64),
+                (None, Some(b)) => KernelArg::Ptr(b.ptr(gpu)),
+                (None, None) => KernelArg::Ptr(0),
             })
             .collect();
         args.push(KernelArg::I32(self.t as i32));
@@ -250,7 +354,7 @@ impl DeviceSet {
     /// Reads back every output of `group`.
     pub fn download_outputs(&self, gpu: &Gpu, group: usize) -> Result<Vec<HostBuffer>, CudaError> {
         let mut out = Vec::new();
-        for (spec, buf) in self.specs.iter().zip(&self.groups[group]) {
+        for (spec, buf) in self.specs.iter().zip(&self.groups[group].outputs) {
             if spec.role != Role::Output {
                 continue;
             }
@@ -273,7 +377,7 @@ impl DeviceSet {
         rows: &[usize],
     ) -> Result<Vec<HostBuffer>, CudaError> {
         let mut out = Vec::new();
-        for (spec, buf) in self.specs.iter().zip(&self.groups[group]) {
+        for (spec, buf) in self.specs.iter().zip(&self.groups[group].outputs) {
             if spec.role != Role::Output {
                 continue;
             }
@@ -326,11 +430,11 @@ impl DeviceSet {
 
     /// The first buffer whose guard zone was written, as a sentence.
     pub fn damaged_guard(&self, gpu: &Gpu) -> Result<Option<String>, CudaError> {
-        let all = self
-            .inputs
-            .iter()
-            .enumerate()
-            .chain(self.groups.iter().flat_map(|g| g.iter().enumerate()));
+        let all = self.inputs.iter().enumerate().chain(
+            self.groups
+                .iter()
+                .flat_map(|g| g.outputs.iter().enumerate()),
+        );
         for (i, buf) in all {
             if let Some(buf) = buf {
                 if let Some((before, offset)) = buf.damaged(gpu)? {
@@ -346,5 +450,31 @@ impl DeviceSet {
             }
         }
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_start_aligned_and_hold_their_rows_in_order() {
+        // 3 windows of 10 bytes each: strides of 256, zero padding between.
+        assert_eq!(window_stride_of(10, 3, true), 256);
+        assert_eq!(window_stride_of(512, 3, true), 512);
+        assert_eq!(window_stride_of(10, 1, true), 0, "one window: not windowed");
+        assert_eq!(
+            window_stride_of(10, 3, false),
+            0,
+            "static inputs are shared"
+        );
+        let host: Vec<u8> = (1..=30).collect();
+        let laid = lay_out_windows(&host, 256, 3);
+        assert_eq!(laid.len(), 768);
+        for w in 0..3 {
+            let block = &laid[w * 256..w * 256 + 10];
+            assert_eq!(block, &host[w * 10..(w + 1) * 10], "window {w}");
+            assert!(laid[w * 256 + 10..(w + 1) * 256].iter().all(|&b| b == 0));
+        }
     }
 }

@@ -343,6 +343,9 @@ pub struct TimingSets {
     pub inputs: Vec<Vec<HostBuffer>>,
     /// Passes of a graph over the sets.
     pub rounds: usize,
+    /// Row windows per set: pass `r` over a set reads its own rows when this
+    /// equals `rounds` (1 where an op's rows cannot be windowed).
+    pub windows: usize,
     /// True when the sets together are at least twice the L2.
     pub rotated_beyond_l2: bool,
     /// The reference of each set, computed on first use.
@@ -402,15 +405,29 @@ pub fn timing_sets(
         .map_err(|e| Failure::machinery("memory info", e))?;
     let (n, rounds, rotated) =
         set_counts(problem.bytes_moved(t), gpu.facts().l2_bytes, free as u64);
+    // Each pass over a set reads its own rows (the weights shared): a launch
+    // never finds an earlier launch's answer to its very inputs in another
+    // output group, whatever it reads.
+    let windows = if rounds > 1 && problem.rows_windowable(t, rounds) {
+        rounds
+    } else {
+        1
+    };
+    let row_shaped: Vec<bool> = problem
+        .buffers(t)
+        .iter()
+        .zip(problem.row_layout())
+        .map(|(b, per_row)| b.role == Role::Input && per_row.is_some())
+        .collect();
     let mut sets = Vec::with_capacity(n);
     let mut inputs = Vec::with_capacity(n);
     for i in 0..n {
-        let mut set = DeviceSet::new(gpu, problem.buffers(t), t)
+        let mut set = DeviceSet::windowed(gpu, problem.buffers(t), t, &row_shaped, windows)
             .map_err(|e| Failure::machinery("allocating timing buffers", e))?
             .with_scalars(problem.scalar_args());
         let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(0x5151 + i as u64));
         let dist = Distribution::ALL[i % Distribution::ALL.len()];
-        let host = problem.inputs(t, dist, &mut rng);
+        let host = problem.inputs(t * windows, dist, &mut rng);
         set.upload_inputs(gpu, &host)
             .map_err(|e| Failure::machinery("uploading timing inputs", e))?;
         sets.push(set);
@@ -439,6 +456,7 @@ pub fn timing_sets(
         sets,
         inputs,
         rounds,
+        windows,
         rotated_beyond_l2: rotated,
         references: vec![None; n],
     })
@@ -566,15 +584,27 @@ pub fn check_timed_output(
         .buffers(t)
         .iter()
         .all(|b| b.role != Role::Output || (t > 0 && b.len.is_multiple_of(t)));
+    let all_rows = t * sets.windows;
     for si in 0..sets.sets.len() {
         if sets.references[si].is_none() {
-            sets.references[si] = Some(problem.reference(t, &sets.inputs[si]));
+            sets.references[si] = Some(problem.reference(all_rows, &sets.inputs[si]));
         }
         for group in 0..sets.rounds {
             let whole = (si, group) == full || t <= SAMPLED_ROWS || !row_shaped;
             let reference = sets.references[si]
                 .as_ref()
                 .ok_or_else(|| Failure::machinery("reference", "missing"))?;
+            // The group's rows of the set's reference (all of it when the set
+            // has one window).
+            let first = sets.sets[si].window_of(group) * t;
+            let windowed;
+            let reference = if sets.windows > 1 {
+                windowed =
+                    pick_reference(reference, all_rows, &(first..first + t).collect::<Vec<_>>());
+                &windowed
+            } else {
+                reference
+            };
             let wrong = |r: String| {
                 Failure::new(
                     Stage::Verify,
@@ -594,21 +624,7 @@ pub fn check_timed_output(
                 let got = sets.sets[si]
                     .download_output_rows(gpu, group, &rows)
                     .map_err(|e| Failure::cuda(Stage::Timing, "reading timed outputs", e))?;
-                let picked = Reference {
-                    outputs: reference
-                        .outputs
-                        .iter()
-                        .map(|r| pick_rows(r, t, &rows))
-                        .collect(),
-                    selection_scores: reference
-                        .selection_scores
-                        .as_ref()
-                        .map(|v| pick_row_values(v, t, &rows)),
-                    expert_weights: reference
-                        .expert_weights
-                        .as_ref()
-                        .map(|v| pick_row_values(v, t, &rows)),
-                };
+                let picked = pick_reference(reference, t, &rows);
                 check_outputs(problem, rows.len(), &got, &picked, None)
                     .map_err(|r| {
                         wrong(format!(
@@ -620,6 +636,25 @@ pub fn check_timed_output(
     }
     check_untouched(dev, &mut sets.sets, "a timed launch")?;
     kernel.check_globals(dev)
+}
+
+/// The listed rows of a reference of `t` rows, in the order listed.
+fn pick_reference(reference: &Reference, t: usize, rows: &[usize]) -> Reference {
+    Reference {
+        outputs: reference
+            .outputs
+            .iter()
+            .map(|r| pick_rows(r, t, rows))
+            .collect(),
+        selection_scores: reference
+            .selection_scores
+            .as_ref()
+            .map(|v| pick_row_values(v, t, rows)),
+        expert_weights: reference
+            .expert_weights
+            .as_ref()
+            .map(|v| pick_row_values(v, t, rows)),
+    }
 }
 
 /// The listed rows of a reference buffer of `t` rows, concatenated.
