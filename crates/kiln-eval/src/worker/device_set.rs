@@ -87,19 +87,21 @@ fn poison_word(kind: ElemKind) -> (usize, u32) {
 
 /// Bytes from one row window of an input of `bytes` (one window's rows) to
 /// the next: 0 when the input is not windowed (static, or a single window).
+/// Each window is followed by a guard-sized gap, so what a kernel reads just
+/// past its rows looks as it does after a buffer of its own.
 fn window_stride_of(bytes: usize, windows: usize, row_shaped: bool) -> usize {
     if windows > 1 && row_shaped && bytes > 0 {
-        bytes.div_ceil(WINDOW_ALIGN) * WINDOW_ALIGN
+        (bytes + GUARD_BYTES).div_ceil(WINDOW_ALIGN) * WINDOW_ALIGN
     } else {
         0
     }
 }
 
 /// Spreads `host` (every window's rows back to back) over `windows` blocks
-/// `stride` bytes apart; the padding between blocks is zero.
+/// `stride` bytes apart; the gaps between blocks hold the guard pattern.
 fn lay_out_windows(host: &[u8], stride: usize, windows: usize) -> Vec<u8> {
     let per_window = host.len() / windows.max(1);
-    let mut out = vec![0u8; stride * windows];
+    let mut out = vec![GUARD_BYTE; stride * windows];
     for (w, chunk) in host.chunks(per_window.max(1)).take(windows).enumerate() {
         out[w * stride..w * stride + chunk.len()].copy_from_slice(chunk);
     }
@@ -459,9 +461,10 @@ mod tests {
 
     #[test]
     fn windows_start_aligned_and_hold_their_rows_in_order() {
-        // 3 windows of 10 bytes each: strides of 256, zero padding between.
-        assert_eq!(window_stride_of(10, 3, true), 256);
-        assert_eq!(window_stride_of(512, 3, true), 512);
+        // 3 windows of 10 bytes each: each followed by at least a guard's
+        // worth of the guard pattern, and 256-aligned.
+        assert_eq!(window_stride_of(10, 3, true), 4352);
+        assert_eq!(window_stride_of(512, 3, true), 4608);
         assert_eq!(window_stride_of(10, 1, true), 0, "one window: not windowed");
         assert_eq!(
             window_stride_of(10, 3, false),
@@ -469,12 +472,14 @@ mod tests {
             "static inputs are shared"
         );
         let host: Vec<u8> = (1..=30).collect();
-        let laid = lay_out_windows(&host, 256, 3);
-        assert_eq!(laid.len(), 768);
+        let stride = window_stride_of(10, 3, true);
+        let laid = lay_out_windows(&host, stride, 3);
+        assert_eq!(laid.len(), 3 * stride);
         for w in 0..3 {
-            let block = &laid[w * 256..w * 256 + 10];
+            let block = &laid[w * stride..w * stride + 10];
             assert_eq!(block, &host[w * 10..(w + 1) * 10], "window {w}");
-            assert!(laid[w * 256 + 10..(w + 1) * 256].iter().all(|&b| b == 0));
+            let gap = &laid[w * stride + 10..(w + 1) * stride];
+            assert!(gap.len() >= GUARD_BYTES && gap.iter().all(|&b| b == GUARD_BYTE));
         }
     }
 }
