@@ -210,3 +210,40 @@ fn a_winner_is_rejudged_on_the_gpu_or_the_run_says_how_to_go_on() {
     assert!(t.contains("--no-rejudge"), "{t}");
     assert!(!out.exists(), "{t}");
 }
+
+/// Two backends that both won one target: only the faster winner is judged
+/// (one kernel per target joins the set); the other is logged, not lost.
+#[test]
+fn of_two_winners_for_one_target_only_the_faster_is_judged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sessions = dir.path().join("sessions");
+    replay::record(&sessions, &TARGETS[..1]);
+    // The same search under another backend's name, in its own folder.
+    let from = sessions.join(format!("{}_offline", TARGETS[0]));
+    let to = sessions.join(format!("{}_other", TARGETS[0]));
+    std::fs::create_dir_all(&to).expect("mkdir");
+    let json = std::fs::read_to_string(from.join("session.json")).expect("session");
+    let mut v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    v["meta"]["backend"] = serde_json::Value::String("other".into());
+    std::fs::write(to.join("session.json"), v.to_string()).expect("write");
+    let bin = stand_in(dir.path());
+    let calls = dir.path().join("calls.txt");
+    let out = dir.path().join("out");
+    let o = promote(
+        &sessions,
+        &out,
+        &bin,
+        &[("FAKE_CALLS", calls.to_str().expect("utf-8 path"))],
+        &[],
+    );
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    let called = std::fs::read_to_string(&calls).expect("the stand-in ran");
+    assert_eq!(called.lines().count(), 1, "{called}");
+    assert!(
+        t.contains("a faster winner for qwen3_rmsnorm was judged instead"),
+        "{t}"
+    );
+    let log = std::fs::read_to_string(out.join("log.jsonl")).expect("log");
+    assert_eq!(log.lines().count(), 2, "{log}");
+}

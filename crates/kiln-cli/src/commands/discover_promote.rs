@@ -24,11 +24,20 @@ pub fn run(a: &PromoteArgs) -> anyhow::Result<ExitCode> {
         bail!("--runs must be at least 2: a gain is judged against the run-to-run spread");
     }
     let cmp = compare_dirs(&a.dirs)?;
-    let winners: Vec<_> = cmp
+    let mut winners: Vec<_> = cmp
         .rows
         .iter()
         .filter(|r| r.verdict == Verdict::Use)
         .collect();
+    // One kernel per target joins the set: where several backends won the
+    // same target, the fastest is judged and the others are logged as such.
+    winners.sort_by(|a, b| {
+        a.target.cmp(&b.target).then(
+            b.speedup_vs_catalog
+                .unwrap_or(0.0)
+                .total_cmp(&a.speedup_vs_catalog.unwrap_or(0.0)),
+        )
+    });
     if winners.is_empty() {
         println!(
             "no session in {} has a USE winner (≥ 1.05× the catalog); nothing to promote",
@@ -48,8 +57,34 @@ pub fn run(a: &PromoteArgs) -> anyhow::Result<ExitCode> {
     let mut decisions = Vec::new();
     let mut program: Option<PathBuf> = None;
     let mut judge_gpu: Option<GpuEvaluator> = None;
+    let mut judged_for: Option<(&str, &Path, Option<f64>)> = None;
     for row in winners {
         let session = row.session_path.clone();
+        if let Some((target, first, speedup)) = judged_for.filter(|(t, _, _)| *t == row.target) {
+            let p = Promotion {
+                target: row.target.clone(),
+                session,
+                kernel_speedup: row.speedup_vs_catalog,
+                trials: Vec::new(),
+                decision: Decision::Rejected,
+                reason: format!(
+                    "a faster winner for {target} was judged instead ({}, {} vs {})",
+                    first.display(),
+                    times(speedup),
+                    times(row.speedup_vs_catalog)
+                ),
+                date: now_rfc3339(),
+                commit: commit.clone(),
+                rejudged: String::new(),
+            };
+            if !a.dry_run {
+                promote::log(&a.log, &p)?;
+            }
+            println!("{:<24} {:<9} {}", p.target, label(p.decision), p.reason);
+            decisions.push(p);
+            continue;
+        }
+        judged_for = Some((&row.target, &row.session_path, row.speedup_vs_catalog));
         let judged = judge(
             a,
             &work,
@@ -283,6 +318,11 @@ fn validate(
         )));
     };
     Ok(ModelTrial::from_validate_json(&report).map_err(|e| e.to_string()))
+}
+
+/// `1.12×`, or `—` when unknown.
+fn times(x: Option<f64>) -> String {
+    x.map_or("—".into(), |x| format!("{x:.2}×"))
 }
 
 fn label(d: Decision) -> &'static str {
