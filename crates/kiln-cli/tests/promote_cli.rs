@@ -155,6 +155,27 @@ fn a_wrong_kernel_or_a_pack_that_replaced_nothing_fails_loudly() {
     }
 }
 
+/// Promotes the sessions under `sessions` with the stand-in, writing under
+/// `dir/out`: the run, the presets validated in order, and the out folder.
+fn promote_counting_validations(sessions: &Path, dir: &Path) -> (Output, Vec<String>, PathBuf) {
+    let bin = stand_in(dir);
+    let calls = dir.join("calls.txt");
+    let out = dir.join("out");
+    let o = promote(
+        sessions,
+        &out,
+        &bin,
+        &[("FAKE_CALLS", calls.to_str().expect("utf-8 path"))],
+        &[],
+    );
+    let called = std::fs::read_to_string(&calls)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    (o, called, out)
+}
+
 /// GLM-4.7-Flash and LFM2 run one hidden-RMSNorm build: a winner for either
 /// target is validated in both models, and the log carries both trials.
 #[test]
@@ -162,24 +183,11 @@ fn a_build_two_models_run_is_validated_in_both() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sessions = dir.path().join("sessions");
     replay::record(&sessions, &["glm_rmsnorm"]);
-    let bin = stand_in(dir.path());
-    let calls = dir.path().join("calls.txt");
-    let out = dir.path().join("out");
-    let o = promote(
-        &sessions,
-        &out,
-        &bin,
-        &[("FAKE_CALLS", calls.to_str().expect("utf-8 path"))],
-        &[],
-    );
+    let (o, called, out) = promote_counting_validations(&sessions, dir.path());
     let t = text(&o);
     assert_eq!(o.status.code(), Some(0), "{t}");
     assert!(t.contains("ADMITTED"), "{t}");
-    let called = std::fs::read_to_string(&calls).expect("the stand-in ran");
-    assert_eq!(
-        called.lines().collect::<Vec<_>>(),
-        ["glm-4.7-flash", "lfm2-8b-a1b"]
-    );
+    assert_eq!(called, ["glm-4.7-flash", "lfm2-8b-a1b"]);
     let log = std::fs::read_to_string(out.join("log.jsonl")).expect("log");
     assert!(
         log.contains("glm-4.7-flash (fake)") && log.contains("lfm2-8b-a1b (fake)"),
@@ -226,20 +234,10 @@ fn of_two_winners_for_one_target_only_the_faster_is_judged() {
     let mut v: serde_json::Value = serde_json::from_str(&json).expect("json");
     v["meta"]["backend"] = serde_json::Value::String("other".into());
     std::fs::write(to.join("session.json"), v.to_string()).expect("write");
-    let bin = stand_in(dir.path());
-    let calls = dir.path().join("calls.txt");
-    let out = dir.path().join("out");
-    let o = promote(
-        &sessions,
-        &out,
-        &bin,
-        &[("FAKE_CALLS", calls.to_str().expect("utf-8 path"))],
-        &[],
-    );
+    let (o, called, out) = promote_counting_validations(&sessions, dir.path());
     let t = text(&o);
     assert_eq!(o.status.code(), Some(0), "{t}");
-    let called = std::fs::read_to_string(&calls).expect("the stand-in ran");
-    assert_eq!(called.lines().count(), 1, "{called}");
+    assert_eq!(called.len(), 1, "{called:?}");
     assert!(
         t.contains("a faster winner for qwen3_rmsnorm was judged instead"),
         "{t}"

@@ -323,6 +323,16 @@ impl OpProblem {
             .collect()
     }
 
+    /// [`OpProblem::row_layout`] of the inputs alone, in signature order.
+    pub(crate) fn input_row_layout(&self) -> Vec<Option<usize>> {
+        self.buffers(1)
+            .iter()
+            .zip(self.row_layout())
+            .filter(|(b, _)| b.role == Role::Input)
+            .map(|(_, l)| l)
+            .collect()
+    }
+
     /// Fresh inputs for `t` rows: one buffer per input in signature order.
     /// Large `t` is drawn in parallel, a seeded stream per chunk of rows.
     pub fn inputs(&self, t: usize, dist: Distribution, rng: &mut ChaCha8Rng) -> Vec<HostBuffer> {
@@ -341,14 +351,7 @@ impl OpProblem {
                 self.draw_inputs(rows, dist, &mut ChaCha8Rng::seed_from_u64(seed), i > 0)
             })
             .collect();
-        let layout: Vec<Option<usize>> = self
-            .buffers(1)
-            .iter()
-            .zip(self.row_layout())
-            .filter(|(b, _)| b.role == Role::Input)
-            .map(|(_, l)| l)
-            .collect();
-        join_rows(parts, &layout)
+        join_rows(parts, &self.input_row_layout())
     }
 
     fn inputs_serial(&self, t: usize, dist: Distribution, rng: &mut ChaCha8Rng) -> Vec<HostBuffer> {
@@ -480,14 +483,7 @@ impl OpProblem {
         if t <= chunk_rows || matches!(self, OpProblem::DecodeAttention { .. }) {
             return self.reference_serial(t, &values_of(inputs));
         }
-        let specs = self.buffers(1);
-        let layout = self.row_layout();
-        let input_layout: Vec<Option<usize>> = specs
-            .iter()
-            .zip(&layout)
-            .filter(|(b, _)| b.role == Role::Input)
-            .map(|(_, l)| *l)
-            .collect();
+        let input_layout = self.input_row_layout();
         let starts: Vec<usize> = (0..t).step_by(chunk_rows).collect();
         let parts: Vec<Reference> = starts
             .par_iter()

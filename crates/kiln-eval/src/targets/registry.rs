@@ -357,7 +357,7 @@ mod tests {
     /// says it can be windowed, and every op but attention says so.
     #[test]
     fn each_row_window_has_the_reference_of_its_rows_alone() {
-        use crate::targets::{Distribution, HostBuffer, OpProblem, Role};
+        use crate::targets::{Distribution, HostBuffer, OpProblem};
         use rand::SeedableRng;
         let windows = 2;
         for target in all() {
@@ -398,13 +398,7 @@ mod tests {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
             let all_rows = p.inputs(t * windows, Distribution::ALL[0], &mut rng);
             let whole = p.reference(t * windows, &all_rows);
-            let layout: Vec<Option<usize>> = p
-                .buffers(1)
-                .iter()
-                .zip(p.row_layout())
-                .filter(|(b, _)| b.role == Role::Input)
-                .map(|(_, l)| l)
-                .collect();
+            let layout = p.input_row_layout();
             for w in 0..windows {
                 let own: Vec<HostBuffer> = all_rows
                     .iter()
