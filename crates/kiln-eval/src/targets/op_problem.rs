@@ -336,8 +336,40 @@ impl OpProblem {
     /// Fresh inputs for `t` rows: one buffer per input in signature order.
     /// Large `t` is drawn in parallel, a seeded stream per chunk of rows.
     pub fn inputs(&self, t: usize, dist: Distribution, rng: &mut ChaCha8Rng) -> Vec<HostBuffer> {
+        self.inputs_as(t, dist, rng, false)
+    }
+
+    /// Inputs to time on: as [`OpProblem::inputs`], but expert indices are
+    /// drawn as a router picks them (`k` distinct experts in range per token).
+    /// The degenerate patterns verification needs (every token on the same
+    /// experts, slots out of range) would time a kernel on less or other work
+    /// than decode gives it, and reward shortcuts only those patterns allow.
+    pub fn timing_inputs(
+        &self,
+        t: usize,
+        dist: Distribution,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<HostBuffer> {
+        self.inputs_as(t, dist, rng, true)
+    }
+
+    fn inputs_as(
+        &self,
+        t: usize,
+        dist: Distribution,
+        rng: &mut ChaCha8Rng,
+        routed: bool,
+    ) -> Vec<HostBuffer> {
         if t <= CHUNK_ROWS {
-            return self.inputs_serial(t, dist, rng);
+            return self.draw_inputs(
+                t,
+                dist,
+                rng,
+                Draw {
+                    rows_only: false,
+                    routed,
+                },
+            );
         }
         let chunks: Vec<(usize, u64)> = (0..t)
             .step_by(CHUNK_ROWS)
@@ -348,25 +380,25 @@ impl OpProblem {
             .par_iter()
             .enumerate()
             .map(|(i, &(rows, seed))| {
-                self.draw_inputs(rows, dist, &mut ChaCha8Rng::seed_from_u64(seed), i > 0)
+                let draw = Draw {
+                    rows_only: i > 0,
+                    routed,
+                };
+                self.draw_inputs(rows, dist, &mut ChaCha8Rng::seed_from_u64(seed), draw)
             })
             .collect();
         join_rows(parts, &self.input_row_layout())
     }
 
-    fn inputs_serial(&self, t: usize, dist: Distribution, rng: &mut ChaCha8Rng) -> Vec<HostBuffer> {
-        self.draw_inputs(t, dist, rng, false)
-    }
-
-    /// Draws every input of `t` rows; with `rows_only`, a static buffer (one
-    /// whose length does not grow with the rows) is left empty, undrawn.
+    /// Draws every input of `t` rows as `how` says.
     fn draw_inputs(
         &self,
         t: usize,
         dist: Distribution,
         rng: &mut ChaCha8Rng,
-        rows_only: bool,
+        how: Draw,
     ) -> Vec<HostBuffer> {
+        let Draw { rows_only, routed } = how;
         let specs = self.buffers(t);
         let layout = self.row_layout();
         let mut out = Vec::new();
@@ -408,6 +440,12 @@ impl OpProblem {
                     _ => draw_scaled(spec.kind, spec.len, 0.5, rng).values,
                 },
                 (OpProblem::Ttt(c), name) => ttt_input(c, name, spec, dist, rng),
+                (OpProblem::MoeExpertSwiglu(c), "indices") if routed => {
+                    routed_indices(t, c.k, c.e, rng)
+                }
+                (OpProblem::MoeExpertDown(c), "indices") if routed => {
+                    routed_indices(t, c.k, c.e, rng)
+                }
                 (OpProblem::MoeExpertSwiglu(c), "indices") => {
                     expert_indices(t, c.k, c.e, dist, rng)
                 }
@@ -700,6 +738,26 @@ fn as_indices(v: &[f64]) -> Vec<u32> {
 /// [`OpProblem::bytes_moved`] counts). Ties: every token picks the same K
 /// experts. Otherwise random with repeats and about 1 slot in 8 out of range
 /// (E, E+1 or u32::MAX), which must read nothing.
+/// How [`OpProblem::draw_inputs`] draws.
+#[derive(Debug, Clone, Copy)]
+struct Draw {
+    /// Leave static buffers (lengths that do not grow with the rows) empty,
+    /// undrawn: the later chunks of a parallel draw.
+    rows_only: bool,
+    /// Expert indices as a router picks them (timing).
+    routed: bool,
+}
+
+/// `k` distinct experts of `e` per token, uniformly, as a top-k router picks
+/// them (`k` is at most `e`).
+fn routed_indices(t: usize, k: usize, e: usize, rng: &mut ChaCha8Rng) -> Vec<f64> {
+    let k = k.min(e);
+    (0..t)
+        .flat_map(|_| rand::seq::index::sample(&mut *rng, e, k).into_vec())
+        .map(|x| x as f64)
+        .collect()
+}
+
 fn expert_indices(
     t: usize,
     k: usize,

@@ -350,6 +350,29 @@ mod tests {
         }
     }
 
+    /// `p` with model-sized expert weights (hundreds of MB) shrunk to a few
+    /// experts of small widths, every other field kept: for tests of what an
+    /// op does, not of its size.
+    fn shrunk(p: &crate::targets::OpProblem) -> crate::targets::OpProblem {
+        use crate::targets::OpProblem;
+        use kiln_kernels::ops::moe_expert::{MoeExpertDownConfig, MoeExpertSwigluConfig};
+        match p {
+            OpProblem::MoeExpertSwiglu(c) => OpProblem::MoeExpertSwiglu(MoeExpertSwigluConfig {
+                h: 256,
+                i: 64,
+                e: c.e.min(16),
+                ..*c
+            }),
+            OpProblem::MoeExpertDown(c) => OpProblem::MoeExpertDown(MoeExpertDownConfig {
+                h: 256,
+                i: 64,
+                e: c.e.min(16),
+                ..*c
+            }),
+            other => other.clone(),
+        }
+    }
+
     /// The timing graph gives each pass over a set its own rows of one draw
     /// of `T × windows` rows (measure::timing_sets). That is sound only if a
     /// window's rows of the whole reference are the reference of that window
@@ -361,27 +384,8 @@ mod tests {
         use rand::SeedableRng;
         let windows = 2;
         for target in all() {
-            // The property is the op's, not the size's: model-sized expert
-            // weights (hundreds of MB) are shrunk, every flag kept.
-            let p = &match &target.problem {
-                OpProblem::MoeExpertSwiglu(c) => OpProblem::MoeExpertSwiglu(
-                    kiln_kernels::ops::moe_expert::MoeExpertSwigluConfig {
-                        h: 256,
-                        i: 64,
-                        e: 8,
-                        ..*c
-                    },
-                ),
-                OpProblem::MoeExpertDown(c) => {
-                    OpProblem::MoeExpertDown(kiln_kernels::ops::moe_expert::MoeExpertDownConfig {
-                        h: 256,
-                        i: 64,
-                        e: 8,
-                        ..*c
-                    })
-                }
-                other => other.clone(),
-            };
+            // The property is the op's, not the size's.
+            let p = &shrunk(&target.problem);
             // Whole heads for TTT (row r is head r mod 16); three rows elsewhere.
             let t = match p {
                 OpProblem::Ttt(_) => {
@@ -423,5 +427,52 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Expert targets are timed on indices as a router picks them: `k`
+    /// distinct experts in range per token, whatever the values'
+    /// distribution; verification keeps the degenerate patterns.
+    #[test]
+    fn expert_targets_time_on_routed_indices() {
+        use crate::targets::{Distribution, OpProblem};
+        use rand::SeedableRng;
+        let mut seen = 0;
+        for target in all() {
+            let problem = shrunk(&target.problem);
+            let (k, e) = match &problem {
+                OpProblem::MoeExpertSwiglu(c) => (c.k, c.e),
+                OpProblem::MoeExpertDown(c) => (c.k, c.e),
+                _ => continue,
+            };
+            seen += 1;
+            let slot = problem
+                .buffers(1)
+                .iter()
+                .filter(|b| b.role == crate::targets::Role::Input)
+                .position(|b| b.name == "indices")
+                .expect("an indices input");
+            for dist in Distribution::ALL {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+                let timed = problem.timing_inputs(5, dist, &mut rng);
+                for token in timed[slot].values.chunks(k) {
+                    let mut ids: Vec<u64> = token.iter().map(|&v| v as u64).collect();
+                    assert!(
+                        ids.iter().all(|&i| i < e as u64),
+                        "{}: {token:?}",
+                        target.name
+                    );
+                    ids.sort_unstable();
+                    ids.dedup();
+                    assert_eq!(ids.len(), k, "{}: {token:?} repeats an expert", target.name);
+                }
+            }
+            // Verification still draws the degenerate patterns (the same
+            // experts for every token under ties).
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+            let checked = problem.inputs(5, Distribution::Ties, &mut rng);
+            let rows: Vec<&[f64]> = checked[slot].values.chunks(k).collect();
+            assert!(rows.windows(2).all(|w| w[0] == w[1]), "{}", target.name);
+        }
+        assert_eq!(seen, 6);
     }
 }

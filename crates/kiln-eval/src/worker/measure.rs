@@ -427,7 +427,7 @@ pub fn timing_sets(
             .with_scalars(problem.scalar_args());
         let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(0x5151 + i as u64));
         let dist = Distribution::ALL[i % Distribution::ALL.len()];
-        let host = problem.inputs(t * windows, dist, &mut rng);
+        let host = problem.timing_inputs(t * windows, dist, &mut rng);
         set.upload_inputs(gpu, &host)
             .map_err(|e| Failure::machinery("uploading timing inputs", e))?;
         sets.push(set);
