@@ -238,11 +238,6 @@ impl DeviceSet {
         self.groups.get(group).map_or(0, |g| g.window)
     }
 
-    /// Row windows in this set.
-    pub fn windows(&self) -> usize {
-        self.windows
-    }
-
     /// Output groups in this set.
     pub fn groups(&self) -> usize {
         self.groups.len()
