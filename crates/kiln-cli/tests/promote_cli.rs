@@ -97,6 +97,7 @@ fn a_model_gain_admits_a_winner_and_every_decision_is_logged() {
     let t = text(&o);
     assert_eq!(o.status.code(), Some(0), "{t}");
     assert!(t.contains("qwen3_rmsnorm") && t.contains("ADMITTED"), "{t}");
+    assert!(t.contains("not re-judged (--no-rejudge)"), "{t}");
     assert!(t.contains("kernel-level only"), "{t}");
     let set: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("discovered.json")).expect("set"))

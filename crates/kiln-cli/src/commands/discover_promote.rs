@@ -119,6 +119,9 @@ pub fn run(a: &PromoteArgs) -> anyhow::Result<ExitCode> {
             }
         }
         println!("{:<24} {:<9} {}", p.target, label(decision), p.reason);
+        if !p.rejudged.is_empty() && decision != Decision::Failed {
+            println!("{:<34} {}", "", p.rejudged);
+        }
         decisions.push(p);
     }
     let admitted = decisions
