@@ -60,41 +60,31 @@ pub fn run(a: &PromoteArgs) -> anyhow::Result<ExitCode> {
     let mut judged_for: Option<(&str, &Path, Option<f64>)> = None;
     for row in winners {
         let session = row.session_path.clone();
-        if let Some((target, first, speedup)) = judged_for.filter(|(t, _, _)| *t == row.target) {
-            let p = Promotion {
-                target: row.target.clone(),
-                session,
-                kernel_speedup: row.speedup_vs_catalog,
-                trials: Vec::new(),
-                decision: Decision::Rejected,
-                reason: format!(
+        let judged = match judged_for.filter(|(t, _, _)| *t == row.target) {
+            Some((target, first, speedup)) => Judged::settled(
+                Decision::Rejected,
+                None,
+                format!(
                     "a faster winner for {target} was judged instead ({}, {} vs {})",
                     first.display(),
                     times(speedup),
                     times(row.speedup_vs_catalog)
                 ),
-                date: now_rfc3339(),
-                commit: commit.clone(),
-                rejudged: String::new(),
-            };
-            if !a.dry_run {
-                promote::log(&a.log, &p)?;
+            ),
+            None => {
+                judged_for = Some((&row.target, &row.session_path, row.speedup_vs_catalog));
+                judge(
+                    a,
+                    &work,
+                    &row.target,
+                    &session,
+                    &mut program,
+                    &mut judge_gpu,
+                )?
             }
-            println!("{:<24} {:<9} {}", p.target, label(p.decision), p.reason);
-            decisions.push(p);
-            continue;
-        }
-        judged_for = Some((&row.target, &row.session_path, row.speedup_vs_catalog));
-        let judged = judge(
-            a,
-            &work,
-            &row.target,
-            &session,
-            &mut program,
-            &mut judge_gpu,
-        )?;
-        let (decision, reason) = match judged.failure {
-            Some(failed) => (Decision::Failed, failed),
+        };
+        let (decision, reason) = match judged.settled {
+            Some(settled) => settled,
             None => promote::decide(&judged.trials),
         };
         let entry = judged.entry;
@@ -154,20 +144,30 @@ struct Judged {
     trials: Vec<ModelTrial>,
     /// The exported entry (None when it could not be exported).
     entry: Option<kiln_search::report::PackEntry>,
-    /// Why the gate could not judge it, if it could not.
-    failure: Option<String>,
+    /// The decision when it was reached before the model gate: FAILED (it
+    /// could not be judged) or rejected (a faster winner for its target).
+    settled: Option<(Decision, String)>,
     /// What re-judging it on this GPU said (empty when no model runs it).
     rejudged: String,
 }
 
 impl Judged {
-    fn failed(entry: Option<kiln_search::report::PackEntry>, why: String) -> Self {
+    /// A decision reached before any model ran the winner.
+    fn settled(
+        decision: Decision,
+        entry: Option<kiln_search::report::PackEntry>,
+        why: String,
+    ) -> Self {
         Self {
             trials: Vec::new(),
             entry,
-            failure: Some(why),
+            settled: Some((decision, why)),
             rejudged: String::new(),
         }
+    }
+
+    fn failed(entry: Option<kiln_search::report::PackEntry>, why: String) -> Self {
+        Self::settled(Decision::Failed, entry, why)
     }
 }
 
@@ -198,7 +198,7 @@ fn judge(
         return Ok(Judged {
             trials: Vec::new(),
             entry: Some(exported.entry),
-            failure: None,
+            settled: None,
             rejudged: String::new(),
         });
     }
@@ -229,7 +229,7 @@ fn judge(
     Ok(Judged {
         trials,
         entry: Some(exported.entry),
-        failure: None,
+        settled: None,
         rejudged,
     })
 }
@@ -266,8 +266,7 @@ fn rejudge(
         Some(EvalOutcome::Scored(r)) => match r.status {
             EvalStatus::Passed => {
                 let speedups: Vec<f64> = r.per_shape.iter().filter_map(|s| s.speedup).collect();
-                let kernel = kiln_eval::reward::geometric_mean(&speedups)
-                    .map_or("—".to_string(), |g| format!("{g:.2}×"));
+                let kernel = times(kiln_eval::reward::geometric_mean(&speedups).ok());
                 Ok(format!(
                     "passed again with a fresh seed on {gpu}: {kernel} the catalog"
                 ))
