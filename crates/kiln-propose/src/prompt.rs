@@ -63,7 +63,7 @@ const SYSTEM_PROMPT: &str = r#"You are an expert CUDA engineer optimising memory
 - One launch comment, exactly: `// kiln: block=<expr> grid=<expr>[,<expr>,<expr>] smem=<expr>`. `block` is threads per block (1 to 1024), `grid` the block count (x, or x,y,z), `smem` the bytes of dynamic shared memory. Expressions are integers over the shape variables (T and the dimension names without the `KILN_` prefix, e.g. D), and SMS (the SM count), with + - * / %, parentheses, ceil_div(a, b), min(a, b), max(a, b).
 - Only CUDA toolkit headers (`<cuda_bf16.h>`, `<cuda_fp16.h>`, `<cuda/...>`, `<cub/...>`, `<cooperative_groups.h>`, `<mma.h>`); no host code, no printf, no malloc, no clocks or timers.
 - No state kept across launches: no `__device__` or `static` mutable variables; `__shared__` and `__constant__` are fine.
-- Inputs must not be modified. Every output element must be written on every launch. Outputs are checked against a float64 reference on hidden shapes with fresh random inputs (large magnitudes, negatives, ties).
+- Inputs (`const` pointers) must not be modified. Every output element must be written on every launch. A non-`const` buffer the target's math reads (a recurrent state such as the short convolution's `state`) is updated in place: it is checked after the launch like an output. Outputs are checked against a float64 reference on hidden shapes with fresh random inputs (large magnitudes, negatives, ties).
 
 ## Example (a complete candidate: y[t, i] = x[t, i] * w[i] over T rows of D bf16 values)
 ```cuda

@@ -110,7 +110,7 @@ impl Target {
                     name: b.name,
                     kind: match b.role {
                         Role::Input => ParamKind::ConstPtr(scalar),
-                        Role::Output => ParamKind::MutPtr(scalar),
+                        Role::Output | Role::InOut => ParamKind::MutPtr(scalar),
                     },
                 }
             })

@@ -6,6 +6,7 @@ use kiln_kernels::ops::moe_combine::MoeCombineConfig;
 use kiln_kernels::ops::moe_expert::{MoeExpertDownConfig, MoeExpertSwigluConfig};
 use kiln_kernels::ops::norm::{AddRmsNormConfig, RmsNormConfig};
 use kiln_kernels::ops::rope::RopeConfig;
+use kiln_kernels::ops::short_conv::ShortConvConfig;
 use kiln_kernels::ops::swiglu::{SwigluConfig, SwigluPackedConfig};
 use kiln_kernels::ops::topk::{SigmoidTopkConfig, SoftmaxTopkConfig};
 use kiln_kernels::ops::ttt::TttConfig;
@@ -54,6 +55,9 @@ pub enum OpProblem {
         /// Cached positions before the first new token (`past + T <= S_MAX`).
         past: usize,
     },
+    /// LFM2's gated short convolution over `T` consecutive tokens, updating
+    /// its state in place.
+    ShortConv(ShortConvConfig),
 }
 
 /// Calls `$body` with the op's configuration, whatever its type.
@@ -72,6 +76,7 @@ macro_rules! with_config {
             OpProblem::MoeExpertSwiglu($c) => $body,
             OpProblem::MoeExpertDown($c) => $body,
             OpProblem::DecodeAttention { config: $c, .. } => $body,
+            OpProblem::ShortConv($c) => $body,
         }
     };
 }
@@ -79,7 +84,8 @@ macro_rules! with_config {
 /// The reference's answer for one input set.
 #[derive(Debug, Clone)]
 pub struct Reference {
-    /// One buffer per output, in signature order.
+    /// One buffer per written buffer (outputs, and in-outs as they are after
+    /// the launch), in signature order.
     pub outputs: Vec<HostBuffer>,
     /// For routers: the selection score of every expert of every row (`[T,E]`).
     pub selection_scores: Option<Vec<f64>>,
@@ -144,7 +150,7 @@ impl OpProblem {
     /// (the trailing `int T` is not a buffer).
     pub fn buffers(&self, t: usize) -> Vec<BufferSpec> {
         use ElemKind::{F32, I32, U32};
-        use Role::{Input, Output};
+        use Role::{InOut, Input, Output};
         let dt = self.dt();
         match self {
             OpProblem::Swiglu(c) => vec![
@@ -241,6 +247,15 @@ impl OpProblem {
                     buf("out", dt, Output, t * s.qh * s.dv),
                 ]
             }
+            OpProblem::ShortConv(c) => {
+                let (d, l) = (c.shape.d, c.shape.l);
+                vec![
+                    buf("bcx", dt, Input, t * 3 * d),
+                    buf("w", dt, Input, d * l),
+                    buf("state", dt, InOut, (l - 1) * d),
+                    buf("out", dt, Output, t * d),
+                ]
+            }
         }
     }
 
@@ -323,17 +338,19 @@ impl OpProblem {
             .collect()
     }
 
-    /// [`OpProblem::row_layout`] of the inputs alone, in signature order.
+    /// [`OpProblem::row_layout`] of the buffers drawn as inputs (inputs and
+    /// in-outs), in signature order.
     pub(crate) fn input_row_layout(&self) -> Vec<Option<usize>> {
         self.buffers(1)
             .iter()
             .zip(self.row_layout())
-            .filter(|(b, _)| b.role == Role::Input)
+            .filter(|(b, _)| b.role.is_read())
             .map(|(_, l)| l)
             .collect()
     }
 
-    /// Fresh inputs for `t` rows: one buffer per input in signature order.
+    /// Fresh inputs for `t` rows: one buffer per input and in-out, in
+    /// signature order.
     /// Large `t` is drawn in parallel, a seeded stream per chunk of rows.
     pub fn inputs(&self, t: usize, dist: Distribution, rng: &mut ChaCha8Rng) -> Vec<HostBuffer> {
         self.inputs_as(t, dist, rng, false)
@@ -402,11 +419,7 @@ impl OpProblem {
         let specs = self.buffers(t);
         let layout = self.row_layout();
         let mut out = Vec::new();
-        for (spec, per_row) in specs
-            .iter()
-            .zip(layout)
-            .filter(|(b, _)| b.role == Role::Input)
-        {
+        for (spec, per_row) in specs.iter().zip(layout).filter(|(b, _)| b.role.is_read()) {
             if rows_only && per_row.is_none() {
                 out.push(HostBuffer {
                     kind: spec.kind,
@@ -476,18 +489,28 @@ impl OpProblem {
         out
     }
 
+    /// Whether a row's result depends on the rows before it: attention's
+    /// rows see `past + t` positions, and the short convolution carries its
+    /// state from one token to the next. The reference then runs in one
+    /// serial pass, and the rows cannot be windowed.
+    fn rows_are_serial(&self) -> bool {
+        matches!(
+            self,
+            OpProblem::DecodeAttention { .. } | OpProblem::ShortConv(_)
+        )
+    }
+
     /// Whether `windows` launches of `t` rows can each be given their own
     /// rows of one draw of `t × windows` rows (static buffers shared): every
-    /// row-shaped buffer grows by exactly `windows`, every other input keeps
-    /// its length, every output is row-shaped, and a row's result depends on
-    /// its own rows only (not attention, whose rows see `past + t`; TTT's
-    /// only when `t` is whole heads, as row `r` is head `r mod H`). The timing
-    /// graph then never launches a kernel twice on the same inputs.
+    /// row-shaped buffer grows by exactly `windows`, every other buffer is an
+    /// input that keeps its length, and a row's result depends on its own
+    /// rows only (not where rows are serial, see [`Self::rows_are_serial`];
+    /// TTT's only when `t` is whole heads, as row `r` is head `r mod H`). The
+    /// timing graph then never launches a kernel twice on the same inputs.
     pub fn rows_windowable(&self, t: usize, windows: usize) -> bool {
         let rows_stand_alone = match self {
-            OpProblem::DecodeAttention { .. } => false,
             OpProblem::Ttt(c) => c.h > 0 && t.is_multiple_of(c.h),
-            _ => true,
+            _ => !self.rows_are_serial(),
         };
         if !rows_stand_alone || t == 0 || windows == 0 {
             return false;
@@ -514,11 +537,10 @@ impl OpProblem {
     }
 
     /// The float64 reference for one input set; large `t` runs in parallel
-    /// over chunks of rows (rows are independent in every op).
+    /// over chunks of rows where rows are independent.
     pub fn reference(&self, t: usize, inputs: &[HostBuffer]) -> Reference {
         let chunk_rows = self.reference_chunk_rows();
-        // Attention rows depend on their position past + t: one serial pass.
-        if t <= chunk_rows || matches!(self, OpProblem::DecodeAttention { .. }) {
+        if t <= chunk_rows || self.rows_are_serial() {
             return self.reference_serial(t, &values_of(inputs));
         }
         let input_layout = self.input_row_layout();
@@ -718,6 +740,16 @@ impl OpProblem {
                 selection_scores: None,
                 expert_weights: None,
             },
+            OpProblem::ShortConv(c) => {
+                let (out, state) =
+                    reference::short_conv::short_conv(v(0), v(1), v(2), c.shape, c.dtype);
+                // Written buffers in signature order: the state, then out.
+                Reference {
+                    outputs: vec![dense(dt, state), dense(dt, out)],
+                    selection_scores: None,
+                    expert_weights: None,
+                }
+            }
         }
     }
 }
@@ -989,6 +1021,7 @@ mod tests {
                 ..MoeExpertDownConfig::new(64, 16, 6, 2, bf)
             }),
             OpProblem::DecodeAttention { config, past: 150 },
+            OpProblem::ShortConv(ShortConvConfig::new(40, 3, bf)),
         ]
     }
 
@@ -1002,15 +1035,14 @@ mod tests {
                     let mut rng = ChaCha8Rng::seed_from_u64(t as u64);
                     let inputs = p.inputs(t, dist, &mut rng);
                     let specs = p.buffers(t);
-                    let ins: Vec<&BufferSpec> =
-                        specs.iter().filter(|b| b.role == Role::Input).collect();
+                    let ins: Vec<&BufferSpec> = specs.iter().filter(|b| b.role.is_read()).collect();
                     assert_eq!(inputs.len(), ins.len());
                     for (b, spec) in inputs.iter().zip(&ins) {
                         assert_eq!(b.values.len(), spec.len, "{} {}", p.family(), spec.name);
                     }
                     let r = p.reference(t, &inputs);
                     let outs: Vec<&BufferSpec> =
-                        specs.iter().filter(|b| b.role == Role::Output).collect();
+                        specs.iter().filter(|b| b.role.is_written()).collect();
                     for (o, spec) in r.outputs.iter().zip(&outs) {
                         assert_eq!(o.values.len(), spec.len, "{} {}", p.family(), spec.name);
                         assert!(o.values.iter().all(|v| v.is_finite()), "{}", p.family());
@@ -1022,6 +1054,39 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The short convolution's state is drawn as an input and checked as an
+    /// output, first among the written buffers; its reference over T tokens
+    /// is T one-token steps with the state carried from each to the next.
+    #[test]
+    fn short_conv_state_is_read_then_written_and_carries_between_tokens() {
+        let p = OpProblem::ShortConv(ShortConvConfig::new(40, 3, DType::BF16));
+        let roles: Vec<Role> = p.buffers(5).iter().map(|b| b.role).collect();
+        assert_eq!(roles, [Role::Input, Role::Input, Role::InOut, Role::Output]);
+        assert!(!p.rows_windowable(5, 2));
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let inputs = p.inputs(5, Distribution::Normal, &mut rng);
+        assert_eq!(inputs.len(), 3, "bcx, w and the state are drawn");
+        let whole = p.reference(5, &inputs);
+        let mut state = inputs[2].clone();
+        let mut out = Vec::new();
+        for row in inputs[0].values.chunks(3 * 40) {
+            let one = [
+                HostBuffer {
+                    kind: inputs[0].kind,
+                    values: row.to_vec(),
+                },
+                inputs[1].clone(),
+                state.clone(),
+            ];
+            let step = p.reference(1, &one);
+            state = step.outputs[0].clone();
+            out.extend(step.outputs[1].values.iter().copied());
+        }
+        assert_eq!(whole.outputs[0], state, "the state after five tokens");
+        assert_eq!(whole.outputs[1].values, out);
+        assert_ne!(state, inputs[2], "the state moved");
     }
 
     /// Expert weights drawn through f32 are values of the dtype, at the asked scale.
@@ -1046,7 +1111,7 @@ mod tests {
 
     #[test]
     fn decode_ops_scalars_and_bytes() {
-        let [sw, dn, at] = <[OpProblem; 3]>::try_from(decode_problems()).expect("three problems");
+        let [sw, dn, at, _] = <[OpProblem; 4]>::try_from(decode_problems()).expect("four problems");
         assert!(sw.scalar_args().is_empty() && sw.scalar_names().is_empty());
         assert_eq!(at.scalar_names(), &["past"]);
         assert_eq!(at.scalar_args(), vec![150]);
@@ -1103,7 +1168,7 @@ mod tests {
             let inputs = p.inputs(t, Distribution::Normal, &mut rng);
             for (b, spec) in inputs
                 .iter()
-                .zip(p.buffers(t).iter().filter(|b| b.role == Role::Input))
+                .zip(p.buffers(t).iter().filter(|b| b.role.is_read()))
             {
                 assert_eq!(
                     b.values.len(),

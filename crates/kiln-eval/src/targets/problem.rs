@@ -47,6 +47,22 @@ pub enum Role {
     Input,
     /// Written: filled with a sentinel before every launch and checked after.
     Output,
+    /// Read and updated in place (a recurrent state): drawn like an input,
+    /// given every launch its own copy, restored to the drawn values before
+    /// every launch, and checked like an output after it.
+    InOut,
+}
+
+impl Role {
+    /// Drawn as an input: the kernel reads what it holds before the launch.
+    pub fn is_read(self) -> bool {
+        matches!(self, Role::Input | Role::InOut)
+    }
+
+    /// Checked after the launch against the reference's outputs.
+    pub fn is_written(self) -> bool {
+        matches!(self, Role::Output | Role::InOut)
+    }
 }
 
 /// One pointer parameter of the kernel.

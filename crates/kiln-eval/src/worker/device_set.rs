@@ -2,6 +2,10 @@
 //! parameters in signature order, uploaded, poisoned, guarded and read back
 //! as raw bytes.
 //!
+//! An in-out buffer (a recurrent state the kernel updates in place) belongs
+//! to the output groups: every launch updates its own copy, and every copy is
+//! reset to the drawn values before every launch, as outputs are poisoned.
+//!
 //! Every buffer sits between two guard zones filled with [`GUARD_BYTE`]; a
 //! kernel that writes past either end of any buffer (an output's or an
 //! input's) is caught by [`DeviceSet::damaged_guard`]. A set may hold several
@@ -122,8 +126,9 @@ pub fn row_len(len: usize, t: usize) -> usize {
 /// alignment, so every launch sees its rows as aligned as a fresh allocation.
 const WINDOW_ALIGN: usize = 256;
 
-/// One output group: every output by parameter position, and which row
-/// window of the row-shaped inputs the launch writing it reads.
+/// One output group: every written buffer (outputs and in-outs) by
+/// parameter position, and which row window of the row-shaped inputs the
+/// launch writing it reads.
 struct OutputGroup {
     outputs: Vec<Option<Guarded>>,
     window: usize,
@@ -150,7 +155,8 @@ pub struct DeviceSet {
     window_stride: Vec<usize>,
     /// Output groups.
     groups: Vec<OutputGroup>,
-    /// The bytes uploaded into each input (to restore a corrupted input).
+    /// The bytes uploaded into each input (to restore a corrupted input) and
+    /// each in-out buffer (what every group's copy is reset to).
     uploaded: Vec<Option<Vec<u8>>>,
     /// A device copy of each input as uploaded: the inputs-unchanged check
     /// compares on the device, so large inputs are never read back.
@@ -209,15 +215,20 @@ impl DeviceSet {
     }
 
     /// Adds another output group, over the next row window when the set has
-    /// one left (over the same rows otherwise); returns its index.
+    /// one left (over the same rows otherwise); returns its index. Its in-out
+    /// buffers start from the values last uploaded.
     pub fn add_output_group(&mut self, gpu: &Gpu) -> Result<usize, CudaError> {
         let mut outputs = Vec::with_capacity(self.specs.len());
-        for s in &self.specs {
+        for (s, uploaded) in self.specs.iter().zip(&self.uploaded) {
             let bytes = s.len * s.kind.size();
-            outputs.push(if bytes == 0 || s.role != Role::Output {
+            outputs.push(if bytes == 0 || !s.role.is_written() {
                 None
             } else {
-                Some(Guarded::new(gpu, bytes)?)
+                let mut buf = Guarded::new(gpu, bytes)?;
+                if let (Role::InOut, Some(host)) = (s.role, uploaded) {
+                    gpu.upload_range(host, &mut buf.buf, GUARD_BYTES)?;
+                }
+                Some(buf)
             });
         }
         let window = self.groups.len() % self.windows;
@@ -258,15 +269,23 @@ impl DeviceSet {
     }
 
     /// Copies fresh inputs into the same device buffers (same pointers as the
-    /// last trial, so a kernel that caches results by pointer is caught). A
+    /// last trial, so a kernel that caches results by pointer is caught), and
+    /// the in-out buffers' starting values into every group's copy. A
     /// windowed input's host buffer holds every window's rows, in order.
     pub fn upload_inputs(&mut self, gpu: &Gpu, inputs: &[HostBuffer]) -> Result<(), CudaError> {
         let mut next = inputs.iter();
         for (i, spec) in self.specs.iter().enumerate() {
-            if spec.role != Role::Input {
+            if !spec.role.is_read() {
                 continue;
             }
             let host = next.next().map(HostBuffer::to_bytes).unwrap_or_default();
+            if spec.role == Role::InOut {
+                for buf in self.groups.iter_mut().filter_map(|g| g.outputs[i].as_mut()) {
+                    gpu.upload_range(&host, &mut buf.buf, GUARD_BYTES)?;
+                }
+                self.uploaded[i] = Some(host);
+                continue;
+            }
             let host = match self.window_stride[i] {
                 0 => host,
                 stride => {
@@ -313,14 +332,32 @@ impl DeviceSet {
         Ok(())
     }
 
-    /// Fills every output of every group with its sentinel.
-    pub fn poison_outputs(&mut self, gpu: &Gpu) -> Result<(), CudaError> {
+    /// Readies every group for a launch: fills every output with its
+    /// sentinel and resets every in-out buffer to the values last uploaded.
+    pub fn reset_outputs(&mut self, gpu: &Gpu) -> Result<(), CudaError> {
         for group in self.groups.iter_mut() {
-            for (spec, buf) in self.specs.iter().zip(group.outputs.iter_mut()) {
-                if let Some(buf) = buf {
-                    let (word, pattern) = poison_word(spec.kind);
-                    let len = buf.len;
-                    gpu.fill_words_range(&mut buf.buf, GUARD_BYTES, len, word, pattern)?;
+            for ((spec, buf), uploaded) in self
+                .specs
+                .iter()
+                .zip(group.outputs.iter_mut())
+                .zip(&self.uploaded)
+            {
+                let Some(buf) = buf else { continue };
+                match (spec.role, uploaded) {
+                    (Role::InOut, Some(host)) => {
+                        gpu.upload_range(host, &mut buf.buf, GUARD_BYTES)?
+                    }
+                    (Role::InOut, None) => {
+                        return Err(CudaError::SelfCheck(format!(
+                            "in-out buffer `{}` reset before any values were uploaded",
+                            spec.name
+                        )))
+                    }
+                    _ => {
+                        let (word, pattern) = poison_word(spec.kind);
+                        let len = buf.len;
+                        gpu.fill_words_range(&mut buf.buf, GUARD_BYTES, len, word, pattern)?;
+                    }
                 }
             }
         }
@@ -348,11 +385,11 @@ impl DeviceSet {
         args
     }
 
-    /// Reads back every output of `group`.
+    /// Reads back every written buffer (outputs and in-outs) of `group`.
     pub fn download_outputs(&self, gpu: &Gpu, group: usize) -> Result<Vec<HostBuffer>, CudaError> {
         let mut out = Vec::new();
         for (spec, buf) in self.specs.iter().zip(&self.groups[group].outputs) {
-            if spec.role != Role::Output {
+            if !spec.role.is_written() {
                 continue;
             }
             let bytes = match buf {
@@ -375,7 +412,7 @@ impl DeviceSet {
     ) -> Result<Vec<HostBuffer>, CudaError> {
         let mut out = Vec::new();
         for (spec, buf) in self.specs.iter().zip(&self.groups[group].outputs) {
-            if spec.role != Role::Output {
+            if !spec.role.is_written() {
                 continue;
             }
             let mut bytes = Vec::new();

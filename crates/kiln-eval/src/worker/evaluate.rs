@@ -41,8 +41,8 @@ fn verify_once(
     let gpu = &dev.gpu;
     set.upload_inputs(gpu, inputs)
         .map_err(|e| Failure::machinery("uploading inputs", e))?;
-    set.poison_outputs(gpu)
-        .map_err(|e| Failure::machinery("poisoning outputs", e))?;
+    set.reset_outputs(gpu)
+        .map_err(|e| Failure::machinery("resetting outputs", e))?;
     gpu.synchronize()
         .map_err(|e| Failure::machinery("before the launch", e))?;
     launch(dev, loaded, &dims, set, 0)

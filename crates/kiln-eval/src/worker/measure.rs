@@ -309,14 +309,20 @@ pub fn check_outputs(
         .map(|_| ())
         .map_err(|e| format!("T={t}: {e}"));
     }
-    let names: Vec<String> = problem
+    // Name and row length of each written buffer; one that does not grow
+    // with T (an in-out state) is compared as one row.
+    let written: Vec<(String, Option<usize>)> = problem
         .buffers(t)
         .into_iter()
-        .filter(|b| b.role == Role::Output)
-        .map(|b| b.name)
+        .zip(problem.row_layout())
+        .filter(|(b, _)| b.role.is_written())
+        .map(|(b, per_row)| (b.name, per_row))
         .collect();
     for (i, (g, r)) in got.iter().zip(&reference.outputs).enumerate() {
-        let per_row = row_len(r.values.len(), t);
+        let per_row = match written.get(i) {
+            Some((_, None)) => r.values.len().max(1),
+            _ => row_len(r.values.len(), t),
+        };
         compare_rows(
             &g.values,
             &r.values,
@@ -325,7 +331,7 @@ pub fn check_outputs(
             &tolerance(problem, r.kind),
         )
         .map_err(|e| {
-            let name = names.get(i).map(String::as_str).unwrap_or("output");
+            let name = written.get(i).map_or("output", |(n, _)| n.as_str());
             format!("T={t}, output `{name}`, {e}")
         })?;
     }
@@ -358,11 +364,12 @@ impl TimingSets {
         self.rounds * self.sets.len()
     }
 
-    /// Poisons every output of every set (before every replay, timed or not).
-    pub fn poison(&mut self, dev: &Device) -> Result<(), Failure> {
+    /// Poisons every output and resets every in-out buffer of every set
+    /// (before every replay, timed or not).
+    pub fn reset_outputs(&mut self, dev: &Device) -> Result<(), Failure> {
         for set in self.sets.iter_mut() {
-            set.poison_outputs(&dev.gpu)
-                .map_err(|e| Failure::machinery("poisoning timing outputs", e))?;
+            set.reset_outputs(&dev.gpu)
+                .map_err(|e| Failure::machinery("resetting timing outputs", e))?;
         }
         Ok(())
     }
@@ -512,7 +519,7 @@ pub fn time_interleaved(
     }
     for _ in 0..warmup.max(1) {
         for (i, g) in graphs.iter().enumerate() {
-            sets.poison(dev)?;
+            sets.reset_outputs(dev)?;
             g.replay()
                 .map_err(|e| blame(i, Stage::Timing, "warm-up".into(), e))?;
         }
@@ -527,7 +534,7 @@ pub fn time_interleaved(
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); graphs.len()];
     loop {
         for (i, g) in graphs.iter().enumerate() {
-            sets.poison(dev)?;
+            sets.reset_outputs(dev)?;
             let us = gpu
                 .time_us(|| g.replay())
                 .map_err(|e| blame(i, Stage::Timing, format!("timed replay at T={t}"), e))?;
@@ -569,7 +576,7 @@ pub fn check_timed_output(
     let dims = launch_dims(dev, problem, kernel, t)?;
     let graph = capture(dev, kernel, &dims, sets)
         .map_err(|e| Failure::cuda(Stage::Timing, "capturing the checked replay", e))?;
-    sets.poison(dev)?;
+    sets.reset_outputs(dev)?;
     graph
         .replay()
         .map_err(|e| Failure::cuda(Stage::Timing, "checked replay", e))?;
@@ -580,10 +587,13 @@ pub fn check_timed_output(
         rng.gen_range(0..sets.sets.len()),
         rng.gen_range(0..sets.rounds),
     );
+    // Rows can be sampled only when every written buffer grows with T (an
+    // in-out state does not).
     let row_shaped = problem
         .buffers(t)
         .iter()
-        .all(|b| b.role != Role::Output || (t > 0 && b.len.is_multiple_of(t)));
+        .zip(problem.row_layout())
+        .all(|(b, per_row)| !b.role.is_written() || (t > 0 && per_row.is_some()));
     let all_rows = t * sets.windows;
     for si in 0..sets.sets.len() {
         if sets.references[si].is_none() {
