@@ -11,6 +11,7 @@ use kiln_candle::models::{glm4_moe_lite, lfm2_moe};
 use kiln_candle::ops::pack::KernelPack;
 use kiln_kernels::ops::moe_expert::{MoeExpertDownConfig, MoeExpertSwigluConfig};
 use kiln_kernels::ops::norm::{AddRmsNormConfig, RmsNormConfig};
+use kiln_kernels::ops::short_conv::ShortConvConfig;
 use kiln_kernels::ops::topk::{SigmoidTopkConfig, SoftmaxTopkConfig};
 use kiln_kernels::pack::{define_entries, PackEntry, PACK_FORMAT};
 use kiln_kernels::{DType, KernelBuild, OpConfig};
@@ -133,6 +134,10 @@ fn model_builds() -> Vec<(&'static str, KernelBuild)> {
                 }
                 .build()
             }),
+        ),
+        (
+            "lfm2_short_conv",
+            build(&|| ShortConvConfig::new(l.hidden_size, l.conv_l_cache, bf16).build()),
         ),
     ]
 }

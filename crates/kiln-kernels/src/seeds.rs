@@ -5,7 +5,7 @@
 //! search finds is measured from a plain starting point.
 
 /// `(family, source)` of every seed.
-pub const SEEDS: [(&str, &str); 9] = [
+pub const SEEDS: [(&str, &str); 10] = [
     ("swiglu", include_str!("../seeds/swiglu.cu")),
     ("rmsnorm", include_str!("../seeds/rmsnorm.cu")),
     ("add_rmsnorm", include_str!("../seeds/add_rmsnorm.cu")),
@@ -24,6 +24,7 @@ pub const SEEDS: [(&str, &str); 9] = [
         "moe_expert_down",
         include_str!("../seeds/moe_expert_down.cu"),
     ),
+    ("short_conv", include_str!("../seeds/short_conv.cu")),
 ];
 
 /// The naive seed source of a family (`rmsnorm`, `swiglu`, …), if there is one.

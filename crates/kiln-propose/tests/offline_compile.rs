@@ -3,6 +3,10 @@
 //! shapes, and passes the evaluator's static checks and its check of the
 //! compiled PTX. The seeds also compile in f32, f16 and bf16.
 //!
+//! Some families also compile at dims of their own ([`OWN_DIMS`]), beyond
+//! the targets' widths: short_conv at the LFM2 width (D = 2048, L = 3) in
+//! every dtype, and at small and odd widths and L from 2 to 8 in bf16.
+//!
 //! This test needs NVRTC (`scripts/setup.sh` installs pinned wheels into
 //! `.cache/cuda-wheels`); it fails, never skips, when NVRTC is missing.
 
@@ -22,6 +26,16 @@ use rayon::prelude::*;
 
 /// Parents expanded per level after the first, and children asked of each.
 const WALK: [(usize, usize); 2] = [(4, 8), (4, 5)];
+
+/// Extra dims per family, compiled besides the targets' own: `(family, [(dim, value)])`.
+/// 1030 and 1031 are not multiples of 4 and 2 (narrower vectors only), 40 is
+/// under one 128-thread block, and L spans 2..=8.
+const OWN_DIMS: &[(&str, &[(&str, i64)])] = &[
+    ("short_conv", &[("D", 2048), ("L", 3)]),
+    ("short_conv", &[("D", 1030), ("L", 4)]),
+    ("short_conv", &[("D", 1031), ("L", 2)]),
+    ("short_conv", &[("D", 40), ("L", 8)]),
+];
 
 /// One compile job.
 struct Job {
@@ -115,6 +129,47 @@ fn signature_for(sig: &TargetSignature, dtype: DType) -> TargetSignature {
     }
 }
 
+/// Compiles every job in parallel; one message per job that fails to compile or whose PTX fails the check.
+fn compile_all(compiler: &Compiler, jobs: &[Job]) -> Vec<String> {
+    jobs.par_iter()
+        .filter_map(|job| {
+            let mut req = CompileRequest::new(
+                format!("{}_{}.cu", job.target, job.label.replace([' ', '>'], "_")),
+                job.source.clone(),
+            );
+            for (k, v) in &job.defines {
+                req = req.define(k.clone(), v.clone());
+            }
+            match compiler.compile(&req) {
+                // A cubin compile carries its PTX: the evaluator checks that text.
+                Ok(c) => match &c.ptx {
+                    Some(ptx) => kiln_eval::ptx_check::check_ptx(ptx).err().map(|e| {
+                        format!("{} / {}: PTX check: {}", job.target, job.label, e.reason)
+                    }),
+                    None => Some(format!("{} / {}: no PTX came back", job.target, job.label)),
+                },
+                Err(CudaError::Compile { log, .. }) => Some(format!(
+                    "{} / {}:\n{}",
+                    job.target,
+                    job.label,
+                    log.lines().take(12).collect::<Vec<_>>().join("\n")
+                )),
+                Err(e) => Some(format!("{} / {}: {e}", job.target, job.label)),
+            }
+        })
+        .collect()
+}
+
+/// The entry signature of a family compiled at [`OWN_DIMS`]: that of a
+/// registry target of the family (a signature does not depend on the dims).
+fn own_signature(family: &str, dtype: DType) -> TargetSignature {
+    let target = targets::all()
+        .into_iter()
+        .find(|t| t.problem.family() == family)
+        .unwrap_or_else(|| panic!("{family}: no registry target"));
+    signature_for(&target.signature().expect("signature"), dtype)
+}
+
 #[test]
 fn every_offline_source_compiles_for_every_target() {
     let start = Instant::now();
@@ -162,35 +217,7 @@ fn every_offline_source_compiles_for_every_target() {
             jobs.push(job);
         }
     }
-    let compile_errors: Vec<String> = jobs
-        .par_iter()
-        .filter_map(|job| {
-            let mut req = CompileRequest::new(
-                format!("{}_{}.cu", job.target, job.label.replace([' ', '>'], "_")),
-                job.source.clone(),
-            );
-            for (k, v) in &job.defines {
-                req = req.define(k.clone(), v.clone());
-            }
-            match compiler.compile(&req) {
-                // A cubin compile carries its PTX: the evaluator checks that text.
-                Ok(c) => match &c.ptx {
-                    Some(ptx) => kiln_eval::ptx_check::check_ptx(ptx).err().map(|e| {
-                        format!("{} / {}: PTX check: {}", job.target, job.label, e.reason)
-                    }),
-                    None => Some(format!("{} / {}: no PTX came back", job.target, job.label)),
-                },
-                Err(CudaError::Compile { log, .. }) => Some(format!(
-                    "{} / {}:\n{}",
-                    job.target,
-                    job.label,
-                    log.lines().take(12).collect::<Vec<_>>().join("\n")
-                )),
-                Err(e) => Some(format!("{} / {}: {e}", job.target, job.label)),
-            }
-        })
-        .collect();
-    problems.extend(compile_errors);
+    problems.extend(compile_all(&compiler, &jobs));
     eprintln!(
         "offline_compile: {} compiles in {:.1} s; distinct generated sources per target: {per_target:?}",
         jobs.len(),
@@ -199,6 +226,79 @@ fn every_offline_source_compiles_for_every_target() {
     assert!(
         per_target.values().all(|n| *n >= 40),
         "walks too shallow: {per_target:?}"
+    );
+    assert!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.join("\n\n")
+    );
+}
+
+#[test]
+fn families_compile_at_their_own_dims() {
+    let start = Instant::now();
+    let compiler = Compiler::new().expect("NVRTC must be available: run scripts/setup.sh");
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut per_case: BTreeMap<String, usize> = BTreeMap::new();
+    let mut problems: Vec<String> = Vec::new();
+    for (i, (family, pairs)) in OWN_DIMS.iter().enumerate() {
+        let dims: BTreeMap<String, i64> = pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let case = format!(
+            "{family}[{}]",
+            pairs
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let seed_src = seeds::seed_source(family).unwrap_or_else(|| panic!("{family}: no seed"));
+        let sources = walk(family, &dims, seed_src);
+        per_case.insert(case.clone(), sources.len());
+        // The first case of a family is its production shape: every dtype; the others bf16.
+        let first = OWN_DIMS.iter().position(|(f, _)| f == family) == Some(i);
+        let dtypes: &[(DType, &str)] = if first {
+            &[
+                (DType::F32, "float"),
+                (DType::F16, "__half"),
+                (DType::BF16, "__nv_bfloat16"),
+            ]
+        } else {
+            &[(DType::BF16, "__nv_bfloat16")]
+        };
+        for (dt, cname) in dtypes {
+            let sig = own_signature(family, *dt);
+            let mut defines = vec![("KILN_DTYPE".to_string(), cname.to_string())];
+            defines.extend(
+                dims.iter()
+                    .map(|(k, v)| (format!("KILN_{k}"), v.to_string())),
+            );
+            for (label, source) in &sources {
+                let job = Job {
+                    target: case.clone(),
+                    label: format!("{label}[{cname}]"),
+                    source: source.clone(),
+                    defines: defines.clone(),
+                };
+                if let Err(e) = check_launch(&job, &dims) {
+                    problems.push(format!("{} / {}: launch: {e}", job.target, job.label));
+                }
+                if let Err(e) = Candidate::new(job.source.clone()).check(&sig) {
+                    problems.push(format!("{} / {}: static check: {e}", job.target, job.label));
+                }
+                jobs.push(job);
+            }
+        }
+    }
+    problems.extend(compile_all(&compiler, &jobs));
+    eprintln!(
+        "offline_compile (own dims): {} compiles in {:.1} s; distinct sources per case: {per_case:?}",
+        jobs.len(),
+        start.elapsed().as_secs_f64()
+    );
+    assert!(
+        per_case.values().all(|n| *n >= 40),
+        "walks too shallow: {per_case:?}"
     );
     assert!(
         problems.is_empty(),

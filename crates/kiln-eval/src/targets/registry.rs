@@ -6,6 +6,7 @@
 use kiln_kernels::ops::moe_combine::MoeCombineConfig;
 use kiln_kernels::ops::moe_expert::{MoeExpertDownConfig, MoeExpertSwigluConfig};
 use kiln_kernels::ops::norm::{AddRmsNormConfig, RmsNormConfig};
+use kiln_kernels::ops::short_conv::ShortConvConfig;
 use kiln_kernels::ops::swiglu::SwigluConfig;
 use kiln_kernels::ops::topk::{SigmoidTopkConfig, SoftmaxTopkConfig};
 use kiln_kernels::ops::ttt::TttConfig;
@@ -288,6 +289,14 @@ pub fn all() -> Vec<Target> {
             OpProblem::SigmoidTopk(SigmoidTopkConfig::lfm2_8b_a1b(bf16)),
             &TIMED_T,
         ),
+        target(
+            "lfm2_short_conv",
+            lfm,
+            "gated short convolution of the 18 conv layers, kernel 3 over B ⊙ x, D=2048; the two-row state is read and updated in place",
+            OpProblem::ShortConv(ShortConvConfig::lfm2_8b_a1b(bf16)),
+            &TIMED_DECODE,
+        )
+        .decode_rows(),
     ]
 }
 
@@ -377,7 +386,7 @@ mod tests {
     /// of `T × windows` rows (measure::timing_sets). That is sound only if a
     /// window's rows of the whole reference are the reference of that window
     /// alone, with the static buffers shared: pinned here for every op that
-    /// says it can be windowed, and every op but attention says so.
+    /// says it can be windowed, and every op whose rows are not serial says so.
     #[test]
     fn each_row_window_has_the_reference_of_its_rows_alone() {
         use crate::targets::{Distribution, HostBuffer, OpProblem};
@@ -394,9 +403,13 @@ mod tests {
                 }
                 _ => 3,
             };
-            let attention = matches!(p, OpProblem::DecodeAttention { .. });
-            assert_eq!(p.rows_windowable(t, windows), !attention, "{}", target.name);
-            if attention {
+            // Attention's rows see `past + T`; the short convolution's carry its state.
+            let serial = matches!(
+                p,
+                OpProblem::DecodeAttention { .. } | OpProblem::ShortConv(_)
+            );
+            assert_eq!(p.rows_windowable(t, windows), !serial, "{}", target.name);
+            if serial {
                 continue;
             }
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
@@ -448,7 +461,7 @@ mod tests {
             let slot = problem
                 .buffers(1)
                 .iter()
-                .filter(|b| b.role == crate::targets::Role::Input)
+                .filter(|b| b.role.is_read())
                 .position(|b| b.name == "indices")
                 .expect("an indices input");
             for dist in Distribution::ALL {

@@ -50,7 +50,7 @@ pub struct Move {
 fn knob_weight(name: &str) -> f64 {
     match name {
         "vec" | "tpr" | "cpt" | "ks" => 2.0,
-        "keep" | "upt" | "rpb" | "sel" | "algo" | "pre" | "lay" | "map" => 1.3,
+        "keep" | "upt" | "rpb" | "sel" | "algo" | "pre" | "lay" | "map" | "pf" => 1.3,
         "minb" => 0.5,
         _ => 1.0,
     }

@@ -29,12 +29,13 @@ const T_TOPK: &str = include_str!("templates/topk.cu");
 const T_TTT: &str = include_str!("templates/ttt.cu");
 const T_EXPERT_SWIGLU: &str = include_str!("templates/moe_expert_swiglu.cu");
 const T_EXPERT_DOWN: &str = include_str!("templates/moe_expert_down.cu");
+const T_SHORT_CONV: &str = include_str!("templates/short_conv.cu");
 
 /// Why the generator cannot work on a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OfflineError {
     /// The family has no offline templates.
-    #[error("the offline generator has no templates for family `{0}` (known: swiglu, rmsnorm, add_rmsnorm, moe_combine, softmax_topk, sigmoid_topk, ttt_linear_decode, moe_expert_swiglu, moe_expert_down)")]
+    #[error("the offline generator has no templates for family `{0}` (known: swiglu, rmsnorm, add_rmsnorm, moe_combine, softmax_topk, sigmoid_topk, ttt_linear_decode, moe_expert_swiglu, moe_expert_down, short_conv)")]
     UnknownFamily(String),
     /// A static dim the family's templates need is missing or out of range.
     #[error("offline {family}: static dim `{dim}` is {problem}")]
@@ -77,11 +78,13 @@ pub enum Family {
     MoeExpertSwiglu,
     /// `moe_expert_down(h, w_down, indices, weights, shared, out, T)`: gathered down + combine.
     MoeExpertDown,
+    /// `short_conv(bcx, w, state, out, T)`: LFM2's gated short convolution, state updated in place.
+    ShortConv,
 }
 
 impl Family {
     /// Every family, in a fixed order.
-    pub const ALL: [Family; 9] = [
+    pub const ALL: [Family; 10] = [
         Family::Swiglu,
         Family::RmsNorm,
         Family::AddRmsNorm,
@@ -91,6 +94,7 @@ impl Family {
         Family::TttLinearDecode,
         Family::MoeExpertSwiglu,
         Family::MoeExpertDown,
+        Family::ShortConv,
     ];
 
     /// The family's name (the catalog op's short name).
@@ -105,6 +109,7 @@ impl Family {
             Family::TttLinearDecode => "ttt_linear_decode",
             Family::MoeExpertSwiglu => "moe_expert_swiglu",
             Family::MoeExpertDown => "moe_expert_down",
+            Family::ShortConv => "short_conv",
         }
     }
 
@@ -127,6 +132,7 @@ impl Family {
             Family::TttLinearDecode => TTT,
             Family::MoeExpertSwiglu => EXPERT_SWIGLU,
             Family::MoeExpertDown => EXPERT_DOWN,
+            Family::ShortConv => SHORT_CONV,
         }
     }
 
@@ -159,6 +165,7 @@ impl Family {
             Family::TttLinearDecode => &["pre", "cpt", "ks", "minb"],
             Family::MoeExpertSwiglu => &["unr", "rpw", "xs", "minb", "vec", "wpb"],
             Family::MoeExpertDown => &["unr", "rpw", "hs", "minb", "vec", "wpb"],
+            Family::ShortConv => &["pf", "minb", "block", "vec"],
         }
     }
 
@@ -262,13 +269,31 @@ impl Family {
                     &format!("the staged {what} must fit 48 KiB in f32"),
                 )
             }
+            Family::ShortConv => {
+                let vec = k.get("vec");
+                // Channel d0 of a vector is a multiple of vec, so every access (rows of bcx,
+                // state and out, the vec*L weights) is aligned to the vector width.
+                ensure(
+                    d.d % vec == 0,
+                    "D must be a multiple of vec (aligned vector accesses)",
+                )?;
+                ensure(
+                    k.get("pf") * vec <= 32,
+                    "at most 32 prefetched channel-rows per thread",
+                )?;
+                // A warp with no channel at all only costs a launch slot.
+                ensure(
+                    (block - 32) * vec < d.d,
+                    "every warp of a block must own a channel",
+                )
+            }
         }
     }
 
     /// Threads per block of a configuration.
     pub fn block(self, k: &Knobs, d: &Dims) -> i64 {
         match self {
-            Family::Swiglu | Family::MoeCombine => k.get("block"),
+            Family::Swiglu | Family::MoeCombine | Family::ShortConv => k.get("block"),
             Family::RmsNorm | Family::AddRmsNorm | Family::SoftmaxTopk | Family::SigmoidTopk => {
                 k.get("tpr") * k.get("rpb")
             }
@@ -306,6 +331,8 @@ impl Family {
                 format!("T*K*ceil_div(I, {})", k.get("wpb") * k.get("rpw"))
             }
             Family::MoeExpertDown => format!("T*ceil_div(H, {})", k.get("wpb") * k.get("rpw")),
+            // Parallel over channels only: a channel's rows are serial through the state.
+            Family::ShortConv => format!("ceil_div(D, {})", block * k.get("vec")),
         };
         let block_expr = match self {
             Family::TttLinearDecode => format!("{}*F/{}", k.get("ks"), k.get("cpt")),
@@ -388,6 +415,26 @@ impl Family {
             Family::TttLinearDecode => T_TTT.to_string(),
             Family::MoeExpertSwiglu => T_EXPERT_SWIGLU.to_string(),
             Family::MoeExpertDown => T_EXPERT_DOWN.to_string(),
+            Family::ShortConv => {
+                let unroll = if k.get("unr") == 1 {
+                    "#pragma unroll\n"
+                } else {
+                    ""
+                };
+                // The entry is spelled out (not chosen by #if) so static checks see exactly one.
+                let entry = if k.get("res") == 1 {
+                    "extern \"C\" __global__ void KO_BOUNDS short_conv(const scalar_t* __restrict__ bcx,\n\
+                     \x20                                               const scalar_t* __restrict__ w,\n\
+                     \x20                                               scalar_t* __restrict__ state,\n\
+                     \x20                                               scalar_t* __restrict__ out, int T)"
+                } else {
+                    "extern \"C\" __global__ void KO_BOUNDS short_conv(const scalar_t* bcx, const scalar_t* w,\n\
+                     \x20                                               scalar_t* state, scalar_t* out, int T)"
+                };
+                T_SHORT_CONV
+                    .replace("@UNROLL_L@\n", unroll)
+                    .replace("@ENTRY@", entry)
+            }
         };
         s.push_str(PRELUDE);
         s.push('\n');
@@ -466,6 +513,31 @@ impl Family {
                     ),
                 ]
             }
+            Family::ShortConv => vec![
+                format!(
+                    "Each thread owns {} adjacent channel(s) moved as one vector, {} threads per block, {} row(s) of B, C, x loaded ahead.",
+                    k.get("vec"),
+                    k.get("block"),
+                    k.get("pf")
+                ),
+                format!(
+                    "Weights and the L-1 window {}; tap loops {}; pointers {}.",
+                    if k.get("keep") == 1 {
+                        "kept in registers, state written once at the end"
+                    } else {
+                        "re-read every row, state shifted in memory every row"
+                    },
+                    if k.get("unr") == 1 { "fully unrolled" } else { "unrolled as the compiler sees fit" },
+                    if k.get("res") == 1 { "__restrict__" } else { "plain" }
+                ),
+                format!(
+                    "bcx and w loads: {}; out stores: {}; D = {}, L = {}.",
+                    hint("ldh"),
+                    hint("sth"),
+                    d.d,
+                    d.l
+                ),
+            ],
         }
     }
 
@@ -556,6 +628,18 @@ impl Family {
                       vec![("rpw", 2), ("wpb", 4), ("vec", 8), ("unr", deep / 2), ("ldh", 2), (staged, 1)]),
                     r("recipe-small-blocks", "a warp per row in 2-warp blocks (more blocks in flight at T = 1), 16-byte no-allocate loads",
                       vec![("rpw", 1), ("wpb", 2), ("vec", 8), ("unr", deep), ("ldh", 4), (staged, 0)]),
+                ]
+            }
+            Family::ShortConv => {
+                // The widest vector of at most `max` channels that divides D.
+                let vec_upto = |max: i64| [8, 4, 2, 1].into_iter().find(|v| *v <= max && d.d % v == 0).unwrap_or(1);
+                vec![
+                    r("recipe-register-window", "one channel per thread in 64-thread blocks, weights and window in registers, restrict, unrolled taps (the catalog design)",
+                      vec![("vec", 1), ("block", 64), ("keep", 1), ("pf", 1), ("unr", 1), ("res", 1), ("ldh", 0)]),
+                    r("recipe-pairs-prefetch", "two channels per 32-bit bf16 load in 32-thread blocks (many blocks at D = 2048), 4 rows loaded ahead, read-only loads",
+                      vec![("vec", vec_upto(2)), ("block", 32), ("keep", 1), ("pf", 4), ("unr", 1), ("res", 1), ("ldh", 1)]),
+                    r("recipe-wide-stream", "8-byte vectors of 4 channels, 4 rows loaded ahead, no-allocate loads and streaming stores",
+                      vec![("vec", vec_upto(4)), ("block", 32), ("keep", 1), ("pf", 4), ("unr", 1), ("res", 1), ("ldh", 4), ("sth", 1)]),
                 ]
             }
         }
@@ -950,6 +1034,48 @@ const EXPERT_DOWN: &[KnobSpec] = &[
     MINB_K,
 ];
 
+const SHORT_CONV: &[KnobSpec] = &[
+    knob!(
+        "vec",
+        VEC,
+        &[],
+        1,
+        "adjacent channels per thread, moved as one vector (8 = 16 bytes of bf16)"
+    ),
+    knob!("block", &[32, 64, 128, 256], &[], 128, "threads per block"),
+    knob!(
+        "keep",
+        BOOL,
+        &[],
+        0,
+        "weights and the L-1 window in registers across rows (state written once) instead of re-read every row"
+    ),
+    knob!(
+        "pf",
+        &[1, 2, 4, 8],
+        &[],
+        1,
+        "rows of B, C, x loaded ahead of the serial convolution"
+    ),
+    knob!(
+        "unr",
+        BOOL,
+        &["auto", "full"],
+        0,
+        "#pragma unroll on the loops over the L taps"
+    ),
+    knob!(
+        "res",
+        BOOL,
+        &["plain", "restrict"],
+        0,
+        "__restrict__ on the pointer parameters"
+    ),
+    LDH_K,
+    STH_K,
+    MINB_K,
+];
+
 /// A configuration: knob name → value.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Knobs(BTreeMap<&'static str, i64>);
@@ -1011,7 +1137,7 @@ impl fmt::Display for Knobs {
 /// The static dims a family's templates read (0 where the family does not use one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Dims {
-    /// Row width (rmsnorm, moe_combine).
+    /// Row width (rmsnorm, moe_combine) or channels (short_conv).
     pub d: i64,
     /// Intermediate width (swiglu).
     pub i: i64,
@@ -1023,6 +1149,8 @@ pub struct Dims {
     pub f: i64,
     /// Hidden size (expert kernels).
     pub h: i64,
+    /// Convolution length (short_conv).
+    pub l: i64,
 }
 
 impl Dims {
@@ -1064,6 +1192,11 @@ impl Dims {
                 }
             }
             Family::TttLinearDecode => d.f = get("F", 32, 128)?,
+            Family::ShortConv => {
+                // Any D: the vector width is checked against it per configuration.
+                d.d = get("D", 1, 1 << 16)?;
+                d.l = get("L", 2, 8)?;
+            }
             Family::MoeExpertSwiglu | Family::MoeExpertDown => {
                 d.h = get("H", 1, 1 << 16)?;
                 d.i = get("I", 1, 1 << 20)?;

@@ -20,6 +20,7 @@ fn dims_of(family: Family) -> BTreeMap<String, i64> {
         Family::MoeExpertSwiglu | Family::MoeExpertDown => {
             &[("H", 2048), ("I", 768), ("E", 128), ("K", 8)]
         }
+        Family::ShortConv => &[("D", 2048), ("L", 3)],
     };
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
@@ -376,4 +377,96 @@ fn implements_the_proposer_interface() {
     let mut bad = req.clone();
     bad.target.family = "conv2d".into();
     assert!(p.propose(&bad).is_err());
+}
+
+fn short_conv_dims(d: i64, l: i64) -> Dims {
+    let dims: BTreeMap<String, i64> = [("D".to_string(), d), ("L".to_string(), l)].into();
+    Dims::from_static(Family::ShortConv, &dims).expect("short_conv dims")
+}
+
+#[test]
+fn short_conv_naive_knobs_are_the_seed() {
+    let f = Family::ShortConv;
+    let dims = short_conv_dims(2048, 3);
+    let naive = f.naive(&dims);
+    assert_eq!(naive, f.base());
+    // The seed: one channel per thread in 128-thread blocks, state re-read and shifted every row.
+    let want = "family=short_conv vec=1 block=128 keep=0 pf=1 unr=auto res=plain ldh=plain sth=plain minb=0";
+    assert_eq!(naive.header(f), want);
+    let seed_launch = seed(f)
+        .lines()
+        .find_map(|l| l.strip_prefix("// kiln: "))
+        .expect("seed launch line");
+    assert_eq!(f.launch(&naive, &dims), seed_launch);
+}
+
+#[test]
+fn short_conv_vector_width_must_divide_d() {
+    let f = Family::ShortConv;
+    let with = |dims: &Dims, set: &[(&'static str, i64)]| f.apply(&f.base(), set, dims);
+    // 1030 = 2 · 515: pairs fit, 4- and 8-channel vectors would straddle rows and misalign.
+    let odd = short_conv_dims(1030, 4);
+    assert!(with(&odd, &[("vec", 2)]).is_some());
+    for v in [4, 8] {
+        assert!(with(&odd, &[("vec", v)]).is_none(), "vec={v}");
+        let bad = Knobs::parse(&format!("// kiln-offline: family=short_conv vec={v}\n"), f)
+            .expect("parses");
+        assert!(f.check(&bad, &odd).is_err(), "vec={v}");
+        // A parent rendered with such a header falls back to the naive knobs.
+        assert_eq!(parent_knobs(f, &odd, &f.render(&bad, &odd)), f.naive(&odd));
+    }
+    // An odd D leaves only scalar channels.
+    let prime = short_conv_dims(1031, 3);
+    assert!(with(&prime, &[("vec", 2)]).is_none());
+    // The grid covers the channels, KO_BLOCK*KO_VEC per block, and is independent of T.
+    let full = short_conv_dims(2048, 3);
+    let k = with(&full, &[("vec", 8), ("block", 32)]).expect("vec=8 block=32");
+    assert_eq!(f.launch(&k, &full), "block=32 grid=ceil_div(D, 256) smem=0");
+    assert!(
+        with(&full, &[("vec", 8), ("pf", 8)]).is_none(),
+        "pf*vec > 32"
+    );
+}
+
+#[test]
+fn short_conv_dims_are_checked_and_small_widths_are_covered() {
+    let f = Family::ShortConv;
+    for l in [1, 9] {
+        let dims: BTreeMap<String, i64> = [("D".to_string(), 2048), ("L".to_string(), l)].into();
+        assert!(matches!(
+            Dims::from_static(f, &dims),
+            Err(super::OfflineError::BadDim { dim: "L", .. })
+        ));
+    }
+    let no_l: BTreeMap<String, i64> = [("D".to_string(), 2048)].into();
+    assert!(Dims::from_static(f, &no_l).is_err());
+    // Small and odd widths: the naive knobs are repaired to fit, and every rewrite stays valid.
+    for (d, l) in [(40, 8), (1030, 4), (1031, 2), (2048, 2)] {
+        let dims = short_conv_dims(d, l);
+        let naive = f.naive(&dims);
+        assert!(f.check(&naive, &dims).is_ok(), "D={d}");
+        let moves = single_moves(f, &dims, &naive, &History::new());
+        assert!(moves.len() >= 10, "D={d}: {} rewrites", moves.len());
+        for m in moves {
+            assert!(f.check(&m.knobs, &dims).is_ok(), "D={d}: {}", m.name);
+            assert_eq!(d % m.knobs.get("vec"), 0, "D={d}: {}", m.name);
+        }
+    }
+}
+
+#[test]
+fn short_conv_knobs_reach_the_template() {
+    let f = Family::ShortConv;
+    let dims = short_conv_dims(2048, 3);
+    let base = f.render(&f.base(), &dims);
+    // The base leaves unrolling to the compiler and the pointers unqualified, as the seed does.
+    assert!(!base.contains("@"), "every placeholder is filled");
+    assert!(!base.contains("__restrict__ bcx"));
+    let unr = f.apply(&f.base(), &[("unr", 1)], &dims).expect("unr=full");
+    let unrolled = f.render(&unr, &dims);
+    assert!(unrolled.matches("#pragma unroll").count() > base.matches("#pragma unroll").count());
+    let res = f.apply(&f.base(), &[("res", 1)], &dims).expect("res");
+    assert!(f
+        .render(&res, &dims)
+        .contains("scalar_t* __restrict__ state"));
 }
