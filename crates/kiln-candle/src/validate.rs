@@ -383,7 +383,10 @@ pub fn run(opts: &Options, dev: &Device, progress: &mut dyn FnMut(&str)) -> Resu
         ));
     }
     let (device, peak_bandwidth) = device_facts(dev, progress);
-    let max_len = opts.prompt.len() + opts.max_tokens + 8;
+    // Rounded up to the cache step: the attention build (S_MAX) is then the
+    // same for every run of that many positions, and searchable.
+    let max_len =
+        kiln_kernels::ops::attention::cache_positions(opts.prompt.len() + opts.max_tokens + 8);
     let dtype = DType::BF16;
     let model_name = format!(
         "{} ({} layers)",

@@ -19,6 +19,18 @@ use crate::{DType, Element};
 /// so the limit could rise; it stays until longer caches are tested.
 pub const MAX_S_MAX: usize = 49_152;
 
+/// Positions kiln's models allocate their KV cache in multiples of. The
+/// cache capacity is the kernel's `S_MAX`, a define: rounding every run up to
+/// a multiple makes one build serve every run of up to that many positions,
+/// so a searched kernel for `S_MAX = KV_CACHE_STEP` is the one a model runs.
+pub const KV_CACHE_STEP: usize = 1024;
+
+/// The KV cache capacity a model allocates to hold `positions` positions:
+/// the next multiple of [`KV_CACHE_STEP`] (at least one step).
+pub fn cache_positions(positions: usize) -> usize {
+    positions.max(1).next_multiple_of(KV_CACHE_STEP)
+}
+
 /// Configuration of decode_attention.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DecodeAttentionConfig {
