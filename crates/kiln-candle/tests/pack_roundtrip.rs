@@ -9,11 +9,13 @@
 use kiln_candle::models::config::{preset, ModelConfig};
 use kiln_candle::models::{glm4_moe_lite, lfm2_moe};
 use kiln_candle::ops::pack::KernelPack;
+use kiln_kernels::ops::attention::{cache_positions, DecodeAttentionConfig};
 use kiln_kernels::ops::moe_expert::{MoeExpertDownConfig, MoeExpertSwigluConfig};
 use kiln_kernels::ops::norm::{AddRmsNormConfig, RmsNormConfig};
 use kiln_kernels::ops::short_conv::ShortConvConfig;
 use kiln_kernels::ops::topk::{SigmoidTopkConfig, SoftmaxTopkConfig};
 use kiln_kernels::pack::{define_entries, PackEntry, PACK_FORMAT};
+use kiln_kernels::reference::attention::AttentionShape;
 use kiln_kernels::{DType, KernelBuild, OpConfig};
 
 fn config(name: &str) -> ModelConfig {
@@ -32,6 +34,9 @@ fn model_builds() -> Vec<(&'static str, KernelBuild)> {
     };
     let ModelConfig::Lfm2Moe(l) = config("lfm2-8b-a1b") else {
         panic!("lfm2 preset");
+    };
+    let ModelConfig::Glm4(g9) = config("glm-4-9b") else {
+        panic!("glm-4-9b preset");
     };
     let bf16 = DType::BF16;
     let build = |c: &dyn Fn() -> kiln_kernels::Result<KernelBuild>| c().expect("build");
@@ -83,7 +88,7 @@ fn model_builds() -> Vec<(&'static str, KernelBuild)> {
             .build()
             .expect("add_rmsnorm build")
     };
-    vec![
+    let mut builds = vec![
         ("qwen3_add_rmsnorm", add_norm(q.hidden_size, q.rms_norm_eps)),
         ("glm_add_rmsnorm", add_norm(g.hidden_size, g.rms_norm_eps)),
         ("lfm2_add_rmsnorm", add_norm(l.hidden_size, l.norm_eps)),
@@ -139,7 +144,73 @@ fn model_builds() -> Vec<(&'static str, KernelBuild)> {
             "lfm2_short_conv",
             build(&|| ShortConvConfig::new(l.hidden_size, l.conv_l_cache, bf16).build()),
         ),
-    ]
+    ];
+    // Decode attention as `models::layers::attention` runs it: the cache of a
+    // `kiln validate` run (up to one cache step of positions), scale 1/sqrt(dqk).
+    let attention = |qh, kvh, dqk, dv| {
+        DecodeAttentionConfig {
+            shape: AttentionShape {
+                qh,
+                kvh,
+                dqk,
+                dv,
+                s_max: cache_positions(100 + 16 + 8),
+                scale: 1.0 / (dqk as f64).sqrt(),
+            },
+            dtype: bf16,
+        }
+        .build()
+        .expect("attention build")
+    };
+    let glm_dqk = g.qk_nope_head_dim + g.qk_rope_head_dim;
+    for (prefix, build) in [
+        (
+            "qwen3",
+            attention(
+                q.num_attention_heads,
+                q.num_key_value_heads,
+                q.head_dim,
+                q.head_dim,
+            ),
+        ),
+        (
+            "glm",
+            attention(
+                g.num_attention_heads,
+                g.num_attention_heads,
+                glm_dqk,
+                g.v_head_dim,
+            ),
+        ),
+        (
+            "glm4_9b",
+            attention(
+                g9.num_attention_heads,
+                g9.multi_query_group_num,
+                g9.kv_channels,
+                g9.kv_channels,
+            ),
+        ),
+        (
+            "lfm2",
+            attention(
+                l.num_attention_heads,
+                l.num_key_value_heads,
+                l.head_dim(),
+                l.head_dim(),
+            ),
+        ),
+    ] {
+        // The short- and long-context targets name one build.
+        builds.push((leak(format!("{prefix}_decode_attention")), build.clone()));
+        builds.push((leak(format!("{prefix}_decode_attention_long")), build));
+    }
+    builds
+}
+
+/// A target name built at run time, as the table's `&'static str`.
+fn leak(name: String) -> &'static str {
+    Box::leak(name.into_boxed_str())
 }
 
 /// What export writes for `target` (its provenance aside), through a file.
@@ -188,9 +259,16 @@ fn an_exported_entry_replaces_the_build_its_model_runs_and_no_other() {
         .iter()
         .map(|(_, b)| format!("{} {:?}", b.name, b.defines))
         .collect();
+    // And each model's short- and long-context attention targets: one build.
+    for prefix in ["qwen3", "glm", "glm4_9b", "lfm2"] {
+        assert_eq!(
+            find(&format!("{prefix}_decode_attention")),
+            find(&format!("{prefix}_decode_attention_long"))
+        );
+    }
     assert_eq!(
         distinct.len(),
-        builds.len() - 2,
+        builds.len() - 2 - 4,
         "only those pairs coincide"
     );
 }

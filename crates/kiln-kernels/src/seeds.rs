@@ -5,7 +5,7 @@
 //! search finds is measured from a plain starting point.
 
 /// `(family, source)` of every seed.
-pub const SEEDS: [(&str, &str); 10] = [
+pub const SEEDS: [(&str, &str); 11] = [
     ("swiglu", include_str!("../seeds/swiglu.cu")),
     ("rmsnorm", include_str!("../seeds/rmsnorm.cu")),
     ("add_rmsnorm", include_str!("../seeds/add_rmsnorm.cu")),
@@ -25,6 +25,10 @@ pub const SEEDS: [(&str, &str); 10] = [
         include_str!("../seeds/moe_expert_down.cu"),
     ),
     ("short_conv", include_str!("../seeds/short_conv.cu")),
+    (
+        "decode_attention",
+        include_str!("../seeds/decode_attention.cu"),
+    ),
 ];
 
 /// The naive seed source of a family (`rmsnorm`, `swiglu`, …), if there is one.

@@ -5,7 +5,10 @@
 //!
 //! Some families also compile at dims of their own ([`OWN_DIMS`]), beyond
 //! the targets' widths: short_conv at the LFM2 width (D = 2048, L = 3) in
-//! every dtype, and at small and odd widths and L from 2 to 8 in bf16.
+//! every dtype, and at small and odd widths and L from 2 to 8 in bf16;
+//! decode_attention at a small GQA shape in every dtype, then at an odd
+//! cache (S_MAX = 37) with DQK != DV, tiny heads with a one-position cache,
+//! and the largest heads and cache, in bf16.
 //!
 //! This test needs NVRTC (`scripts/setup.sh` installs pinned wheels into
 //! `.cache/cuda-wheels`); it fails, never skips, when NVRTC is missing.
@@ -35,7 +38,53 @@ const OWN_DIMS: &[(&str, &[(&str, i64)])] = &[
     ("short_conv", &[("D", 1030), ("L", 4)]),
     ("short_conv", &[("D", 1031), ("L", 2)]),
     ("short_conv", &[("D", 40), ("L", 8)]),
+    (
+        "decode_attention",
+        &[
+            ("QH", 8),
+            ("KVH", 2),
+            ("DQK", 64),
+            ("DV", 64),
+            ("S_MAX", 100),
+        ],
+    ),
+    (
+        "decode_attention",
+        &[
+            ("QH", 4),
+            ("KVH", 4),
+            ("DQK", 192),
+            ("DV", 128),
+            ("S_MAX", 37),
+        ],
+    ),
+    (
+        "decode_attention",
+        &[("QH", 3), ("KVH", 1), ("DQK", 8), ("DV", 16), ("S_MAX", 1)],
+    ),
+    (
+        "decode_attention",
+        &[
+            ("QH", 2),
+            ("KVH", 1),
+            ("DQK", 1024),
+            ("DV", 2048),
+            ("S_MAX", 49_152),
+        ],
+    ),
 ];
+
+/// Defines a family needs besides `KILN_<dim>` of its integer dims: attention's
+/// softmax scale is a float literal (DQK^-0.5, as the catalog's configs use).
+fn float_defines(family: &str, dims: &BTreeMap<String, i64>) -> Vec<(String, String)> {
+    match (family, dims.get("DQK")) {
+        ("decode_attention", Some(&dqk)) => vec![(
+            "KILN_SCALE".to_string(),
+            kiln_kernels::catalog::float_literal((dqk as f64).powf(-0.5)),
+        )],
+        _ => Vec::new(),
+    }
+}
 
 /// One compile job.
 struct Job {
@@ -273,6 +322,7 @@ fn families_compile_at_their_own_dims() {
                 dims.iter()
                     .map(|(k, v)| (format!("KILN_{k}"), v.to_string())),
             );
+            defines.extend(float_defines(family, &dims));
             for (label, source) in &sources {
                 let job = Job {
                     target: case.clone(),

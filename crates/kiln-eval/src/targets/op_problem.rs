@@ -267,6 +267,30 @@ impl OpProblem {
         }
     }
 
+    /// The problem verification trial `trial` of `t` rows checks. Attention
+    /// meets another cache fill on each trial (an empty cache, the timed
+    /// `past`, a full cache, then fills drawn from `rng`, the secret seed's),
+    /// so a kernel cannot specialise on the `past` it is timed at. Every
+    /// other op is itself.
+    pub fn for_verification(&self, t: usize, trial: usize, rng: &mut ChaCha8Rng) -> OpProblem {
+        match self {
+            OpProblem::DecodeAttention { config, past } => {
+                let full = config.shape.s_max.saturating_sub(t);
+                let past = match trial % 4 {
+                    0 => 0,
+                    1 => (*past).min(full),
+                    2 => full,
+                    _ => rng.gen_range(0..=full),
+                };
+                OpProblem::DecodeAttention {
+                    config: *config,
+                    past,
+                }
+            }
+            other => other.clone(),
+        }
+    }
+
     /// Values of the `int` arguments after `T`, in [`Self::scalar_names`] order.
     pub fn scalar_args(&self) -> Vec<i32> {
         match self {
@@ -1089,6 +1113,30 @@ mod tests {
         assert_ne!(state, inputs[2], "the state moved");
     }
 
+    /// Attention is verified at another cache fill each trial (empty, the
+    /// timed one, full, then drawn), always within the cache; other ops are
+    /// verified as they are timed.
+    #[test]
+    fn attention_verification_varies_the_cache_fill() {
+        let [_, _, at, sc] = <[OpProblem; 4]>::try_from(decode_problems()).expect("four problems");
+        let past_of = |p: &OpProblem| match p {
+            OpProblem::DecodeAttention { past, .. } => *past,
+            _ => panic!("not attention"),
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let t = 5;
+        let pasts: Vec<usize> = (0..12)
+            .map(|trial| past_of(&at.for_verification(t, trial, &mut rng)))
+            .collect();
+        assert_eq!(&pasts[..3], &[0, 150, 300 - t]);
+        assert!(pasts.iter().all(|&p| p + t <= 300), "{pasts:?}");
+        let drawn: std::collections::BTreeSet<usize> =
+            pasts.iter().skip(3).step_by(4).copied().collect();
+        assert!(drawn.len() >= 2, "drawn fills repeat: {pasts:?}");
+        let same = sc.for_verification(t, 3, &mut rng);
+        assert!(matches!(same, OpProblem::ShortConv(c) if c.shape.d == 40));
+    }
+
     /// Expert weights drawn through f32 are values of the dtype, at the asked scale.
     #[test]
     fn parallel_weight_draws_hold_dtype_values_at_scale() {
@@ -1161,6 +1209,11 @@ mod tests {
                     "{}: {elements} elements per draw and no small-dims check",
                     target.name
                 );
+                continue;
+            }
+            // Serial ops never chunk (attention's reference over 200 rows of
+            // a 1024-position cache would take minutes in a debug build).
+            if p.rows_are_serial() {
                 continue;
             }
             let t = 3 * CHUNK_ROWS + 5;

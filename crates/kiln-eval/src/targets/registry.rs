@@ -3,6 +3,7 @@
 //! catalog, its shapes, and prose for the prompt. Adding one is a few lines in
 //! [`all`] (see docs/DISCOVER.md).
 
+use kiln_kernels::ops::attention::{DecodeAttentionConfig, KV_CACHE_STEP};
 use kiln_kernels::ops::moe_combine::MoeCombineConfig;
 use kiln_kernels::ops::moe_expert::{MoeExpertDownConfig, MoeExpertSwigluConfig};
 use kiln_kernels::ops::norm::{AddRmsNormConfig, RmsNormConfig};
@@ -21,6 +22,14 @@ const TIMED_T: [usize; 3] = [1, 16, 4096];
 const TIMED_TTT: [usize; 3] = [16, 64, 512];
 /// Tokens timed for the decode hot path: batch-1 decode, small batches, one larger.
 const TIMED_DECODE: [usize; 5] = [1, 2, 4, 8, 32];
+
+/// Cached positions before the new tokens of the short-context attention
+/// targets: about where a `kiln validate` run of 100 tokens decodes.
+const SHORT_PAST: usize = 100;
+/// Cached positions of the long-context attention targets: the cache step
+/// (the attention build every run of up to that many positions uses) full
+/// but for the largest timed T.
+const LONG_PAST: usize = KV_CACHE_STEP - 32;
 
 fn target(
     name: &str,
@@ -64,6 +73,32 @@ impl Target {
     }
 }
 
+/// The short- and long-context decode-attention targets of one model, named
+/// `<prefix>_decode_attention` and `…_long`.
+fn attention_pair(
+    prefix: &str,
+    model: &'static str,
+    heads: &str,
+    config: DecodeAttentionConfig,
+) -> [Target; 2] {
+    let one = |suffix: &str, past: usize, context: &str| {
+        target(
+            &format!("{prefix}_decode_attention{suffix}"),
+            Some(model),
+            &format!(
+                "causal attention of the new tokens over the KV cache, {heads}, cache of {KV_CACHE_STEP} positions, {context} ({past} cached)"
+            ),
+            OpProblem::DecodeAttention { config, past },
+            &TIMED_DECODE,
+        )
+        .decode_rows()
+    };
+    [
+        one("", SHORT_PAST, "short context"),
+        one("_long", LONG_PAST, "long context"),
+    ]
+}
+
 /// Every target, in the order `kiln discover list` shows them.
 pub fn all() -> Vec<Target> {
     let bf16 = DType::BF16;
@@ -90,7 +125,33 @@ pub fn all() -> Vec<Target> {
     let glm = Some("GLM-4.7-Flash");
     let qwen = Some("Qwen3-30B-A3B");
     let lfm = Some("LFM2-8B-A1B");
-    vec![
+    let attention = [
+        attention_pair(
+            "glm",
+            "GLM-4.7-Flash",
+            "MLA decompressed: 20 heads, q/k 256 (192 + 64 rope), v 256",
+            DecodeAttentionConfig::glm47_flash(KV_CACHE_STEP, bf16),
+        ),
+        attention_pair(
+            "qwen3",
+            "Qwen3-30B-A3B",
+            "GQA 32 q / 4 kv heads of 128",
+            DecodeAttentionConfig::qwen3_30b_a3b(KV_CACHE_STEP, bf16),
+        ),
+        attention_pair(
+            "glm4_9b",
+            "GLM-4-9B",
+            "GQA 32 q / 2 kv heads of 128",
+            DecodeAttentionConfig::glm4_9b(KV_CACHE_STEP, bf16),
+        ),
+        attention_pair(
+            "lfm2",
+            "LFM2-8B-A1B",
+            "GQA 32 q / 8 kv heads of 64 (its 6 attention layers)",
+            DecodeAttentionConfig::lfm2_8b_a1b(KV_CACHE_STEP, bf16),
+        ),
+    ];
+    let mut targets = vec![
         // Generic shapes.
         target(
             "fused_swiglu",
@@ -297,7 +358,9 @@ pub fn all() -> Vec<Target> {
             &TIMED_DECODE,
         )
         .decode_rows(),
-    ]
+    ];
+    targets.extend(attention.into_iter().flatten());
+    targets
 }
 
 /// The target called `name`.

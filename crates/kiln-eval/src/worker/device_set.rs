@@ -256,8 +256,13 @@ impl DeviceSet {
 
     /// Sets the `int` arguments that follow `T` (the op's run-time scalars).
     pub fn with_scalars(mut self, scalars: Vec<i32>) -> Self {
-        self.scalars = scalars;
+        self.set_scalars(scalars);
         self
+    }
+
+    /// Replaces the `int` arguments that follow `T` (a verification trial's own).
+    pub fn set_scalars(&mut self, scalars: Vec<i32>) {
+        self.scalars = scalars;
     }
 
     /// Bytes one launch touches: every input and one output group.

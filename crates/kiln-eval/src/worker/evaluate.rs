@@ -14,7 +14,7 @@ use crate::protocol::EvalJob;
 use crate::ptx_check::check_ptx;
 use crate::record::{finite, EvalOutcome, EvalRecord, ShapeId, ShapeResult, Stage, StageTimings};
 use crate::reward::{self, ShapeTiming};
-use crate::targets::{self, Distribution, HostBuffer, Target};
+use crate::targets::{self, Distribution, HostBuffer, OpProblem, Target};
 use crate::timing_stats::Plausibility;
 
 use super::device_set::DeviceSet;
@@ -26,19 +26,20 @@ use super::measure::{
 /// Verification trials per verified shape (each with fresh inputs).
 const TRIALS_PER_SHAPE: usize = 2;
 
-/// Runs one verification launch and checks outputs and inputs.
+/// Runs one verification launch of `problem` (the target's, or a variant of
+/// it for this trial) and checks outputs and inputs.
 fn verify_once(
     dev: &Device,
-    target: &Target,
+    problem: &OpProblem,
     loaded: &Loaded,
     set: &mut DeviceSet,
     inputs: &[HostBuffer],
     dist: Distribution,
 ) -> Result<(), Failure> {
     let t = set.t;
-    let problem = &target.problem;
     let dims = launch_dims(dev, problem, loaded, t)?;
     let gpu = &dev.gpu;
+    set.set_scalars(problem.scalar_args());
     set.upload_inputs(gpu, inputs)
         .map_err(|e| Failure::machinery("uploading inputs", e))?;
     set.reset_outputs(gpu)
@@ -53,8 +54,18 @@ fn verify_once(
         .download_outputs(gpu, 0)
         .map_err(|e| Failure::cuda(Stage::Launch, "reading outputs", e))?;
     let reference = problem.reference(t, inputs);
-    check_outputs(problem, t, &got, &reference, None)
-        .map_err(|reason| Failure::new(Stage::Verify, format!("{reason} (inputs: {dist:?})")))?;
+    let scalars = problem
+        .scalar_names()
+        .iter()
+        .zip(problem.scalar_args())
+        .map(|(n, v)| format!(", {n}={v}"))
+        .collect::<String>();
+    check_outputs(problem, t, &got, &reference, None).map_err(|reason| {
+        Failure::new(
+            Stage::Verify,
+            format!("{reason} (inputs: {dist:?}{scalars})"),
+        )
+    })?;
     check_untouched(dev, std::slice::from_mut(set), "the kernel")?;
     loaded.check_globals(dev)
 }
@@ -76,9 +87,13 @@ fn verify(dev: &Device, target: &Target, loaded: &Loaded, seed: u64) -> Result<(
             }
             let mut rng =
                 ChaCha8Rng::seed_from_u64(seed ^ trial.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut scalar_rng = ChaCha8Rng::seed_from_u64(seed ^ trial ^ 0xa77e_5ca1);
+            let problem = target
+                .problem
+                .for_verification(t, trial as usize, &mut scalar_rng);
             trial += 1;
-            let inputs = target.problem.inputs(t, dist, &mut rng);
-            verify_once(dev, target, loaded, &mut set, &inputs, dist)?;
+            let inputs = problem.inputs(t, dist, &mut rng);
+            verify_once(dev, &problem, loaded, &mut set, &inputs, dist)?;
         }
     }
     Ok(())

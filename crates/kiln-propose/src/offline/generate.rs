@@ -49,8 +49,9 @@ pub struct Move {
 /// Base prior of changing one knob: wider vectors and the row mapping matter most.
 fn knob_weight(name: &str) -> f64 {
     match name {
-        "vec" | "tpr" | "cpt" | "ks" => 2.0,
-        "keep" | "upt" | "rpb" | "sel" | "algo" | "pre" | "lay" | "map" | "pf" => 1.3,
+        "vec" | "tpr" | "cpt" | "ks" | "lpk" => 2.0,
+        "keep" | "upt" | "rpb" | "sel" | "algo" | "pre" | "lay" | "map" | "pf" | "kif"
+        | "vsplit" | "qs" => 1.3,
         "minb" => 0.5,
         _ => 1.0,
     }

@@ -30,12 +30,13 @@ const T_TTT: &str = include_str!("templates/ttt.cu");
 const T_EXPERT_SWIGLU: &str = include_str!("templates/moe_expert_swiglu.cu");
 const T_EXPERT_DOWN: &str = include_str!("templates/moe_expert_down.cu");
 const T_SHORT_CONV: &str = include_str!("templates/short_conv.cu");
+const T_DECODE_ATTENTION: &str = include_str!("templates/decode_attention.cu");
 
 /// Why the generator cannot work on a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OfflineError {
     /// The family has no offline templates.
-    #[error("the offline generator has no templates for family `{0}` (known: swiglu, rmsnorm, add_rmsnorm, moe_combine, softmax_topk, sigmoid_topk, ttt_linear_decode, moe_expert_swiglu, moe_expert_down, short_conv)")]
+    #[error("the offline generator has no templates for family `{0}` (known: swiglu, rmsnorm, add_rmsnorm, moe_combine, softmax_topk, sigmoid_topk, ttt_linear_decode, moe_expert_swiglu, moe_expert_down, short_conv, decode_attention)")]
     UnknownFamily(String),
     /// A static dim the family's templates need is missing or out of range.
     #[error("offline {family}: static dim `{dim}` is {problem}")]
@@ -80,11 +81,13 @@ pub enum Family {
     MoeExpertDown,
     /// `short_conv(bcx, w, state, out, T)`: LFM2's gated short convolution, state updated in place.
     ShortConv,
+    /// `decode_attention(q, k_cache, v_cache, out, T, past)`: causal GQA attention of T new tokens over a KV cache.
+    DecodeAttention,
 }
 
 impl Family {
     /// Every family, in a fixed order.
-    pub const ALL: [Family; 10] = [
+    pub const ALL: [Family; 11] = [
         Family::Swiglu,
         Family::RmsNorm,
         Family::AddRmsNorm,
@@ -95,6 +98,7 @@ impl Family {
         Family::MoeExpertSwiglu,
         Family::MoeExpertDown,
         Family::ShortConv,
+        Family::DecodeAttention,
     ];
 
     /// The family's name (the catalog op's short name).
@@ -110,6 +114,7 @@ impl Family {
             Family::MoeExpertSwiglu => "moe_expert_swiglu",
             Family::MoeExpertDown => "moe_expert_down",
             Family::ShortConv => "short_conv",
+            Family::DecodeAttention => "decode_attention",
         }
     }
 
@@ -133,6 +138,7 @@ impl Family {
             Family::MoeExpertSwiglu => EXPERT_SWIGLU,
             Family::MoeExpertDown => EXPERT_DOWN,
             Family::ShortConv => SHORT_CONV,
+            Family::DecodeAttention => DECODE_ATTENTION,
         }
     }
 
@@ -166,6 +172,8 @@ impl Family {
             Family::MoeExpertSwiglu => &["unr", "rpw", "xs", "minb", "vec", "wpb"],
             Family::MoeExpertDown => &["unr", "rpw", "hs", "minb", "vec", "wpb"],
             Family::ShortConv => &["pf", "minb", "block", "vec"],
+            // The row split and q's home follow the vector width and lanes; those two come last.
+            Family::DecodeAttention => &["vsplit", "kif", "qs", "minb", "lpk", "vec", "block"],
         }
     }
 
@@ -287,13 +295,45 @@ impl Family {
                     "every warp of a block must own a channel",
                 )
             }
+            Family::DecodeAttention => {
+                let (lpk, vec, vsplit) = (k.get("lpk"), k.get("vec"), k.get("vsplit"));
+                // Chunks start at multiples of vec inside a row: aligned vector loads.
+                ensure(
+                    d.dqk % vec == 0 && d.dv % vec == 0,
+                    "DQK and DV must be multiples of vec",
+                )?;
+                // A group stays inside a warp (full-mask shuffles) and no lane is idle all pass.
+                ensure(
+                    32 % lpk == 0 && lpk * vec <= d.dqk,
+                    "lanes per key must divide 32 and lpk*vec must not exceed DQK",
+                )?;
+                ensure(
+                    k.get("qs") != 2 || attn_qpl(k, d) * vec <= 64,
+                    "q in registers holds at most 64 elements per lane",
+                )?;
+                // A split beyond one item per thread would only serialise the row groups.
+                ensure(
+                    vsplit == 1 || vsplit * (d.dv / vec) <= block,
+                    "vsplit*DV/vec must not exceed the block",
+                )?;
+                let smem = attn_smem_bytes(k, d);
+                ensure(
+                    smem <= ATTN_SMEM_LIMIT,
+                    &format!(
+                        "{smem} bytes of shared memory exceed {ATTN_SMEM_LIMIT} at S_MAX = {}",
+                        d.s_max
+                    ),
+                )
+            }
         }
     }
 
     /// Threads per block of a configuration.
     pub fn block(self, k: &Knobs, d: &Dims) -> i64 {
         match self {
-            Family::Swiglu | Family::MoeCombine | Family::ShortConv => k.get("block"),
+            Family::Swiglu | Family::MoeCombine | Family::ShortConv | Family::DecodeAttention => {
+                k.get("block")
+            }
             Family::RmsNorm | Family::AddRmsNorm | Family::SoftmaxTopk | Family::SigmoidTopk => {
                 k.get("tpr") * k.get("rpb")
             }
@@ -333,12 +373,22 @@ impl Family {
             Family::MoeExpertDown => format!("T*ceil_div(H, {})", k.get("wpb") * k.get("rpw")),
             // Parallel over channels only: a channel's rows are serial through the state.
             Family::ShortConv => format!("ceil_div(D, {})", block * k.get("vec")),
+            // One block per (token, query head), as the seed.
+            Family::DecodeAttention => "T*QH".to_string(),
         };
         let block_expr = match self {
             Family::TttLinearDecode => format!("{}*F/{}", k.get("ks"), k.get("cpt")),
             _ => block.to_string(),
         };
-        format!("block={block_expr} grid={grid} smem=0")
+        let smem = match self {
+            // The S_MAX f32 scores, then the row groups' partial sums (the template's dynamic part).
+            Family::DecodeAttention => match k.get("vsplit") {
+                1 => "S_MAX*4".to_string(),
+                v => format!("(S_MAX+{v}*DV)*4"),
+            },
+            _ => "0".to_string(),
+        };
+        format!("block={block_expr} grid={grid} smem={smem}")
     }
 
     /// Renders the complete candidate source of a configuration.
@@ -434,6 +484,9 @@ impl Family {
                 T_SHORT_CONV
                     .replace("@UNROLL_L@\n", unroll)
                     .replace("@ENTRY@", entry)
+            }
+            Family::DecodeAttention => {
+                T_DECODE_ATTENTION.replace("@UNROLL_QK@", attn_qk_unroll(k, d))
             }
         };
         s.push_str(PRELUDE);
@@ -536,6 +589,43 @@ impl Family {
                     hint("sth"),
                     d.d,
                     d.l
+                ),
+            ],
+            Family::DecodeAttention => vec![
+                format!(
+                    "One block of {} threads per (token, query head); scores of the S_MAX = {} keys in shared memory.",
+                    k.get("block"),
+                    d.s_max
+                ),
+                format!(
+                    "QK: {} lane(s) per key, {}-element chunks, {} key(s) per lane group in flight, q {}.",
+                    k.get("lpk"),
+                    k.get("vec"),
+                    k.get("kif"),
+                    match k.get("qs") {
+                        2 => "in registers",
+                        1 => "staged in shared memory",
+                        _ => "re-read from global memory",
+                    }
+                ),
+                format!(
+                    "PV: {}-element chunks of V, rows split over {} group(s){}, {} row(s) in flight.",
+                    k.get("vec"),
+                    k.get("vsplit"),
+                    if k.get("vsplit") > 1 {
+                        " meeting in shared memory"
+                    } else {
+                        ""
+                    },
+                    k.get("kif")
+                ),
+                format!(
+                    "K/V loads: {}; QH = {}, KVH = {}, DQK = {}, DV = {}.",
+                    hint("ldh"),
+                    d.qh,
+                    d.kvh,
+                    d.dqk,
+                    d.dv
                 ),
             ],
         }
@@ -642,6 +732,26 @@ impl Family {
                       vec![("vec", vec_upto(4)), ("block", 32), ("keep", 1), ("pf", 4), ("unr", 1), ("res", 1), ("ldh", 4), ("sth", 1)]),
                 ]
             }
+            Family::DecodeAttention => {
+                // The widest chunk of at most 8 elements that gives every one of `lanes` lanes one.
+                let vec_for = |lanes: i64| [8, 4, 2, 1].into_iter().find(|v| lanes * v <= d.dqk).unwrap_or(1);
+                // At most `max` lanes per key such that each lane gets one 8-element chunk.
+                let lanes_for = |max: i64| [32, 16, 8, 4, 1].into_iter().find(|l| *l <= max && l * 8 <= d.dqk).unwrap_or(1);
+                // Row groups of the PV pass: as many as give each thread of the block one item.
+                let split_for = |block: i64, vec: i64| pow2_floor((block / (d.dv / vec).max(1)).max(1)).min(32);
+                // q in registers where it fits 64 elements per lane, else staged in shared memory.
+                let qs_for = |lanes: i64, vec: i64| if (d.dqk / vec + lanes - 1) / lanes * vec <= 64 { 2 } else { 1 };
+                let (l8, l4) = (lanes_for(8), lanes_for(4));
+                let (v8, v32, v4) = (vec_for(l8), vec_for(32), vec_for(l4));
+                vec![
+                    r("recipe-group8-regs", "8 lanes per key with 16-byte chunks, 2 keys in flight, q in registers, 256 threads, V rows split over the block",
+                      vec![("block", 256), ("lpk", l8), ("vec", v8), ("kif", 2), ("vsplit", split_for(256, v8)), ("qs", qs_for(l8, v8)), ("ldh", 1)]),
+                    r("recipe-warp-per-key", "a warp per key (16-byte chunks when DQK >= 256), q in registers, 256 threads, V rows split over the block (the catalog's pass design)",
+                      vec![("block", 256), ("lpk", 32), ("vec", v32), ("kif", 2), ("vsplit", split_for(256, v32)), ("qs", qs_for(32, v32)), ("ldh", 1)]),
+                    r("recipe-quad-stream", "4 lanes per key with 16-byte chunks, 4 keys in flight, q staged in shared memory, 128 threads, no-allocate loads",
+                      vec![("block", 128), ("lpk", l4), ("vec", v4), ("kif", 4), ("vsplit", split_for(128, v4)), ("qs", 1), ("ldh", 4)]),
+                ]
+            }
         }
     }
 
@@ -685,6 +795,37 @@ impl Family {
             }
         }
         None
+    }
+}
+
+/// Most shared memory (static and dynamic) a decode_attention configuration may use: the
+/// H100's 227 KiB opt-in less headroom.
+const ATTN_SMEM_LIMIT: i64 = 200 * 1024;
+
+/// Chunk rounds per lane of decode_attention's QK pass: ceil((DQK/vec) / lpk).
+fn attn_qpl(k: &Knobs, d: &Dims) -> i64 {
+    let cpk = d.dqk / k.get("vec").max(1);
+    (cpk + k.get("lpk").max(1) - 1) / k.get("lpk").max(1)
+}
+
+/// Shared memory of a decode_attention configuration: the S_MAX scores and the row groups'
+/// partial sums (dynamic), q staged in its dtype (counted as f32: the dtype is not known here)
+/// and the two reduction arrays (static).
+fn attn_smem_bytes(k: &Knobs, d: &Dims) -> i64 {
+    let vsplit = k.get("vsplit");
+    let part = if vsplit > 1 { vsplit * d.dv } else { 0 };
+    let qsh = if k.get("qs") == 1 { d.dqk } else { 0 };
+    4 * (d.s_max + part + qsh + 2 * (k.get("block") / 32))
+}
+
+/// The `#pragma` of decode_attention's loop over chunk rounds: q in registers needs it fully
+/// unrolled (registers are indexed by round); otherwise full unrolling only while the round
+/// count times the keys in flight stays small, so the loads the compiler hoists fit registers.
+fn attn_qk_unroll(k: &Knobs, d: &Dims) -> &'static str {
+    if k.get("qs") == 2 || attn_qpl(k, d) * k.get("kif") <= 16 {
+        "#pragma unroll"
+    } else {
+        "#pragma unroll 4"
     }
 }
 
@@ -1076,6 +1217,47 @@ const SHORT_CONV: &[KnobSpec] = &[
     MINB_K,
 ];
 
+const DECODE_ATTENTION: &[KnobSpec] = &[
+    knob!("block", &[64, 128, 256, 512], &[], 128, "threads per block"),
+    knob!(
+        "lpk",
+        &[1, 4, 8, 16, 32],
+        &[],
+        1,
+        "lanes per key in the QK pass (summed by shuffles within the group)"
+    ),
+    knob!(
+        "vec",
+        VEC,
+        &[],
+        1,
+        "elements per K/V/q load and V output chunk (8 = 16 bytes of bf16)"
+    ),
+    knob!(
+        "kif",
+        &[1, 2, 4],
+        &[],
+        1,
+        "keys per lane group (QK) and V rows per thread (PV) in flight"
+    ),
+    knob!(
+        "vsplit",
+        &[1, 2, 4, 8, 16, 32],
+        &[],
+        1,
+        "row groups of the PV pass, whose partial sums meet in shared memory"
+    ),
+    knob!(
+        "qs",
+        &[0, 1, 2],
+        &["global", "smem", "regs"],
+        0,
+        "where q lives in the QK pass: re-read from global, staged in shared memory, or in registers"
+    ),
+    LDH_K,
+    MINB_K,
+];
+
 /// A configuration: knob name → value.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Knobs(BTreeMap<&'static str, i64>);
@@ -1151,6 +1333,16 @@ pub struct Dims {
     pub h: i64,
     /// Convolution length (short_conv).
     pub l: i64,
+    /// Query heads (decode_attention).
+    pub qh: i64,
+    /// KV heads (decode_attention).
+    pub kvh: i64,
+    /// q/k head dim (decode_attention).
+    pub dqk: i64,
+    /// v head dim (decode_attention).
+    pub dv: i64,
+    /// KV cache capacity in positions (decode_attention).
+    pub s_max: i64,
 }
 
 impl Dims {
@@ -1196,6 +1388,30 @@ impl Dims {
                 // Any D: the vector width is checked against it per configuration.
                 d.d = get("D", 1, 1 << 16)?;
                 d.l = get("L", 2, 8)?;
+            }
+            Family::DecodeAttention => {
+                d.qh = get("QH", 1, 4096)?;
+                d.kvh = get("KVH", 1, d.qh)?;
+                d.dqk = get("DQK", 8, 1024)?;
+                d.dv = get("DV", 8, 2048)?;
+                // The catalog's limit: S_MAX f32 scores must fit shared memory.
+                d.s_max = get("S_MAX", 1, 49_152)?;
+                if d.qh % d.kvh != 0 {
+                    return Err(OfflineError::BadDim {
+                        family: fam,
+                        dim: "KVH",
+                        problem: format!("{}, does not divide QH = {}", d.kvh, d.qh),
+                    });
+                }
+                for (name, v) in [("DQK", d.dqk), ("DV", d.dv)] {
+                    if v % 8 != 0 {
+                        return Err(OfflineError::BadDim {
+                            family: fam,
+                            dim: name,
+                            problem: format!("{v}, not a multiple of 8"),
+                        });
+                    }
+                }
             }
             Family::MoeExpertSwiglu | Family::MoeExpertDown => {
                 d.h = get("H", 1, 1 << 16)?;

@@ -21,6 +21,13 @@ fn dims_of(family: Family) -> BTreeMap<String, i64> {
             &[("H", 2048), ("I", 768), ("E", 128), ("K", 8)]
         }
         Family::ShortConv => &[("D", 2048), ("L", 3)],
+        Family::DecodeAttention => &[
+            ("QH", 32),
+            ("KVH", 4),
+            ("DQK", 128),
+            ("DV", 128),
+            ("S_MAX", 1024),
+        ],
     };
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
@@ -469,4 +476,218 @@ fn short_conv_knobs_reach_the_template() {
     assert!(f
         .render(&res, &dims)
         .contains("scalar_t* __restrict__ state"));
+}
+
+fn attention_dims(qh: i64, kvh: i64, dqk: i64, dv: i64, s_max: i64) -> Dims {
+    let dims: BTreeMap<String, i64> = [
+        ("QH", qh),
+        ("KVH", kvh),
+        ("DQK", dqk),
+        ("DV", dv),
+        ("S_MAX", s_max),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), *v))
+    .collect();
+    Dims::from_static(Family::DecodeAttention, &dims).expect("decode_attention dims")
+}
+
+/// The search targets' head shapes at the 1024-position cache step.
+const ATTENTION_TARGETS: [(i64, i64, i64, i64); 4] = [
+    (32, 4, 128, 128),
+    (20, 20, 256, 256),
+    (32, 2, 128, 128),
+    (32, 8, 64, 64),
+];
+
+#[test]
+fn decode_attention_naive_knobs_are_the_seed() {
+    let f = Family::DecodeAttention;
+    for (qh, kvh, dqk, dv) in ATTENTION_TARGETS {
+        let dims = attention_dims(qh, kvh, dqk, dv, 1024);
+        let naive = f.naive(&dims);
+        assert_eq!(naive, f.base());
+        // The seed: 128 threads, a thread per key with scalar loads of q and k, a thread per
+        // output dim over all the keys.
+        let want = "family=decode_attention block=128 lpk=1 vec=1 kif=1 vsplit=1 qs=global ldh=plain minb=0";
+        assert_eq!(naive.header(f), want);
+        let seed_launch = seed(f)
+            .lines()
+            .find_map(|l| l.strip_prefix("// kiln: "))
+            .expect("seed launch line");
+        assert_eq!(f.launch(&naive, &dims), seed_launch);
+    }
+}
+
+#[test]
+fn decode_attention_dims_are_checked() {
+    let f = Family::DecodeAttention;
+    let with = |pairs: &[(&str, i64)]| -> BTreeMap<String, i64> {
+        let mut m: BTreeMap<String, i64> = [
+            ("QH", 32),
+            ("KVH", 4),
+            ("DQK", 128),
+            ("DV", 128),
+            ("S_MAX", 1024),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect();
+        for (k, v) in pairs {
+            m.insert(k.to_string(), *v);
+        }
+        m
+    };
+    for (bad, dim) in [
+        (with(&[("KVH", 5)]), "KVH"),
+        (with(&[("KVH", 64)]), "KVH"),
+        (with(&[("DQK", 100)]), "DQK"),
+        (with(&[("DQK", 2048)]), "DQK"),
+        (with(&[("DV", 12)]), "DV"),
+        (with(&[("S_MAX", 0)]), "S_MAX"),
+        (with(&[("S_MAX", 49_153)]), "S_MAX"),
+    ] {
+        match Dims::from_static(f, &bad) {
+            Err(super::OfflineError::BadDim { dim: d, .. }) => assert_eq!(d, dim, "{bad:?}"),
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+    let mut no_dv = with(&[]);
+    no_dv.remove("DV");
+    assert!(Dims::from_static(f, &no_dv).is_err());
+}
+
+#[test]
+fn decode_attention_rewrites_fit_the_dims() {
+    let f = Family::DecodeAttention;
+    // The targets, a small odd cache, DQK != DV, tiny heads, and the largest cache.
+    let mut cases: Vec<Dims> = ATTENTION_TARGETS
+        .iter()
+        .map(|&(qh, kvh, dqk, dv)| attention_dims(qh, kvh, dqk, dv, 1024))
+        .collect();
+    cases.push(attention_dims(8, 2, 64, 64, 100));
+    cases.push(attention_dims(4, 4, 192, 128, 37));
+    cases.push(attention_dims(3, 1, 8, 16, 1));
+    cases.push(attention_dims(2, 1, 1024, 2048, 49_152));
+    for dims in cases {
+        let naive = f.naive(&dims);
+        assert!(f.check(&naive, &dims).is_ok(), "{dims:?}");
+        let moves = single_moves(f, &dims, &naive, &History::new());
+        assert!(moves.len() >= 10, "{dims:?}: {} rewrites", moves.len());
+        for m in moves {
+            let k = &m.knobs;
+            assert!(f.check(k, &dims).is_ok(), "{dims:?}: {}", m.name);
+            let (lpk, vec, vsplit) = (k.get("lpk"), k.get("vec"), k.get("vsplit"));
+            assert!(lpk * vec <= dims.dqk, "{dims:?}: {}", m.name);
+            assert!(
+                vsplit == 1 || vsplit * (dims.dv / vec) <= k.get("block"),
+                "{dims:?}: {}",
+                m.name
+            );
+            // The launch's dynamic shared memory covers the scores and the partial sums.
+            let line = f.launch(k, &dims);
+            let parsed = kiln_kernels::launch::LaunchLine::parse(&line).expect("launch line");
+            let vars: BTreeMap<String, i64> = [
+                ("T", 5),
+                ("SMS", 132),
+                ("QH", dims.qh),
+                ("KVH", dims.kvh),
+                ("DQK", dims.dqk),
+                ("DV", dims.dv),
+                ("S_MAX", dims.s_max),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
+            let ld = parsed.evaluate(&vars).expect("evaluates");
+            let part = if vsplit > 1 { vsplit * dims.dv } else { 0 };
+            assert_eq!(ld.smem as i64, 4 * (dims.s_max + part), "{line}");
+            assert_eq!(ld.grid.0 as i64, 5 * dims.qh, "{line}");
+            assert!(ld.smem <= 200 * 1024, "{line}");
+        }
+    }
+    // At the largest cache the scores alone take 192 KiB: no room for a row split of DV = 2048.
+    let big = attention_dims(2, 1, 1024, 2048, 49_152);
+    assert!(f.apply(&f.base(), &[("vsplit", 2)], &big).is_none());
+}
+
+#[test]
+fn decode_attention_rejects_layouts_that_do_not_fit() {
+    let f = Family::DecodeAttention;
+    let lfm = attention_dims(32, 8, 64, 64, 1024);
+    let parse = |h: &str| {
+        Knobs::parse(
+            &format!("// kiln-offline: family=decode_attention {h}\n"),
+            f,
+        )
+        .expect("parses")
+    };
+    // 32 lanes of 8-element chunks need DQK >= 256.
+    assert!(f.check(&parse("lpk=32 vec=8"), &lfm).is_err());
+    assert!(f.check(&parse("lpk=8 vec=8"), &lfm).is_ok());
+    // q in registers: 64 elements per lane at most (a lane per key of DQK = 128 is 128).
+    let qwen = attention_dims(32, 4, 128, 128, 1024);
+    assert!(f.check(&parse("lpk=1 vec=8 qs=regs"), &qwen).is_err());
+    assert!(f.check(&parse("lpk=4 vec=8 qs=regs"), &qwen).is_ok());
+    // The row split: at most one (group, chunk) item per thread.
+    assert!(f.check(&parse("block=128 vec=8 vsplit=8"), &qwen).is_ok());
+    assert!(f.check(&parse("block=128 vec=8 vsplit=16"), &qwen).is_err());
+    // A rewrite that breaks a layout is repaired by another knob, or refused.
+    let k = f
+        .apply(&parse("lpk=1 vec=8 qs=regs kif=1"), &[("vec", 8)], &qwen)
+        .expect("repaired");
+    assert!(f.check(&k, &qwen).is_ok());
+    let to_regs = f.apply(&f.base(), &[("qs", 2)], &qwen).expect("qs=regs");
+    assert_eq!(to_regs.get("qs"), 2);
+    assert!(f.check(&to_regs, &qwen).is_ok());
+    // A parent whose header does not fit the dims falls back to the naive knobs.
+    let bad = parse("lpk=32 vec=8");
+    assert_eq!(parent_knobs(f, &lfm, &f.render(&bad, &lfm)), f.naive(&lfm));
+}
+
+#[test]
+fn decode_attention_knobs_reach_the_template() {
+    let f = Family::DecodeAttention;
+    let dims = attention_dims(32, 4, 128, 128, 1024);
+    let base = f.render(&f.base(), &dims);
+    assert!(!base.contains('@'), "every placeholder is filled");
+    // The early-launch wait comes first in the entry, before any branch or memory access.
+    let entry = base
+        .find("decode_attention(const scalar_t* __restrict__ q")
+        .expect("entry");
+    let body = &base[entry..];
+    let open = body.find('{').expect("body");
+    let first: Vec<&str> = body[open + 1..]
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("//"))
+        .take(4)
+        .collect();
+    assert_eq!(
+        first,
+        [
+            "#if __CUDA_ARCH__ >= 900",
+            "asm volatile(\"griddepcontrol.wait;\" ::: \"memory\");",
+            "asm volatile(\"griddepcontrol.launch_dependents;\" ::: \"memory\");",
+            "#endif"
+        ]
+    );
+    // A naive walk over DQK = 128 scalar chunks is partly unrolled; q in registers fully.
+    assert!(base.contains("#pragma unroll 4\n            for (int r = 0; r < QPL; ++r)"));
+    let regs = f
+        .apply(&f.base(), &[("lpk", 8), ("vec", 8), ("qs", 2)], &dims)
+        .expect("regs");
+    let src = f.render(&regs, &dims);
+    assert!(src.contains("#pragma unroll\n            for (int r = 0; r < QPL; ++r)"));
+    for (knob, text) in [
+        ("lpk", "#define KO_LPK 8"),
+        ("vec", "#define KO_VEC 8"),
+        ("qs", "#define KO_QS 2"),
+    ] {
+        assert!(src.contains(text), "{knob}");
+    }
+    let split = f.apply(&regs, &[("vsplit", 4)], &dims).expect("vsplit=4");
+    assert!(f
+        .render(&split, &dims)
+        .contains("// kiln: block=128 grid=T*QH smem=(S_MAX+4*DV)*4\n"));
 }
