@@ -186,7 +186,7 @@ struct CheckVerdict {
 /// if it outlives any reasonable bound.
 fn discover_check(case: &Case) -> CheckVerdict {
     let started = Instant::now();
-    let mut child = match Command::new(env!("CARGO_BIN_EXE_kiln"))
+    let mut child = match Command::new(kiln_bin())
         .args(["discover", "check", &case.target])
         .arg(&case.path)
         .args(["--compile-timeout-s", &COMPILE_TIMEOUT_S.to_string()])

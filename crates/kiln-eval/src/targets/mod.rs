@@ -169,17 +169,24 @@ impl Target {
     /// target may take. The worker draws, uploads and checks every input
     /// afresh for each verification trial, and builds the timing sets on a
     /// target's first candidate: for expert-stacked weights (hundreds of MB)
-    /// that host work is seconds per trial, not the kernel. One more unit per
-    /// 128 MiB of inputs at one row, at most 8; a hang is still caught.
+    /// or a large timed shape drawn once per row window (up to four, beyond
+    /// L2) that host work is seconds, not the kernel. One more unit per
+    /// 128 MiB of inputs at one row, or per 512 MiB of four windows of the
+    /// largest timed shape, whichever is more; at most 8. A hang is still caught.
     pub fn timeout_scale(&self) -> u32 {
         const UNIT: usize = 128 << 20;
-        let bytes: usize = self
-            .problem
-            .buffers(1)
-            .iter()
-            .map(|b| b.len * b.kind.size())
-            .sum();
-        (1 + bytes / UNIT).min(8) as u32
+        const TIMED_UNIT: usize = 512 << 20;
+        const MOST_WINDOWS: usize = 4;
+        let bytes = |t: usize| -> usize {
+            self.problem
+                .buffers(t)
+                .iter()
+                .map(|b| b.len * b.kind.size())
+                .sum()
+        };
+        let largest = self.timed_t.iter().copied().max().unwrap_or(1);
+        let units = (bytes(1) / UNIT).max(bytes(largest) * MOST_WINDOWS / TIMED_UNIT);
+        (1 + units).min(8) as u32
     }
 
     /// Every verified row count, visible first.
