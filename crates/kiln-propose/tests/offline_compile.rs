@@ -257,24 +257,49 @@ fn every_offline_source_compiles_for_every_target() {
                 source,
                 defines: defines.clone(),
             };
-            if let Err(e) = check_launch(&job, &dims) {
-                problems.push(format!("{} / {}: launch: {e}", job.target, job.label));
-            }
-            if let Err(e) = Candidate::new(job.source.clone()).check(&sig) {
-                problems.push(format!("{} / {}: static check: {e}", job.target, job.label));
-            }
-            jobs.push(job);
+            queue(job, &dims, &sig, &mut jobs, &mut problems);
         }
     }
-    problems.extend(compile_all(&compiler, &jobs));
+    compile_and_report("per target", &compiler, &jobs, &per_target, problems, start);
+}
+
+/// Checks `job`'s launch line at several T and its source against `sig`,
+/// noting what fails, and queues it for compilation.
+fn queue(
+    job: Job,
+    dims: &BTreeMap<String, i64>,
+    sig: &TargetSignature,
+    jobs: &mut Vec<Job>,
+    problems: &mut Vec<String>,
+) {
+    if let Err(e) = check_launch(&job, dims) {
+        problems.push(format!("{} / {}: launch: {e}", job.target, job.label));
+    }
+    if let Err(e) = Candidate::new(job.source.clone()).check(sig) {
+        problems.push(format!("{} / {}: static check: {e}", job.target, job.label));
+    }
+    jobs.push(job);
+}
+
+/// Compiles every queued job, prints the counts, and fails on a shallow
+/// walk (fewer than 40 distinct sources for any case) or any problem.
+fn compile_and_report(
+    what: &str,
+    compiler: &Compiler,
+    jobs: &[Job],
+    per_case: &BTreeMap<String, usize>,
+    mut problems: Vec<String>,
+    start: Instant,
+) {
+    problems.extend(compile_all(compiler, jobs));
     eprintln!(
-        "offline_compile: {} compiles in {:.1} s; distinct generated sources per target: {per_target:?}",
+        "offline_compile: {} compiles in {:.1} s; distinct generated sources {what}: {per_case:?}",
         jobs.len(),
         start.elapsed().as_secs_f64()
     );
     assert!(
-        per_target.values().all(|n| *n >= 40),
-        "walks too shallow: {per_target:?}"
+        per_case.values().all(|n| *n >= 40),
+        "walks too shallow: {per_case:?}"
     );
     assert!(
         problems.is_empty(),
@@ -330,30 +355,16 @@ fn families_compile_at_their_own_dims() {
                     source: source.clone(),
                     defines: defines.clone(),
                 };
-                if let Err(e) = check_launch(&job, &dims) {
-                    problems.push(format!("{} / {}: launch: {e}", job.target, job.label));
-                }
-                if let Err(e) = Candidate::new(job.source.clone()).check(&sig) {
-                    problems.push(format!("{} / {}: static check: {e}", job.target, job.label));
-                }
-                jobs.push(job);
+                queue(job, &dims, &sig, &mut jobs, &mut problems);
             }
         }
     }
-    problems.extend(compile_all(&compiler, &jobs));
-    eprintln!(
-        "offline_compile (own dims): {} compiles in {:.1} s; distinct sources per case: {per_case:?}",
-        jobs.len(),
-        start.elapsed().as_secs_f64()
-    );
-    assert!(
-        per_case.values().all(|n| *n >= 40),
-        "walks too shallow: {per_case:?}"
-    );
-    assert!(
-        problems.is_empty(),
-        "{} problems:\n{}",
-        problems.len(),
-        problems.join("\n\n")
+    compile_and_report(
+        "per own-dims case",
+        &compiler,
+        &jobs,
+        &per_case,
+        problems,
+        start,
     );
 }

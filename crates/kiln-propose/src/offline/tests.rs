@@ -393,18 +393,25 @@ fn short_conv_dims(d: i64, l: i64) -> Dims {
 
 #[test]
 fn short_conv_naive_knobs_are_the_seed() {
-    let f = Family::ShortConv;
-    let dims = short_conv_dims(2048, 3);
-    let naive = f.naive(&dims);
-    assert_eq!(naive, f.base());
     // The seed: one channel per thread in 128-thread blocks, state re-read and shifted every row.
-    let want = "family=short_conv vec=1 block=128 keep=0 pf=1 unr=auto res=plain ldh=plain sth=plain minb=0";
-    assert_eq!(naive.header(f), want);
+    assert_naive_is_the_seed(
+        Family::ShortConv,
+        &short_conv_dims(2048, 3),
+        "family=short_conv vec=1 block=128 keep=0 pf=1 unr=auto res=plain ldh=plain sth=plain minb=0",
+    );
+}
+
+/// The family's naive knobs at `dims` are its base, read as `header`, and
+/// launch exactly as its seed's launch line says.
+fn assert_naive_is_the_seed(f: Family, dims: &Dims, header: &str) {
+    let naive = f.naive(dims);
+    assert_eq!(naive, f.base());
+    assert_eq!(naive.header(f), header);
     let seed_launch = seed(f)
         .lines()
         .find_map(|l| l.strip_prefix("// kiln: "))
         .expect("seed launch line");
-    assert_eq!(f.launch(&naive, &dims), seed_launch);
+    assert_eq!(f.launch(&naive, dims), seed_launch);
 }
 
 #[test]
@@ -504,18 +511,13 @@ const ATTENTION_TARGETS: [(i64, i64, i64, i64); 4] = [
 fn decode_attention_naive_knobs_are_the_seed() {
     let f = Family::DecodeAttention;
     for (qh, kvh, dqk, dv) in ATTENTION_TARGETS {
-        let dims = attention_dims(qh, kvh, dqk, dv, 1024);
-        let naive = f.naive(&dims);
-        assert_eq!(naive, f.base());
         // The seed: 128 threads, a thread per key with scalar loads of q and k, a thread per
         // output dim over all the keys.
-        let want = "family=decode_attention block=128 lpk=1 vec=1 kif=1 vsplit=1 qs=global ldh=plain minb=0";
-        assert_eq!(naive.header(f), want);
-        let seed_launch = seed(f)
-            .lines()
-            .find_map(|l| l.strip_prefix("// kiln: "))
-            .expect("seed launch line");
-        assert_eq!(f.launch(&naive, &dims), seed_launch);
+        assert_naive_is_the_seed(
+            f,
+            &attention_dims(qh, kvh, dqk, dv, 1024),
+            "family=decode_attention block=128 lpk=1 vec=1 kif=1 vsplit=1 qs=global ldh=plain minb=0",
+        );
     }
 }
 
