@@ -304,7 +304,7 @@ pub fn run_case(
         }
     };
     check_timed_output(dev, &case.problem, &kernel, &mut sets, 0x5eed)?;
-    let bytes = case.problem.bytes_moved(t);
+    let bytes = sets.bytes_per_launch;
     let ceiling = ceilings.get(dev, bytes)?;
     let copy_us = ceiling.best_us();
     let gbps = bytes as f64 / (s.median_us * 1e3);

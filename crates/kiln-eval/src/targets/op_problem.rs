@@ -300,16 +300,62 @@ impl OpProblem {
         }
     }
 
-    /// Experts the timing inputs' indices touch at `t` rows: the Normal-distribution
-    /// index pattern spreads the T·K slots over min(E, T·K) distinct experts.
+    /// The most distinct experts `t` rows of indices can name: min(E, T·K),
+    /// what the Normal verification pattern touches.
     fn experts_read(t: usize, k: usize, e: usize) -> usize {
         (t * k).min(e)
     }
 
-    /// Bytes one launch must move at least: every buffer read or written
-    /// once; of expert-stacked weights only the experts the indices name
-    /// (see [`Self::experts_read`]), of a KV cache only positions `0..past+T`.
+    /// Bytes one launch of `t` rows moves at most of what it must: every
+    /// buffer read or written once; of expert-stacked weights the most
+    /// experts `t` rows can name (see [`Self::experts_read`]), of a KV cache
+    /// only positions `0..past+T`. Sizes the timing sets; what a timed launch
+    /// must move is [`Self::bytes_moved_on`] of its own indices.
     pub fn bytes_moved(&self, t: usize) -> u64 {
+        self.bytes_with_experts(t, None)
+    }
+
+    /// Bytes a launch of `t` rows over rows `window·t ..` of `inputs` (in
+    /// [`Self::inputs`] order; one row window of a timing set) must move at
+    /// least: as [`Self::bytes_moved`], but of expert-stacked weights only the
+    /// distinct in-range experts its indices name. Router picks at T > 1 often
+    /// repeat experts across tokens, so the bound of [`Self::bytes_moved`]
+    /// would overstate a timed launch's traffic.
+    pub fn bytes_moved_on(&self, t: usize, inputs: &[HostBuffer], window: usize) -> u64 {
+        let experts = match self {
+            OpProblem::MoeExpertSwiglu(c) => Some(c.e),
+            OpProblem::MoeExpertDown(c) => Some(c.e),
+            _ => None,
+        };
+        let named = experts.and_then(|e| {
+            let slot = self
+                .buffers(t)
+                .iter()
+                .filter(|b| b.role.is_read())
+                .position(|b| b.name == "indices")?;
+            let per_row = self.input_row_layout().get(slot).copied().flatten()?;
+            let rows = window * t * per_row..(window + 1) * t * per_row;
+            let distinct: std::collections::BTreeSet<u64> = inputs
+                .get(slot)?
+                .values
+                .get(rows)?
+                .iter()
+                .map(|&v| v as u64)
+                .filter(|&v| v < e as u64)
+                .collect();
+            Some(distinct.len())
+        });
+        self.bytes_with_experts(t, named)
+    }
+
+    /// [`Self::bytes_moved`] with `experts` distinct experts read (the most
+    /// `t` rows can name when `None`).
+    fn bytes_with_experts(&self, t: usize, experts: Option<usize>) -> u64 {
+        let read = |k: usize, e: usize| {
+            experts
+                .unwrap_or_else(|| Self::experts_read(t, k, e))
+                .min(e)
+        };
         let all: u64 = self
             .buffers(t)
             .iter()
@@ -317,12 +363,8 @@ impl OpProblem {
             .sum();
         let sz = self.dtype().size() as u64;
         let unread = match self {
-            OpProblem::MoeExpertSwiglu(c) => {
-                2 * ((c.e - Self::experts_read(t, c.k, c.e)) * c.i * c.h) as u64 * sz
-            }
-            OpProblem::MoeExpertDown(c) => {
-                ((c.e - Self::experts_read(t, c.k, c.e)) * c.h * c.i) as u64 * sz
-            }
+            OpProblem::MoeExpertSwiglu(c) => 2 * ((c.e - read(c.k, c.e)) * c.i * c.h) as u64 * sz,
+            OpProblem::MoeExpertDown(c) => ((c.e - read(c.k, c.e)) * c.h * c.i) as u64 * sz,
             OpProblem::DecodeAttention { config, past } => {
                 let s = &config.shape;
                 let unused = s.s_max.saturating_sub(past + t);
@@ -788,12 +830,6 @@ fn as_indices(v: &[f64]) -> Vec<u32> {
     v.iter().map(|&x| x as u32).collect()
 }
 
-/// Indices of `t` tokens × `k` slots over `e` experts. Normal (the timing
-/// inputs): slot s of the set takes expert (offset + s) mod E, K distinct
-/// experts per token and min(E, T·K) in all (the most weight traffic, what
-/// [`OpProblem::bytes_moved`] counts). Ties: every token picks the same K
-/// experts. Otherwise random with repeats and about 1 slot in 8 out of range
-/// (E, E+1 or u32::MAX), which must read nothing.
 /// How [`OpProblem::draw_inputs`] draws.
 #[derive(Debug, Clone, Copy)]
 struct Draw {
@@ -814,6 +850,12 @@ fn routed_indices(t: usize, k: usize, e: usize, rng: &mut ChaCha8Rng) -> Vec<f64
         .collect()
 }
 
+/// Verification indices of `t` tokens × `k` slots over `e` experts. Normal:
+/// slot s of the set takes expert (offset + s) mod E, K distinct experts per
+/// token and min(E, T·K) in all (the most weight traffic, what
+/// [`OpProblem::bytes_moved`] counts). Ties: every token picks the same K
+/// experts. Otherwise random with repeats and about 1 slot in 8 out of range
+/// (E, E+1 or u32::MAX), which must read nothing.
 fn expert_indices(
     t: usize,
     k: usize,
@@ -871,9 +913,6 @@ fn draw_scaled_par(kind: ElemKind, n: usize, scale: f64, rng: &mut ChaCha8Rng) -
         .collect()
 }
 
-/// Builds a router's reference, with the weight of every expert as a tied
-/// substitute: expert `e` swapped for the chosen expert whose selection score
-/// is closest to its own, weighed by the model's own formula (`weights_of`).
 /// Concatenates chunked input sets: per-row buffers row by row, static ones
 /// from the first chunk.
 fn join_rows(parts: Vec<Vec<HostBuffer>>, layout: &[Option<usize>]) -> Vec<HostBuffer> {
@@ -891,6 +930,9 @@ fn join_rows(parts: Vec<Vec<HostBuffer>>, layout: &[Option<usize>]) -> Vec<HostB
     joined
 }
 
+/// Builds a router's reference, with the weight of every expert as a tied
+/// substitute: expert `e` swapped for the chosen expert whose selection score
+/// is closest to its own, weighed by the model's own formula (`weights_of`).
 fn topk_reference(
     r: reference::topk::TopK,
     e: usize,
@@ -1187,9 +1229,46 @@ mod tests {
         );
         // The Normal index pattern touches exactly min(E, T·K) experts.
         let mut rng = ChaCha8Rng::seed_from_u64(3);
-        let idx = &sw.inputs(2, Distribution::Normal, &mut rng)[3].values;
+        let normal = sw.inputs(2, Distribution::Normal, &mut rng);
+        let idx = &normal[3].values;
         let distinct: std::collections::BTreeSet<u64> = idx.iter().map(|v| *v as u64).collect();
         assert_eq!(distinct.len(), 4);
+        assert_eq!(sw.bytes_moved_on(2, &normal, 0), sw.bytes_moved(2));
+    }
+
+    /// A timed launch must move only the experts its own rows name: repeats
+    /// across tokens and out-of-range slots read nothing more, and each row
+    /// window counts its own indices.
+    #[test]
+    fn bytes_on_inputs_count_the_distinct_experts_named() {
+        let [sw, dn, at, _] = <[OpProblem; 4]>::try_from(decode_problems()).expect("four problems");
+        let expert_bytes = 2 * 12 * 256 * 2; // one expert's gate and up rows, bf16
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        let mut inputs = sw.inputs(6, Distribution::Normal, &mut rng);
+        // Two windows of 3 tokens × K=2: experts {1, 2} then {1, 5} with an
+        // out-of-range slot.
+        inputs[3].values = vec![1.0, 2.0, 2.0, 1.0, 1.0, 2.0, 1.0, 6.0, 5.0, 1.0, 1.0, 5.0];
+        let all_six = sw.bytes_moved(3);
+        assert_eq!(
+            sw.bytes_moved_on(3, &inputs, 0),
+            all_six - 4 * expert_bytes as u64
+        );
+        assert_eq!(
+            sw.bytes_moved_on(3, &inputs, 1),
+            all_six - 4 * expert_bytes as u64
+        );
+        inputs[3].values[8] = 3.0;
+        assert_eq!(
+            sw.bytes_moved_on(3, &inputs, 1),
+            all_six - 3 * expert_bytes as u64
+        );
+        // Ops without expert weights: what bytes_moved says.
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        let att = at.inputs(2, Distribution::Normal, &mut rng);
+        assert_eq!(at.bytes_moved_on(2, &att, 0), at.bytes_moved(2));
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        let down = dn.inputs(1, Distribution::Ties, &mut rng);
+        assert!(dn.bytes_moved_on(1, &down, 0) <= dn.bytes_moved(1));
     }
 
     /// Chunked (parallel) references and inputs must equal the serial ones.

@@ -226,7 +226,7 @@ fn evaluate_inner(
                     None
                 }
             });
-        let bytes = problem.bytes_moved(t);
+        let bytes = sets.bytes_per_launch;
         plausible
             .check(cand.median_us, bytes, sets.rotated_beyond_l2)
             .map_err(|e| Failure::new(Stage::Plausibility, format!("T={t}: {e}")))?;

@@ -354,6 +354,10 @@ pub struct TimingSets {
     pub windows: usize,
     /// True when the sets together are at least twice the L2.
     pub rotated_beyond_l2: bool,
+    /// The bytes a launch of the graph must move, on average over its
+    /// launches ([`OpProblem::bytes_moved_on`] of each launch's own rows):
+    /// what the plausibility bound and the reported bandwidth use.
+    pub bytes_per_launch: u64,
     /// The reference of each set, computed on first use.
     references: Vec<Option<Reference>>,
 }
@@ -456,6 +460,11 @@ pub fn timing_sets(
     for set in sets.iter_mut() {
         set.shuffle_groups(&mut order);
     }
+    let launches: Vec<u64> = inputs
+        .iter()
+        .flat_map(|host| (0..windows).map(move |w| problem.bytes_moved_on(t, host, w)))
+        .collect();
+    let bytes_per_launch = launches.iter().sum::<u64>() / launches.len().max(1) as u64;
     let mut paired: Vec<(DeviceSet, Vec<HostBuffer>)> = sets.into_iter().zip(inputs).collect();
     paired.shuffle(&mut order);
     let (sets, inputs): (Vec<_>, Vec<_>) = paired.into_iter().unzip();
@@ -465,6 +474,7 @@ pub fn timing_sets(
         rounds,
         windows,
         rotated_beyond_l2: rotated,
+        bytes_per_launch,
         references: vec![None; n],
     })
 }
