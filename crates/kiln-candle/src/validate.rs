@@ -117,8 +117,11 @@ pub struct ConfigResult {
     pub host_ms_per_token: f64,
     /// Peak device memory in use during the runs (bytes, whole device).
     pub peak_memory_bytes: u64,
-    /// Greedy tokens of the first run.
+    /// Greedy tokens of the untimed pass (every timed run must repeat them).
     pub tokens: Vec<u32>,
+    /// The first timed run (0-based) whose tokens differ from the untimed
+    /// pass's: decode that is not deterministic fails its verdict.
+    pub timed_run_diverged: Option<usize>,
     /// First position where the greedy tokens differ from the baseline's (None: identical).
     pub first_divergence: Option<usize>,
     /// Max |Δ logit| against the baseline, teacher-forced on the baseline's tokens.
@@ -647,36 +650,35 @@ fn measure(
 ) -> Result<Vec<(ConfigResult, Vec<Vec<f32>>)>> {
     let dev = model.device().clone();
     let mut peak = used_memory(&dev);
-    for v in variants {
-        // Warm-up: compiles kernels, captures graphs, settles clocks.
-        progress(&format!("{}: warm-up", v.name));
-        apply(model, v, pack)?;
-        model.reset()?;
-        let mut next = argmax(&model.forward(&opts.prompt, 0)?)?;
-        for i in 0..opts.max_tokens.min(8) {
-            next = argmax(&model.forward(&[next], opts.prompt.len() + i)?)?;
-        }
-    }
     let n = variants.len();
+    let mut tokens = vec![Vec::new(); n];
+    let mut own_logits = vec![Vec::new(); n];
+    for (i, v) in variants.iter().enumerate() {
+        // One untimed pass of full length: it compiles kernels, captures the
+        // graph and settles clocks, and it is the one that copies logits to
+        // the host (timing a run that does cost every first run 6–12 %).
+        progress(&format!("{}: untimed pass", v.name));
+        apply(model, v, pack)?;
+        let g = greedy(model, &opts.prompt, opts.max_tokens, reference.is_none())?;
+        tokens[i] = g.tokens;
+        own_logits[i] = g.logits;
+    }
     let mut decode = vec![Vec::new(); n];
     let mut host = vec![Vec::new(); n];
     let mut prefill = vec![Vec::new(); n];
-    let mut tokens = vec![Vec::new(); n];
-    let mut own_logits = vec![Vec::new(); n];
+    let mut diverged = vec![None; n];
     for run in 0..opts.runs {
         for (i, v) in variants.iter().enumerate() {
             progress(&format!("{}: run {}/{}", v.name, run + 1, opts.runs));
             apply(model, v, pack)?;
-            let keep = run == 0 && reference.is_none();
-            let g = greedy(model, &opts.prompt, opts.max_tokens, keep)?;
+            let g = greedy(model, &opts.prompt, opts.max_tokens, false)?;
             peak = peak.max(used_memory(&dev));
             prefill[i].push(opts.prompt.len() as f64 / g.prefill_s);
             // The first token comes from the prefill; the rest are decode steps.
             decode[i].push((opts.max_tokens - 1).max(1) as f64 / g.decode_s);
             host[i].push(1e3 * g.host_s / (opts.max_tokens - 1).max(1) as f64);
-            if run == 0 {
-                tokens[i] = g.tokens;
-                own_logits[i] = g.logits;
+            if g.tokens != tokens[i] && diverged[i].is_none() {
+                diverged[i] = Some(run);
             }
         }
     }
@@ -705,6 +707,7 @@ fn measure(
                 host_ms_per_token: median(&host[i]),
                 peak_memory_bytes: peak,
                 tokens: std::mem::take(&mut tokens[i]),
+                timed_run_diverged: diverged[i],
                 first_divergence,
                 tf_max_abs_logit_diff: tf_max,
                 tf_top1_agreement: tf_top1,
@@ -743,7 +746,15 @@ fn bit_identical(a: &[Vec<f32>], b: &[Vec<f32>]) -> bool {
 /// noise floor when there is one.
 fn judge(results: &mut [ConfigResult], noise: Option<&NoiseFloor>) {
     for (i, c) in results.iter_mut().enumerate() {
-        let (verdict, reason) = if c.identical_to_eager == Some(false) {
+        let (verdict, reason) = if let Some(run) = c.timed_run_diverged {
+            (
+                Verdict::Fail,
+                format!(
+                    "not deterministic: timed run {} decoded other tokens than the untimed pass",
+                    run + 1
+                ),
+            )
+        } else if c.identical_to_eager == Some(false) {
             (
                 Verdict::Fail,
                 "graph decode differs from eager decode of the same kernels".to_string(),
@@ -1079,6 +1090,7 @@ mod tests {
             host_ms_per_token: 0.1,
             peak_memory_bytes: 0,
             tokens: vec![],
+            timed_run_diverged: None,
             first_divergence: None,
             tf_max_abs_logit_diff: diff,
             tf_top1_agreement: top1,
@@ -1131,6 +1143,12 @@ mod tests {
         let mut r = vec![config("base", 0.0, 1.0, None), config("k", 0.0, 1.0, None)];
         judge(&mut r, None);
         assert_eq!(r[1].verdict, Verdict::NotJudged);
+        // A timed run that decoded other tokens fails, floor or not.
+        let mut r = vec![config("base", 0.0, 1.0, None), config("k", 0.0, 1.0, None)];
+        r[1].timed_run_diverged = Some(2);
+        judge(&mut r, None);
+        assert_eq!(r[1].verdict, Verdict::Fail);
+        assert!(r[1].verdict_reason.contains("timed run 3"));
     }
 
     #[test]
