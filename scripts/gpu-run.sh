@@ -18,6 +18,8 @@ if [ -f "$here/kiln-models.gz" ] && [ ! -x "$here/kiln-models" ]; then
 fi
 summary="$out/summary.md"
 commit=$(cat "$here/COMMIT" 2>/dev/null || echo unknown)
+# What promote writes as provenance: the bundle's commit, not whatever git the machine has.
+export KILN_COMMIT=$commit
 {
   echo "# kiln GPU suite"
   echo "commit $commit, $(date -u +%Y-%m-%dT%H:%M:%SZ)"

@@ -171,6 +171,12 @@ impl std::fmt::Display for Verdict {
 pub const NOISE_DIFF_FACTOR: f64 = 2.0;
 /// …and its top-1 agreement at most this much below the noise floor's.
 pub const NOISE_TOP1_SLACK: f64 = 0.05;
+/// A noise floor whose own top-1 agreement is below this is wide: the model
+/// on these weights flips its argmax under a one-ulp weight change (on
+/// synthetic LFM2, most likely its bf16 sigmoid router: check-moe measures
+/// top-4 margins down to 1e-3, under one bf16 step), so its fidelity verdict only
+/// catches errors larger than that, and the report says so.
+pub const WIDE_FLOOR_TOP1: f64 = 0.9;
 
 /// The whole validation of one model.
 #[derive(Debug, Clone, Serialize)]
@@ -326,6 +332,19 @@ impl Report {
                 same,
                 n.tf_top1_agreement * 100.0,
                 n.tf_max_abs_logit_diff
+            );
+        }
+        if let Some(n) = self
+            .noise_floor
+            .as_ref()
+            .filter(|n| n.tf_top1_agreement < WIDE_FLOOR_TOP1)
+        {
+            s += &format!(
+                "WARNING: the noise floor is wide (top-1 {:.0} % < {:.0} % under a one-ulp weight change): \
+                 on these weights the fidelity verdict only catches errors larger than the model's own \
+                 sensitivity; the kernel judge is what vouches for each kernel here\n",
+                n.tf_top1_agreement * 100.0,
+                WIDE_FLOOR_TOP1 * 100.0
             );
         }
         if let Some(why) = &self.noise_floor_not_run {
