@@ -39,4 +39,29 @@ mod tests {
             );
         }
     }
+
+    /// Every shipped kernel has its admission, with card and commit, in the
+    /// decision log: a kernel in the set without provenance is a test failure.
+    #[test]
+    fn every_shipped_kernel_has_its_admission_logged() {
+        let log = include_str!("../discovered-log.jsonl");
+        for e in discovered().expect("discovered.json parses") {
+            let admitted = log
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .any(|d| {
+                    d["target"] == e.target.as_str()
+                        && d["decision"] == "admitted"
+                        && d["commit"].as_str().is_some_and(|c| c.len() >= 7)
+                        && d["trials"][0]["device"]
+                            .as_str()
+                            .is_some_and(|g| !g.is_empty())
+                });
+            assert!(
+                admitted,
+                "{}: no admitted decision in discovered-log.jsonl",
+                e.target
+            );
+        }
+    }
 }

@@ -106,3 +106,47 @@ fn a_broken_shape_is_a_compile_error_not_a_silent_success() {
         "{err:?}"
     );
 }
+
+/// The discovered set the models run by default compiles with the defines
+/// of the build it replaces, without spills, and waits before its first
+/// memory access like the catalog kernel it stands in for.
+#[test]
+fn every_discovered_kernel_compiles_and_can_launch_early() {
+    let compiler = compiler();
+    let set = kiln_kernels::discovered::discovered().unwrap_or_else(|e| panic!("{e}"));
+    for e in &set {
+        let entry = e
+            .entry_point
+            .as_deref()
+            .unwrap_or_else(|| panic!("{}: no entry point", e.target));
+        let mut req = kiln_cuda::CompileRequest::new(
+            format!("discovered_{}.cu", e.target),
+            e.source.as_str(),
+        );
+        for d in e.defines.iter().flatten() {
+            let (name, value) = d.split_once('=').unwrap_or((d.as_str(), "1"));
+            req = req.define(name, value);
+        }
+        req.extra_options.push("-Xptxas=-v".to_string());
+        let c = compiler
+            .compile(&req)
+            .unwrap_or_else(|err| panic!("discovered {}: {err}", e.target));
+        let (st, ld) = spills(&c.log);
+        assert_eq!(
+            (st, ld),
+            (0, 0),
+            "discovered {}: spills\n{}",
+            e.target,
+            c.log
+        );
+        let ptx = c
+            .ptx
+            .as_deref()
+            .unwrap_or_else(|| panic!("discovered {}: no PTX", e.target));
+        assert!(
+            kiln_cuda::early_launch::waits_before_memory(ptx, entry),
+            "discovered {}: its PTX does not wait before its first memory access",
+            e.target
+        );
+    }
+}
