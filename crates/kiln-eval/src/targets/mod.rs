@@ -14,6 +14,10 @@ pub use op_problem::{OpProblem, Reference, TopkLayout};
 pub use problem::{BufferSpec, Distribution, ElemKind, HostBuffer, Role};
 pub use registry::{all, find};
 
+/// Verification trials per verified shape, each with fresh inputs (the
+/// worker runs them; the timeout budget counts them).
+pub const TRIALS_PER_SHAPE: usize = 2;
+
 /// One search space.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -172,10 +176,13 @@ impl Target {
     /// or a large timed shape drawn once per row window (up to four, beyond
     /// L2) that host work is seconds, not the kernel. One more unit per
     /// 128 MiB of inputs at one row, or per 512 MiB of four windows of the
-    /// largest timed shape, whichever is more; at most 8. A hang is still caught.
+    /// largest timed shape, whichever is more; plus one per GiB that the
+    /// verification trials draw in all (two per verified shape, each with
+    /// fresh weights); at most 8. A hang is still caught.
     pub fn timeout_scale(&self) -> u32 {
         const UNIT: usize = 128 << 20;
         const TIMED_UNIT: usize = 512 << 20;
+        const VERIFY_UNIT: usize = 1 << 30;
         const MOST_WINDOWS: usize = 4;
         let bytes = |t: usize| -> usize {
             self.problem
@@ -185,7 +192,13 @@ impl Target {
                 .sum()
         };
         let largest = self.timed_t.iter().copied().max().unwrap_or(1);
-        let units = (bytes(1) / UNIT).max(bytes(largest) * MOST_WINDOWS / TIMED_UNIT);
+        let verified: usize = self
+            .verify_t()
+            .iter()
+            .map(|&t| bytes(t) * TRIALS_PER_SHAPE)
+            .sum();
+        let units = (bytes(1) / UNIT).max(bytes(largest) * MOST_WINDOWS / TIMED_UNIT)
+            + verified / VERIFY_UNIT;
         (1 + units).min(8) as u32
     }
 

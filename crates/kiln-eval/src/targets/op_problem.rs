@@ -419,7 +419,7 @@ impl OpProblem {
     /// signature order.
     /// Large `t` is drawn in parallel, a seeded stream per chunk of rows.
     pub fn inputs(&self, t: usize, dist: Distribution, rng: &mut ChaCha8Rng) -> Vec<HostBuffer> {
-        self.inputs_as(t, dist, rng, false)
+        self.inputs_as(t, dist, rng, false, false)
     }
 
     /// Inputs to time on: as [`OpProblem::inputs`], but expert indices are
@@ -433,7 +433,28 @@ impl OpProblem {
         dist: Distribution,
         rng: &mut ChaCha8Rng,
     ) -> Vec<HostBuffer> {
-        self.inputs_as(t, dist, rng, true)
+        self.inputs_as(t, dist, rng, true, false)
+    }
+
+    /// [`OpProblem::timing_inputs`] with the static buffers (weights: the
+    /// ones whose length does not grow with the rows) left empty, for a
+    /// timing set that shares another set's static values.
+    pub fn timing_rows(
+        &self,
+        t: usize,
+        dist: Distribution,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<HostBuffer> {
+        self.inputs_as(t, dist, rng, true, true)
+    }
+
+    /// Which inputs (in [`OpProblem::inputs`] order) are static: drawn once
+    /// however many rows there are.
+    pub fn static_inputs(&self) -> Vec<bool> {
+        self.input_row_layout()
+            .iter()
+            .map(Option::is_none)
+            .collect()
     }
 
     fn inputs_as(
@@ -442,17 +463,10 @@ impl OpProblem {
         dist: Distribution,
         rng: &mut ChaCha8Rng,
         routed: bool,
+        rows_only: bool,
     ) -> Vec<HostBuffer> {
         if t <= CHUNK_ROWS {
-            return self.draw_inputs(
-                t,
-                dist,
-                rng,
-                Draw {
-                    rows_only: false,
-                    routed,
-                },
-            );
+            return self.draw_inputs(t, dist, rng, Draw { rows_only, routed });
         }
         let chunks: Vec<(usize, u64)> = (0..t)
             .step_by(CHUNK_ROWS)
@@ -464,7 +478,7 @@ impl OpProblem {
             .enumerate()
             .map(|(i, &(rows, seed))| {
                 let draw = Draw {
-                    rows_only: i > 0,
+                    rows_only: rows_only || i > 0,
                     routed,
                 };
                 self.draw_inputs(rows, dist, &mut ChaCha8Rng::seed_from_u64(seed), draw)
@@ -1180,6 +1194,37 @@ mod tests {
     }
 
     /// Expert weights drawn through f32 are values of the dtype, at the asked scale.
+    #[test]
+    fn timing_rows_leave_exactly_the_static_buffers_empty() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        for name in [
+            "lfm2_moe_expert_down",
+            "lfm2_short_conv",
+            "qwen3_add_rmsnorm",
+        ] {
+            let p = &crate::targets::find(name).expect("target").problem;
+            let full = p.timing_inputs(5, Distribution::Normal, &mut rng);
+            let rows = p.timing_rows(5, Distribution::Normal, &mut rng);
+            let is_static = p.static_inputs();
+            assert!(
+                is_static.iter().any(|&s| s) || name == "qwen3_add_rmsnorm",
+                "{name}"
+            );
+            // (LFM2's down has no shared expert: an empty input either way.)
+            for ((f, r), st) in full
+                .iter()
+                .zip(&rows)
+                .zip(is_static)
+                .filter(|((f, _), _)| !f.values.is_empty())
+            {
+                assert_eq!(r.values.is_empty(), st, "{name}");
+                if !st {
+                    assert_eq!(r.values.len(), f.values.len(), "{name}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn parallel_weight_draws_hold_dtype_values_at_scale() {
         for dt in [DType::BF16, DType::F16, DType::F32] {

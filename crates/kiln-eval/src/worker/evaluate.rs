@@ -23,9 +23,6 @@ use super::measure::{
     time_interleaved, timing_sets, Device, Failure, Loaded, TimingSets,
 };
 
-/// Verification trials per verified shape (each with fresh inputs).
-const TRIALS_PER_SHAPE: usize = 2;
-
 /// Runs one verification launch of `problem` (the target's, or a variant of
 /// it for this trial) and checks outputs and inputs.
 fn verify_once(
@@ -79,10 +76,11 @@ fn verify(dev: &Device, target: &Target, loaded: &Loaded, seed: u64) -> Result<(
         let mut set = DeviceSet::new(&dev.gpu, target.problem.buffers(t), t)
             .map_err(|e| Failure::machinery("allocating buffers", e))?
             .with_scalars(target.problem.scalar_args());
-        for j in 0..TRIALS_PER_SHAPE {
-            let mut dist = Distribution::ALL[(si * TRIALS_PER_SHAPE + j) % Distribution::ALL.len()];
+        for j in 0..targets::TRIALS_PER_SHAPE {
+            let mut dist =
+                Distribution::ALL[(si * targets::TRIALS_PER_SHAPE + j) % Distribution::ALL.len()];
             // Routers meet exact ties on every shape.
-            if router && j == TRIALS_PER_SHAPE - 1 {
+            if router && j == targets::TRIALS_PER_SHAPE - 1 {
                 dist = Distribution::Ties;
             }
             let mut rng =

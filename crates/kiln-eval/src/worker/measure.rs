@@ -345,8 +345,13 @@ pub fn check_outputs(
 pub struct TimingSets {
     /// The sets, each with its own inputs and `rounds` output groups.
     pub sets: Vec<DeviceSet>,
-    /// The host inputs of each set.
-    pub inputs: Vec<Vec<HostBuffer>>,
+    /// The host inputs of each set, static buffers (weights) left empty:
+    /// their values are in `statics`.
+    inputs: Vec<Vec<HostBuffer>>,
+    /// The static inputs every set holds a copy of on the device (empty for
+    /// row-shaped ones). One host copy: model-sized expert weights times the
+    /// sets of every timed shape would be tens of GB.
+    statics: Vec<HostBuffer>,
     /// Passes of a graph over the sets.
     pub rounds: usize,
     /// Row windows per set: pass `r` over a set reads its own rows when this
@@ -360,6 +365,30 @@ pub struct TimingSets {
     pub bytes_per_launch: u64,
     /// The reference of each set, computed on first use.
     references: Vec<Option<Reference>>,
+}
+
+/// Runs `f` on `rows` with the static buffers of `statics` moved in (and
+/// moved back after): the full inputs, without copying the weights.
+fn with_statics<R>(
+    rows: &mut [HostBuffer],
+    statics: &mut [HostBuffer],
+    f: impl FnOnce(&[HostBuffer]) -> R,
+) -> R {
+    let shared: Vec<bool> = statics.iter().map(|s| !s.values.is_empty()).collect();
+    let swap = |rows: &mut [HostBuffer], statics: &mut [HostBuffer]| {
+        for ((r, s), _) in rows
+            .iter_mut()
+            .zip(statics.iter_mut())
+            .zip(&shared)
+            .filter(|(_, &sh)| sh)
+        {
+            std::mem::swap(&mut r.values, &mut s.values);
+        }
+    };
+    swap(rows, statics);
+    let out = f(rows);
+    swap(rows, statics);
+    out
 }
 
 impl TimingSets {
@@ -432,14 +461,36 @@ pub fn timing_sets(
         .collect();
     let mut sets = Vec::with_capacity(n);
     let mut inputs = Vec::with_capacity(n);
+    // The static buffers are drawn once and uploaded into every set's own
+    // allocation: distinct addresses keep the rotation cold in L2, and the
+    // rows (and so every launch's answer) still differ per set.
+    let is_static = problem.static_inputs();
+    let mut statics: Vec<HostBuffer> = Vec::new();
     for i in 0..n {
         let mut set = DeviceSet::windowed(gpu, problem.buffers(t), t, &row_shaped, windows)
             .map_err(|e| Failure::machinery("allocating timing buffers", e))?
             .with_scalars(problem.scalar_args());
         let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(0x5151 + i as u64));
         let dist = Distribution::ALL[i % Distribution::ALL.len()];
-        let host = problem.timing_inputs(t * windows, dist, &mut rng);
-        set.upload_inputs(gpu, &host)
+        let mut host = if i == 0 {
+            let mut full = problem.timing_inputs(t * windows, dist, &mut rng);
+            statics = full
+                .iter_mut()
+                .zip(&is_static)
+                .map(|(b, &st)| HostBuffer {
+                    kind: b.kind,
+                    values: if st {
+                        std::mem::take(&mut b.values)
+                    } else {
+                        Vec::new()
+                    },
+                })
+                .collect();
+            full
+        } else {
+            problem.timing_rows(t * windows, dist, &mut rng)
+        };
+        with_statics(&mut host, &mut statics, |full| set.upload_inputs(gpu, full))
             .map_err(|e| Failure::machinery("uploading timing inputs", e))?;
         sets.push(set);
         inputs.push(host);
@@ -475,6 +526,7 @@ pub fn timing_sets(
         windows,
         rotated_beyond_l2: rotated,
         bytes_per_launch,
+        statics,
         references: vec![None; n],
     })
 }
@@ -607,7 +659,10 @@ pub fn check_timed_output(
     let all_rows = t * sets.windows;
     for si in 0..sets.sets.len() {
         if sets.references[si].is_none() {
-            sets.references[si] = Some(problem.reference(all_rows, &sets.inputs[si]));
+            let reference = with_statics(&mut sets.inputs[si], &mut sets.statics, |full| {
+                problem.reference(all_rows, full)
+            });
+            sets.references[si] = Some(reference);
         }
         for group in 0..sets.rounds {
             let whole = (si, group) == full || t <= SAMPLED_ROWS || !row_shaped;
@@ -728,6 +783,26 @@ pub fn check_untouched(dev: &Device, sets: &mut [DeviceSet], when: &str) -> Resu
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn statics_are_lent_to_a_set_and_taken_back() {
+        use crate::targets::{ElemKind, HostBuffer};
+        let b = |v: &[f64]| HostBuffer {
+            kind: ElemKind::F32,
+            values: v.to_vec(),
+        };
+        let mut rows = vec![b(&[1.0, 2.0]), b(&[]), b(&[3.0])];
+        let mut statics = vec![b(&[]), b(&[7.0, 8.0, 9.0]), b(&[])];
+        let seen = super::with_statics(&mut rows, &mut statics, |full| {
+            full.iter().map(|h| h.values.clone()).collect::<Vec<_>>()
+        });
+        assert_eq!(seen, [vec![1.0, 2.0], vec![7.0, 8.0, 9.0], vec![3.0]]);
+        assert!(rows[1].values.is_empty(), "the set keeps no copy");
+        assert_eq!(statics[1].values, [7.0, 8.0, 9.0], "the statics came back");
+        // Twice in a row: nothing is lost on the way back.
+        super::with_statics(&mut rows, &mut statics, |_| ());
+        assert_eq!(statics[1].values, [7.0, 8.0, 9.0]);
+    }
+
     use super::*;
 
     const L2: u64 = 50 << 20;
