@@ -701,6 +701,13 @@ fn measure(
             }
         }
     }
+    // Without a baseline the first configuration is the reference: the
+    // others are compared with its untimed pass, never left uncompared.
+    let first = match reference {
+        None if n > 1 => Some((tokens[0].clone(), own_logits[0].clone())),
+        _ => None,
+    };
+    let reference = reference.or(first.as_ref());
     let mut out = Vec::with_capacity(n);
     for (i, v) in variants.iter().enumerate() {
         let (first_divergence, tf_max, tf_top1, step_logits) = match reference {
