@@ -573,6 +573,17 @@ impl OpProblem {
     /// rows see `past + t` positions, and the short convolution carries its
     /// state from one token to the next. The reference then runs in one
     /// serial pass, and the rows cannot be windowed.
+    /// How many tolerance groups one output row of this op holds, each scaled
+    /// by its own largest reference magnitude: attention's row is QH heads,
+    /// each an average over its own probabilities, whose scales differ; the
+    /// largest head's slack would hide a wrong flat head.
+    pub fn tolerance_groups_per_row(&self) -> usize {
+        match self {
+            OpProblem::DecodeAttention { config, .. } => config.shape.qh.max(1),
+            _ => 1,
+        }
+    }
+
     fn rows_are_serial(&self) -> bool {
         matches!(
             self,

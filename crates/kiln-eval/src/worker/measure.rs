@@ -319,20 +319,42 @@ pub fn check_outputs(
         .map(|(b, per_row)| (b.name, per_row))
         .collect();
     for (i, (g, r)) in got.iter().zip(&reference.outputs).enumerate() {
-        let per_row = match written.get(i) {
-            Some((_, None)) => r.values.len().max(1),
-            _ => row_len(r.values.len(), t),
+        let (per_row, groups) = match written.get(i) {
+            Some((_, None)) => (r.values.len().max(1), 1),
+            _ => (
+                row_len(r.values.len(), t),
+                problem.tolerance_groups_per_row(),
+            ),
+        };
+        // Each row splits into `groups` scale groups (attention: one per
+        // head); the rows to check are then every group of those rows.
+        let (group_len, group_rows) = if groups > 1 && per_row % groups == 0 {
+            let expanded = rows.map(|rows| {
+                rows.iter()
+                    .flat_map(|&row| row * groups..(row + 1) * groups)
+                    .collect::<Vec<_>>()
+            });
+            (per_row / groups, expanded)
+        } else {
+            (per_row, rows.map(<[usize]>::to_vec))
         };
         compare_rows(
             &g.values,
             &r.values,
-            per_row,
-            rows,
+            group_len,
+            group_rows.as_deref(),
             &tolerance(problem, r.kind),
         )
         .map_err(|e| {
             let name = written.get(i).map_or("output", |(n, _)| n.as_str());
-            format!("T={t}, output `{name}`, {e}")
+            let group = if group_len < per_row {
+                format!(
+                    " (row r is token r / {groups}, head r % {groups}: each head scaled by itself)"
+                )
+            } else {
+                String::new()
+            };
+            format!("T={t}, output `{name}`{group}, {e}")
         })?;
     }
     Ok(())
@@ -783,6 +805,62 @@ pub fn check_untouched(dev: &Device, sets: &mut [DeviceSet], when: &str) -> Resu
 
 #[cfg(test)]
 mod tests {
+    /// A flat head 6 % off hides under the slack of a peaked head in the same
+    /// token row; scaled per head, it fails and the error names it.
+    #[test]
+    fn attention_heads_are_each_scaled_by_their_own_magnitude() {
+        use crate::targets::{ElemKind, HostBuffer, Reference};
+        let target = crate::targets::find("lfm2_decode_attention").expect("target");
+        let problem = &target.problem;
+        let t = 1;
+        let len = problem
+            .buffers(t)
+            .into_iter()
+            .find(|b| b.name == "out")
+            .expect("out")
+            .len;
+        let kind = ElemKind::Dtype(problem.dtype());
+        let heads = problem.tolerance_groups_per_row();
+        assert_eq!(heads, 32);
+        let dv = len / heads;
+        // Head 0 peaked (values near 2), every other head flat (near 0.05).
+        let reference: Vec<f64> = (0..len)
+            .map(|i| {
+                kind.round(if i < dv {
+                    2.0
+                } else {
+                    0.05 + 1e-4 * (i % 7) as f64
+                })
+            })
+            .collect();
+        let mut got = reference.clone();
+        for v in &mut got[5 * dv..6 * dv] {
+            *v = kind.round(*v * 1.06);
+        }
+        let r = Reference {
+            outputs: vec![HostBuffer {
+                kind,
+                values: reference.clone(),
+            }],
+            selection_scores: None,
+            expert_weights: None,
+        };
+        let out = |values: Vec<f64>| vec![HostBuffer { kind, values }];
+        super::check_outputs(problem, t, &out(reference.clone()), &r, None).expect("exact passes");
+        let err = super::check_outputs(problem, t, &out(got.clone()), &r, None)
+            .expect_err("a flat head 6 % off fails");
+        assert!(err.contains("row 5"), "{err}");
+        // The same error against the whole row's scale would have passed.
+        crate::tolerance::compare_rows(
+            &got,
+            &reference,
+            len,
+            None,
+            &super::tolerance(problem, kind),
+        )
+        .expect("hidden by the peaked head at row scale");
+    }
+
     #[test]
     fn statics_are_lent_to_a_set_and_taken_back() {
         use crate::targets::{ElemKind, HostBuffer};
