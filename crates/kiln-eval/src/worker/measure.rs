@@ -861,6 +861,92 @@ mod tests {
         .expect("hidden by the peaked head at row scale");
     }
 
+    /// What an honest kernel computes, as the offline family and the catalog
+    /// do: f32 dot products in 8-wide chunks summed lane by lane, an f32
+    /// softmax, the PV sum split over 32 row groups, one rounding at the end.
+    fn attention_in_f32(
+        problem: &crate::targets::OpProblem,
+        t: usize,
+        inputs: &[crate::targets::HostBuffer],
+    ) -> Vec<f64> {
+        let crate::targets::OpProblem::DecodeAttention { config, past } = problem else {
+            panic!("not attention");
+        };
+        let s = config.shape;
+        let (q, k, v) = (&inputs[0].values, &inputs[1].values, &inputs[2].values);
+        let kind = crate::targets::ElemKind::Dtype(config.dtype);
+        let mut out = vec![0f64; t * s.qh * s.dv];
+        for row in 0..t {
+            let n = (past + row + 1).min(s.s_max);
+            for j in 0..s.qh {
+                let g = j / (s.qh / s.kvh);
+                let qr = &q[(row * s.qh + j) * s.dqk..][..s.dqk];
+                let scores: Vec<f32> = (0..n)
+                    .map(|p| {
+                        let kr = &k[(g * s.s_max + p) * s.dqk..][..s.dqk];
+                        let mut lanes = [0f32; 8];
+                        for (c, (qc, kc)) in qr.chunks(8).zip(kr.chunks(8)).enumerate() {
+                            for (a, b) in qc.iter().zip(kc) {
+                                lanes[c % 8] = (*a as f32).mul_add(*b as f32, lanes[c % 8]);
+                            }
+                        }
+                        lanes.iter().sum::<f32>() * s.scale as f32
+                    })
+                    .collect();
+                let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let e: Vec<f32> = scores.iter().map(|x| (x - m).exp()).collect();
+                let l: f32 = e.iter().sum();
+                for d in 0..s.dv {
+                    let mut parts = [0f32; 32];
+                    for (p, w) in e.iter().enumerate() {
+                        let val = v[(g * s.s_max + p) * s.dv + d] as f32;
+                        parts[p % 32] = w.mul_add(val, parts[p % 32]);
+                    }
+                    let sum: f32 = parts.iter().sum();
+                    out[(row * s.qh + j) * s.dv + d] = kind.round((sum / l) as f64);
+                }
+            }
+        }
+        out
+    }
+
+    /// Scaling each head by itself must not fail an honest kernel: the f32
+    /// emulation passes on every distribution and cache fill verification
+    /// draws, for every decode-attention target.
+    #[test]
+    fn honest_f32_attention_passes_the_per_head_tolerance() {
+        use crate::targets::{Distribution, HostBuffer};
+        use rand::SeedableRng;
+        use rand_chacha::ChaCha8Rng;
+        let mut checked = 0;
+        for target in crate::targets::all()
+            .into_iter()
+            .filter(|t| t.name.ends_with("_decode_attention") || t.name.ends_with("_long"))
+        {
+            for (trial, &t) in [1usize, 4, 3].iter().enumerate() {
+                for (di, &dist) in Distribution::ALL.iter().enumerate() {
+                    let mut rng = ChaCha8Rng::seed_from_u64((trial * 10 + di) as u64);
+                    let problem = target.problem.for_verification(t, trial * 5 + di, &mut rng);
+                    let inputs = problem.inputs(t, dist, &mut rng);
+                    let reference = problem.reference(t, &inputs);
+                    let got = vec![HostBuffer {
+                        kind: reference.outputs[0].kind,
+                        values: attention_in_f32(&problem, t, &inputs),
+                    }];
+                    super::check_outputs(&problem, t, &got, &reference, None).unwrap_or_else(|e| {
+                        panic!(
+                            "{} {dist:?} T={t} {:?}: {e}",
+                            target.name,
+                            problem.scalar_args()
+                        )
+                    });
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 8 * 3 * 5);
+    }
+
     #[test]
     fn statics_are_lent_to_a_set_and_taken_back() {
         use crate::targets::{ElemKind, HostBuffer};
