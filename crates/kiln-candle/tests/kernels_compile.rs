@@ -68,7 +68,7 @@ fn model_side_kernels_compile_in_every_dtype() {
         };
         compile(
             &c,
-            &kiln_candle::ops::rope::qk_norm_rope_cache_build(&shape, DType::BF16),
+            &kiln_candle::ops::rope::qk_norm_rope_cache_build(&shape, DType::BF16).expect("build"),
         );
     }
     compile(&c, &kiln_candle::ops::moe::append_shared_expert_build());

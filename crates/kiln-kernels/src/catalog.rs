@@ -34,6 +34,8 @@ pub enum Op {
     DecodeAttention,
     /// LFM2's gated short convolution with its rolling state.
     ShortConv,
+    /// Per-head RMSNorm of q and k, rotate-half RoPE, k and v written into the KV cache.
+    QkNormRopeCache,
 }
 
 /// The fixed facts of one op: its name, entry point, source and signature.
@@ -61,7 +63,7 @@ impl OpSpec {
 }
 
 /// Every catalog op, in a fixed order.
-pub const CATALOG: [OpSpec; 13] = [
+pub const CATALOG: [OpSpec; 14] = [
     OpSpec {
         op: Op::RmsNorm,
         name: "rmsnorm",
@@ -177,6 +179,16 @@ pub const CATALOG: [OpSpec; 13] = [
         signature: "const scalar_t* bcx, const scalar_t* w, scalar_t* state, scalar_t* out, int T",
         static_vars: &["D", "L"],
     },
+    OpSpec {
+        op: Op::QkNormRopeCache,
+        name: "qk_norm_rope_cache",
+        entry: "qk_norm_rope_cache",
+        source: include_str!("../kernels/qk_norm_rope_cache.cu"),
+        signature: "const scalar_t* qkv, const scalar_t* q_w, const scalar_t* k_w, \
+                    const scalar_t* cos_table, const scalar_t* sin_table, const int* positions, \
+                    scalar_t* q_out, scalar_t* k_cache, scalar_t* v_cache, int T, int s_max",
+        static_vars: &["QH", "KVH", "D"],
+    },
 ];
 
 /// The spec of one op.
@@ -260,8 +272,12 @@ mod tests {
                 );
             }
             // It evaluates at T=1 for plausible dims.
-            let mut vars: BTreeMap<String, i64> =
-                allowed.iter().map(|v| (v.to_string(), 64)).collect();
+            // (Head counts 8: 64 query and 2 × 64 KV heads of 64 would be a
+            // block past 1024 threads for qk_norm_rope_cache.)
+            let mut vars: BTreeMap<String, i64> = allowed
+                .iter()
+                .map(|v| (v.to_string(), if v.ends_with('H') { 8 } else { 64 }))
+                .collect();
             vars.insert("T".into(), 1);
             line.evaluate(&vars)
                 .unwrap_or_else(|e| panic!("{}: {e}", s.name));

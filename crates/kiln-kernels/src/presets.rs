@@ -7,6 +7,7 @@ use crate::ops::attention::DecodeAttentionConfig;
 use crate::ops::moe_combine::MoeCombineConfig;
 use crate::ops::moe_expert::{MoeExpertDownConfig, MoeExpertSwigluConfig};
 use crate::ops::norm::{AddRmsNormConfig, RmsNormConfig};
+use crate::ops::qk_norm_rope::QkNormRopeConfig;
 use crate::ops::rope::RopeConfig;
 use crate::ops::short_conv::ShortConvConfig;
 use crate::ops::swiglu::{SwigluConfig, SwigluPackedConfig};
@@ -233,6 +234,16 @@ pub fn all_builds(dtype: DType) -> Result<Vec<(String, KernelBuild)>> {
     push(
         "short_conv lfm2",
         ShortConvConfig::lfm2_8b_a1b(dtype).build(),
+    )?;
+    // S_MAX is an argument, not a define: one build per model.
+    let s_max = crate::ops::attention::KV_CACHE_STEP;
+    push(
+        "qk_norm_rope_cache qwen3",
+        QkNormRopeConfig::qwen3_30b_a3b(s_max, dtype).build(),
+    )?;
+    push(
+        "qk_norm_rope_cache lfm2",
+        QkNormRopeConfig::lfm2_8b_a1b(s_max, dtype).build(),
     )?;
     Ok(out)
 }

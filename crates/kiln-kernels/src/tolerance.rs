@@ -27,6 +27,10 @@
 //! the probabilities, and the PV sum runs over up to S_MAX keys in f32: 2× the
 //! base. (HF eager rounds scores and probabilities to the dtype and can differ
 //! from the reference by more: that is a model-level comparison, not this one.)
+//! qk_norm_rope_cache rounds where HF does (x·r, then w·that, each rotation
+//! product, their sum): an f32 `rsqrtf` can flip x·r by one ulp, which w and
+//! the rotation carry into the output next to the rounding of its own
+//! products: 2× the base, each head (and each cache row) scaled by itself.
 
 use crate::catalog::Op;
 use crate::DType;
@@ -67,6 +71,7 @@ impl Tolerance {
             Op::MoeExpertSwiglu => 4.0,
             Op::MoeExpertDown => 3.0,
             Op::DecodeAttention => 2.0,
+            Op::QkNormRopeCache => 2.0,
             _ => 1.0,
         };
         Self {

@@ -103,29 +103,25 @@ impl QkNormRopeShape {
     }
 }
 
-/// The compile inputs of `qk_norm_rope_cache`.
+/// The compile inputs of `qk_norm_rope_cache`: the catalog build (S_MAX is
+/// a launch argument, so the cache length does not enter it).
 pub fn qk_norm_rope_cache_build(
     s: &QkNormRopeShape,
     dtype: kiln_kernels::DType,
-) -> kiln_kernels::KernelBuild {
-    kiln_kernels::KernelBuild {
-        name: format!(
-            "qk_norm_rope_cache_{dtype}_QH{}_KVH{}_D{}.cu",
-            s.qh, s.kvh, s.d
-        ),
-        entry: "qk_norm_rope_cache".into(),
-        source: include_str!("../../kernels/qk_norm_rope_cache.cu").into(),
-        defines: vec![
-            dtype.define(),
-            ("KILN_QH".into(), s.qh.to_string()),
-            ("KILN_KVH".into(), s.kvh.to_string()),
-            ("KILN_D".into(), s.d.to_string()),
-            (
-                "KILN_EPS".into(),
-                kiln_kernels::catalog::float_literal(s.eps),
-            ),
-        ],
-    }
+) -> Result<kiln_kernels::KernelBuild> {
+    use kiln_kernels::ops::OpConfig;
+    qk_norm_rope_config(s, kiln_kernels::ops::attention::KV_CACHE_STEP, dtype)
+        .build()
+        .map_err(|e| op_error("qk_norm_rope_cache", e.to_string()))
+}
+
+/// The catalog configuration of these heads with caches of `s_max` positions.
+fn qk_norm_rope_config(
+    s: &QkNormRopeShape,
+    s_max: usize,
+    dtype: kiln_kernels::DType,
+) -> kiln_kernels::ops::qk_norm_rope::QkNormRopeConfig {
+    kiln_kernels::ops::qk_norm_rope::QkNormRopeConfig::new(s.qh, s.kvh, s.d, s.eps, s_max, dtype)
 }
 
 /// Qwen3's attention inputs in one launch: per-head RMSNorm of q and k,
@@ -176,21 +172,15 @@ pub fn qk_norm_rope_cache(
     }
     #[cfg(feature = "cuda")]
     {
-        use super::device::{cuda_device, function, run_kernel, Param};
+        use super::device::{cuda_device, run, Param};
         let dev = cuda_device(op, qkv)?;
         let dtype = kernel_dtype(op, qkv.dtype())?;
-        let func = function(&dev, &qk_norm_rope_cache_build(s, dtype))?;
-        let threads = (nh * s.d / 8).div_ceil(32) * 32;
-        let dims = kiln_kernels::LaunchDims {
-            grid: (t as u32, 1, 1),
-            block: (threads as u32, 1, 1),
-            smem: 0,
-        };
-        let q = run_kernel(
-            op,
+        // Through the catalog's launch path: a pack or the discovered set
+        // may replace it, and its launch line sizes the launch.
+        let q = run(
+            &qk_norm_rope_config(s, s_max, dtype),
             &dev,
-            &func,
-            &dims,
+            t,
             &[
                 Param::In(qkv),
                 Param::In(weights.0),

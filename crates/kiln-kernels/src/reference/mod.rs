@@ -9,6 +9,7 @@ pub mod attention;
 pub mod moe_combine;
 pub mod moe_expert;
 pub mod norm;
+pub mod qk_norm_rope;
 pub mod rope;
 pub mod short_conv;
 pub mod swiglu;

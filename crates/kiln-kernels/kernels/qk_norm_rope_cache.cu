@@ -23,6 +23,7 @@
 // grid = T.
 // Early launch: the models may start this kernel while the one before it runs; it waits
 // (griddepcontrol.wait) before its first memory access.
+// kiln: block=ceil_div((QH+2*KVH)*D/8,32)*32 grid=T smem=0
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
