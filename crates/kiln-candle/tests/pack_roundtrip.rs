@@ -7,8 +7,9 @@
 //! through the same op configs the model's layers use. This is where they meet.
 
 use kiln_candle::models::config::{preset, ModelConfig};
-use kiln_candle::models::{glm4_moe_lite, lfm2_moe};
+use kiln_candle::models::{glm4_moe_lite, lfm2_moe, qwen3_moe};
 use kiln_candle::ops::pack::KernelPack;
+use kiln_candle::ops::rope::qk_norm_rope_cache_build;
 use kiln_kernels::ops::attention::{cache_positions, DecodeAttentionConfig};
 use kiln_kernels::ops::moe_expert::{MoeExpertDownConfig, MoeExpertSwigluConfig};
 use kiln_kernels::ops::norm::{AddRmsNormConfig, RmsNormConfig};
@@ -143,6 +144,16 @@ fn model_builds() -> Vec<(&'static str, KernelBuild)> {
         (
             "lfm2_short_conv",
             build(&|| ShortConvConfig::new(l.hidden_size, l.conv_l_cache, bf16).build()),
+        ),
+        // The attention inputs as `models::qk_norm_gqa` runs them, from each
+        // model's own head shape.
+        (
+            "qwen3_qk_norm_rope_cache",
+            qk_norm_rope_cache_build(&qwen3_moe::attention_heads(&q), bf16).expect("build"),
+        ),
+        (
+            "lfm2_qk_norm_rope_cache",
+            qk_norm_rope_cache_build(&lfm2_moe::attention_heads(&l), bf16).expect("build"),
         ),
     ];
     // Decode attention as `models::layers::attention` runs it: the cache of a

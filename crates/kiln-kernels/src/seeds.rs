@@ -5,7 +5,7 @@
 //! search finds is measured from a plain starting point.
 
 /// `(family, source)` of every seed.
-pub const SEEDS: [(&str, &str); 11] = [
+pub const SEEDS: [(&str, &str); 12] = [
     ("swiglu", include_str!("../seeds/swiglu.cu")),
     ("rmsnorm", include_str!("../seeds/rmsnorm.cu")),
     ("add_rmsnorm", include_str!("../seeds/add_rmsnorm.cu")),
@@ -28,6 +28,10 @@ pub const SEEDS: [(&str, &str); 11] = [
     (
         "decode_attention",
         include_str!("../seeds/decode_attention.cu"),
+    ),
+    (
+        "qk_norm_rope_cache",
+        include_str!("../seeds/qk_norm_rope_cache.cu"),
     ),
 ];
 

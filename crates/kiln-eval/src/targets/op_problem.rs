@@ -5,6 +5,7 @@ use kiln_kernels::ops::attention::DecodeAttentionConfig;
 use kiln_kernels::ops::moe_combine::MoeCombineConfig;
 use kiln_kernels::ops::moe_expert::{MoeExpertDownConfig, MoeExpertSwigluConfig};
 use kiln_kernels::ops::norm::{AddRmsNormConfig, RmsNormConfig};
+use kiln_kernels::ops::qk_norm_rope::QkNormRopeConfig;
 use kiln_kernels::ops::rope::RopeConfig;
 use kiln_kernels::ops::short_conv::ShortConvConfig;
 use kiln_kernels::ops::swiglu::{SwigluConfig, SwigluPackedConfig};
@@ -58,6 +59,9 @@ pub enum OpProblem {
     /// LFM2's gated short convolution over `T` consecutive tokens, updating
     /// its state in place.
     ShortConv(ShortConvConfig),
+    /// Per-head RMSNorm of q and k, rotate-half RoPE, k and v written into
+    /// the KV caches (in-out: only the tokens' positions may change).
+    QkNormRopeCache(QkNormRopeConfig),
 }
 
 /// Calls `$body` with the op's configuration, whatever its type.
@@ -77,6 +81,7 @@ macro_rules! with_config {
             OpProblem::MoeExpertDown($c) => $body,
             OpProblem::DecodeAttention { config: $c, .. } => $body,
             OpProblem::ShortConv($c) => $body,
+            OpProblem::QkNormRopeCache($c) => $body,
         }
     };
 }
@@ -256,6 +261,21 @@ impl OpProblem {
                     buf("out", dt, Output, t * d),
                 ]
             }
+            OpProblem::QkNormRopeCache(c) => {
+                let s = &c.shape;
+                let cache = s.kvh * s.s_max * s.d;
+                vec![
+                    buf("qkv", dt, Input, t * (s.qh + 2 * s.kvh) * s.d),
+                    buf("q_w", dt, Input, s.d),
+                    buf("k_w", dt, Input, s.d),
+                    buf("cos_table", dt, Input, s.s_max * s.d / 2),
+                    buf("sin_table", dt, Input, s.s_max * s.d / 2),
+                    buf("positions", I32, Input, t),
+                    buf("q_out", dt, Output, t * s.qh * s.d),
+                    buf("k_cache", dt, InOut, cache),
+                    buf("v_cache", dt, InOut, cache),
+                ]
+            }
         }
     }
 
@@ -263,6 +283,7 @@ impl OpProblem {
     pub fn scalar_names(&self) -> &'static [&'static str] {
         match self {
             OpProblem::DecodeAttention { .. } => &["past"],
+            OpProblem::QkNormRopeCache(_) => &["s_max"],
             _ => &[],
         }
     }
@@ -296,6 +317,7 @@ impl OpProblem {
         match self {
             // Configs cap S_MAX far below i32::MAX and past <= S_MAX.
             OpProblem::DecodeAttention { past, .. } => vec![*past as i32],
+            OpProblem::QkNormRopeCache(c) => vec![c.shape.s_max as i32],
             _ => Vec::new(),
         }
     }
@@ -369,6 +391,12 @@ impl OpProblem {
                 let s = &config.shape;
                 let unused = s.s_max.saturating_sub(past + t);
                 (s.kvh * unused * (s.dqk + s.dv)) as u64 * sz
+            }
+            // Only the tokens' rows of the tables and the caches are touched.
+            OpProblem::QkNormRopeCache(c) => {
+                let s = &c.shape;
+                let untouched = s.s_max.saturating_sub(t);
+                (untouched * s.d + 2 * s.kvh * untouched * s.d) as u64 * sz
             }
             _ => 0,
         };
@@ -465,7 +493,7 @@ impl OpProblem {
         routed: bool,
         rows_only: bool,
     ) -> Vec<HostBuffer> {
-        if t <= CHUNK_ROWS {
+        if t <= CHUNK_ROWS || self.has_in_out() {
             return self.draw_inputs(t, dist, rng, Draw { rows_only, routed });
         }
         let chunks: Vec<(usize, u64)> = (0..t)
@@ -508,6 +536,32 @@ impl OpProblem {
                 continue;
             }
             let values = match (self, spec.name.as_str()) {
+                // Distinct positions in the cache, scattered: two tokens
+                // never write one row, and a kernel cannot assume they follow
+                // one another. Rows past S_MAX (never at the targets' T) get
+                // positions outside it, which write no cache row.
+                (OpProblem::QkNormRopeCache(c), "positions") => {
+                    let s_max = c.shape.s_max;
+                    let mut free: Vec<usize> = (0..s_max).collect();
+                    (0..spec.len)
+                        .map(|r| {
+                            if r < s_max {
+                                let j = rng.gen_range(r..s_max);
+                                free.swap(r, j);
+                                free[r] as f64
+                            } else {
+                                (s_max + r) as f64
+                            }
+                        })
+                        .collect()
+                }
+                (OpProblem::QkNormRopeCache(_), "q_w" | "k_w") => {
+                    draw_scaled(spec.kind, spec.len, 0.5, rng)
+                        .values
+                        .iter()
+                        .map(|v| spec.kind.round(1.0 + v))
+                        .collect()
+                }
                 (OpProblem::Rope(_), "positions") => (0..spec.len)
                     .map(|_| rng.gen_range(0..32768) as f64)
                     .collect(),
@@ -573,15 +627,25 @@ impl OpProblem {
     /// rows see `past + t` positions, and the short convolution carries its
     /// state from one token to the next. The reference then runs in one
     /// serial pass, and the rows cannot be windowed.
-    /// How many tolerance groups one output row of this op holds, each scaled
-    /// by its own largest reference magnitude: attention's row is QH heads,
-    /// each an average over its own probabilities, whose scales differ; the
-    /// largest head's slack would hide a wrong flat head.
-    pub fn tolerance_groups_per_row(&self) -> usize {
-        match self {
-            OpProblem::DecodeAttention { config, .. } => config.shape.qh.max(1),
-            _ => 1,
+    /// Elements per tolerance group of written buffer `name`, each group
+    /// scaled by its own largest reference magnitude (`None`: a row of a
+    /// row-shaped buffer, a whole static one). Attention's heads are each an
+    /// average over their own probabilities, whose scales differ, so the
+    /// largest head's slack would hide a wrong flat head; a KV cache is
+    /// mostly rows the kernel must leave alone, whose values would set the
+    /// slack of the rows it writes.
+    pub fn tolerance_group(&self, name: &str) -> Option<usize> {
+        match (self, name) {
+            (OpProblem::DecodeAttention { config, .. }, "out") => Some(config.shape.dv),
+            (OpProblem::QkNormRopeCache(c), "q_out" | "k_cache" | "v_cache") => Some(c.shape.d),
+            _ => None,
         }
+    }
+
+    /// Whether a buffer is read and written in place (one copy for all the
+    /// rows: drawn and referenced in one pass, never in chunks).
+    fn has_in_out(&self) -> bool {
+        self.buffers(1).iter().any(|b| b.role == Role::InOut)
     }
 
     fn rows_are_serial(&self) -> bool {
@@ -631,7 +695,7 @@ impl OpProblem {
     /// over chunks of rows where rows are independent.
     pub fn reference(&self, t: usize, inputs: &[HostBuffer]) -> Reference {
         let chunk_rows = self.reference_chunk_rows();
-        if t <= chunk_rows || self.rows_are_serial() {
+        if t <= chunk_rows || self.rows_are_serial() || self.has_in_out() {
             return self.reference_serial(t, &values_of(inputs));
         }
         let input_layout = self.input_row_layout();
@@ -837,6 +901,24 @@ impl OpProblem {
                 // Written buffers in signature order: the state, then out.
                 Reference {
                     outputs: vec![dense(dt, state), dense(dt, out)],
+                    selection_scores: None,
+                    expert_weights: None,
+                }
+            }
+            OpProblem::QkNormRopeCache(c) => {
+                use reference::qk_norm_rope::{qk_norm_rope_cache, QkNormRopeInputs};
+                let x = QkNormRopeInputs {
+                    qkv: v(0),
+                    q_w: v(1),
+                    k_w: v(2),
+                    cos: v(3),
+                    sin: v(4),
+                    positions: v(5),
+                };
+                let (q, k, vc) = qk_norm_rope_cache(x, v(6), v(7), c.shape, c.dtype);
+                // Written buffers in signature order: q_out, then the caches.
+                Reference {
+                    outputs: vec![dense(dt, q), dense(dt, k), dense(dt, vc)],
                     selection_scores: None,
                     expert_weights: None,
                 }

@@ -7,6 +7,7 @@ use kiln_kernels::ops::attention::{DecodeAttentionConfig, KV_CACHE_STEP};
 use kiln_kernels::ops::moe_combine::MoeCombineConfig;
 use kiln_kernels::ops::moe_expert::{MoeExpertDownConfig, MoeExpertSwigluConfig};
 use kiln_kernels::ops::norm::{AddRmsNormConfig, RmsNormConfig};
+use kiln_kernels::ops::qk_norm_rope::QkNormRopeConfig;
 use kiln_kernels::ops::short_conv::ShortConvConfig;
 use kiln_kernels::ops::swiglu::SwigluConfig;
 use kiln_kernels::ops::topk::{SigmoidTopkConfig, SoftmaxTopkConfig};
@@ -358,6 +359,22 @@ pub fn all() -> Vec<Target> {
             &TIMED_DECODE,
         )
         .decode_rows(),
+        target(
+            "qwen3_qk_norm_rope_cache",
+            qwen,
+            "attention inputs: per-head RMSNorm of q and k, rotate-half RoPE, k and v written into the KV cache (32/4 heads × 128, S_MAX 1024); only the tokens' cache rows may change",
+            OpProblem::QkNormRopeCache(QkNormRopeConfig::qwen3_30b_a3b(KV_CACHE_STEP, bf16)),
+            &TIMED_DECODE,
+        )
+        .decode_rows(),
+        target(
+            "lfm2_qk_norm_rope_cache",
+            lfm,
+            "attention inputs of the 6 attention layers: per-head RMSNorm of q and k, rotate-half RoPE, k and v written into the KV cache (32/8 heads × 64, S_MAX 1024)",
+            OpProblem::QkNormRopeCache(QkNormRopeConfig::lfm2_8b_a1b(KV_CACHE_STEP, bf16)),
+            &TIMED_DECODE,
+        )
+        .decode_rows(),
     ];
     targets.extend(attention.into_iter().flatten());
     targets
@@ -475,10 +492,13 @@ mod tests {
                 }
                 _ => 3,
             };
-            // Attention's rows see `past + T`; the short convolution's carry its state.
+            // Attention's rows see `past + T`; the short convolution's carry its
+            // state; the KV-cache writer's rows share one in-out cache.
             let serial = matches!(
                 p,
-                OpProblem::DecodeAttention { .. } | OpProblem::ShortConv(_)
+                OpProblem::DecodeAttention { .. }
+                    | OpProblem::ShortConv(_)
+                    | OpProblem::QkNormRopeCache(_)
             );
             assert_eq!(p.rows_windowable(t, windows), !serial, "{}", target.name);
             if serial {

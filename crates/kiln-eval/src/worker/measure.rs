@@ -319,42 +319,43 @@ pub fn check_outputs(
         .map(|(b, per_row)| (b.name, per_row))
         .collect();
     for (i, (g, r)) in got.iter().zip(&reference.outputs).enumerate() {
-        let (per_row, groups) = match written.get(i) {
-            Some((_, None)) => (r.values.len().max(1), 1),
-            _ => (
-                row_len(r.values.len(), t),
-                problem.tolerance_groups_per_row(),
-            ),
+        let name = written.get(i).map_or("output", |(n, _)| n.as_str());
+        let (per_row, row_shaped) = match written.get(i) {
+            Some((_, None)) => (r.values.len().max(1), false),
+            _ => (row_len(r.values.len(), t), true),
         };
-        // Each row splits into `groups` scale groups (attention: one per
-        // head); the rows to check are then every group of those rows.
-        let (group_len, group_rows) = if groups > 1 && per_row % groups == 0 {
-            let expanded = rows.map(|rows| {
+        // Each row splits into groups scaled by themselves (attention: one
+        // per head; a cache: one per position row); the rows to check are
+        // then every group of those rows.
+        let group = problem
+            .tolerance_group(name)
+            .filter(|&n| n > 0 && per_row % n == 0)
+            .unwrap_or(per_row);
+        let groups = per_row / group;
+        let group_rows = match rows {
+            Some(rows) if row_shaped => Some(
                 rows.iter()
                     .flat_map(|&row| row * groups..(row + 1) * groups)
-                    .collect::<Vec<_>>()
-            });
-            (per_row / groups, expanded)
-        } else {
-            (per_row, rows.map(<[usize]>::to_vec))
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
         };
         compare_rows(
             &g.values,
             &r.values,
-            group_len,
+            group,
             group_rows.as_deref(),
             &tolerance(problem, r.kind),
         )
         .map_err(|e| {
-            let name = written.get(i).map_or("output", |(n, _)| n.as_str());
-            let group = if group_len < per_row {
-                format!(
-                    " (row r is token r / {groups}, head r % {groups}: each head scaled by itself)"
-                )
-            } else {
-                String::new()
+            let how = match (group < per_row, row_shaped) {
+                (true, true) => format!(
+                    " (row r is row r / {groups} of the output, group r % {groups} of {group} elements, each scaled by itself)"
+                ),
+                (true, false) => format!(" (row r is its r-th run of {group} elements)"),
+                _ => String::new(),
             };
-            format!("T={t}, output `{name}`{group}, {e}")
+            format!("T={t}, output `{name}`{how}, {e}")
         })?;
     }
     Ok(())
@@ -820,9 +821,8 @@ mod tests {
             .expect("out")
             .len;
         let kind = ElemKind::Dtype(problem.dtype());
-        let heads = problem.tolerance_groups_per_row();
-        assert_eq!(heads, 32);
-        let dv = len / heads;
+        let dv = problem.tolerance_group("out").expect("per head");
+        assert_eq!(len / dv, 32);
         // Head 0 peaked (values near 2), every other head flat (near 0.05).
         let reference: Vec<f64> = (0..len)
             .map(|i| {
@@ -945,6 +945,125 @@ mod tests {
             }
         }
         assert_eq!(checked, 8 * 3 * 5);
+    }
+
+    /// The catalog kernel's math in f32 (`rsqrtf` as an f32 reciprocal
+    /// square root, HF's roundings), with `tamper` applied to its outputs
+    /// `(q_out, k_cache, v_cache)` before they are returned.
+    fn qk_norm_rope_in_f32(
+        problem: &crate::targets::OpProblem,
+        t: usize,
+        inputs: &[crate::targets::HostBuffer],
+        tamper: impl Fn(&mut [Vec<f64>; 3]),
+    ) -> Vec<crate::targets::HostBuffer> {
+        let crate::targets::OpProblem::QkNormRopeCache(c) = problem else {
+            panic!("not qk_norm_rope_cache");
+        };
+        let s = c.shape;
+        let kind = crate::targets::ElemKind::Dtype(c.dtype);
+        let rd = |v: f32| kind.round(v as f64) as f32;
+        let v = |i: usize| &inputs[i].values;
+        let (qkv, qw, kw, cos, sin, pos) = (v(0), v(1), v(2), v(3), v(4), v(5));
+        let (d, half, nh) = (s.d, s.d / 2, s.qh + 2 * s.kvh);
+        let mut out = [vec![0.0; t * s.qh * d], v(6).clone(), v(7).clone()];
+        for row in 0..t {
+            let p = pos[row] as usize;
+            for h in 0..nh {
+                let x: Vec<f32> = qkv[(row * nh + h) * d..][..d]
+                    .iter()
+                    .map(|&a| a as f32)
+                    .collect();
+                if h >= s.qh + s.kvh {
+                    let g = h - s.qh - s.kvh;
+                    for (i, xi) in x.iter().enumerate() {
+                        out[2][(g * s.s_max + p) * d + i] = *xi as f64;
+                    }
+                    continue;
+                }
+                let w = if h < s.qh { qw } else { kw };
+                let ss: f32 = x.iter().map(|a| a * a).sum();
+                let r = 1.0 / (ss / d as f32 + s.eps as f32).sqrt();
+                let n: Vec<f32> = (0..d).map(|i| rd(rd(x[i] * r) * w[i] as f32)).collect();
+                let (dst, base) = if h < s.qh {
+                    (0, (row * s.qh + h) * d)
+                } else {
+                    (1, ((h - s.qh) * s.s_max + p) * d)
+                };
+                for i in 0..half {
+                    let (cc, sn) = (cos[p * half + i] as f32, sin[p * half + i] as f32);
+                    out[dst][base + i] = rd(rd(n[i] * cc) - rd(n[i + half] * sn)) as f64;
+                    out[dst][base + i + half] = rd(rd(n[i + half] * cc) + rd(n[i] * sn)) as f64;
+                }
+            }
+        }
+        tamper(&mut out);
+        out.into_iter()
+            .map(|values| crate::targets::HostBuffer { kind, values })
+            .collect()
+    }
+
+    /// The KV-cache writer's checks: an honest f32 kernel passes on every
+    /// distribution; one that also touches a row no token owns, or writes
+    /// k at the wrong position, or rotates q by the wrong pair, fails.
+    #[test]
+    fn the_cache_writer_is_held_to_the_rows_it_owns() {
+        use crate::targets::Distribution;
+        use rand::SeedableRng;
+        use rand_chacha::ChaCha8Rng;
+        for name in ["qwen3_qk_norm_rope_cache", "lfm2_qk_norm_rope_cache"] {
+            let problem = &crate::targets::find(name).expect("target").problem;
+            let crate::targets::OpProblem::QkNormRopeCache(c) = problem else {
+                panic!("{name}");
+            };
+            let d = c.shape.d;
+            for (di, &dist) in Distribution::ALL.iter().enumerate() {
+                for t in [1usize, 4, 5] {
+                    let mut rng = ChaCha8Rng::seed_from_u64(di as u64 * 31 + t as u64);
+                    let inputs = problem.inputs(t, dist, &mut rng);
+                    let reference = problem.reference(t, &inputs);
+                    let check = |got: &[crate::targets::HostBuffer]| {
+                        super::check_outputs(problem, t, got, &reference, None)
+                    };
+                    let honest = qk_norm_rope_in_f32(problem, t, &inputs, |_| {});
+                    check(&honest).unwrap_or_else(|e| panic!("{name} {dist:?} T={t}: {e}"));
+                    // Skip the tiny draws for the tampering cases: every value is
+                    // near zero there, and zeroes compare equal to zeroes.
+                    if dist == Distribution::Tiny {
+                        continue;
+                    }
+                    let p0 = inputs[5].values[0] as usize;
+                    let free = (0..c.shape.s_max)
+                        .find(|p| !inputs[5].values.contains(&(*p as f64)))
+                        .expect("a free row");
+                    let scribble = qk_norm_rope_in_f32(problem, t, &inputs, |o| {
+                        for x in &mut o[1][free * d..(free + 1) * d] {
+                            *x = 0.0;
+                        }
+                    });
+                    assert!(
+                        check(&scribble).is_err(),
+                        "{name} {dist:?} T={t}: a foreign row"
+                    );
+                    let shifted = qk_norm_rope_in_f32(problem, t, &inputs, |o| {
+                        let row: Vec<f64> = o[1][p0 * d..(p0 + 1) * d].to_vec();
+                        o[1][free * d..(free + 1) * d].copy_from_slice(&row);
+                        o[1][p0 * d..(p0 + 1) * d]
+                            .copy_from_slice(&inputs[6].values[p0 * d..(p0 + 1) * d]);
+                    });
+                    assert!(
+                        check(&shifted).is_err(),
+                        "{name} {dist:?} T={t}: k at the wrong row"
+                    );
+                    let swapped = qk_norm_rope_in_f32(problem, t, &inputs, |o| {
+                        o[0][..d].rotate_left(d / 2);
+                    });
+                    assert!(
+                        check(&swapped).is_err(),
+                        "{name} {dist:?} T={t}: halves swapped"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -30,13 +30,28 @@ impl Proposer for OfflineProposer {
     /// proposer skips sources the tree holds and learns which rewrites worked.
     fn propose(&self, req: &ProposalRequest) -> Result<ProposalBatch, ProposeError> {
         let seed = req.seed ^ u64::from(req.step).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let found = self.propose_source(
+        let found = match self.propose_source(
             &req.target.family,
             &req.target.static_dims,
             &req.parent.source,
             req.count,
             seed,
-        )?;
+        ) {
+            // A family the generator has no knob space for (yet): nothing to
+            // propose, said in the session, so an autorun over every target
+            // still judges its seed and goes on.
+            Err(OfflineError::UnknownFamily(family)) => {
+                return Ok(ProposalBatch {
+                    proposals: Vec::new(),
+                    rejected: vec![format!(
+                        "offline: the generator has no knob space for `{family}`; only an LLM backend proposes for {}",
+                        req.target.name
+                    )],
+                    usage: TokenUsage::default(),
+                })
+            }
+            other => other?,
+        };
         let rejected = if found.len() < req.count {
             vec![format!(
                 "offline: only {} new variants of node {} remain in the {} knob space",

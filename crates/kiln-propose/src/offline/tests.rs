@@ -381,8 +381,21 @@ fn implements_the_proposer_interface() {
         .proposals
         .iter()
         .all(|c| c.prior.is_some_and(|x| (0.0..=1.0).contains(&x))));
+    // A family with no knob space: nothing proposed, and the session says why.
+    let mut bare = req.clone();
+    bare.target.family = "conv2d".into();
+    let none = p.propose(&bare).expect("an empty batch, not an error");
+    assert!(none.proposals.is_empty());
+    assert!(
+        none.rejected
+            .iter()
+            .any(|r| r.contains("no knob space for `conv2d`")),
+        "{:?}",
+        none.rejected
+    );
+    // Dims that do not fit a known family are still an error.
     let mut bad = req.clone();
-    bad.target.family = "conv2d".into();
+    bad.target.static_dims = BTreeMap::new();
     assert!(p.propose(&bad).is_err());
 }
 
