@@ -97,3 +97,35 @@ impl OpConfig for QkNormRopeConfig {
         ]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The launch line gives what the kernel's layout needs: one block per
+    /// token, D/8 lanes per head for every q, k and v head, rounded up to a
+    /// warp (the launch kiln-candle made by hand before it was a catalog op).
+    #[test]
+    fn the_launch_line_gives_d_over_8_lanes_per_head_per_token() {
+        for c in [
+            QkNormRopeConfig::qwen3_30b_a3b(1024, DType::BF16),
+            QkNormRopeConfig::lfm2_8b_a1b(2048, DType::BF16),
+            QkNormRopeConfig::new(8, 2, 256, 1e-6, 1024, DType::F32),
+        ] {
+            let s = c.shape;
+            let threads = ((s.qh + 2 * s.kvh) * s.d / 8).div_ceil(32) * 32;
+            for t in [1, 7, 32] {
+                let dims = c.launch_dims(t, 132).expect("dims");
+                assert_eq!(dims.grid, (t as u32, 1, 1));
+                assert_eq!(dims.block, (threads as u32, 1, 1));
+                assert_eq!(dims.smem, 0);
+            }
+            assert!(c.build().is_ok());
+        }
+        // Shapes the kernel cannot hold are refused, naming the dimension.
+        let big = QkNormRopeConfig::new(64, 32, 128, 1e-6, 1024, DType::BF16);
+        assert!(big.validate().is_err());
+        let odd = QkNormRopeConfig::new(8, 2, 96, 1e-6, 1024, DType::BF16);
+        assert!(odd.validate().unwrap_err().to_string().contains("D=96"));
+    }
+}
