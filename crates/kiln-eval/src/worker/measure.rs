@@ -363,8 +363,9 @@ pub fn check_outputs(
 
 /// The input sets timed at one shape. Each set has as many output groups as
 /// the graph makes passes over the sets, so every launch in a graph writes
-/// its own outputs; sets cycle through every input distribution, so the
-/// timed outputs of the largest shape are checked with all of them.
+/// its own outputs; the sets' rows cycle through every input distribution,
+/// so the timed outputs of the largest shape are checked with all of them
+/// (their static inputs, drawn once, follow the first set's).
 pub struct TimingSets {
     /// The sets, each with its own inputs and `rounds` output groups.
     pub sets: Vec<DeviceSet>,
