@@ -912,40 +912,51 @@ mod tests {
     }
 
     /// Scaling each head by itself must not fail an honest kernel: the f32
-    /// emulation passes on every distribution and cache fill verification
-    /// draws, for every decode-attention target.
+    /// emulation passes on every distribution and on the cache fills
+    /// verification draws, for every head shape a decode-attention target
+    /// has (a `_long` target is its short twin's build at another fill).
     #[test]
     fn honest_f32_attention_passes_the_per_head_tolerance() {
         use crate::targets::{Distribution, HostBuffer};
         use rand::SeedableRng;
         use rand_chacha::ChaCha8Rng;
-        let mut checked = 0;
-        for target in crate::targets::all()
+        use rayon::prelude::*;
+        let targets: Vec<_> = crate::targets::all()
             .into_iter()
-            .filter(|t| t.name.ends_with("_decode_attention") || t.name.ends_with("_long"))
-        {
-            for (trial, &t) in [1usize, 4, 3].iter().enumerate() {
-                for (di, &dist) in Distribution::ALL.iter().enumerate() {
-                    let mut rng = ChaCha8Rng::seed_from_u64((trial * 10 + di) as u64);
-                    let problem = target.problem.for_verification(t, trial * 5 + di, &mut rng);
-                    let inputs = problem.inputs(t, dist, &mut rng);
-                    let reference = problem.reference(t, &inputs);
-                    let got = vec![HostBuffer {
-                        kind: reference.outputs[0].kind,
-                        values: attention_in_f32(&problem, t, &inputs),
-                    }];
-                    super::check_outputs(&problem, t, &got, &reference, None).unwrap_or_else(|e| {
-                        panic!(
-                            "{} {dist:?} T={t} {:?}: {e}",
-                            target.name,
-                            problem.scalar_args()
-                        )
-                    });
-                    checked += 1;
-                }
-            }
-        }
-        assert_eq!(checked, 8 * 3 * 5);
+            .filter(|t| t.name.ends_with("_decode_attention"))
+            .collect();
+        assert_eq!(targets.len(), 4);
+        let cases: Vec<(usize, usize, usize)> = (0..targets.len())
+            .flat_map(|ti| {
+                [1usize, 3]
+                    .into_iter()
+                    .enumerate()
+                    .flat_map(move |(trial, t)| {
+                        (0..Distribution::ALL.len()).map(move |di| (ti, trial * 5 + di, t))
+                    })
+            })
+            .collect();
+        cases.par_iter().for_each(|&(ti, trial, t)| {
+            let target = &targets[ti];
+            let dist = Distribution::ALL[trial % Distribution::ALL.len()];
+            let mut rng = ChaCha8Rng::seed_from_u64(trial as u64 * 7 + ti as u64);
+            // Trials 0..4 meet an empty, the timed, a full and a drawn fill.
+            let problem = target.problem.for_verification(t, trial, &mut rng);
+            let inputs = problem.inputs(t, dist, &mut rng);
+            let reference = problem.reference(t, &inputs);
+            let got = vec![HostBuffer {
+                kind: reference.outputs[0].kind,
+                values: attention_in_f32(&problem, t, &inputs),
+            }];
+            super::check_outputs(&problem, t, &got, &reference, None).unwrap_or_else(|e| {
+                panic!(
+                    "{} {dist:?} T={t} {:?}: {e}",
+                    target.name,
+                    problem.scalar_args()
+                )
+            });
+        });
+        assert_eq!(cases.len(), 4 * 2 * 5);
     }
 
     /// The catalog kernel's math in f32 (`rsqrtf` as an f32 reciprocal
