@@ -555,17 +555,12 @@ impl OpProblem {
                         })
                         .collect()
                 }
-                (OpProblem::QkNormRopeCache(_), "q_w" | "k_w") => {
-                    draw_scaled(spec.kind, spec.len, 0.5, rng)
-                        .values
-                        .iter()
-                        .map(|v| spec.kind.round(1.0 + v))
-                        .collect()
-                }
                 (OpProblem::Rope(_), "positions") => (0..spec.len)
                     .map(|_| rng.gen_range(0..32768) as f64)
                     .collect(),
-                (OpProblem::RmsNorm(_) | OpProblem::AddRmsNorm(_), "w") => {
+                // Norm weights near 1, as trained ones are.
+                (OpProblem::RmsNorm(_) | OpProblem::AddRmsNorm(_), "w")
+                | (OpProblem::QkNormRopeCache(_), "q_w" | "k_w") => {
                     draw_scaled(spec.kind, spec.len, 0.5, rng)
                         .values
                         .iter()
@@ -573,13 +568,7 @@ impl OpProblem {
                         .collect()
                 }
                 (OpProblem::MoeCombine(c), "weights") => {
-                    let mut w = Vec::with_capacity(spec.len);
-                    for _ in 0..spec.len / c.k.max(1) {
-                        let raw: Vec<f64> = (0..c.k).map(|_| rng.gen_range(0.01..1.0)).collect();
-                        let sum: f64 = raw.iter().sum();
-                        w.extend(raw.iter().map(|v| spec.kind.round(v / sum)));
-                    }
-                    w
+                    combine_weights(spec.len, c.k, spec.kind, rng)
                 }
                 (OpProblem::SigmoidTopk(_), "bias") => match dist {
                     // Ties must survive the bias.
@@ -605,13 +594,7 @@ impl OpProblem {
                     draw_scaled_par(spec.kind, spec.len, (c.i as f64).powf(-0.5), rng)
                 }
                 (OpProblem::MoeExpertDown(c), "weights") => {
-                    let mut w = Vec::with_capacity(spec.len);
-                    for _ in 0..spec.len / c.k.max(1) {
-                        let raw: Vec<f64> = (0..c.k).map(|_| rng.gen_range(0.01..1.0)).collect();
-                        let sum: f64 = raw.iter().sum();
-                        w.extend(raw.iter().map(|v| spec.kind.round(v / sum)));
-                    }
-                    w
+                    combine_weights(spec.len, c.k, spec.kind, rng)
                 }
                 _ => draw(spec.kind, spec.len, dist, rng).values,
             };
@@ -925,6 +908,18 @@ impl OpProblem {
             }
         }
     }
+}
+
+/// `len / k` rows of `k` positive combine weights summing to 1, each
+/// rounded to `kind` (what a router hands the expert combine).
+fn combine_weights(len: usize, k: usize, kind: ElemKind, rng: &mut ChaCha8Rng) -> Vec<f64> {
+    let mut w = Vec::with_capacity(len);
+    for _ in 0..len / k.max(1) {
+        let raw: Vec<f64> = (0..k).map(|_| rng.gen_range(0.01..1.0)).collect();
+        let sum: f64 = raw.iter().sum();
+        w.extend(raw.iter().map(|v| kind.round(v / sum)));
+    }
+    w
 }
 
 /// The values of each buffer, borrowed.
