@@ -31,12 +31,13 @@ const T_EXPERT_SWIGLU: &str = include_str!("templates/moe_expert_swiglu.cu");
 const T_EXPERT_DOWN: &str = include_str!("templates/moe_expert_down.cu");
 const T_SHORT_CONV: &str = include_str!("templates/short_conv.cu");
 const T_DECODE_ATTENTION: &str = include_str!("templates/decode_attention.cu");
+const T_QK_NORM_ROPE_CACHE: &str = include_str!("templates/qk_norm_rope_cache.cu");
 
 /// Why the generator cannot work on a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OfflineError {
     /// The family has no offline templates.
-    #[error("the offline generator has no templates for family `{0}` (known: swiglu, rmsnorm, add_rmsnorm, moe_combine, softmax_topk, sigmoid_topk, ttt_linear_decode, moe_expert_swiglu, moe_expert_down, short_conv, decode_attention)")]
+    #[error("the offline generator has no templates for family `{0}` (known: swiglu, rmsnorm, add_rmsnorm, moe_combine, softmax_topk, sigmoid_topk, ttt_linear_decode, moe_expert_swiglu, moe_expert_down, short_conv, decode_attention, qk_norm_rope_cache)")]
     UnknownFamily(String),
     /// A static dim the family's templates need is missing or out of range.
     #[error("offline {family}: static dim `{dim}` is {problem}")]
@@ -83,11 +84,14 @@ pub enum Family {
     ShortConv,
     /// `decode_attention(q, k_cache, v_cache, out, T, past)`: causal GQA attention of T new tokens over a KV cache.
     DecodeAttention,
+    /// `qk_norm_rope_cache(qkv, q_w, k_w, cos, sin, positions, q_out, k_cache, v_cache, T, S_MAX)`:
+    /// per-head RMSNorm of q and k, rotate-half RoPE, k and v written into the KV caches.
+    QkNormRopeCache,
 }
 
 impl Family {
     /// Every family, in a fixed order.
-    pub const ALL: [Family; 11] = [
+    pub const ALL: [Family; 12] = [
         Family::Swiglu,
         Family::RmsNorm,
         Family::AddRmsNorm,
@@ -99,6 +103,7 @@ impl Family {
         Family::MoeExpertDown,
         Family::ShortConv,
         Family::DecodeAttention,
+        Family::QkNormRopeCache,
     ];
 
     /// The family's name (the catalog op's short name).
@@ -115,6 +120,7 @@ impl Family {
             Family::MoeExpertDown => "moe_expert_down",
             Family::ShortConv => "short_conv",
             Family::DecodeAttention => "decode_attention",
+            Family::QkNormRopeCache => "qk_norm_rope_cache",
         }
     }
 
@@ -139,6 +145,7 @@ impl Family {
             Family::MoeExpertDown => EXPERT_DOWN,
             Family::ShortConv => SHORT_CONV,
             Family::DecodeAttention => DECODE_ATTENTION,
+            Family::QkNormRopeCache => QK_NORM_ROPE_CACHE,
         }
     }
 
@@ -174,6 +181,8 @@ impl Family {
             Family::ShortConv => &["pf", "minb", "block", "vec"],
             // The row split and q's home follow the vector width and lanes; those two come last.
             Family::DecodeAttention => &["vsplit", "kif", "qs", "minb", "lpk", "vec", "block"],
+            // Heads per block follow the lanes per head (the vector width), so they come first.
+            Family::QkNormRopeCache => &["hpb", "minb", "vec"],
         }
     }
 
@@ -325,6 +334,19 @@ impl Family {
                     ),
                 )
             }
+            Family::QkNormRopeCache => {
+                let lph = qk_lanes_per_head(k, d);
+                // A head's lanes are one shuffle group inside a warp; two lanes at least, so the
+                // rotate-half partner is always another lane.
+                ensure(
+                    d.d % k.get("vec") == 0 && (2..=32).contains(&lph) && lph.count_ones() == 1,
+                    "D/vec lanes per head must be a power of two in 2..=32",
+                )?;
+                ensure(
+                    k.get("hpb") == 0 || k.get("hpb") <= d.qh + 2 * d.kvh,
+                    "at most every head of a token per block",
+                )
+            }
         }
     }
 
@@ -339,6 +361,10 @@ impl Family {
             }
             Family::TttLinearDecode => k.get("ks") * d.f / k.get("cpt").max(1),
             Family::MoeExpertSwiglu | Family::MoeExpertDown => 32 * k.get("wpb"),
+            // The block's heads, rounded up to whole warps.
+            Family::QkNormRopeCache => {
+                (qk_heads_per_block(k, d) * qk_lanes_per_head(k, d) + 31) / 32 * 32
+            }
         }
     }
 
@@ -375,6 +401,15 @@ impl Family {
             Family::ShortConv => format!("ceil_div(D, {})", block * k.get("vec")),
             // One block per (token, query head), as the seed.
             Family::DecodeAttention => "T*QH".to_string(),
+            // One block per (token, group of heads).
+            Family::QkNormRopeCache => {
+                let heads = d.qh + 2 * d.kvh;
+                let hpb = qk_heads_per_block(k, d);
+                match (heads + hpb - 1) / hpb {
+                    1 => "T".to_string(),
+                    g => format!("T*{g}"),
+                }
+            }
         };
         let block_expr = match self {
             Family::TttLinearDecode => format!("{}*F/{}", k.get("ks"), k.get("cpt")),
@@ -488,6 +523,7 @@ impl Family {
             Family::DecodeAttention => {
                 T_DECODE_ATTENTION.replace("@UNROLL_QK@", attn_qk_unroll(k, d))
             }
+            Family::QkNormRopeCache => T_QK_NORM_ROPE_CACHE.to_string(),
         };
         s.push_str(PRELUDE);
         s.push('\n');
@@ -628,6 +664,28 @@ impl Family {
                     d.dv
                 ),
             ],
+            Family::QkNormRopeCache => {
+                let hpb = qk_heads_per_block(k, d);
+                vec![
+                    format!(
+                        "{} lanes per head of {}-element vectors, {} head(s) per block ({} threads), {} block(s) per token.",
+                        qk_lanes_per_head(k, d),
+                        k.get("vec"),
+                        hpb,
+                        self.block(k, d),
+                        (d.qh + 2 * d.kvh + hpb - 1) / hpb
+                    ),
+                    format!(
+                        "{} loads; qkv loads: {}; stores: {}; QH = {}, KVH = {}, D = {}.",
+                        if k.get("vld") == 1 { "Vector" } else { "Element" },
+                        hint("ldh"),
+                        hint("sth"),
+                        d.qh,
+                        d.kvh,
+                        d.d
+                    ),
+                ]
+            }
         }
     }
 
@@ -752,6 +810,21 @@ impl Family {
                       vec![("block", 128), ("lpk", l4), ("vec", v4), ("kif", 4), ("vsplit", split_for(128, v4)), ("qs", 1), ("ldh", 4)]),
                 ]
             }
+            Family::QkNormRopeCache => {
+                // The widest vector of at most 8 elements that leaves a head at least 2 lanes,
+                // and the lanes per head it gives (at most 32: one warp).
+                let v8 = [8, 4, 2].into_iter().find(|v| d.d % v == 0 && d.d / v >= 2).unwrap_or(2);
+                let v16 = [16, 8, 4, 2].into_iter().find(|v| d.d % v == 0 && d.d / v >= 2).unwrap_or(2);
+                let per_warp = (32 / (d.d / v8).clamp(1, 32)).max(1);
+                vec![
+                    r("recipe-token-block", "a block per token holding every head, 16-byte vectors (the catalog design)",
+                      vec![("vec", v8), ("hpb", 0), ("vld", 1), ("ldh", 0), ("sth", 0)]),
+                    r("recipe-warp-heads", "one warp per block holding as many heads as fit it, 16-byte read-only loads: the token's heads spread over many SMs",
+                      vec![("vec", v8), ("hpb", per_warp), ("vld", 1), ("ldh", 1), ("sth", 0)]),
+                    r("recipe-wide-lanes", "32-byte vectors (half the lanes, twice the loads in flight each), 4 heads per block, no-allocate qkv loads",
+                      vec![("vec", v16), ("hpb", 4), ("vld", 1), ("ldh", 4), ("sth", 0)]),
+                ]
+            }
         }
     }
 
@@ -826,6 +899,20 @@ fn attn_qk_unroll(k: &Knobs, d: &Dims) -> &'static str {
         "#pragma unroll"
     } else {
         "#pragma unroll 4"
+    }
+}
+
+/// Lanes per head of a qk_norm_rope_cache configuration: D / vec.
+fn qk_lanes_per_head(k: &Knobs, d: &Dims) -> i64 {
+    d.d / k.get("vec").max(1)
+}
+
+/// Heads per block of a qk_norm_rope_cache configuration (`hpb` 0: every head of the token).
+fn qk_heads_per_block(k: &Knobs, d: &Dims) -> i64 {
+    let heads = (d.qh + 2 * d.kvh).max(1);
+    match k.get("hpb") {
+        0 => heads,
+        h => h.min(heads),
     }
 }
 
@@ -1217,6 +1304,33 @@ const SHORT_CONV: &[KnobSpec] = &[
     MINB_K,
 ];
 
+const QK_NORM_ROPE_CACHE: &[KnobSpec] = &[
+    knob!(
+        "vec",
+        &[2, 4, 8, 16],
+        &[],
+        4,
+        "consecutive elements per lane (D/vec lanes per head; 8 = 16 bytes of bf16)"
+    ),
+    knob!(
+        "hpb",
+        &[0, 1, 2, 4, 8, 16],
+        &[],
+        1,
+        "heads per block (0: every head of the token in one block)"
+    ),
+    knob!(
+        "vld",
+        BOOL,
+        &["elem", "vector"],
+        0,
+        "a lane's elements moved as element loads or as one vector"
+    ),
+    LDH_K,
+    STH_K,
+    MINB_K,
+];
+
 const DECODE_ATTENTION: &[KnobSpec] = &[
     knob!("block", &[64, 128, 256, 512], &[], 128, "threads per block"),
     knob!(
@@ -1319,7 +1433,7 @@ impl fmt::Display for Knobs {
 /// The static dims a family's templates read (0 where the family does not use one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Dims {
-    /// Row width (rmsnorm, moe_combine) or channels (short_conv).
+    /// Row width (rmsnorm, moe_combine), channels (short_conv) or head dim (qk_norm_rope_cache).
     pub d: i64,
     /// Intermediate width (swiglu).
     pub i: i64,
@@ -1333,9 +1447,9 @@ pub struct Dims {
     pub h: i64,
     /// Convolution length (short_conv).
     pub l: i64,
-    /// Query heads (decode_attention).
+    /// Query heads (decode_attention, qk_norm_rope_cache).
     pub qh: i64,
-    /// KV heads (decode_attention).
+    /// KV heads (decode_attention, qk_norm_rope_cache).
     pub kvh: i64,
     /// q/k head dim (decode_attention).
     pub dqk: i64,
@@ -1411,6 +1525,19 @@ impl Dims {
                             problem: format!("{v}, not a multiple of 8"),
                         });
                     }
+                }
+            }
+            Family::QkNormRopeCache => {
+                d.qh = get("QH", 1, 1024)?;
+                d.kvh = get("KVH", 1, d.qh)?;
+                // The catalog op's head dims; the generator's lanes per head rely on a power of two.
+                d.d = get("D", 64, 256)?;
+                if d.d.count_ones() != 1 {
+                    return Err(OfflineError::BadDim {
+                        family: fam,
+                        dim: "D",
+                        problem: format!("{}, not a power of two", d.d),
+                    });
                 }
             }
             Family::MoeExpertSwiglu | Family::MoeExpertDown => {

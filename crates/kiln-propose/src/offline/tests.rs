@@ -28,6 +28,7 @@ fn dims_of(family: Family) -> BTreeMap<String, i64> {
             ("DV", 128),
             ("S_MAX", 1024),
         ],
+        Family::QkNormRopeCache => &[("QH", 32), ("KVH", 4), ("D", 128)],
     };
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
@@ -705,4 +706,131 @@ fn decode_attention_knobs_reach_the_template() {
     assert!(f
         .render(&split, &dims)
         .contains("// kiln: block=128 grid=T*QH smem=(S_MAX+4*DV)*4\n"));
+}
+
+fn qk_dims(qh: i64, kvh: i64, d: i64) -> Dims {
+    let dims: BTreeMap<String, i64> = [("QH", qh), ("KVH", kvh), ("D", d)]
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect();
+    Dims::from_static(Family::QkNormRopeCache, &dims).expect("qk_norm_rope_cache dims")
+}
+
+/// The attention-input targets' head shapes (Qwen3, LFM2) and the widest head the op takes.
+const QK_SHAPES: [(i64, i64, i64); 3] = [(32, 4, 128), (32, 8, 64), (16, 2, 256)];
+
+#[test]
+fn qk_norm_rope_cache_token_block_recipe_is_the_catalog_launch() {
+    let f = Family::QkNormRopeCache;
+    // The catalog's launch: (QH + 2 KVH) * D / 8 lanes rounded up to a warp, one block per token.
+    for ((qh, kvh, d), block) in QK_SHAPES.into_iter().zip([640, 384, 640]) {
+        let dims = qk_dims(qh, kvh, d);
+        let recipe = f
+            .recipes(&dims)
+            .into_iter()
+            .find(|r| r.name == "recipe-token-block")
+            .expect("the catalog recipe");
+        let k = f.apply(&f.naive(&dims), &recipe.set, &dims).expect("valid");
+        assert_eq!(f.launch(&k, &dims), format!("block={block} grid=T smem=0"));
+    }
+}
+
+#[test]
+fn qk_norm_rope_cache_heads_stay_inside_a_warp() {
+    let f = Family::QkNormRopeCache;
+    for (qh, kvh, d) in QK_SHAPES {
+        let dims = qk_dims(qh, kvh, d);
+        let heads = qh + 2 * kvh;
+        let naive = f.naive(&dims);
+        let mut seen = 0;
+        for m in single_moves(f, &dims, &naive, &History::new()) {
+            let k = &m.knobs;
+            f.check(k, &dims)
+                .unwrap_or_else(|e| panic!("{}: {e}", m.name));
+            let lanes = d / k.get("vec");
+            assert!(
+                (2..=32).contains(&lanes) && lanes.count_ones() == 1,
+                "{}",
+                m.name
+            );
+            let hpb = if k.get("hpb") == 0 {
+                heads
+            } else {
+                k.get("hpb").min(heads)
+            };
+            let block = f.block(k, &dims);
+            assert!(
+                block >= hpb * lanes && block - hpb * lanes < 32,
+                "{}",
+                m.name
+            );
+            let groups = (heads + hpb - 1) / hpb;
+            let grid = if groups == 1 {
+                "T".to_string()
+            } else {
+                format!("T*{groups}")
+            };
+            assert_eq!(
+                f.launch(k, &dims),
+                format!("block={block} grid={grid} smem=0"),
+                "{}",
+                m.name
+            );
+            seen += 1;
+        }
+        assert!(seen >= 8, "{seen} rewrites at D = {d}");
+    }
+    // 64 lanes per head would span two warps; 16-element vectors at D = 64 leave 4 lanes.
+    let qwen = qk_dims(32, 4, 128);
+    assert!(f.check(&parse_qk("vec=2 hpb=1"), &qwen).is_err());
+    assert!(f
+        .check(&parse_qk("vec=16 hpb=1"), &qk_dims(32, 8, 64))
+        .is_ok());
+    // Every head of a Qwen3 token at 4 elements a lane: 1280 threads, more than a block.
+    assert!(f.check(&parse_qk("vec=4 hpb=0"), &qwen).is_err());
+    // The head dim must be a power of two in 64..=256.
+    let odd: BTreeMap<String, i64> = [("QH", 4), ("KVH", 2), ("D", 96)]
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect();
+    assert!(Dims::from_static(f, &odd).is_err());
+}
+
+/// The base knobs with `knobs` (`name=value …`) set, unchecked.
+fn parse_qk(knobs: &str) -> Knobs {
+    Knobs::parse(
+        &format!("// kiln-offline: family=qk_norm_rope_cache {knobs}"),
+        Family::QkNormRopeCache,
+    )
+    .expect("a header of known knobs")
+}
+
+#[test]
+fn qk_norm_rope_cache_knobs_reach_the_template() {
+    let f = Family::QkNormRopeCache;
+    let dims = qk_dims(32, 4, 128);
+    let k = f
+        .apply(
+            &f.base(),
+            &[("vec", 8), ("hpb", 4), ("vld", 1), ("ldh", 4), ("sth", 1)],
+            &dims,
+        )
+        .expect("valid");
+    let src = f.render(&k, &dims);
+    assert!(!src.contains('@'), "every placeholder is filled");
+    for text in [
+        "#define KO_VEC 8",
+        "#define KO_HPB 4",
+        "#define KO_VLD 1",
+        "#define KO_LDH 4",
+        "#define KO_STH 1",
+        "#define KO_BLOCK 64",
+        "// kiln: block=64 grid=T*10 smem=0",
+    ] {
+        assert!(src.contains(text), "{text}");
+    }
+    assert_eq!(src.matches("extern \"C\" __global__").count(), 1);
+    assert!(src.contains(" qk_norm_rope_cache(const scalar_t* __restrict__ qkv"));
+    // The knobs read back from the source.
+    assert_eq!(parent_knobs(f, &dims, &src), k);
 }
