@@ -46,6 +46,13 @@ JSON
     path
 }
 
+/// The `kiln` binary under test (`KILN_BIN` in a GPU bundle, whose machine has no build tree).
+fn kiln_bin() -> PathBuf {
+    std::env::var_os("KILN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kiln")))
+}
+
 fn promote(
     sessions: &Path,
     out: &Path,
@@ -53,7 +60,7 @@ fn promote(
     env: &[(&str, &str)],
     extra: &[&str],
 ) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    let mut cmd = Command::new(kiln_bin());
     cmd.args(["discover", "promote"])
         .arg(sessions)
         .arg("--models-bin")
@@ -218,6 +225,50 @@ fn a_winner_is_rejudged_on_the_gpu_or_the_run_says_how_to_go_on() {
     assert_ne!(o.status.code(), Some(0), "{t}");
     assert!(t.contains("--no-rejudge"), "{t}");
     assert!(!out.exists(), "{t}");
+}
+
+/// On a GPU the gate does not take the session's word: a winner whose source
+/// was swapped, after the search judged it, for a kernel that normalises only
+/// the first row is judged again with a fresh seed, fails, and promote exits 1
+/// with nothing admitted and the failure logged.
+#[test]
+#[ignore = "needs an NVIDIA GPU: scripts/gpu-run.sh runs it"]
+fn a_winner_that_fails_the_fresh_judge_is_not_promoted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sessions = dir.path().join("sessions");
+    replay::record(&sessions, &TARGETS[..1]);
+    let path = sessions
+        .join(format!("{}_offline", TARGETS[0]))
+        .join("session.json");
+    let json = std::fs::read_to_string(&path).expect("session");
+    let mut v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    let nodes = v["tree"]["nodes"].as_array_mut().expect("nodes");
+    let best = nodes
+        .iter_mut()
+        .filter(|n| n["reward"].as_f64().is_some())
+        .max_by(|a, b| {
+            a["reward"]
+                .as_f64()
+                .partial_cmp(&b["reward"].as_f64())
+                .expect("finite")
+        })
+        .expect("a judged node");
+    let wrong = include_str!("red_team/first_rows_only.cu");
+    best["source"] = serde_json::Value::String(wrong.to_string());
+    best["launch_line"] = serde_json::Value::String("block=256 grid=T smem=0".into());
+    std::fs::write(&path, v.to_string()).expect("write");
+    let bin = stand_in(dir.path());
+    let out = dir.path().join("out");
+    let o = promote(&sessions, &out, &bin, &[], &["--rejudge"]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("FAILED") && t.contains("re-judged with a fresh seed"),
+        "{t}"
+    );
+    assert!(!out.join("discovered.json").exists(), "{t}");
+    let log = std::fs::read_to_string(out.join("log.jsonl")).expect("log");
+    assert!(log.contains("\"decision\":\"failed\""), "{log}");
 }
 
 /// Two backends that both won one target: only the faster winner is judged
