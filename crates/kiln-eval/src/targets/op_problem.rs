@@ -476,6 +476,29 @@ impl OpProblem {
         self.inputs_as(t, dist, rng, true, true)
     }
 
+    /// [`OpProblem::inputs`] with the static buffers left empty, for a
+    /// verification trial that shares another trial's static values.
+    pub fn input_rows(
+        &self,
+        t: usize,
+        dist: Distribution,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<HostBuffer> {
+        self.inputs_as(t, dist, rng, false, true)
+    }
+
+    /// Bytes of the static inputs (weights, expert-stacked ones included):
+    /// what one draw of them costs, whatever the rows.
+    pub fn static_input_bytes(&self) -> u64 {
+        self.buffers(1)
+            .iter()
+            .filter(|b| b.role.is_read())
+            .zip(self.static_inputs())
+            .filter(|(_, st)| *st)
+            .map(|(b, _)| (b.len * b.kind.size()) as u64)
+            .sum()
+    }
+
     /// Which inputs (in [`OpProblem::inputs`] order) are static: drawn once
     /// however many rows there are.
     pub fn static_inputs(&self) -> Vec<bool> {

@@ -20,7 +20,7 @@ use crate::timing_stats::Plausibility;
 use super::device_set::DeviceSet;
 use super::measure::{
     check_outputs, check_timed_output, check_untouched, launch, launch_dims, load, load_image,
-    time_interleaved, timing_sets, Device, Failure, Loaded, TimingSets,
+    take_statics, time_interleaved, timing_sets, with_statics, Device, Failure, Loaded, TimingSets,
 };
 
 /// Runs one verification launch of `problem` (the target's, or a variant of
@@ -67,10 +67,21 @@ fn verify_once(
     loaded.check_globals(dev)
 }
 
-/// Verifies on every shape: fresh inputs per trial, distributions in turn,
-/// the same device buffers reused across trials of a shape.
+/// Static inputs of at least this many bytes (the expert targets' stacked
+/// weights, hundreds of MB) are drawn once per candidate, from its secret
+/// seed, and shared by all its trials; drawing them again every trial was
+/// most of an expert candidate's verification time. Smaller ones are drawn
+/// fresh every trial.
+pub const SHARED_STATICS_MIN_BYTES: u64 = 64 << 20;
+
+/// Verifies on every shape: fresh inputs per trial (model-sized weights
+/// fresh per candidate, see [`SHARED_STATICS_MIN_BYTES`]), distributions in
+/// turn, the same device buffers reused across trials of a shape.
 fn verify(dev: &Device, target: &Target, loaded: &Loaded, seed: u64) -> Result<(), Failure> {
     let router = target.problem.topk_layout().is_some();
+    let share = target.problem.static_input_bytes() >= SHARED_STATICS_MIN_BYTES;
+    let is_static = target.problem.static_inputs();
+    let mut statics: Vec<HostBuffer> = Vec::new();
     let mut trial = 0u64;
     for (si, &t) in target.verify_t().iter().enumerate() {
         let mut set = DeviceSet::new(&dev.gpu, target.problem.buffers(t), t)
@@ -90,8 +101,21 @@ fn verify(dev: &Device, target: &Target, loaded: &Loaded, seed: u64) -> Result<(
                 .problem
                 .for_verification(t, trial as usize, &mut scalar_rng);
             trial += 1;
-            let inputs = problem.inputs(t, dist, &mut rng);
-            verify_once(dev, &problem, loaded, &mut set, &inputs, dist)?;
+            if !share {
+                let inputs = problem.inputs(t, dist, &mut rng);
+                verify_once(dev, &problem, loaded, &mut set, &inputs, dist)?;
+                continue;
+            }
+            let mut rows = if statics.is_empty() {
+                let mut full = problem.inputs(t, dist, &mut rng);
+                statics = take_statics(&mut full, &is_static);
+                full
+            } else {
+                problem.input_rows(t, dist, &mut rng)
+            };
+            with_statics(&mut rows, &mut statics, |inputs| {
+                verify_once(dev, &problem, loaded, &mut set, inputs, dist)
+            })?;
         }
     }
     Ok(())

@@ -391,9 +391,27 @@ pub struct TimingSets {
     references: Vec<Option<Reference>>,
 }
 
+/// Moves the static buffers (weights) out of `full`, leaving them empty
+/// there: the one host copy that sets or trials sharing them lend each other
+/// through [`with_statics`]. Row-shaped buffers stay, and are empty in the
+/// result.
+pub(super) fn take_statics(full: &mut [HostBuffer], is_static: &[bool]) -> Vec<HostBuffer> {
+    full.iter_mut()
+        .zip(is_static)
+        .map(|(b, &st)| HostBuffer {
+            kind: b.kind,
+            values: if st {
+                std::mem::take(&mut b.values)
+            } else {
+                Vec::new()
+            },
+        })
+        .collect()
+}
+
 /// Runs `f` on `rows` with the static buffers of `statics` moved in (and
 /// moved back after): the full inputs, without copying the weights.
-fn with_statics<R>(
+pub(super) fn with_statics<R>(
     rows: &mut [HostBuffer],
     statics: &mut [HostBuffer],
     f: impl FnOnce(&[HostBuffer]) -> R,
@@ -498,18 +516,7 @@ pub fn timing_sets(
         let dist = Distribution::ALL[i % Distribution::ALL.len()];
         let mut host = if i == 0 {
             let mut full = problem.timing_inputs(t * windows, dist, &mut rng);
-            statics = full
-                .iter_mut()
-                .zip(&is_static)
-                .map(|(b, &st)| HostBuffer {
-                    kind: b.kind,
-                    values: if st {
-                        std::mem::take(&mut b.values)
-                    } else {
-                        Vec::new()
-                    },
-                })
-                .collect();
+            statics = take_statics(&mut full, &is_static);
             full
         } else {
             problem.timing_rows(t * windows, dist, &mut rng)
@@ -1096,6 +1103,66 @@ mod tests {
         // Twice in a row: nothing is lost on the way back.
         super::with_statics(&mut rows, &mut statics, |_| ());
         assert_eq!(statics[1].values, [7.0, 8.0, 9.0]);
+    }
+
+    /// Only model-sized weights are shared between a candidate's
+    /// verification trials: exactly the expert targets'. A trial that shares
+    /// them sees full inputs of the shape's sizes, the weights of the first
+    /// trial and rows of its own.
+    #[test]
+    fn only_expert_weights_are_shared_between_verification_trials() {
+        use crate::targets::{self, Distribution};
+        use crate::worker::evaluate::SHARED_STATICS_MIN_BYTES;
+        use rand::SeedableRng;
+        use rand_chacha::ChaCha8Rng;
+        let sharing: Vec<String> = targets::all()
+            .into_iter()
+            .filter(|t| t.problem.static_input_bytes() >= SHARED_STATICS_MIN_BYTES)
+            .map(|t| t.name)
+            .collect();
+        let experts: Vec<String> = targets::all()
+            .into_iter()
+            .map(|t| t.name)
+            .filter(|n| n.contains("_moe_expert_"))
+            .collect();
+        assert_eq!(sharing, experts);
+        // A shared trial draws only rows, at the shape's sizes, fresh per trial; the weights
+        // (drawn once, lent by `with_statics`, tested above) fill the empty buffers.
+        let target = targets::find("lfm2_moe_expert_swiglu").expect("target");
+        let p = &target.problem;
+        let t = 5;
+        let is_static = p.static_inputs();
+        assert!(is_static.iter().any(|s| *s) && is_static.iter().any(|s| !*s));
+        let specs: Vec<_> = p
+            .buffers(t)
+            .into_iter()
+            .filter(|b| b.role.is_read())
+            .collect();
+        let draw = |seed| {
+            p.input_rows(
+                t,
+                Distribution::ALL[1],
+                &mut ChaCha8Rng::seed_from_u64(seed),
+            )
+        };
+        let (one, two) = (draw(1), draw(2));
+        assert_eq!(one.len(), specs.len());
+        for (((a, b), spec), st) in one.iter().zip(&two).zip(&specs).zip(&is_static) {
+            if *st {
+                assert!(
+                    a.values.is_empty(),
+                    "{}: a shared trial draws no weights",
+                    spec.name
+                );
+            } else {
+                assert_eq!(a.values.len(), spec.len, "{}", spec.name);
+                assert_ne!(
+                    a.values, b.values,
+                    "{}: rows are fresh every trial",
+                    spec.name
+                );
+            }
+        }
     }
 
     use super::*;
