@@ -744,8 +744,8 @@ impl Family {
                 };
                 let (t4, t8) = (lanes(4), lanes(8));
                 let mut out = vec![
-                    r("recipe-warp-per-row", "one warp per row, K rounds of warp arg-max (the catalog design)",
-                      vec![("tpr", 32.min(pow2_floor(d.e.max(1)))), ("rpb", 4), ("lay", 0), ("sel", 0), ("algo", 0)]),
+                    r("recipe-warp-per-row", "one warp per row, K rounds of arg-max by two warp reductions on order-preserving keys (the catalog design)",
+                      vec![("tpr", 32.min(pow2_floor(d.e.max(1)))), ("rpb", 4), ("lay", 0), ("sel", 2), ("algo", 0)]),
                     r("recipe-thread-per-row", "few lanes per row holding up to 8 experts each, vector loads, sorted heads",
                       vec![("tpr", t8), ("rpb", (128 / t8).max(1)), ("lay", 1), ("sel", 1), ("algo", 1)]),
                     r("recipe-subwarp-heads", "4 experts per lane, vector loads, sorted heads merged by shuffles",
@@ -1129,10 +1129,10 @@ const SOFTMAX: &[KnobSpec] = &[
     ),
     knob!(
         "sel",
-        BOOL,
-        &["rounds", "heads"],
+        &[0, 1, 2],
+        &["rounds", "heads", "redux"],
         0,
-        "top-k by K arg-max rounds over all slots, or over per-lane sorted heads"
+        "top-k by K arg-max rounds over all slots (shuffles), over per-lane sorted heads, or rounds whose arg-max is two warp reductions (redux.sync) on order-preserving keys"
     ),
     knob!(
         "algo",
@@ -1160,10 +1160,10 @@ const SIGMOID: &[KnobSpec] = &[
     ),
     knob!(
         "sel",
-        BOOL,
-        &["rounds", "heads"],
+        &[0, 1, 2],
+        &["rounds", "heads", "redux"],
         0,
-        "top-k by K arg-max rounds over all slots, or over per-lane sorted heads"
+        "top-k by K arg-max rounds over all slots (shuffles), over per-lane sorted heads, or rounds whose arg-max is two warp reductions (redux.sync) on order-preserving keys"
     ),
     knob!(
         "fast",

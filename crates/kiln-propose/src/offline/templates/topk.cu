@@ -21,6 +21,15 @@ static_assert(KILN_N_GROUP == 1, "offline sigmoid_topk templates handle N_GROUP 
 // Larger score wins; equal scores go to the lower expert index.
 __device__ __forceinline__ bool better(float ov, int oi, float v, int i) { return ov > v || (ov == v && oi < i); }
 
+// An order-preserving key of a score (-0 counts as +0, as `better` compares them), and back.
+__device__ __forceinline__ unsigned ord_key(float v) {
+    const unsigned u = __float_as_uint(v + 0.0f);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+__device__ __forceinline__ float from_key(unsigned k) {
+    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
 __device__ __forceinline__ int expert_of(int l, int j) {
 #if KO_LAY == 0
     return l + TPR * j;
@@ -146,7 +155,39 @@ __device__ __forceinline__ float seg_sum(float v) {
 #if KO_SIGMOID
         float ps[K];
 #endif
-#if KO_SEL == 0
+#if KO_SEL == 2
+        // K rounds: each lane's best unpicked slot, then the row's arg-max as two warp reductions
+        // over the row's lanes: the largest order-preserving key, then the lowest expert holding it.
+        const unsigned gmask = TPR == 32 ? 0xffffffffu
+                                         : ((1u << (TPR % 32)) - 1u) << ((int)threadIdx.x % 32 / TPR * TPR);
+        unsigned picked = 0u;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            float bv = NEG_INF;
+            int bi = NO_IDX;
+#pragma unroll
+            for (int j = 0; j < EPL; ++j) {
+                const int e = expert_of(l, j);
+                if (e < E && !((picked >> j) & 1u) && better(x[j], e, bv, bi)) {
+                    bv = x[j];
+                    bi = e;
+                }
+            }
+            const unsigned key = ord_key(bv);
+            const unsigned top = __reduce_max_sync(gmask, key);
+            const int wi = (int)__reduce_min_sync(gmask, key == top ? (unsigned)bi : 0xffffffffu);
+            if (owner_lane(wi) == l) picked |= 1u << owner_slot(wi);
+            pv[k] = from_key(top);
+            pi[k] = wi;
+#if KO_SIGMOID
+            // The winner's unbiased score, from the lane that holds it.
+            float own = 0.f;
+#pragma unroll
+            for (int j = 0; j < EPL; ++j) own = expert_of(l, j) == wi ? sv[j] : own;
+            ps[k] = __shfl_sync(gmask, own, owner_lane(wi), TPR);
+#endif
+        }
+#elif KO_SEL == 0
         // K rounds: each lane's best unpicked slot, then an arg-max across the row's lanes.
         unsigned picked = 0u;
 #pragma unroll
