@@ -232,7 +232,7 @@ fn a_winner_is_rejudged_on_the_gpu_or_the_run_says_how_to_go_on() {
 /// the first row is judged again with a fresh seed, fails, and promote exits 1
 /// with nothing admitted and the failure logged.
 #[test]
-#[ignore = "needs an NVIDIA GPU: scripts/gpu-run.sh runs it"]
+#[ignore = "needs a CUDA GPU: run scripts/gpu-suite.sh"]
 fn a_winner_that_fails_the_fresh_judge_is_not_promoted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sessions = dir.path().join("sessions");
