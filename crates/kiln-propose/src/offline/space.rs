@@ -402,14 +402,10 @@ impl Family {
             // One block per (token, query head), as the seed.
             Family::DecodeAttention => "T*QH".to_string(),
             // One block per (token, group of heads).
-            Family::QkNormRopeCache => {
-                let heads = d.qh + 2 * d.kvh;
-                let hpb = qk_heads_per_block(k, d);
-                match (heads + hpb - 1) / hpb {
-                    1 => "T".to_string(),
-                    g => format!("T*{g}"),
-                }
-            }
+            Family::QkNormRopeCache => match qk_blocks_per_token(k, d) {
+                1 => "T".to_string(),
+                g => format!("T*{g}"),
+            },
         };
         let block_expr = match self {
             Family::TttLinearDecode => format!("{}*F/{}", k.get("ks"), k.get("cpt")),
@@ -665,15 +661,14 @@ impl Family {
                 ),
             ],
             Family::QkNormRopeCache => {
-                let hpb = qk_heads_per_block(k, d);
                 vec![
                     format!(
                         "{} lanes per head of {}-element vectors, {} head(s) per block ({} threads), {} block(s) per token.",
                         qk_lanes_per_head(k, d),
                         k.get("vec"),
-                        hpb,
+                        qk_heads_per_block(k, d),
                         self.block(k, d),
-                        (d.qh + 2 * d.kvh + hpb - 1) / hpb
+                        qk_blocks_per_token(k, d)
                     ),
                     format!(
                         "{} loads; qkv loads: {}; stores: {}; QH = {}, KVH = {}, D = {}.",
@@ -914,6 +909,12 @@ fn qk_heads_per_block(k: &Knobs, d: &Dims) -> i64 {
         0 => heads,
         h => h.min(heads),
     }
+}
+
+/// Blocks per token of a qk_norm_rope_cache configuration: its heads over heads per block.
+fn qk_blocks_per_token(k: &Knobs, d: &Dims) -> i64 {
+    let hpb = qk_heads_per_block(k, d);
+    (d.qh + 2 * d.kvh + hpb - 1) / hpb
 }
 
 fn pow2_floor(n: i64) -> i64 {
