@@ -255,6 +255,31 @@ impl Gpu {
         Ok(host)
     }
 
+    /// Copies `len` bytes from byte `offset` of `src` into the start of `dst`
+    /// on the device (enqueued on the stream).
+    pub fn copy_range(
+        &self,
+        src: &CudaSlice<u8>,
+        offset: usize,
+        len: usize,
+        dst: &mut CudaSlice<u8>,
+    ) -> Result<()> {
+        if offset + len > src.len() || len > dst.len() {
+            return Err(CudaError::SelfCheck(format!(
+                "copy of {len} bytes at {offset} does not fit a {}-byte source and a {}-byte destination",
+                src.len(),
+                dst.len()
+            )));
+        }
+        if len > 0 {
+            let mut view = dst.slice_mut(0..len);
+            self.stream
+                .memcpy_dtod(&src.slice(offset..offset + len), &mut view)
+                .map_err(CudaError::driver("cuMemcpyDtoD"))?;
+        }
+        Ok(())
+    }
+
     /// Copies host bytes into a device buffer from byte `offset`.
     pub fn upload_range(&self, host: &[u8], buf: &mut CudaSlice<u8>, offset: usize) -> Result<()> {
         if offset + host.len() > buf.len() {

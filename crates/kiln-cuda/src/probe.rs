@@ -4,7 +4,7 @@
 //! a given number of bytes (the ceiling for an op of that size), plus an
 //! end-to-end self-check.
 
-use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
 use serde::{Deserialize, Serialize};
 
 use crate::compiler::{CompileRequest, Compiler};
@@ -75,6 +75,32 @@ impl CopyCeiling {
     }
 }
 
+/// One device word that byte compares lower to the first offset where
+/// their buffers differ ([`Probes::mark_difference`]); `u64::MAX` means
+/// every compare since the last reset found its buffers equal.
+pub struct DifferenceMark(CudaSlice<u64>);
+
+impl DifferenceMark {
+    /// A mark that has seen no difference.
+    pub fn new(gpu: &Gpu) -> Result<Self> {
+        Ok(Self(gpu.upload(&[u64::MAX])?))
+    }
+
+    /// Forgets every difference seen (enqueued on the stream).
+    pub fn reset(&mut self, gpu: &Gpu) -> Result<()> {
+        gpu.stream()
+            .memcpy_htod(&[u64::MAX], &mut self.0)
+            .map_err(CudaError::driver("cuMemcpyHtoD"))
+    }
+
+    /// The lowest differing offset any compare since the reset found
+    /// (waits for them).
+    pub fn read(&self, gpu: &Gpu) -> Result<Option<u64>> {
+        let at = gpu.download(&self.0)?;
+        Ok(at.first().copied().filter(|&v| v != u64::MAX))
+    }
+}
+
 /// The probe kernels, compiled and loaded once.
 pub struct Probes {
     empty: Kernel,
@@ -109,15 +135,30 @@ impl Probes {
     /// bytes at device addresses `a` and `b` differ, or `None` if they are
     /// equal; both must be 16-byte aligned allocations of this context.
     pub fn first_difference(&self, gpu: &Gpu, a: u64, b: u64, len: u64) -> Result<Option<u64>> {
+        let mut mark = DifferenceMark::new(gpu)?;
+        self.mark_difference(gpu, a, b, len, &mut mark)?;
+        mark.read(gpu)
+    }
+
+    /// Enqueues a compare of the `len` bytes at `a` and `b` that lowers
+    /// `mark` to the first differing offset; nothing waits for it. Several
+    /// compares into one mark say whether any pair differed, at one read.
+    pub fn mark_difference(
+        &self,
+        gpu: &Gpu,
+        a: u64,
+        b: u64,
+        len: u64,
+        mark: &mut DifferenceMark,
+    ) -> Result<()> {
         if len == 0 {
-            return Ok(None);
+            return Ok(());
         }
         if !a.is_multiple_of(16) || !b.is_multiple_of(16) {
             return Err(CudaError::SelfCheck(
-                "first_difference needs 16-byte aligned buffers".into(),
+                "a device byte compare needs 16-byte aligned buffers".into(),
             ));
         }
-        let mut first = gpu.upload(&[u64::MAX])?;
         let blocks = (4 * gpu.facts().sm_count).max(1);
         let cfg = self
             .first_difference
@@ -125,13 +166,12 @@ impl Probes {
         let mut b_ = gpu
             .stream()
             .launch_builder(self.first_difference.function());
-        b_.arg(&a).arg(&b).arg(&len).arg(&mut first);
+        b_.arg(&a).arg(&b).arg(&len).arg(&mut mark.0);
         // SAFETY: `a` and `b` address `len` readable bytes (the caller's
-        // buffers), `first` one u64; the kernel only reads a and b.
+        // buffers), the mark one u64; the kernel only reads a and b.
         unsafe { b_.launch(cfg) }
             .map_err(CudaError::driver("cuLaunchKernel(kiln_first_difference)"))?;
-        let at = gpu.download(&first)?;
-        Ok(at.first().copied().filter(|&v| v != u64::MAX))
+        Ok(())
     }
 
     /// Measures the launch floor: empty kernels batched in a CUDA graph.

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 use crate::targets::OpProblem;
 use crate::worker::measure::{
-    check_timed_output, load, time_interleaved, timing_sets, Device, Failure,
+    check_timed_output, load, time_interleaved, timing_sets, Device, Failure, TimeOnly,
 };
 
 /// Token counts the benchmark sweeps.
@@ -284,7 +284,16 @@ pub fn run_case(
     let mut sets = timing_sets(dev, &case.problem, t, 0xbe9c4)?;
     let (s, candidate_us) = match candidate {
         None => (
-            time_interleaved(dev, &case.problem, &[&kernel], &mut sets, warmup, iters)?.remove(0),
+            time_interleaved(
+                dev,
+                &case.problem,
+                &[&kernel],
+                &mut sets,
+                warmup,
+                iters,
+                &mut TimeOnly,
+            )?
+            .remove(0),
             None,
         ),
         Some(src) => {
@@ -297,6 +306,7 @@ pub fn run_case(
                 &mut sets,
                 warmup,
                 iters,
+                &mut TimeOnly,
             )?;
             check_timed_output(dev, &case.problem, &cand, &mut sets, 0x5eed)?;
             let catalog = both.remove(1);

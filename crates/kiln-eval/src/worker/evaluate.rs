@@ -1,7 +1,7 @@
 //! One evaluation inside the GPU worker: load the candidate, verify it on
 //! every shape (hidden ones included) with fresh adversarial inputs, time it
-//! interleaved with the catalog baseline, check a timed launch's output, and
-//! score it.
+//! interleaved with the catalog baseline, check what every timed replay
+//! wrote, and score it.
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -19,9 +19,10 @@ use crate::timing_stats::Plausibility;
 
 use super::device_set::DeviceSet;
 use super::measure::{
-    check_outputs, check_timed_output, check_untouched, launch, launch_dims, load, load_image,
-    take_statics, time_interleaved, timing_sets, with_statics, Device, Failure, Loaded, TimingSets,
+    check_outputs, check_untouched, launch, launch_dims, load, load_image, take_statics,
+    time_interleaved, timing_sets, with_statics, Device, Failure, Loaded, TimingSets,
 };
+use super::timed_outputs::TimedOutputCheck;
 
 /// Runs one verification launch of `problem` (the target's, or a variant of
 /// it for this trial) and checks outputs and inputs.
@@ -220,16 +221,21 @@ fn evaluate_inner(
     let mut timings = Vec::new();
     for &t in &target.timed_t {
         let sets = cache.timing_sets(dev, &target, t, job.seed)?;
-        let summaries = time_interleaved(
+        let mut watch = TimedOutputCheck::new(problem, job.seed);
+        let checked = time_interleaved(
             dev,
             problem,
             &[&candidate, &baseline],
             sets,
             job.warmup,
             job.iters,
-        );
-        let checked = summaries
-            .and_then(|s| check_timed_output(dev, problem, &candidate, sets, job.seed).map(|()| s));
+            &mut watch,
+        )
+        .and_then(|s| {
+            check_untouched(dev, &mut sets.sets, "a timed launch")?;
+            candidate.check_globals(dev)?;
+            Ok(s)
+        });
         // A candidate that corrupted the cached timing inputs must not leave
         // them for the next one (the check restores them, but be certain).
         let summaries = match checked {

@@ -579,11 +579,54 @@ fn capture(
     })
 }
 
+/// What a timing loop lets look at its sets between replays, outside the
+/// timed region.
+pub trait ReplayWatch {
+    /// After the warm-up replays, before the first timed one; `graphs` are
+    /// the kernels' timing graphs, in the order they are timed.
+    fn warmed_up(
+        &mut self,
+        dev: &Device,
+        sets: &mut TimingSets,
+        graphs: &[Graph],
+    ) -> Result<(), Failure>;
+
+    /// After timed replay `replay` of kernel `kernel`, its outputs still in
+    /// the sets.
+    fn replayed(
+        &mut self,
+        dev: &Device,
+        sets: &mut TimingSets,
+        kernel: usize,
+        replay: usize,
+    ) -> Result<(), Failure>;
+}
+
+/// A timing loop that only times (the catalog benchmark).
+pub struct TimeOnly;
+
+impl ReplayWatch for TimeOnly {
+    fn warmed_up(&mut self, _: &Device, _: &mut TimingSets, _: &[Graph]) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    fn replayed(
+        &mut self,
+        _: &Device,
+        _: &mut TimingSets,
+        _: usize,
+        _: usize,
+    ) -> Result<(), Failure> {
+        Ok(())
+    }
+}
+
 /// Times `kernels` on `t` rows, interleaved replay by replay so drift of the
 /// machine hits them alike; per-launch median, p10, p90 for each. Every
 /// replay, timed or not, starts from poisoned outputs, exactly like a
-/// verification launch. The first kernel's failures are the candidate's; the
-/// others' are the machinery's.
+/// verification launch, and `watch` sees the sets after the warm-up and after
+/// every timed replay (outside the timed region). The first kernel's failures
+/// are the candidate's; the others' are the machinery's.
 pub fn time_interleaved(
     dev: &Device,
     problem: &OpProblem,
@@ -591,6 +634,7 @@ pub fn time_interleaved(
     sets: &mut TimingSets,
     warmup: u32,
     max_reps: u32,
+    watch: &mut dyn ReplayWatch,
 ) -> Result<Vec<TimingSummary>, Failure> {
     let gpu = &dev.gpu;
     let t = sets.sets.first().map_or(0, |s| s.t);
@@ -620,6 +664,7 @@ pub fn time_interleaved(
     gpu.synchronize()
         .map_err(|e| Failure::cuda(Stage::Timing, &format!("warm-up at T={t}"), e))?;
     kernels[0].check_globals(dev)?;
+    watch.warmed_up(dev, sets, &graphs)?;
     let rule = StoppingRule {
         max_reps: max_reps.max(10) as usize,
         ..StoppingRule::default()
@@ -632,6 +677,7 @@ pub fn time_interleaved(
                 .time_us(|| g.replay())
                 .map_err(|e| blame(i, Stage::Timing, format!("timed replay at T={t}"), e))?;
             samples[i].push(us / per_graph);
+            watch.replayed(dev, sets, i, samples[i].len() - 1)?;
         }
         kernels[0].check_globals(dev)?;
         let mut all_done = true;
@@ -652,11 +698,9 @@ pub fn time_interleaved(
 }
 
 /// Replays `kernel`'s timing graph once more, from poisoned outputs exactly
-/// as a timed replay, and checks what every launch wrote: a random sample of
-/// rows of every output group (every input set, every distribution) and one
-/// group in full; then that no input changed, no guard zone was written and
-/// no module global changed. Rows and the full group are drawn from `seed`
-/// after the kernel ran, so a kernel cannot know which of its outputs count.
+/// as a timed replay, checks what every launch wrote ([`check_written`]),
+/// then that no input changed, no guard zone was written and no module
+/// global changed.
 pub fn check_timed_output(
     dev: &Device,
     problem: &OpProblem,
@@ -675,6 +719,25 @@ pub fn check_timed_output(
         .map_err(|e| Failure::cuda(Stage::Timing, "checked replay", e))?;
     gpu.synchronize()
         .map_err(|e| Failure::cuda(Stage::Timing, &format!("checked replay at T={t}"), e))?;
+    check_written(dev, problem, sets, seed, "a checked replay")?;
+    check_untouched(dev, &mut sets.sets, "a timed launch")?;
+    kernel.check_globals(dev)
+}
+
+/// Checks what the last replay of a timing graph wrote (`what` names that
+/// replay in a failure): a random sample of rows of every output group
+/// (every input set, every distribution) and one group in full. Rows and the
+/// full group are drawn from `seed` after the kernel ran, so a kernel cannot
+/// know which of its outputs count.
+pub fn check_written(
+    dev: &Device,
+    problem: &OpProblem,
+    sets: &mut TimingSets,
+    seed: u64,
+    what: &str,
+) -> Result<(), Failure> {
+    let gpu = &dev.gpu;
+    let t = sets.sets.first().map_or(0, |s| s.t);
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7173_ed0c);
     let full = (
         rng.gen_range(0..sets.sets.len()),
@@ -715,7 +778,7 @@ pub fn check_timed_output(
                 Failure::new(
                     Stage::Verify,
                     format!(
-                        "output of a timed launch at T={t} is wrong (input set {si}, pass {group}): {r}"
+                        "output of a timed launch at T={t} is wrong ({what}, input set {si}, pass {group}): {r}"
                     ),
                 )
             };
@@ -740,8 +803,7 @@ pub fn check_timed_output(
             }
         }
     }
-    check_untouched(dev, &mut sets.sets, "a timed launch")?;
-    kernel.check_globals(dev)
+    Ok(())
 }
 
 /// The listed rows of a reference of `t` rows, in the order listed.

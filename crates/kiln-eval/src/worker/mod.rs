@@ -6,6 +6,7 @@ pub mod device_set;
 pub mod evaluate;
 pub mod measure;
 pub mod serve;
+pub mod timed_outputs;
 
 pub use evaluate::{evaluate, WorkerCache};
 pub use measure::Device;
