@@ -1011,20 +1011,10 @@ fn expert_indices(
 /// (expert-stacked weights hold hundreds of millions of values), one seeded
 /// stream per chunk so the result depends only on `rng`.
 ///
-/// Each sample goes to `kind` through f32: any value `kind` holds is a valid
-/// input, and the 16-bit conversions from f32 are a few bit operations where
-/// those from f64 cost most of the draw (32 ns a value).
+/// Each sample goes to `kind` through f32 ([`ElemKind::round_drawn`]).
 fn draw_scaled_par(kind: ElemKind, n: usize, scale: f64, rng: &mut ChaCha8Rng) -> Vec<f64> {
     const CHUNK: usize = 1 << 20;
     let seeds: Vec<u64> = (0..n.div_ceil(CHUNK)).map(|_| rng.gen()).collect();
-    let to_kind = move |v: f64| -> f64 {
-        let f = v as f32;
-        match kind {
-            ElemKind::Dtype(kiln_kernels::DType::BF16) => half::bf16::from_f32(f).to_f64(),
-            ElemKind::Dtype(kiln_kernels::DType::F16) => half::f16::from_f32(f).to_f64(),
-            _ => kind.round(f as f64),
-        }
-    };
     seeds
         .par_iter()
         .enumerate()
@@ -1032,7 +1022,7 @@ fn draw_scaled_par(kind: ElemKind, n: usize, scale: f64, rng: &mut ChaCha8Rng) -
             let len = CHUNK.min(n - ci * CHUNK);
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
             (0..len)
-                .map(|_| to_kind(scale * super::problem::normal(&mut rng)))
+                .map(|_| kind.round_drawn(scale * super::problem::normal(&mut rng)))
                 .collect::<Vec<f64>>()
         })
         .collect()

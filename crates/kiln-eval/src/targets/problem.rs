@@ -3,7 +3,7 @@
 //! inputs, the float64 reference, and the bytes a launch must move.
 
 use kiln_kernels::DType;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -36,6 +36,18 @@ impl ElemKind {
             ElemKind::Dtype(d) => d.round(v),
             ElemKind::F32 => v as f32 as f64,
             ElemKind::U32 | ElemKind::I32 => v.round(),
+        }
+    }
+
+    /// A drawn sample as this kind holds it, rounded through f32: any value
+    /// the kind holds is a valid input, and the 16-bit conversions from f32
+    /// are a few bit operations where those from f64 cost most of a draw.
+    pub fn round_drawn(self, v: f64) -> f64 {
+        let f = v as f32;
+        match self {
+            ElemKind::Dtype(DType::BF16) => half::bf16::from_f32(f).to_f64(),
+            ElemKind::Dtype(DType::F16) => half::f16::from_f32(f).to_f64(),
+            _ => self.round(v),
         }
     }
 }
@@ -207,19 +219,41 @@ pub fn normal(rng: &mut ChaCha8Rng) -> f64 {
     rng.sample(rand_distr::StandardNormal)
 }
 
-/// `n` samples of `dist`, rounded to `kind`.
+/// Samples per parallel stream of [`draw`]: below this a buffer is drawn
+/// from `rng` itself.
+const DRAW_CHUNK: usize = 1 << 16;
+
+/// `n` samples of `dist`, rounded to `kind`. A large buffer (a KV cache, a
+/// stack of expert outputs: millions of values, drawn every verification
+/// trial) is drawn in parallel, one stream seeded from `rng` per chunk, so
+/// the values still depend only on `rng`.
 pub fn draw(kind: ElemKind, n: usize, dist: Distribution, rng: &mut ChaCha8Rng) -> HostBuffer {
-    HostBuffer {
-        kind,
-        values: (0..n).map(|_| kind.round(dist.sample(rng))).collect(),
-    }
+    let values = if n <= DRAW_CHUNK {
+        (0..n).map(|_| kind.round_drawn(dist.sample(rng))).collect()
+    } else {
+        let seeds: Vec<u64> = (0..n.div_ceil(DRAW_CHUNK)).map(|_| rng.gen()).collect();
+        seeds
+            .par_iter()
+            .enumerate()
+            .flat_map_iter(|(ci, &seed)| {
+                let len = DRAW_CHUNK.min(n - ci * DRAW_CHUNK);
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                (0..len)
+                    .map(|_| kind.round_drawn(dist.sample(&mut rng)))
+                    .collect::<Vec<f64>>()
+            })
+            .collect()
+    };
+    HostBuffer { kind, values }
 }
 
 /// `n` samples of `scale * N(0,1)`, rounded to `kind`.
 pub fn draw_scaled(kind: ElemKind, n: usize, scale: f64, rng: &mut ChaCha8Rng) -> HostBuffer {
     HostBuffer {
         kind,
-        values: (0..n).map(|_| kind.round(scale * normal(rng))).collect(),
+        values: (0..n)
+            .map(|_| kind.round_drawn(scale * normal(rng)))
+            .collect(),
     }
 }
 

@@ -5,6 +5,8 @@
 //! it can differ from this (and from the kernel) by a few dtype ulps; the
 //! kernel is verified against this reference, whose only rounding it shares.
 
+use rayon::prelude::*;
+
 use crate::DType;
 
 /// Static shape of decode attention.
@@ -48,35 +50,39 @@ pub fn decode_attention(
     let scale = scale as f32 as f64;
     let group = qh / kvh;
     let t = q.len() / (qh * dqk);
-    let mut out = Vec::with_capacity(t * qh * dv);
-    let mut scores = Vec::new();
-    for ti in 0..t {
-        let n = (past + ti + 1).min(s_max);
-        for j in 0..qh {
+    // Every (token, head) pair is independent: a long cache makes each
+    // millions of multiply-adds, and verification runs this every trial.
+    (0..t * qh)
+        .into_par_iter()
+        .flat_map_iter(|row| {
+            let (ti, j) = (row / qh, row % qh);
+            let n = (past + ti + 1).min(s_max);
             let g = j / group;
-            let qr = &q[(ti * qh + j) * dqk..(ti * qh + j + 1) * dqk];
-            scores.clear();
-            scores.extend((0..n).map(|p| {
-                let kr = &k_cache[(g * s_max + p) * dqk..(g * s_max + p + 1) * dqk];
-                scale * qr.iter().zip(kr).map(|(a, b)| a * b).sum::<f64>()
-            }));
+            let qr = &q[row * dqk..(row + 1) * dqk];
+            let mut scores: Vec<f64> = (0..n)
+                .map(|p| {
+                    let kr = &k_cache[(g * s_max + p) * dqk..(g * s_max + p + 1) * dqk];
+                    scale * qr.iter().zip(kr).map(|(a, b)| a * b).sum::<f64>()
+                })
+                .collect();
             let m = scores.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
             let mut denom = 0.0;
             for s in scores.iter_mut() {
                 *s = (*s - m).exp();
                 denom += *s;
             }
-            for d in 0..dv {
-                let acc: f64 = scores
-                    .iter()
-                    .enumerate()
-                    .map(|(p, w)| w * v_cache[(g * s_max + p) * dv + d])
-                    .sum();
-                out.push(dtype.round(acc / denom));
-            }
-        }
-    }
-    out
+            (0..dv)
+                .map(|d| {
+                    let acc: f64 = scores
+                        .iter()
+                        .enumerate()
+                        .map(|(p, w)| w * v_cache[(g * s_max + p) * dv + d])
+                        .sum();
+                    dtype.round(acc / denom)
+                })
+                .collect::<Vec<f64>>()
+        })
+        .collect()
 }
 
 #[cfg(test)]
