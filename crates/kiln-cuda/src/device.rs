@@ -255,26 +255,27 @@ impl Gpu {
         Ok(host)
     }
 
-    /// Copies `len` bytes from byte `offset` of `src` into the start of `dst`
-    /// on the device (enqueued on the stream).
+    /// Copies `len` bytes from byte `src_at` of `src` to byte `dst_at` of
+    /// `dst` on the device (enqueued on the stream).
     pub fn copy_range(
         &self,
         src: &CudaSlice<u8>,
-        offset: usize,
-        len: usize,
+        src_at: usize,
         dst: &mut CudaSlice<u8>,
+        dst_at: usize,
+        len: usize,
     ) -> Result<()> {
-        if offset + len > src.len() || len > dst.len() {
+        if src_at + len > src.len() || dst_at + len > dst.len() {
             return Err(CudaError::SelfCheck(format!(
-                "copy of {len} bytes at {offset} does not fit a {}-byte source and a {}-byte destination",
+                "copy of {len} bytes from byte {src_at} of a {}-byte buffer to byte {dst_at} of a {}-byte one does not fit",
                 src.len(),
                 dst.len()
             )));
         }
         if len > 0 {
-            let mut view = dst.slice_mut(0..len);
+            let mut view = dst.slice_mut(dst_at..dst_at + len);
             self.stream
-                .memcpy_dtod(&src.slice(offset..offset + len), &mut view)
+                .memcpy_dtod(&src.slice(src_at..src_at + len), &mut view)
                 .map_err(CudaError::driver("cuMemcpyDtoD"))?;
         }
         Ok(())
