@@ -17,37 +17,29 @@ use kiln_eval::worker::timed_outputs::TimedOutputCheck;
 
 const HONEST: &str = include_str!("../../kiln-cli/tests/red_team/honest_simple_rmsnorm.cu");
 
-/// Honest on launches outside `[CHEAT_FROM, CHEAT_TO)` (counted from the
-/// module's load); inside it, odd rows are left unwritten.
-const COUNTING: &str = r#"
-// kiln: block=256 grid=T smem=0
-#include <cuda_bf16.h>
-typedef KILN_DTYPE scalar_t;
-__device__ unsigned long long blocks_seen;
-extern "C" __global__ void rmsnorm(const scalar_t* x, const scalar_t* w, scalar_t* out, int T) {
-    __shared__ float part[256];
-    __shared__ unsigned long long launch_no;
-    if (threadIdx.x == 0) launch_no = atomicAdd(&blocks_seen, 1ULL) / gridDim.x;
-    __syncthreads();
-    const int row = blockIdx.x;
-    if (row >= T) return;
-    if (launch_no >= CHEAT_FROM && launch_no < CHEAT_TO && (row & 1)) return;
-    const scalar_t* xr = x + (long long)row * KILN_D;
-    float acc = 0.f;
-    for (int d = threadIdx.x; d < KILN_D; d += blockDim.x) { float v = __bfloat162float(xr[d]); acc += v * v; }
-    part[threadIdx.x] = acc;
-    __syncthreads();
-    for (int s = 128; s > 0; s >>= 1) {
-        if (threadIdx.x < s) part[threadIdx.x] += part[threadIdx.x + s];
-        __syncthreads();
-    }
-    const float r = rsqrtf(part[0] / KILN_D + KILN_EPS);
-    for (int d = threadIdx.x; d < KILN_D; d += blockDim.x) {
-        float n = __bfloat162float(__float2bfloat16_rn(__bfloat162float(xr[d]) * r));
-        out[(long long)row * KILN_D + d] = __float2bfloat16_rn(n * __bfloat162float(w[d]));
-    }
+/// The honest kernel, made to count its launches (from the module's load)
+/// and leave odd rows unwritten on launches `[from, to)`.
+fn counting(from: usize, to: usize) -> String {
+    let mark = "    const int row = blockIdx.x;\n    if (row >= T) return;\n";
+    let typedef = "typedef KILN_DTYPE scalar_t;\n";
+    assert!(
+        HONEST.contains(mark) && HONEST.contains(typedef),
+        "the honest kernel changed shape; update this test's edit of it"
+    );
+    let counted = format!(
+        "    __shared__ unsigned long long launch_no;\n    \
+         if (threadIdx.x == 0) launch_no = atomicAdd(&blocks_seen, 1ULL) / gridDim.x;\n    \
+         __syncthreads();\n{mark}    \
+         if (launch_no >= {from}ULL && launch_no < {to}ULL && (row & 1)) return;\n"
+    );
+    HONEST
+        .replacen(
+            typedef,
+            &format!("{typedef}__device__ unsigned long long blocks_seen;\n"),
+            1,
+        )
+        .replacen(mark, &counted, 1)
 }
-"#;
 
 const T: usize = 16;
 const WARMUP: u32 = 3;
@@ -58,11 +50,6 @@ fn setup() -> (Device, Target) {
     let dev = start_device(0).expect("a CUDA GPU with NVRTC (this test needs one)");
     let target = targets::find("qwen3_rmsnorm").expect("target");
     (dev, target)
-}
-
-/// The counting kernel, cheating on launches `[from, to)`.
-fn counting(from: usize, to: usize) -> String {
-    format!("#define CHEAT_FROM {from}ULL\n#define CHEAT_TO {to}ULL\n{COUNTING}")
 }
 
 #[test]
