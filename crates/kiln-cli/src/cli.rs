@@ -237,6 +237,12 @@ pub struct AutorunArgs {
     /// each session runs whole on one of them. Without it: the one `--device`.
     #[arg(long)]
     pub devices: Option<String>,
+    /// Search finished sessions again from the start (each moved aside
+    /// first). Without it they are skipped, so a cut-off autorun resumes
+    /// where it stopped; `--force` alone (a session from another GPU) never
+    /// reruns a finished one.
+    #[arg(long)]
+    pub rerun_finished: bool,
     #[command(flatten)]
     pub flags: SearchFlags,
 }

@@ -128,6 +128,48 @@ fn a_replayed_autorun_and_its_shards_reproduce_the_recorded_sessions() {
     }
 }
 
+/// The `status` of every row of `dir`'s autorun summary.
+fn statuses(dir: &Path) -> Vec<String> {
+    let rows: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("autorun_summary.json")).expect("summary"),
+    )
+    .expect("json");
+    rows.iter()
+        .map(|r| r["status"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+#[test]
+fn finished_sessions_are_rerun_only_when_asked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rec = dir.path().join("recorded");
+    record(&rec);
+    let want = contents(&rec);
+    let out_dir = dir.path().join("out");
+    let ok = |extra: &[&str]| {
+        let out = autorun(&rec, &out_dir, extra);
+        assert!(
+            out.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(&[]);
+    assert!(statuses(&out_dir).iter().all(|s| s == "ok"));
+    // A resumed run (`--force`, as for a session from another GPU) skips
+    // what is finished: a cut-off autorun picks up where it stopped.
+    ok(&["--force"]);
+    assert!(
+        statuses(&out_dir).iter().all(|s| s == "skipped (finished)"),
+        "{:?}",
+        statuses(&out_dir)
+    );
+    assert_eq!(contents(&out_dir), want);
+    ok(&["--rerun-finished"]);
+    assert!(statuses(&out_dir).iter().all(|s| s == "ok"));
+    assert_eq!(contents(&out_dir), want, "a rerun searches the same way");
+}
+
 #[test]
 fn what_was_never_recorded_is_a_clear_failure_not_a_score() {
     let dir = tempfile::tempdir().expect("tempdir");

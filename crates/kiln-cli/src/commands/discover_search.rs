@@ -288,7 +288,7 @@ pub fn autorun(args: &AutorunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One autorun session: skipped when finished (unless `--force`), otherwise
+/// One autorun session: skipped when finished (unless `--rerun-finished`), otherwise
 /// searched; returns its summary row. A failing search is a `failed` row,
 /// never an error, so one target never stops the others.
 fn run_session(
@@ -308,9 +308,9 @@ fn run_session(
         None => println!("{line}"),
     };
     if let Some(done) = finished(&path) {
-        if !args.flags.force {
+        if !args.rerun_finished {
             say(format!(
-                "{}: finished session with {done} candidates; skipped (--force reruns it)",
+                "{}: finished session with {done} candidates; skipped (--rerun-finished reruns it)",
                 target.name
             ));
             return Ok(
