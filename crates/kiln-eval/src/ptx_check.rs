@@ -13,18 +13,21 @@
 //! - calls to `vprintf` (device printf), `malloc`/`free` (device heap),
 //!   `cudaLaunchDevice`/`cudaGetParameterBuffer*` (dynamic parallelism),
 //!   `__assertfail` (assert prints);
-//! - module-scope `.global` variables are listed ([`PtxFacts::globals`]) so
-//!   the worker can prove each is byte-identical before and after every
-//!   launch: CUDA headers bring in read-only ones, and a candidate may not
-//!   write any. Their total size is capped ([`MAX_GLOBAL_BYTES`]), since the
-//!   worker copies them around every launch it checks.
+//! - module-scope `.global` and `.const` variables are listed
+//!   ([`PtxFacts::globals`]) so the worker can prove each is byte-identical
+//!   before and after every launch: CUDA headers bring in read-only ones, and
+//!   a candidate may not write any. `__constant__` memory is global memory
+//!   behind a cache, and a generic pointer to it (`cvta.const`) may be
+//!   stored through, so it is watched like the rest. Their total size is
+//!   capped ([`MAX_GLOBAL_BYTES`]), since the worker copies them around every
+//!   launch it checks.
 //!
 //! The scan reads PTX tokens outside comments and string literals, so a
 //! forbidden name in a comment or a file name does not trip it.
 
 use std::fmt;
 
-/// Most bytes of module-scope `.global` data a candidate may carry.
+/// Most bytes of module-scope `.global` and `.const` data a candidate may carry.
 pub const MAX_GLOBAL_BYTES: u64 = 64 * 1024;
 
 /// Special-register prefixes that read a clock, a timer or a performance counter.
@@ -74,7 +77,7 @@ const FORBIDDEN_CALLS: &[(&str, &str)] = &[
     ),
 ];
 
-/// One module-scope `.global` variable of the compiled module.
+/// One module-scope `.global` or `.const` variable of the compiled module.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PtxGlobal {
     /// The PTX (mangled) name, as `cuModuleGetGlobal` takes it.
@@ -86,12 +89,12 @@ pub struct PtxGlobal {
 /// What the worker needs to know about a module that passed the checks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PtxFacts {
-    /// Every module-scope `.global` variable.
+    /// Every module-scope `.global` and `.const` variable.
     pub globals: Vec<PtxGlobal>,
 }
 
 impl PtxFacts {
-    /// Total bytes of module-scope `.global` data.
+    /// Total bytes of module-scope `.global` and `.const` data.
     pub fn global_bytes(&self) -> u64 {
         self.globals.iter().map(|g| g.bytes).sum()
     }
@@ -227,7 +230,7 @@ fn extern_function(line: &str) -> Option<&str> {
     Some(&after[..end])
 }
 
-/// Module-scope `.global` declarations (outside every function body).
+/// Module-scope `.global` and `.const` declarations (outside every function body).
 fn module_globals(code: &str) -> Result<Vec<PtxGlobal>, PtxCheckError> {
     let mut depth = 0i64;
     let mut out = Vec::new();
@@ -268,11 +271,11 @@ fn module_globals(code: &str) -> Result<Vec<PtxGlobal>, PtxCheckError> {
     Ok(out)
 }
 
-/// Reads `[.visible|.weak|.extern] .global [.align N] .TYPE name[dims] [= …]`.
+/// Reads `[.visible|.weak|.extern] .global|.const [.align N] .TYPE name[dims] [= …]`.
 fn parse_global(statement: &str) -> Result<Option<PtxGlobal>, PtxCheckError> {
     let decl = statement.split('=').next().unwrap_or("").trim();
     let tokens: Vec<&str> = decl.split_whitespace().collect();
-    if !tokens.contains(&".global") {
+    if !tokens.contains(&".global") && !tokens.contains(&".const") {
         return Ok(None);
     }
     if tokens.contains(&".extern") {
@@ -409,8 +412,31 @@ mod tests {
                     name: "table".into(),
                     bytes: 16
                 },
+                PtxGlobal {
+                    name: "coeffs".into(),
+                    bytes: 8
+                },
             ]
         );
+    }
+
+    #[test]
+    fn constant_memory_is_watched_and_capped_like_globals() {
+        // `__constant__` data can be written through a generic pointer
+        // (`cvta.const`), so it is state like any global.
+        let big = CLEAN.replace(
+            ".const .align 4 .b8 coeffs[8];",
+            ".const .align 4 .b8 coeffs[70000];",
+        );
+        assert!(check_ptx(&big).expect_err("big").reason.contains("70"));
+        let ext = CLEAN.replace(
+            ".const .align 4 .b8 coeffs[8];",
+            ".extern .const .align 4 .b8 coeffs[8];",
+        );
+        assert!(check_ptx(&ext)
+            .expect_err("extern")
+            .reason
+            .contains("external"));
     }
 
     #[test]
