@@ -708,20 +708,34 @@ pub fn check_timed_output(
     sets: &mut TimingSets,
     seed: u64,
 ) -> Result<(), Failure> {
-    let gpu = &dev.gpu;
     let t = sets.sets.first().map_or(0, |s| s.t);
     let dims = launch_dims(dev, problem, kernel, t)?;
     let graph = capture(dev, kernel, &dims, sets)
         .map_err(|e| Failure::cuda(Stage::Timing, "capturing the checked replay", e))?;
+    replay_checked(dev, problem, &graph, sets, seed, "a checked replay")?;
+    check_untouched(dev, &mut sets.sets, "a timed launch")?;
+    kernel.check_globals(dev)
+}
+
+/// Replays a timing graph from poisoned outputs, exactly as a timed replay,
+/// and checks what it wrote ([`check_written`]; `what` names the replay).
+pub fn replay_checked(
+    dev: &Device,
+    problem: &OpProblem,
+    graph: &Graph,
+    sets: &mut TimingSets,
+    seed: u64,
+    what: &str,
+) -> Result<(), Failure> {
+    let t = sets.sets.first().map_or(0, |s| s.t);
     sets.reset_outputs(dev)?;
     graph
         .replay()
-        .map_err(|e| Failure::cuda(Stage::Timing, "checked replay", e))?;
-    gpu.synchronize()
-        .map_err(|e| Failure::cuda(Stage::Timing, &format!("checked replay at T={t}"), e))?;
-    check_written(dev, problem, sets, seed, "a checked replay")?;
-    check_untouched(dev, &mut sets.sets, "a timed launch")?;
-    kernel.check_globals(dev)
+        .map_err(|e| Failure::cuda(Stage::Timing, what, e))?;
+    dev.gpu
+        .synchronize()
+        .map_err(|e| Failure::cuda(Stage::Timing, &format!("{what} at T={t}"), e))?;
+    check_written(dev, problem, sets, seed, what)
 }
 
 /// Checks what the last replay of a timing graph wrote (`what` names that

@@ -18,7 +18,7 @@ use kiln_cuda::{DifferenceMark, Graph};
 use crate::record::Stage;
 use crate::targets::OpProblem;
 
-use super::measure::{check_written, Device, Failure, ReplayWatch, TimingSets};
+use super::measure::{check_written, replay_checked, Device, Failure, ReplayWatch, TimingSets};
 
 /// The judge's [`ReplayWatch`]: the candidate (kernel 0) is checked on every
 /// timed replay.
@@ -51,17 +51,17 @@ impl ReplayWatch for TimedOutputCheck<'_> {
         graphs: &[Graph],
     ) -> Result<(), Failure> {
         let gpu = &dev.gpu;
-        let t = sets.sets.first().map_or(0, |s| s.t);
         let graph = graphs
             .first()
             .ok_or_else(|| Failure::machinery("the timing loop", "it has no graphs"))?;
-        sets.reset_outputs(dev)?;
-        graph
-            .replay()
-            .map_err(|e| Failure::cuda(Stage::Timing, "checked replay", e))?;
-        gpu.synchronize()
-            .map_err(|e| Failure::cuda(Stage::Timing, &format!("checked replay at T={t}"), e))?;
-        check_written(dev, self.problem, sets, self.seed, "the checked replay")?;
+        replay_checked(
+            dev,
+            self.problem,
+            graph,
+            sets,
+            self.seed,
+            "the checked replay",
+        )?;
         for set in sets.sets.iter_mut() {
             set.keep_outputs(gpu)
                 .map_err(|e| Failure::machinery("keeping the checked outputs", e))?;
