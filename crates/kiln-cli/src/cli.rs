@@ -243,6 +243,13 @@ pub struct AutorunArgs {
     /// reruns a finished one.
     #[arg(long)]
     pub rerun_finished: bool,
+    /// Run the targets in order of the weights a candidate's verification
+    /// draws, smallest first (a stable sort of the list): the expert targets,
+    /// whose hundreds of MB of weights make each candidate many times
+    /// dearer, come last, so a run cut off by a time limit has finished the
+    /// most sessions.
+    #[arg(long)]
+    pub cheap_first: bool,
     #[command(flatten)]
     pub flags: SearchFlags,
 }

@@ -225,7 +225,7 @@ pub fn search(args: &SearchArgs) -> anyhow::Result<ExitCode> {
 
 /// `kiln discover autorun`.
 pub fn autorun(args: &AutorunArgs) -> anyhow::Result<ExitCode> {
-    let chosen: Vec<Target> = if args.targets.is_empty() {
+    let mut chosen: Vec<Target> = if args.targets.is_empty() {
         targets::all()
     } else {
         args.targets
@@ -233,6 +233,9 @@ pub fn autorun(args: &AutorunArgs) -> anyhow::Result<ExitCode> {
             .map(|n| find_target(n))
             .collect::<anyhow::Result<_>>()?
     };
+    if args.cheap_first {
+        cheap_first(&mut chosen);
+    }
     std::fs::create_dir_all(&args.session_dir)
         .with_context(|| format!("cannot create {}", args.session_dir.display()))?;
     // Every (backend, target) session in a fixed order; a shard keeps every N-th.
@@ -286,6 +289,12 @@ pub fn autorun(args: &AutorunArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Orders targets by the bytes of static inputs (weights, KV caches) a
+/// candidate's verification draws, smallest first; ties keep their order.
+fn cheap_first(chosen: &mut [Target]) {
+    chosen.sort_by_key(|t| t.problem.static_input_bytes());
 }
 
 /// One autorun session: skipped when finished (unless `--rerun-finished`), otherwise
@@ -437,4 +446,37 @@ fn run_on_devices(
 fn finished(path: &Path) -> Option<u64> {
     let s = kiln_search::session::load(path).ok()?;
     s.finished.then_some(s.meta.counters.candidates_evaluated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cheap_first_puts_the_expert_targets_last_and_keeps_the_rest_in_order() {
+        let all = targets::all();
+        let mut ordered = all.clone();
+        cheap_first(&mut ordered);
+        let names: Vec<&str> = ordered.iter().map(|t| t.name.as_str()).collect();
+        let experts = names.iter().filter(|n| n.contains("moe_expert")).count();
+        assert_eq!(experts, 6);
+        assert!(
+            names[names.len() - experts..]
+                .iter()
+                .all(|n| n.contains("moe_expert")),
+            "{names:?}"
+        );
+        // A stable sort: targets with the same weights keep the list's order.
+        let norms: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| n.ends_with("_rmsnorm") && !n.contains("add"))
+            .collect();
+        let listed: Vec<&str> = all
+            .iter()
+            .map(|t| t.name.as_str())
+            .filter(|n| n.ends_with("_rmsnorm") && !n.contains("add"))
+            .collect();
+        assert_eq!(norms, listed);
+    }
 }
