@@ -1013,19 +1013,9 @@ fn expert_indices(
 ///
 /// Each sample goes to `kind` through f32 ([`ElemKind::round_drawn`]).
 fn draw_scaled_par(kind: ElemKind, n: usize, scale: f64, rng: &mut ChaCha8Rng) -> Vec<f64> {
-    const CHUNK: usize = 1 << 20;
-    let seeds: Vec<u64> = (0..n.div_ceil(CHUNK)).map(|_| rng.gen()).collect();
-    seeds
-        .par_iter()
-        .enumerate()
-        .flat_map_iter(|(ci, &seed)| {
-            let len = CHUNK.min(n - ci * CHUNK);
-            let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            (0..len)
-                .map(|_| kind.round_drawn(scale * super::problem::normal(&mut rng)))
-                .collect::<Vec<f64>>()
-        })
-        .collect()
+    super::problem::par_samples(n, 1 << 20, rng, |rng| {
+        kind.round_drawn(scale * super::problem::normal(rng))
+    })
 }
 
 /// Concatenates chunked input sets: per-row buffers row by row, static ones

@@ -223,26 +223,36 @@ pub fn normal(rng: &mut ChaCha8Rng) -> f64 {
 /// from `rng` itself.
 const DRAW_CHUNK: usize = 1 << 16;
 
+/// `n` values of `sample`, drawn in parallel from one stream per `chunk`
+/// values, each seeded from `rng`: the result depends only on `rng` (and
+/// `chunk`), however many threads draw it.
+pub fn par_samples(
+    n: usize,
+    chunk: usize,
+    rng: &mut ChaCha8Rng,
+    sample: impl Fn(&mut ChaCha8Rng) -> f64 + Sync,
+) -> Vec<f64> {
+    let seeds: Vec<u64> = (0..n.div_ceil(chunk)).map(|_| rng.gen()).collect();
+    seeds
+        .par_iter()
+        .enumerate()
+        .flat_map_iter(|(ci, &seed)| {
+            let len = chunk.min(n - ci * chunk);
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            (0..len).map(|_| sample(&mut rng)).collect::<Vec<f64>>()
+        })
+        .collect()
+}
+
 /// `n` samples of `dist`, rounded to `kind`. A large buffer (a KV cache, a
 /// stack of expert outputs: millions of values, drawn every verification
-/// trial) is drawn in parallel, one stream seeded from `rng` per chunk, so
-/// the values still depend only on `rng`.
+/// trial) is drawn in parallel ([`par_samples`]).
 pub fn draw(kind: ElemKind, n: usize, dist: Distribution, rng: &mut ChaCha8Rng) -> HostBuffer {
+    let sample = |rng: &mut ChaCha8Rng| kind.round_drawn(dist.sample(rng));
     let values = if n <= DRAW_CHUNK {
-        (0..n).map(|_| kind.round_drawn(dist.sample(rng))).collect()
+        (0..n).map(|_| sample(rng)).collect()
     } else {
-        let seeds: Vec<u64> = (0..n.div_ceil(DRAW_CHUNK)).map(|_| rng.gen()).collect();
-        seeds
-            .par_iter()
-            .enumerate()
-            .flat_map_iter(|(ci, &seed)| {
-                let len = DRAW_CHUNK.min(n - ci * DRAW_CHUNK);
-                let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                (0..len)
-                    .map(|_| kind.round_drawn(dist.sample(&mut rng)))
-                    .collect::<Vec<f64>>()
-            })
-            .collect()
+        par_samples(n, DRAW_CHUNK, rng, sample)
     };
     HostBuffer { kind, values }
 }
