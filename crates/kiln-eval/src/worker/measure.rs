@@ -580,46 +580,36 @@ fn capture(
 }
 
 /// What a timing loop lets look at its sets between replays, outside the
-/// timed region.
+/// timed region; by default, nothing.
 pub trait ReplayWatch {
     /// After the warm-up replays, before the first timed one; `graphs` are
     /// the kernels' timing graphs, in the order they are timed.
     fn warmed_up(
         &mut self,
-        dev: &Device,
-        sets: &mut TimingSets,
-        graphs: &[Graph],
-    ) -> Result<(), Failure>;
+        _dev: &Device,
+        _sets: &mut TimingSets,
+        _graphs: &[Graph],
+    ) -> Result<(), Failure> {
+        Ok(())
+    }
 
     /// After timed replay `replay` of kernel `kernel`, its outputs still in
     /// the sets.
     fn replayed(
         &mut self,
-        dev: &Device,
-        sets: &mut TimingSets,
-        kernel: usize,
-        replay: usize,
-    ) -> Result<(), Failure>;
+        _dev: &Device,
+        _sets: &mut TimingSets,
+        _kernel: usize,
+        _replay: usize,
+    ) -> Result<(), Failure> {
+        Ok(())
+    }
 }
 
 /// A timing loop that only times (the catalog benchmark).
 pub struct TimeOnly;
 
-impl ReplayWatch for TimeOnly {
-    fn warmed_up(&mut self, _: &Device, _: &mut TimingSets, _: &[Graph]) -> Result<(), Failure> {
-        Ok(())
-    }
-
-    fn replayed(
-        &mut self,
-        _: &Device,
-        _: &mut TimingSets,
-        _: usize,
-        _: usize,
-    ) -> Result<(), Failure> {
-        Ok(())
-    }
-}
+impl ReplayWatch for TimeOnly {}
 
 /// Times `kernels` on `t` rows, interleaved replay by replay so drift of the
 /// machine hits them alike; per-launch median, p10, p90 for each. Every
