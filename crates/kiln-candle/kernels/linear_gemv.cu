@@ -1,14 +1,22 @@
 // linear_gemv — a dense projection at decode batch sizes: the weight streamed once, every row of
-// x applied to it.
+// x applied to it; optionally with the bias add or the SwiGLU that follows it in the models.
 //
 // Math (f32 accumulation, one rounding at the output):
-//   out[t, n] = dtype( sum_k x[t, k] * w[n, k] )      t < T, n < N, k < K
-// Layout: x[T, K], w[N, K] (row-major, the nn.Linear weight), out[T, N]; pointers 16-byte aligned.
-// Defines: KILN_DTYPE (w and out), KILN_X_DTYPE (x; default KILN_DTYPE, may be narrower: widened
-// exactly), KILN_N (>= 1), KILN_K (% (16 / sizeof(dtype)) == 0), KILN_RPW (output rows per warp,
-// 1..=4).
-// Launch: 256 threads (8 warps); warp j of block b computes rows (8b + j) * RPW .. + RPW for every
-// t < T (T <= 8: the kernel keeps T partial sums per row in registers; larger T goes to cuBLAS).
+//   y[t, n] = dtype( sum_k x[t, k] * w[n, k] )      t < T, n < N, k < K
+//   plain:                     out[t, n] = y[t, n]                                  out[T, N]
+//   bias (non-null pointer):   out[t, n] = dtype( y[t, n] + bias[n] )               out[T, N]
+//   KILN_GATED=1 (w = [gate; up], N = 2I):
+//     s = silu(y[t, i]) (f32),  out[t, i] = dtype( dtype(s) * y[t, I + i] )         out[T, I]
+// Each epilogue rounds exactly as the separate launch it replaces (a bf16 bias add; swiglu_packed
+// with KILN_SILU_IN_DTYPE=1, the same silu instructions), so fusing changes no bit of the output.
+// Layout: x[T, K], w[N, K] (row-major, the nn.Linear weight), bias[N]; pointers 16-byte aligned.
+// Defines: KILN_DTYPE (w, bias and out), KILN_X_DTYPE (x; default KILN_DTYPE, may be narrower:
+// widened exactly), KILN_N (>= 1; even with KILN_GATED), KILN_K (% (16 / sizeof(dtype)) == 0),
+// KILN_RPW (weight rows per warp, 1..=4; even with KILN_GATED), KILN_GATED (0/1, default 0).
+// Launch: 256 threads (8 warps); warp j of block b computes weight rows (8b + j) * RPW .. + RPW for
+// every t < T (T <= 8: the kernel keeps T partial sums per row in registers; larger T goes to
+// cuBLAS). With KILN_GATED its RPW rows are RPW/2 gate rows i and their up rows I + i, for
+// i = (8b + j) * RPW/2 .. + RPW/2, so the grid is the same.
 // Each lane loads 16-byte vectors of a weight row at stride 32 vectors, all RPW rows' loads of
 // one step issued before their FMAs, so a warp keeps RPW * 16 B * 32 in flight per step and the
 // full K loop is unrolled by 4. x is read through the read-only cache (at most 8 rows of K values:
@@ -33,6 +41,9 @@ typedef scalar_t x_t;
 #ifndef KILN_RPW
 #define KILN_RPW 2
 #endif
+#ifndef KILN_GATED
+#define KILN_GATED 0
+#endif
 
 #define VEC (16 / (int)sizeof(scalar_t))  // elements per 16-byte load
 #define NVEC (KILN_K / VEC)                // 16-byte vectors per row
@@ -41,6 +52,11 @@ typedef scalar_t x_t;
 static_assert(KILN_N >= 1, "linear_gemv: N must be >= 1");
 static_assert(KILN_K % (16 / sizeof(scalar_t)) == 0, "linear_gemv: K must fill whole 16-byte vectors");
 static_assert(KILN_RPW >= 1 && KILN_RPW <= 4, "linear_gemv: RPW must be 1..=4");
+static_assert(!KILN_GATED || (KILN_N % 2 == 0 && KILN_RPW % 2 == 0),
+              "linear_gemv: the gated form needs an even N ([gate; up]) and an even RPW (row pairs)");
+#if KILN_GATED && defined(KILN_X_DTYPE)
+#error "linear_gemv: the gated form takes x in the weight dtype"
+#endif
 
 __device__ __forceinline__ float to_f(float v) { return v; }
 __device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
@@ -49,6 +65,17 @@ template <typename S> __device__ __forceinline__ S from_f(float v);
 template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
 template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+// Rounds an f32 value through the storage dtype.
+__device__ __forceinline__ float round_dt(float v) { return to_f(from_f<scalar_t>(v)); }
+
+// silu(g) * u with silu rounded to the dtype first: swiglu_packed's arithmetic (KILN_SILU_IN_DTYPE=1)
+// instruction for instruction, so the fused output is bit-identical to the two launches.
+__device__ __forceinline__ float silu_times(float g, float u) {
+    float e, r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(g * -1.4426950408889634f));
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.0f + e));
+    return round_dt(g * r) * u;
+}
 
 // The VEC values of x that meet one 16-byte vector of w (VEC * sizeof(x_t) bytes, read through
 // the read-only cache: at most 8 rows of K values, they stay in L1 while the weight streams past).
@@ -81,11 +108,23 @@ __device__ __forceinline__ float dot16(const uint4& wv, const XVec& xv) {
 
 extern "C" __global__ void __launch_bounds__(256) linear_gemv(const x_t* __restrict__ x,
                                                               const scalar_t* __restrict__ w,
+                                                              const scalar_t* __restrict__ bias,
                                                               scalar_t* __restrict__ out,
                                                               int t_rows) {
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
-    const int row0 = (blockIdx.x * 8 + warp) * KILN_RPW;
+    const int warp_id = blockIdx.x * 8 + warp;
+#if KILN_GATED
+    // Row r < P is gate row i0 + r, row P + r its up row I + i0 + r.
+    constexpr int P = KILN_RPW / 2;
+    constexpr int I = KILN_N / 2;
+    const int i0 = warp_id * P;
+    const int row0 = i0;  // the first gate row: past I the warp has nothing to do
+    const int rows_end = I;
+#else
+    const int row0 = warp_id * KILN_RPW;
+    const int rows_end = KILN_N;
+#endif
 #if __CUDA_ARCH__ >= 900
     // Early launch: wait for the kernel before this one, then let the next one be scheduled.
     // (An L2 prefetch of the weight rows before the wait made the models slower on the H100:
@@ -93,7 +132,7 @@ extern "C" __global__ void __launch_bounds__(256) linear_gemv(const x_t* __restr
     asm volatile("griddepcontrol.wait;" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
-    if (row0 >= KILN_N || t_rows < 1) return;
+    if (row0 >= rows_end || t_rows < 1) return;
     const int T = t_rows < MAX_T ? t_rows : MAX_T;
 
     float acc[KILN_RPW][MAX_T];
@@ -105,8 +144,12 @@ extern "C" __global__ void __launch_bounds__(256) linear_gemv(const x_t* __restr
     const uint4* wv[KILN_RPW];
 #pragma unroll
     for (int r = 0; r < KILN_RPW; ++r) {
-        // Rows past N re-read the last row (in bounds) and are never written.
+        // Rows past the end re-read the last one (in bounds) and are never written.
+#if KILN_GATED
+        const int n = r < P ? min(i0 + r, I - 1) : I + min(i0 + r - P, I - 1);
+#else
         const int n = min(row0 + r, KILN_N - 1);
+#endif
         wv[r] = reinterpret_cast<const uint4*>(w + (size_t)n * KILN_K);
     }
 
@@ -138,12 +181,32 @@ extern "C" __global__ void __launch_bounds__(256) linear_gemv(const x_t* __restr
         }
     }
     if (lane == 0) {
+#if KILN_GATED
+#pragma unroll
+        for (int r = 0; r < P; ++r) {
+            const int i = i0 + r;
+            if (i < I) {
+                for (int t = 0; t < T; ++t) {
+                    // The gemv's rounding of gate and up, then swiglu_packed's.
+                    const float g = round_dt(acc[r][t]);
+                    const float u = round_dt(acc[P + r][t]);
+                    out[(size_t)t * I + i] = from_f<scalar_t>(silu_times(g, u));
+                }
+            }
+        }
+#else
 #pragma unroll
         for (int r = 0; r < KILN_RPW; ++r) {
             const int n = row0 + r;
             if (n < KILN_N) {
-                for (int t = 0; t < T; ++t) out[(size_t)t * KILN_N + n] = from_f<scalar_t>(acc[r][t]);
+                // A separate bias add would read the rounded projection: round it first.
+                const float b = bias != nullptr ? to_f(bias[n]) : 0.f;
+                for (int t = 0; t < T; ++t) {
+                    const float y = acc[r][t];
+                    out[(size_t)t * KILN_N + n] = from_f<scalar_t>(bias != nullptr ? round_dt(y) + b : y);
+                }
             }
         }
+#endif
     }
 }

@@ -18,6 +18,7 @@ use crate::models::kv_cache::KvCache;
 use crate::models::layers::RopeTables;
 use crate::models::{lfm2_moe, qwen3_moe, Kernels};
 use crate::ops;
+use crate::ops::linear::Epilogue;
 
 /// Largest relative L2 error of an arithmetic kernel against its CPU path.
 pub const KERNEL_REL_L2: f64 = 1e-2;
@@ -86,7 +87,13 @@ pub fn check_kernels(gpu: &Device, presets: &[serde_json::Value]) -> Result<Kern
     let mut seed = 1u64;
     for raw in presets {
         let (cfg, _) = ModelConfig::parse(&raw.to_string())?;
-        for (n, k, w_dtype) in projections(&cfg) {
+        for Projection {
+            n,
+            k,
+            w_dtype,
+            epilogue,
+        } in projections(&cfg)
+        {
             // The float64 reference of a vocabulary projection takes seconds: one T there.
             let ts: &[usize] = if n * k > 100_000_000 {
                 &[1]
@@ -97,15 +104,41 @@ pub fn check_kernels(gpu: &Device, presets: &[serde_json::Value]) -> Result<Kern
                 seed += 1;
                 let x = random((t, k), seed)?;
                 let w = random((n, k), seed + 1000)?.to_dtype(candle_dtype(w_dtype))?;
-                let cpu = ops::linear::gemv(&x, &w)?;
-                let got = ops::linear::gemv(&x.to_device(gpu)?, &w.to_device(gpu)?)?;
-                checks.push(judge(
-                    "linear_gemv",
-                    format!("N={n} K={k} T={t} w {w_dtype}"),
-                    &got,
-                    &cpu,
-                    false,
-                )?);
+                let b = random(n, seed + 2000)?.to_dtype(candle_dtype(w_dtype))?;
+                let run = |x: &Tensor, w: &Tensor, b: &Tensor| -> Result<Tensor> {
+                    match epilogue {
+                        Epilogue::Plain => ops::linear::gemv(x, w),
+                        Epilogue::Bias => ops::linear::gemv_bias(x, w, b),
+                        Epilogue::SwiGlu => ops::linear::gemv_swiglu(x, w),
+                    }
+                };
+                let cpu = run(&x, &w, &b)?;
+                let (xg, wg, bg) = (x.to_device(gpu)?, w.to_device(gpu)?, b.to_device(gpu)?);
+                let got = run(&xg, &wg, &bg)?;
+                let shape = format!("N={n} K={k} T={t} w {w_dtype}");
+                let name = match epilogue {
+                    Epilogue::Plain => "linear_gemv",
+                    Epilogue::Bias => "linear_gemv+bias",
+                    Epilogue::SwiGlu => "linear_gemv+swiglu",
+                };
+                checks.push(judge(name, shape.clone(), &got, &cpu, false)?);
+                // The fused epilogue against the two launches it replaces: bit for bit.
+                let unfused = match epilogue {
+                    Epilogue::Plain => None,
+                    Epilogue::Bias => Some(ops::linear::gemv(&xg, &wg)?.broadcast_add(&bg)?),
+                    Epilogue::SwiGlu => {
+                        Some(ops::swiglu::swiglu_packed(&ops::linear::gemv(&xg, &wg)?)?)
+                    }
+                };
+                if let Some(unfused) = unfused {
+                    checks.push(judge(
+                        name,
+                        format!("{shape} = unfused"),
+                        &got,
+                        &unfused,
+                        true,
+                    )?);
+                }
             }
         }
         match &cfg {
@@ -275,19 +308,45 @@ fn short_conv(gpu: &Device, h: usize, l: usize, seed: &mut u64) -> Result<Vec<Ke
     Ok(checks)
 }
 
-/// Every `(N, K, weight dtype)` a model projects with at decode (x is the
-/// model's bf16 hidden state; GLM-4.7-Flash's router weight is f32).
-pub fn projections(cfg: &ModelConfig) -> Vec<(usize, usize, kiln_kernels::DType)> {
+/// One projection a model makes at decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Projection {
+    /// Weight rows.
+    pub n: usize,
+    /// Weight columns (x's row length).
+    pub k: usize,
+    /// The weight's dtype (x is the model's bf16 hidden state).
+    pub w_dtype: kiln_kernels::DType,
+    /// What the model fuses after it.
+    pub epilogue: Epilogue,
+}
+
+/// Every projection a model makes at decode (GLM-4.7-Flash's router weight
+/// is f32; the gate/up projections end in their SwiGLU, GLM-4-9B's qkv in
+/// its bias).
+pub fn projections(cfg: &ModelConfig) -> Vec<Projection> {
     use kiln_kernels::DType::{BF16, F32};
+    let plain = |n, k, w_dtype| Projection {
+        n,
+        k,
+        w_dtype,
+        epilogue: Epilogue::Plain,
+    };
+    let fused = |n, k, epilogue| Projection {
+        n,
+        k,
+        w_dtype: BF16,
+        epilogue,
+    };
     match cfg {
         ModelConfig::Qwen3Moe(c) => {
             let (h, hd) = (c.hidden_size, c.head_dim);
             let (qh, kvh) = (c.num_attention_heads, c.num_key_value_heads);
             vec![
-                ((qh + 2 * kvh) * hd, h, BF16),
-                (h, qh * hd, BF16),
-                (c.num_experts, h, BF16),
-                (c.vocab_size, h, BF16),
+                plain((qh + 2 * kvh) * hd, h, BF16),
+                plain(h, qh * hd, BF16),
+                plain(c.num_experts, h, BF16),
+                plain(c.vocab_size, h, BF16),
             ]
         }
         ModelConfig::Glm4MoeLite(c) => {
@@ -295,47 +354,52 @@ pub fn projections(cfg: &ModelConfig) -> Vec<(usize, usize, kiln_kernels::DType)
             let nh = c.num_attention_heads;
             vec![
                 // q_a_proj and kv_a_proj_with_mqa stacked (one launch).
-                (
+                plain(
                     c.q_lora_rank + c.kv_lora_rank + c.qk_rope_head_dim,
                     c.hidden_size,
                     BF16,
                 ),
-                (nh * dqk, c.q_lora_rank, BF16),
-                (
+                plain(nh * dqk, c.q_lora_rank, BF16),
+                plain(
                     nh * (c.qk_nope_head_dim + c.v_head_dim),
                     c.kv_lora_rank,
                     BF16,
                 ),
-                (c.hidden_size, nh * c.v_head_dim, BF16),
-                (2 * c.intermediate_size, c.hidden_size, BF16),
-                (c.hidden_size, c.intermediate_size, BF16),
-                (c.n_routed_experts, c.hidden_size, F32),
-                (c.vocab_size, c.hidden_size, BF16),
+                plain(c.hidden_size, nh * c.v_head_dim, BF16),
+                // The dense layers' MLP.
+                fused(2 * c.intermediate_size, c.hidden_size, Epilogue::SwiGlu),
+                plain(c.hidden_size, c.intermediate_size, BF16),
+                plain(c.n_routed_experts, c.hidden_size, F32),
+                plain(c.vocab_size, c.hidden_size, BF16),
             ]
         }
         ModelConfig::Lfm2Moe(c) => {
             let (h, hd) = (c.hidden_size, c.head_dim());
             let (qh, kvh) = (c.num_attention_heads, c.num_key_value_heads);
             vec![
-                (3 * h, h, BF16),
-                (h, h, BF16),
-                ((qh + 2 * kvh) * hd, h, BF16),
-                (h, qh * hd, BF16),
-                (2 * c.intermediate_size, h, BF16),
-                (h, c.intermediate_size, BF16),
-                (c.num_experts, h, BF16),
-                (c.vocab_size, h, BF16),
+                plain(3 * h, h, BF16),
+                plain(h, h, BF16),
+                plain((qh + 2 * kvh) * hd, h, BF16),
+                plain(h, qh * hd, BF16),
+                fused(2 * c.intermediate_size, h, Epilogue::SwiGlu),
+                plain(h, c.intermediate_size, BF16),
+                plain(c.num_experts, h, BF16),
+                plain(c.vocab_size, h, BF16),
             ]
         }
         ModelConfig::Glm4(c) => {
             let (h, hd) = (c.hidden_size, c.kv_channels);
             let (qh, kvh) = (c.num_attention_heads, c.multi_query_group_num);
             vec![
-                ((qh + 2 * kvh) * hd, h, BF16),
-                (h, qh * hd, BF16),
-                (2 * c.ffn_hidden_size, h, BF16),
-                (h, c.ffn_hidden_size, BF16),
-                (c.padded_vocab_size, h, BF16),
+                if c.add_qkv_bias {
+                    fused((qh + 2 * kvh) * hd, h, Epilogue::Bias)
+                } else {
+                    plain((qh + 2 * kvh) * hd, h, BF16)
+                },
+                plain(h, qh * hd, BF16),
+                fused(2 * c.ffn_hidden_size, h, Epilogue::SwiGlu),
+                plain(h, c.ffn_hidden_size, BF16),
+                plain(c.padded_vocab_size, h, BF16),
             ]
         }
     }

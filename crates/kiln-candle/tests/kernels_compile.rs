@@ -37,8 +37,8 @@ fn compile(c: &Compiler, b: &KernelBuild) {
     );
 }
 
-/// Every `(N, K, weight dtype)` a preset's kiln model projects with at decode.
-fn projections(name: &str) -> Vec<(usize, usize, DType)> {
+/// Every projection a preset's kiln model makes at decode.
+fn projections(name: &str) -> Vec<kiln_candle::check_kernels::Projection> {
     let raw = preset(name, Some(1)).expect("preset");
     let (cfg, _) = ModelConfig::parse(&raw.to_string()).expect("config");
     kiln_candle::check_kernels::projections(&cfg)
@@ -78,12 +78,16 @@ fn model_side_kernels_compile_in_every_dtype() {
 fn linear_gemv_compiles_and_launches_at_every_preset_projection() {
     let c = Compiler::new().expect("NVRTC (run scripts/setup.sh)");
     let line = linear::launch_line().expect("launch line");
-    for name in ["qwen3-30b-a3b", "glm-4.7-flash", "glm-4-9b"] {
+    for name in ["qwen3-30b-a3b", "glm-4.7-flash", "glm-4-9b", "lfm2-8b-a1b"] {
         let shapes = projections(name);
         assert!(shapes.len() >= 4, "{name}");
-        for (n, k, w_dtype) in shapes {
-            compile(&c, &linear::build_mixed(n, k, w_dtype, DType::BF16));
-            let rpw = linear::rows_per_warp(n);
+        for p in shapes {
+            let (n, k) = (p.n, p.k);
+            compile(
+                &c,
+                &linear::build_with(n, k, p.w_dtype, DType::BF16, p.epilogue),
+            );
+            let rpw = linear::rows_per_warp(n, p.epilogue);
             for t in [1i64, 8] {
                 let vars: BTreeMap<String, i64> =
                     [("N", n as i64), ("RPW", rpw as i64), ("T", t), ("SMS", 132)]
@@ -91,9 +95,18 @@ fn linear_gemv_compiles_and_launches_at_every_preset_projection() {
                         .map(|(k, v)| (k.to_string(), v))
                         .collect();
                 let dims = line.evaluate(&vars).expect("launch");
-                // Every output row has a warp: 8 warps per block, RPW rows each.
+                // Every weight row has a warp: 8 warps per block, RPW rows each (the
+                // gated form's RPW rows are RPW/2 (gate, up) pairs: the same count).
                 assert_eq!(dims.block, (256, 1, 1));
                 assert_eq!(dims.grid.0 as usize, n.div_ceil(8 * rpw), "{name} N={n}");
+                if p.epilogue == linear::Epilogue::SwiGlu {
+                    assert_eq!(rpw % 2, 0, "{name} N={n}: the gated form takes row pairs");
+                    assert_eq!(
+                        dims.grid.0 as usize,
+                        (n / 2).div_ceil(8 * rpw / 2),
+                        "{name} N={n}"
+                    );
+                }
             }
         }
     }

@@ -16,9 +16,9 @@
 //! `interleaved`). The tables are built in f32 and rounded to the dtype, as
 //! HF does (candle's stock model builds its angles in the model dtype).
 //!
-//! A decode step per layer: add_rmsnorm, the qkv matmul and its bias, rope,
+//! A decode step per layer: add_rmsnorm, the qkv matmul with its bias, rope,
 //! the cache write, attention, the dense matmul, add_rmsnorm, the gate-up
-//! matmul, swiglu, the down matmul.
+//! matmul with its swiglu, the down matmul.
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
@@ -27,7 +27,7 @@ use kiln_kernels::reference::rope::RopeShape;
 use super::config::Glm4Config;
 use super::decoder::{Decoder, DecoderStack};
 use super::kv_cache::KvCache;
-use super::layers::{attention, linear, Mlp, RopeTables};
+use super::layers::{attention, linear, linear_bias, Mlp, RopeTables};
 use super::Kernels;
 use crate::error::{Error, Result};
 
@@ -185,11 +185,7 @@ impl DecoderStack for Glm4 {
         );
         let t = x.dim(0)?;
         let layer = &self.layers[l];
-        let qkv = linear(x, &layer.qkv, self.dec.kernels)?;
-        let qkv = match &layer.qkv_bias {
-            Some(b) => qkv.broadcast_add(b)?,
-            None => qkv,
-        };
+        let qkv = linear_bias(x, &layer.qkv, layer.qkv_bias.as_ref(), self.dec.kernels)?;
         let q = qkv.narrow(1, 0, qh * hd)?.reshape((t, qh, hd))?;
         let k = qkv.narrow(1, qh * hd, kvh * hd)?.reshape((t, kvh, hd))?;
         let v = qkv

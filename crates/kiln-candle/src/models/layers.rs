@@ -25,6 +25,25 @@ pub fn linear(x: &Tensor, w: &Tensor, k: Kernels) -> Result<Tensor> {
     Ok(x.matmul(&w.t()?)?)
 }
 
+/// `x · wᵀ + bias`: on kiln's kernels at decode batch sizes one
+/// `linear_gemv` launch with the bias in its epilogue (bit-identical to the
+/// separate add), otherwise the projection then a broadcast add.
+pub fn linear_bias(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, k: Kernels) -> Result<Tensor> {
+    let Some(b) = bias else {
+        return linear(x, w, k);
+    };
+    if k == Kernels::Kiln
+        && ops::linear::fusion_enabled()
+        && x.dtype() == w.dtype()
+        && b.dtype() == w.dtype()
+        && x.device().is_cuda()
+        && ops::linear::gemv_applies(x, w)
+    {
+        return ops::linear::gemv_bias(x, w, b);
+    }
+    Ok(linear(x, w, k)?.broadcast_add(b)?)
+}
+
 /// RMSNorm over the last dimension.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, k: Kernels) -> Result<Tensor> {
     match k {
@@ -119,13 +138,23 @@ impl Mlp {
         })
     }
 
-    /// `down(silu(gate x) * up x)`.
+    /// `down(silu(gate x) * up x)`; on kiln's kernels at decode batch sizes
+    /// the SwiGLU is the gate/up projection's epilogue (one launch fewer,
+    /// bit-identical), unless a pack replaces `swiglu_packed`.
     pub fn forward(&self, x: &Tensor, k: Kernels) -> Result<Tensor> {
-        linear(
-            &swiglu_packed(&linear(x, &self.gate_up, k)?, k)?,
-            &self.down,
-            k,
-        )
+        let i = self.down.dim(1)?;
+        let h = if k == Kernels::Kiln
+            && ops::linear::fusion_enabled()
+            && x.dtype() == self.gate_up.dtype()
+            && x.device().is_cuda()
+            && ops::linear::gemv_applies(x, &self.gate_up)
+            && ops::swiglu::packed_fusable(i, x.dtype())?
+        {
+            ops::linear::gemv_swiglu(x, &self.gate_up)?
+        } else {
+            swiglu_packed(&linear(x, &self.gate_up, k)?, k)?
+        };
+        linear(&h, &self.down, k)
     }
 }
 

@@ -141,6 +141,17 @@ pub fn resolve(build: KernelBuild) -> KernelBuild {
     swap_in(discovered(), build)
 }
 
+/// Whether [`resolve`] would swap another source in for `build` (the active
+/// pack's or the discovered set's): a fused path that bypasses `build`'s
+/// launch must not run then, or the replacement would silently not apply.
+pub fn replaced(build: &KernelBuild) -> bool {
+    let in_pack = ACTIVE
+        .read()
+        .ok()
+        .is_some_and(|g| g.as_ref().is_some_and(|p| p.replacement(build).is_some()));
+    in_pack || discovered().replacement(build).is_some()
+}
+
 /// `build` with the source of the set's entry for it, if there is one.
 fn swap_in(set: &KernelPack, build: KernelBuild) -> KernelBuild {
     match set.replacement(&build) {

@@ -157,3 +157,14 @@ pub fn swiglu_packed(gate_up: &Tensor) -> Result<Tensor> {
         .contiguous()?
         .apply_op1_no_bwd(&SwigluPacked { i: two_i / 2 })?)
 }
+
+/// Whether `swiglu_packed` of row length `i` in `dtype` may be fused into the
+/// projection before it ([`super::linear::gemv_swiglu`]): its catalog kernel
+/// rounds silu in the dtype (the fused epilogue's arithmetic) and no pack or
+/// discovered kernel replaces it.
+pub fn packed_fusable(i: usize, dtype: candle_core::DType) -> Result<bool> {
+    use kiln_kernels::ops::swiglu::SwigluPackedConfig;
+    use kiln_kernels::OpConfig;
+    let c = SwigluPackedConfig(SwigluConfig::new(i, kernel_dtype("swiglu_packed", dtype)?));
+    Ok(c.0.silu_in_dtype && !super::pack::replaced(&c.build()?))
+}
