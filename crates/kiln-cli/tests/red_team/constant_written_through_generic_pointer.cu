@@ -1,14 +1,15 @@
-// expect: verify
-// expect-reason: module-scope global
+// expect: crash
+// expect-reason: launch failure
 // Trick: a __constant__ variable (read-only to C++, so the static check and
 // the `.global` list let it through) written through a generic pointer to
 // it: constant memory is global memory behind a cache, and `&c` in device
 // code is a generic address. It remembers the last x pointer and T and skips
 // the work when they repeat, as on every replay of a timing graph.
-// Stopped by: the PTX check lists `.const` variables with the `.global` ones,
-// and the worker proves each byte-identical after every launch.
-// Not yet run on a GPU (2026-12-07): if the store faults there, or is
-// dropped, this file's expected stage changes, not the judge.
+// Stopped by: the hardware. On the H100 (2026-12-07) the store faults
+// ("unspecified launch failure" at the first launch): constant memory is
+// mapped read-only. Were it ever to land, the PTX check lists `.const`
+// variables with the `.global` ones and the worker proves each
+// byte-identical after every launch, so the verdict would become `verify`.
 // kiln: block=256 grid=T smem=0
 #include <cuda_bf16.h>
 typedef KILN_DTYPE scalar_t;
