@@ -35,6 +35,17 @@
 //                                   compares a buffer with its pristine copy on
 //                                   the device instead of reading both back.
 //   launch: grid = 4 * SMS blocks, block = 256, grid-stride loop; *first = ~0 before
+// kiln_clear_shared(words, pattern) writes `pattern` into every one of the
+//                                   `words` 32-bit words of its dynamic shared
+//                                   memory. Launched with the most dynamic
+//                                   shared memory a block may have, so one
+//                                   block fills an SM, on twice as many blocks
+//                                   as SMs, it overwrites whatever an earlier
+//                                   kernel left in any SM's shared memory: the
+//                                   evaluator runs it before every replay, so
+//                                   no launch finds what a launch of an earlier
+//                                   replay (the same inputs) left there.
+//   launch: grid = 2 * SMS blocks, block = 1024, smem = the opt-in maximum
 // kiln_axpy(x, y, out, a, n)        out[i] = a * x[i] + y[i]; the doctor's
 //                                   end-to-end self-check.
 //   launch: grid = ceil_div(n, 256), block = 256
@@ -93,6 +104,15 @@ extern "C" __global__ void kiln_axpy(const float* __restrict__ x,
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         out[i] = a * x[i] + y[i];
+    }
+}
+
+extern "C" __global__ void kiln_clear_shared(unsigned int words, unsigned int pattern) {
+    extern __shared__ unsigned int cleared[];
+    // volatile: the stores have no reader, and must still happen.
+    volatile unsigned int* s = cleared;
+    for (unsigned int i = threadIdx.x; i < words; i += blockDim.x) {
+        s[i] = pattern;
     }
 }
 

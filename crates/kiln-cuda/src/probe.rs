@@ -109,6 +109,7 @@ pub struct Probes {
     copy_pdl: Kernel,
     axpy: Kernel,
     first_difference: Kernel,
+    clear_shared: Kernel,
 }
 
 impl Probes {
@@ -123,6 +124,7 @@ impl Probes {
             copy_pdl: module.kernel("kiln_copy_pdl")?,
             axpy: module.kernel("kiln_axpy")?,
             first_difference: module.kernel("kiln_first_difference")?,
+            clear_shared: module.kernel("kiln_clear_shared")?,
         })
     }
 
@@ -171,6 +173,26 @@ impl Probes {
         // buffers), the mark one u64; the kernel only reads a and b.
         unsafe { b_.launch(cfg) }
             .map_err(CudaError::driver("cuLaunchKernel(kiln_first_difference)"))?;
+        Ok(())
+    }
+
+    /// Enqueues an overwrite of every SM's shared memory with `pattern`
+    /// (`kiln_clear_shared`): whatever a kernel left there, the next kernel
+    /// on this stream cannot read it. Nothing waits for it.
+    pub fn clear_shared(&self, gpu: &Gpu, pattern: u32) -> Result<()> {
+        let facts = gpu.facts();
+        let bytes = facts.max_smem_per_block_optin;
+        let blocks = (2 * facts.sm_count).max(1);
+        let threads = facts.max_threads_per_block.clamp(32, 1024);
+        let cfg = self
+            .clear_shared
+            .prepare(&LaunchDims::linear(blocks, threads, bytes))?;
+        let words = bytes / 4;
+        let mut b = gpu.stream().launch_builder(self.clear_shared.function());
+        b.arg(&words).arg(&pattern);
+        // SAFETY: the kernel writes only its own dynamic shared memory, of
+        // the size it is launched with.
+        unsafe { b.launch(cfg) }.map_err(CudaError::driver("cuLaunchKernel(kiln_clear_shared)"))?;
         Ok(())
     }
 

@@ -109,3 +109,88 @@ fn graph_replay_matches_stream_launches() {
     }
     gpu.synchronize().expect("sync");
 }
+
+/// Fills every word of a block's dynamic shared memory with `v`, and counts
+/// the words that hold `v` (`counts[0]`) and those that do not (`counts[1]`).
+const SHARED_PROBE: &str = r#"
+extern "C" __global__ void write_shared(unsigned int words, unsigned int v) {
+    extern __shared__ unsigned int s[];
+    volatile unsigned int* p = s;
+    for (unsigned int i = threadIdx.x; i < words; i += blockDim.x) p[i] = v;
+}
+extern "C" __global__ void count_shared(unsigned int words, unsigned int v, unsigned long long* counts) {
+    extern __shared__ unsigned int s[];
+    volatile unsigned int* p = s;
+    unsigned long long same = 0, other = 0;
+    for (unsigned int i = threadIdx.x; i < words; i += blockDim.x) {
+        if (p[i] == v) same++; else other++;
+    }
+    atomicAdd(&counts[0], same);
+    atomicAdd(&counts[1], other);
+}
+"#;
+
+#[test]
+#[ignore = "needs a CUDA GPU: run scripts/gpu-suite.sh"]
+fn clear_shared_overwrites_what_an_earlier_kernel_left_in_shared_memory() {
+    use kiln_cuda::{CompileRequest, DevicePtr, KernelArg};
+    let (gpu, compiler) = open();
+    let probes = Probes::load(&gpu, &compiler).expect("probe kernels load");
+    let req = CompileRequest::new("shared_probe.cu", SHARED_PROBE).arch(gpu.facts().arch);
+    let module = gpu
+        .load_module(&compiler.compile(&req).expect("compile"))
+        .expect("load");
+    let write = module.kernel("write_shared").expect("write_shared");
+    let count = module.kernel("count_shared").expect("count_shared");
+    let f = gpu.facts();
+    let bytes = f.max_smem_per_block_optin;
+    let dims = LaunchDims::linear(2 * f.sm_count, 1024, bytes);
+    let words = bytes / 4;
+    const MARK: u32 = 0x6b69_6c6e;
+    let counts = |cleared: bool| -> (u64, u64) {
+        let c = gpu.alloc_zeros::<u64>(2).expect("alloc");
+        let at = c.device_ptr(gpu.stream()).0;
+        // SAFETY: both kernels touch only their own shared memory and the two counters.
+        unsafe {
+            write
+                .launch(&gpu, &dims, &[KernelArg::U32(words), KernelArg::U32(MARK)])
+                .expect("write");
+        }
+        let want = if cleared {
+            probes
+                .clear_shared(&gpu, 0x7fc0_7fc0)
+                .expect("clear_shared");
+            0x7fc0_7fc0
+        } else {
+            MARK
+        };
+        unsafe {
+            count
+                .launch(
+                    &gpu,
+                    &dims,
+                    &[
+                        KernelArg::U32(words),
+                        KernelArg::U32(want),
+                        KernelArg::Ptr(at),
+                    ],
+                )
+                .expect("count");
+        }
+        let v = gpu.download(&c).expect("download");
+        (v[0], v[1])
+    };
+    // Without the clear, what one kernel wrote is what the next one reads
+    // (said, not asserted: the hardware promises nothing either way).
+    let (kept, _) = counts(false);
+    let total = u64::from(words) * u64::from(dims.grid.0);
+    eprintln!(
+        "without kiln_clear_shared: {kept} of {total} words of shared memory still held what the kernel before wrote"
+    );
+    let (filled, other) = counts(true);
+    assert_eq!(
+        (filled, other),
+        (total, 0),
+        "after kiln_clear_shared every word must hold its pattern"
+    );
+}

@@ -22,6 +22,10 @@ use crate::topk_compare::{compare_topk, TopkSpec};
 
 use super::device_set::{row_len, DeviceSet};
 
+/// What shared memory holds when a replay starts: a NaN in f32 and in each
+/// 16-bit half, so a kernel that reads shared memory it never wrote computes
+/// NaN instead of a stale value.
+pub const SHARED_MEMORY_FILL: u32 = 0x7fc0_7fc0;
 /// Launches captured per timing graph (at least; rounded up to whole passes).
 pub const LAUNCHES_PER_GRAPH: usize = 20;
 /// Rotated input sets must total this many L2 sizes to defeat the cache.
@@ -439,14 +443,20 @@ impl TimingSets {
         self.rounds * self.sets.len()
     }
 
-    /// Poisons every output and resets every in-out buffer of every set
-    /// (before every replay, timed or not).
+    /// Poisons every output, resets every in-out buffer of every set and
+    /// overwrites every SM's shared memory (before every replay, timed or
+    /// not): a replay reads the same inputs as the one before it, and on the
+    /// H100 a block found in its uninitialised shared memory what the same
+    /// block wrote there one replay earlier, where a kernel could keep its
+    /// answers and copy them back instead of computing them.
     pub fn reset_outputs(&mut self, dev: &Device) -> Result<(), Failure> {
         for set in self.sets.iter_mut() {
             set.reset_outputs(&dev.gpu)
                 .map_err(|e| Failure::machinery("resetting timing outputs", e))?;
         }
-        Ok(())
+        dev.probes
+            .clear_shared(&dev.gpu, SHARED_MEMORY_FILL)
+            .map_err(|e| Failure::machinery("clearing shared memory between replays", e))
     }
 }
 
