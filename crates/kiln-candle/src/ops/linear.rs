@@ -313,29 +313,20 @@ mod tests {
         let w = small((8, 16), 2);
         let b = small((1, 8), 3).flatten_all().expect("bias");
         let y = gemv(&x, &w).expect("gemv");
+        let values = |t: &Tensor| -> Vec<Vec<f32>> {
+            t.to_dtype(DType::F32)
+                .and_then(|t| t.to_vec2::<f32>())
+                .expect("values")
+        };
         let with_bias = gemv_bias(&x, &w, &b).expect("bias");
-        let want = y.broadcast_add(&b).expect("add");
         assert_eq!(
-            with_bias
-                .to_dtype(DType::F32)
-                .and_then(|t| t.to_vec2::<f32>())
-                .expect("v"),
-            want.to_dtype(DType::F32)
-                .and_then(|t| t.to_vec2::<f32>())
-                .expect("v")
+            values(&with_bias),
+            values(&y.broadcast_add(&b).expect("add"))
         );
         let gated = gemv_swiglu(&x, &w).expect("swiglu");
         assert_eq!(gated.dims(), [3, 4]);
         let want = super::super::swiglu::swiglu_packed(&y).expect("swiglu");
-        assert_eq!(
-            gated
-                .to_dtype(DType::F32)
-                .and_then(|t| t.to_vec2::<f32>())
-                .expect("v"),
-            want.to_dtype(DType::F32)
-                .and_then(|t| t.to_vec2::<f32>())
-                .expect("v")
-        );
+        assert_eq!(values(&gated), values(&want));
     }
 
     #[test]
