@@ -484,6 +484,17 @@ pub fn set_counts(per_set: u64, l2: u64, free: u64) -> (usize, usize, bool) {
     (n as usize, rounds as usize, n > 1 && n * per_set >= 2 * l2)
 }
 
+/// The set counts for a shape whose rows cannot be split into one block per
+/// pass ([`OpProblem::rows_windowable`]): one set per launch, as memory
+/// allows (past that, passes repeat their sets).
+pub fn sets_without_repeats(per_set: u64, l2: u64, free: u64) -> (usize, usize, bool) {
+    let per_set = per_set.max(1);
+    let launches = LAUNCHES_PER_GRAPH as u64;
+    let n = launches.min((free / 4 / per_set).max(1));
+    let rounds = launches.div_ceil(n).max(1);
+    (n as usize, rounds as usize, n > 1 && n * per_set >= 2 * l2)
+}
+
 /// Allocates and fills the timing sets of `t` rows.
 pub fn timing_sets(
     dev: &Device,
@@ -495,8 +506,14 @@ pub fn timing_sets(
     let (free, _) = gpu
         .memory_info()
         .map_err(|e| Failure::machinery("memory info", e))?;
-    let (n, rounds, rotated) =
-        set_counts(problem.bytes_moved(t), gpu.facts().l2_bytes, free as u64);
+    let (per_set, l2) = (problem.bytes_moved(t), gpu.facts().l2_bytes);
+    let (mut n, mut rounds, mut rotated) = set_counts(per_set, l2, free as u64);
+    if rounds > 1 && !problem.rows_windowable(t, rounds) {
+        // A second pass over a set would repeat its rows (attention, the short
+        // convolution): one set per launch instead, so no launch of a graph finds
+        // what another launch left on chip for the same inputs.
+        (n, rounds, rotated) = sets_without_repeats(per_set, l2, free as u64);
+    }
     // Each pass over a set reads its own rows (the weights shared): a launch
     // never finds an earlier launch's answer to its very inputs in another
     // output group, whatever it reads.
@@ -1254,6 +1271,19 @@ mod tests {
         let (n, rounds, rotated) = set_counts(10 << 20, L2, 80 << 30);
         assert_eq!((n, rounds, rotated), (2, 10, false));
         assert!(n as u64 * (10 << 20) <= L2);
+    }
+
+    #[test]
+    fn shapes_whose_rows_cannot_be_windowed_get_a_set_per_launch() {
+        // A long-context attention shape (2 MiB a set): half of L2 holds a few
+        // sets, so a graph would pass over each more than once.
+        let (_, rounds, _) = set_counts(2 << 20, L2, 80 << 30);
+        assert!(rounds > 1);
+        let (n, rounds, _) = sets_without_repeats(2 << 20, L2, 80 << 30);
+        assert_eq!((n, rounds), (LAUNCHES_PER_GRAPH, 1));
+        // Memory still bounds it.
+        let (n, rounds, _) = sets_without_repeats(1 << 30, L2, 8 << 30);
+        assert_eq!((n, rounds), (2, LAUNCHES_PER_GRAPH / 2));
     }
 
     #[test]
