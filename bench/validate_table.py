@@ -43,6 +43,7 @@ def table(report, commit, command):
            f"{active / 1e9:.2f} GB per token)" if sol else "")
         + (f"; commit {commit}" if commit else "")
         + (f"; early launch {report['early_launch']}" if "early_launch" in report else "")
+        + (f"; gemv epilogues {report['gemv_fusion']}" if "gemv_fusion" in report else "")
         + "."
     )
     if command:

@@ -204,6 +204,9 @@ pub struct Report {
     /// Early launch (programmatic dependent launch) on, and the kernels it
     /// applied to out of those kiln loaded: "on, 17 of 17 kernels".
     pub early_launch: String,
+    /// Whether the projections' fused epilogues (bias, SwiGLU) were on:
+    /// "on", or "off (KILN_GEMV_FUSION=0)" in an A/B.
+    pub gemv_fusion: String,
     /// The prompt.
     pub prompt: Vec<u32>,
     /// Per configuration, its logits at each step on the baseline's tokens
@@ -354,6 +357,7 @@ impl Report {
             s += &format!("pack: {r}\n");
         }
         s += &format!("early launch: {}\n", self.early_launch);
+        s += &format!("gemv epilogues: {}\n", self.gemv_fusion);
         for c in &self.configs {
             if let Some(text) = &c.text {
                 s += &format!("{} said: {text:?}\n", c.name);
@@ -552,6 +556,11 @@ pub fn run(opts: &Options, dev: &Device, progress: &mut dyn FnMut(&str)) -> Resu
         noise_floor_not_run,
         pack_replacements: replacements,
         early_launch: early_launch_summary(),
+        gemv_fusion: if crate::ops::linear::fusion_enabled() {
+            "on".into()
+        } else {
+            "off (KILN_GEMV_FUSION=0)".into()
+        },
         prompt: opts.prompt.clone(),
         logits,
     })
