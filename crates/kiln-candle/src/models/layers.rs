@@ -13,16 +13,21 @@ use crate::ops;
 /// sizes (T ≤ 8) kiln's `linear_gemv`, otherwise cuBLAS (the plain-candle
 /// baseline always).
 pub fn linear(x: &Tensor, w: &Tensor, k: Kernels) -> Result<Tensor> {
-    // Same dtypes only: a mixed pair would come back in w's dtype here and
-    // fail in the matmul below (the router widens x on purpose, see moe.rs).
-    if k == Kernels::Kiln
-        && x.dtype() == w.dtype()
-        && x.device().is_cuda()
-        && ops::linear::gemv_applies(x, w)
-    {
+    if on_gemv(x, w, k) {
         return ops::linear::gemv(x, w);
     }
     Ok(x.matmul(&w.t()?)?)
+}
+
+/// Whether `x · wᵀ` runs on kiln's `linear_gemv`: kiln's kernels, a CUDA
+/// device, a shape the kernel takes. Same dtypes only: a mixed pair would
+/// come back in w's dtype and fail in the matmul fallback (the router widens
+/// x on purpose, see moe.rs).
+fn on_gemv(x: &Tensor, w: &Tensor, k: Kernels) -> bool {
+    k == Kernels::Kiln
+        && x.dtype() == w.dtype()
+        && x.device().is_cuda()
+        && ops::linear::gemv_applies(x, w)
 }
 
 /// `x · wᵀ + bias`: on kiln's kernels at decode batch sizes one
@@ -32,13 +37,7 @@ pub fn linear_bias(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, k: Kernels) ->
     let Some(b) = bias else {
         return linear(x, w, k);
     };
-    if k == Kernels::Kiln
-        && ops::linear::fusion_enabled()
-        && x.dtype() == w.dtype()
-        && b.dtype() == w.dtype()
-        && x.device().is_cuda()
-        && ops::linear::gemv_applies(x, w)
-    {
+    if on_gemv(x, w, k) && ops::linear::fusion_enabled() && b.dtype() == w.dtype() {
         return ops::linear::gemv_bias(x, w, b);
     }
     Ok(linear(x, w, k)?.broadcast_add(b)?)
@@ -143,11 +142,8 @@ impl Mlp {
     /// bit-identical), unless a pack replaces `swiglu_packed`.
     pub fn forward(&self, x: &Tensor, k: Kernels) -> Result<Tensor> {
         let i = self.down.dim(1)?;
-        let h = if k == Kernels::Kiln
+        let h = if on_gemv(x, &self.gate_up, k)
             && ops::linear::fusion_enabled()
-            && x.dtype() == self.gate_up.dtype()
-            && x.device().is_cuda()
-            && ops::linear::gemv_applies(x, &self.gate_up)
             && ops::swiglu::packed_fusable(i, x.dtype())?
         {
             ops::linear::gemv_swiglu(x, &self.gate_up)?
