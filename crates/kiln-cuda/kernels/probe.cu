@@ -35,6 +35,19 @@
 //                                   compares a buffer with its pristine copy on
 //                                   the device instead of reading both back.
 //   launch: grid = 4 * SMS blocks, block = 256, grid-stride loop; *first = ~0 before
+// kiln_digest(a, n, key, digest)   *digest += the sum, wrapping mod 2^64, of
+//                                   mix(w ^ mix(i + key)) over the n bytes at a
+//                                   read as 8-byte words w at index i (the tail
+//                                   bytes as words of their own, indices after
+//                                   them), mix a 64-bit finaliser. Equal bytes
+//                                   give equal digests; under a secret key,
+//                                   different bytes give a different one but
+//                                   for a chance of about 2^-64. The evaluator
+//                                   keeps a checked replay's digest instead of
+//                                   a copy of its outputs, so no device memory
+//                                   holds right answers a later launch could
+//                                   find and copy.
+//   launch: grid = 4 * SMS blocks, block = 256, grid-stride loop; *digest = 0 before
 // kiln_clear_shared(words, pattern) writes `pattern` into every one of the
 //                                   `words` 32-bit words of its dynamic shared
 //                                   memory. Launched with the most dynamic
@@ -136,5 +149,39 @@ extern "C" __global__ void kiln_first_difference(const unsigned char* __restrict
         if (a[k] != b[k]) {
             atomicMin(first, k);
         }
+    }
+}
+
+// A 64-bit finaliser: every input bit flips about half of the output bits.
+__device__ __forceinline__ unsigned long long kiln_mix(unsigned long long x) {
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    x ^= x >> 31;
+    return x;
+}
+
+extern "C" __global__ void kiln_digest(const unsigned char* __restrict__ a,
+                                       unsigned long long n,
+                                       unsigned long long key,
+                                       unsigned long long* __restrict__ digest) {
+    const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+    const unsigned long long i0 = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const unsigned long long n8 = n / 8;
+    const unsigned long long* a8 = reinterpret_cast<const unsigned long long*>(a);
+    unsigned long long sum = 0;
+    for (unsigned long long k = i0; k < n8; k += stride) {
+        sum += kiln_mix(a8[k] ^ kiln_mix(k + key));
+    }
+    for (unsigned long long k = n8 * 8 + i0; k < n; k += stride) {
+        sum += kiln_mix((unsigned long long)a[k] ^ kiln_mix(k + key));
+    }
+    // Addition commutes, so the order the warps' atomics land in is moot.
+    for (int off = 16; off > 0; off /= 2) {
+        sum += __shfl_down_sync(0xffffffffu, sum, off);
+    }
+    if ((threadIdx.x & 31) == 0) {
+        atomicAdd(digest, sum);
     }
 }

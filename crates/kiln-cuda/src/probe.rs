@@ -101,6 +101,38 @@ impl DifferenceMark {
     }
 }
 
+/// Keyed 64-bit digests of device buffers, one device word per slot
+/// ([`Probes::digest`]): a buffer's bytes can be told from another's without
+/// keeping a copy of them on the device.
+pub struct Digests {
+    slots: CudaSlice<u64>,
+    key: u64,
+}
+
+impl Digests {
+    /// `slots` zeroed digests under `key` (keep the key secret from the
+    /// kernels whose outputs are digested: it is what makes a forged
+    /// difference that cancels out unguessable).
+    pub fn new(gpu: &Gpu, slots: usize, key: u64) -> Result<Self> {
+        Ok(Self {
+            slots: gpu.alloc_zeros::<u64>(slots.max(1))?,
+            key,
+        })
+    }
+
+    /// Zeroes every slot (enqueued on the stream).
+    pub fn reset(&mut self, gpu: &Gpu) -> Result<()> {
+        gpu.stream()
+            .memset_zeros(&mut self.slots)
+            .map_err(CudaError::driver("cuMemsetD8"))
+    }
+
+    /// Every slot's digest (waits for the digests enqueued since the reset).
+    pub fn read(&self, gpu: &Gpu) -> Result<Vec<u64>> {
+        gpu.download(&self.slots)
+    }
+}
+
 /// The probe kernels, compiled and loaded once.
 pub struct Probes {
     empty: Kernel,
@@ -109,6 +141,7 @@ pub struct Probes {
     copy_pdl: Kernel,
     axpy: Kernel,
     first_difference: Kernel,
+    digest: Kernel,
     clear_shared: Kernel,
 }
 
@@ -124,6 +157,7 @@ impl Probes {
             copy_pdl: module.kernel("kiln_copy_pdl")?,
             axpy: module.kernel("kiln_axpy")?,
             first_difference: module.kernel("kiln_first_difference")?,
+            digest: module.kernel("kiln_digest")?,
             clear_shared: module.kernel("kiln_clear_shared")?,
         })
     }
@@ -173,6 +207,43 @@ impl Probes {
         // buffers), the mark one u64; the kernel only reads a and b.
         unsafe { b_.launch(cfg) }
             .map_err(CudaError::driver("cuLaunchKernel(kiln_first_difference)"))?;
+        Ok(())
+    }
+
+    /// Enqueues adding the digest of the `len` bytes at device address `at`
+    /// (16-byte aligned, of this context) into slot `slot` of `digests`;
+    /// nothing waits for it. Digests of several buffers into one slot sum.
+    pub fn digest(
+        &self,
+        gpu: &Gpu,
+        at: u64,
+        len: u64,
+        digests: &mut Digests,
+        slot: usize,
+    ) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        if !at.is_multiple_of(16) {
+            return Err(CudaError::SelfCheck(
+                "a device digest needs a 16-byte aligned buffer".into(),
+            ));
+        }
+        if slot >= digests.slots.len() {
+            return Err(CudaError::SelfCheck(format!(
+                "digest slot {slot} of {}",
+                digests.slots.len()
+            )));
+        }
+        let blocks = (4 * gpu.facts().sm_count).max(1);
+        let cfg = self.digest.prepare(&LaunchDims::linear(blocks, 256, 0))?;
+        let key = digests.key;
+        let mut into = digests.slots.slice_mut(slot..slot + 1);
+        let mut b = gpu.stream().launch_builder(self.digest.function());
+        b.arg(&at).arg(&len).arg(&key).arg(&mut into);
+        // SAFETY: `at` addresses `len` readable bytes (the caller's buffer),
+        // `into` one u64; the kernel only reads `at`.
+        unsafe { b.launch(cfg) }.map_err(CudaError::driver("cuLaunchKernel(kiln_digest)"))?;
         Ok(())
     }
 

@@ -194,3 +194,46 @@ fn clear_shared_overwrites_what_an_earlier_kernel_left_in_shared_memory() {
         "after kiln_clear_shared every word must hold its pattern"
     );
 }
+
+#[test]
+#[ignore = "needs a CUDA GPU: run scripts/gpu-suite.sh"]
+fn digests_tell_buffers_apart_by_every_byte_and_its_place() {
+    use kiln_cuda::{DevicePtr, Digests};
+    let (gpu, compiler) = open();
+    let probes = Probes::load(&gpu, &compiler).expect("probe kernels load");
+    // 1 MiB and 5 bytes: whole 8-byte words and a tail.
+    let len = (1 << 20) + 5;
+    let base: Vec<u8> = (0..len)
+        .map(|i| ((i * 2_654_435_761usize) >> 13) as u8)
+        .collect();
+    let digest = |bytes: &[u8], key: u64| -> u64 {
+        let buf = gpu.upload(bytes).expect("upload");
+        let mut d = Digests::new(&gpu, 2, key).expect("digest slots");
+        let at = buf.device_ptr(gpu.stream()).0;
+        probes
+            .digest(&gpu, at, bytes.len() as u64, &mut d, 1)
+            .expect("digest");
+        let v = d.read(&gpu).expect("read");
+        assert_eq!(v[0], 0, "only the slot asked for is written");
+        v[1]
+    };
+    let key = 0x1234_5678_9abc_def0;
+    let d0 = digest(&base, key);
+    assert_eq!(d0, digest(&base, key), "the same bytes digest alike");
+    assert_ne!(d0, digest(&base, key ^ 1), "the key changes the digest");
+    for at in [0, 7, 8, 4095, len / 2, len - 6, len - 5, len - 1] {
+        let mut flipped = base.clone();
+        flipped[at] ^= 0x01;
+        assert_ne!(d0, digest(&flipped, key), "one bit flipped at byte {at}");
+    }
+    let mut swapped = base.clone();
+    swapped.swap(0, 8);
+    if swapped != base {
+        assert_ne!(d0, digest(&swapped, key), "two words swapped");
+    }
+    // The sum is over all of the buffer, not one block's share of it.
+    let mut zeros = vec![0u8; len];
+    let z = digest(&zeros, key);
+    zeros[len - 3] = 1;
+    assert_ne!(z, digest(&zeros, key), "a change in the tail");
+}

@@ -13,7 +13,7 @@
 //! writes its own outputs, all poisoned before the graph runs, so no launch
 //! ever finds an earlier launch's answer where it writes.
 
-use kiln_cuda::{CudaError, CudaSlice, DevicePtr, DifferenceMark, Gpu, KernelArg, Probes};
+use kiln_cuda::{CudaError, CudaSlice, DevicePtr, Digests, Gpu, KernelArg, Probes};
 
 use crate::targets::{BufferSpec, ElemKind, HostBuffer, Role};
 
@@ -166,9 +166,6 @@ pub struct DeviceSet {
     pristine: Vec<Option<CudaSlice<u8>>>,
     /// `int` arguments passed after `T` (decode_attention's `past`).
     scalars: Vec<i32>,
-    /// A device copy of every group's written buffers after a checked
-    /// replay (by group, then parameter position); empty until kept.
-    kept: Vec<Vec<Option<CudaSlice<u8>>>>,
 }
 
 impl DeviceSet {
@@ -215,7 +212,6 @@ impl DeviceSet {
             uploaded,
             pristine,
             scalars: Vec::new(),
-            kept: Vec::new(),
         };
         set.add_output_group(gpu)?;
         Ok(set)
@@ -452,54 +448,33 @@ impl DeviceSet {
         Ok(out)
     }
 
-    /// Keeps a device copy of what every group's written buffers hold now
-    /// (after a replay whose outputs were checked against the reference), so
-    /// later replays can be compared with it on the device.
-    pub fn keep_outputs(&mut self, gpu: &Gpu) -> Result<(), CudaError> {
-        if self.kept.len() != self.groups.len() {
-            self.kept = self
-                .groups
-                .iter()
-                .map(|g| {
-                    g.outputs
-                        .iter()
-                        .map(|o| o.as_ref().map(|b| gpu.alloc_zeros::<u8>(b.len)).transpose())
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .collect::<Result<_, _>>()?;
-        }
-        for (group, kept) in self.groups.iter().zip(self.kept.iter_mut()) {
-            for (out, copy) in group.outputs.iter().zip(kept.iter_mut()) {
-                if let (Some(out), Some(copy)) = (out, copy) {
-                    gpu.copy_range(&out.buf, GUARD_BYTES, copy, 0, out.len)?;
-                }
-            }
-        }
-        Ok(())
+    /// How many written buffers (outputs and in-out buffers) the output
+    /// groups hold together: one digest slot each.
+    pub fn written_buffers(&self) -> usize {
+        self.groups
+            .iter()
+            .map(|g| g.outputs.iter().flatten().count())
+            .sum()
     }
 
-    /// Enqueues a device compare of every group's written buffers with the
-    /// copy [`DeviceSet::keep_outputs`] kept; `mark` records any difference.
-    pub fn mark_changed_outputs(
+    /// Enqueues the digest of every group's written buffers into `digests`,
+    /// one slot each from `first` on (by group, then parameter position);
+    /// returns the next free slot. No copy of the outputs is kept: a device
+    /// copy of a checked replay's answers would be right answers to the same
+    /// inputs, waiting in memory for a later launch to find.
+    pub fn digest_outputs(
         &self,
         gpu: &Gpu,
         probes: &Probes,
-        mark: &mut DifferenceMark,
-    ) -> Result<(), CudaError> {
-        if self.kept.len() != self.groups.len() {
-            return Err(CudaError::SelfCheck(
-                "outputs compared before a copy of them was kept".into(),
-            ));
+        digests: &mut Digests,
+        first: usize,
+    ) -> Result<usize, CudaError> {
+        let mut slot = first;
+        for out in self.groups.iter().flat_map(|g| g.outputs.iter().flatten()) {
+            probes.digest(gpu, out.ptr(gpu), out.len as u64, digests, slot)?;
+            slot += 1;
         }
-        for (group, kept) in self.groups.iter().zip(&self.kept) {
-            for (out, copy) in group.outputs.iter().zip(kept) {
-                if let (Some(out), Some(copy)) = (out, copy) {
-                    let kept_at = copy.device_ptr(gpu.stream()).0;
-                    probes.mark_difference(gpu, out.ptr(gpu), kept_at, out.len as u64, mark)?;
-                }
-            }
-        }
-        Ok(())
+        Ok(slot)
     }
 
     /// The first input whose device bytes differ from what was uploaded:

@@ -3,17 +3,22 @@
 //! A kernel that keeps state between launches (in memory no check reads)
 //! could count its replays, compute honestly on the few it expects to be
 //! checked and skip work on the ones that are timed. So after the warm-up
-//! one replay is checked against the float64 reference and a device copy of
+//! one replay is checked against the float64 reference and a keyed digest of
 //! everything it wrote is kept; after every timed replay the outputs are
-//! compared with that copy on the device (one word read back). A replay that
-//! wrote anything else is checked against the reference there and then: an
-//! honest kernel whose float reductions are not deterministic passes, at the
-//! cost of a host check for that replay.
+//! digested on the device and compared with it (a few words read back). A
+//! replay that wrote anything else is checked against the reference there
+//! and then: an honest kernel whose float reductions are not deterministic
+//! passes, at the cost of a host check for that replay.
 //!
-//! The catalog's replays get the same device compare (its answer unused), so
+//! A digest, not a copy: a device copy of the checked replay's outputs would
+//! be the right answers to the very inputs every later replay reads, left in
+//! memory for a kernel that goes looking. The key is drawn from the secret
+//! seed, so no kernel can make a wrong answer digest like the right one.
+//!
+//! The catalog's replays get the same device digest (its answer unused), so
 //! both kernels are timed between the same extra work.
 
-use kiln_cuda::{DifferenceMark, Graph};
+use kiln_cuda::{Digests, Graph};
 
 use crate::record::Stage;
 use crate::targets::OpProblem;
@@ -25,7 +30,9 @@ use super::measure::{check_written, replay_checked, Device, Failure, ReplayWatch
 pub struct TimedOutputCheck<'a> {
     problem: &'a OpProblem,
     seed: u64,
-    mark: Option<DifferenceMark>,
+    /// The digests of the checked replay's written buffers, and the device
+    /// slots later replays are digested into; `None` until it ran.
+    checked: Option<(Vec<u64>, Digests)>,
     /// Timed replays of the candidate whose outputs differed from the checked
     /// replay's (each then checked against the reference).
     pub differing_replays: usize,
@@ -37,7 +44,7 @@ impl<'a> TimedOutputCheck<'a> {
         Self {
             problem,
             seed,
-            mark: None,
+            checked: None,
             differing_replays: 0,
         }
     }
@@ -62,12 +69,13 @@ impl ReplayWatch for TimedOutputCheck<'_> {
             self.seed,
             "the checked replay",
         )?;
-        for set in sets.sets.iter_mut() {
-            set.keep_outputs(gpu)
-                .map_err(|e| Failure::machinery("keeping the checked outputs", e))?;
-        }
-        self.mark =
-            Some(DifferenceMark::new(gpu).map_err(|e| Failure::machinery("a compare mark", e))?);
+        let slots = sets.sets.iter().map(|s| s.written_buffers()).sum();
+        let key = digest_key(self.seed);
+        let mut digests =
+            Digests::new(gpu, slots, key).map_err(|e| Failure::machinery("digest slots", e))?;
+        let kept = digest_all(dev, sets, &mut digests)
+            .map_err(|e| Failure::machinery("digesting the checked outputs", e))?;
+        self.checked = Some((kept, digests));
         Ok(())
     }
 
@@ -78,25 +86,19 @@ impl ReplayWatch for TimedOutputCheck<'_> {
         kernel: usize,
         replay: usize,
     ) -> Result<(), Failure> {
-        let gpu = &dev.gpu;
-        let mark = self
-            .mark
+        let (kept, digests) = self
+            .checked
             .as_mut()
             .ok_or_else(|| Failure::machinery("the timed-output check", "no replay was checked"))?;
-        let compare = |mark: &mut DifferenceMark| -> Result<bool, kiln_cuda::CudaError> {
-            mark.reset(gpu)?;
-            for set in &sets.sets {
-                set.mark_changed_outputs(gpu, &dev.probes, mark)?;
-            }
-            Ok(mark.read(gpu)?.is_some())
-        };
-        let differs = compare(mark).map_err(|e| {
-            if kernel == 0 {
-                Failure::cuda(Stage::Timing, "comparing a timed replay's outputs", e)
-            } else {
-                Failure::machinery("comparing a timed replay's outputs", e)
-            }
-        })?;
+        let differs = digest_all(dev, sets, digests)
+            .map(|now| now != *kept)
+            .map_err(|e| {
+                if kernel == 0 {
+                    Failure::cuda(Stage::Timing, "digesting a timed replay's outputs", e)
+                } else {
+                    Failure::machinery("digesting a timed replay's outputs", e)
+                }
+            })?;
         if kernel != 0 || !differs {
             return Ok(());
         }
@@ -110,4 +112,23 @@ impl ReplayWatch for TimedOutputCheck<'_> {
             &format!("timed replay {replay}, whose outputs differ from the checked replay's"),
         )
     }
+}
+
+/// The digest key for a check drawn from `seed`: secret as the seed is.
+fn digest_key(seed: u64) -> u64 {
+    (seed ^ 0x6a09_e667_f3bc_c908).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// Every set's written buffers digested into `digests` (reset first), read back.
+fn digest_all(
+    dev: &Device,
+    sets: &TimingSets,
+    digests: &mut Digests,
+) -> Result<Vec<u64>, kiln_cuda::CudaError> {
+    digests.reset(&dev.gpu)?;
+    let mut slot = 0;
+    for set in &sets.sets {
+        slot = set.digest_outputs(&dev.gpu, &dev.probes, digests, slot)?;
+    }
+    digests.read(&dev.gpu)
 }
