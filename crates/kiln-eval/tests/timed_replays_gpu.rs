@@ -4,6 +4,11 @@
 //! checked and skips rows on the timed ones, passes a check of one replay
 //! after timing, and fails the check of every timed replay.
 //!
+//! And a kernel that does later launches' work ahead (`worker::prefix_replay`):
+//! the first launch of a replay computes every launch's rows and the others
+//! exit at once. Every replay's outputs are right, so the timed checks pass;
+//! a replay of a prefix of the launches shows the groups it wrote ahead.
+//!
 //! Candidates' module globals are watched by the judge, so the count here
 //! lives in a global of a kernel loaded as trusted (`measure::load` watches
 //! none): it stands for memory no check reads.
@@ -14,6 +19,7 @@ use kiln_eval::worker::measure::{
     check_timed_output, load, time_interleaved, timing_sets, Device, Failure, Loaded, ReplayWatch,
     TimeOnly, TimingSets,
 };
+use kiln_eval::worker::prefix_replay::check_prefix_replay;
 use kiln_eval::worker::start_device;
 use kiln_eval::worker::timed_outputs::TimedOutputCheck;
 
@@ -41,6 +47,52 @@ fn counting(from: usize, to: usize) -> String {
             1,
         )
         .replacen(mark, &counted, 1)
+}
+
+/// A kernel that records every launch's buffers on the first replay (honest
+/// there) and from the second on has the first launch of each replay
+/// compute all `launches` launches' rows, the others returning at once.
+fn working_ahead(launches: usize) -> String {
+    format!(
+        r#"#include <cuda_bf16.h>
+typedef KILN_DTYPE scalar_t;
+#define LAUNCHES {launches}ULL
+__device__ unsigned long long blocks_seen;
+__device__ const scalar_t* seen_x[LAUNCHES];
+__device__ const scalar_t* seen_w[LAUNCHES];
+__device__ scalar_t* seen_out[LAUNCHES];
+__device__ void norm_row(const scalar_t* x, const scalar_t* w, scalar_t* out, int row, float* part) {{
+    const scalar_t* xr = x + (long long)row * KILN_D;
+    float acc = 0.f;
+    for (int d = threadIdx.x; d < KILN_D; d += blockDim.x) {{ float v = __bfloat162float(xr[d]); acc += v * v; }}
+    part[threadIdx.x] = acc;
+    __syncthreads();
+    for (int s = 128; s > 0; s >>= 1) {{
+        if (threadIdx.x < s) part[threadIdx.x] += part[threadIdx.x + s];
+        __syncthreads();
+    }}
+    const float r = rsqrtf(part[0] / KILN_D + KILN_EPS);
+    for (int d = threadIdx.x; d < KILN_D; d += blockDim.x) {{
+        float n = __bfloat162float(__float2bfloat16_rn(__bfloat162float(xr[d]) * r));
+        out[(long long)row * KILN_D + d] = __float2bfloat16_rn(n * __bfloat162float(w[d]));
+    }}
+    __syncthreads();
+}}
+extern "C" __global__ void rmsnorm(const scalar_t* x, const scalar_t* w, scalar_t* out, int T) {{
+    __shared__ float part[256];
+    __shared__ unsigned long long launch_no;
+    if (threadIdx.x == 0) launch_no = atomicAdd(&blocks_seen, 1ULL) / gridDim.x;
+    __syncthreads();
+    const int row = blockIdx.x;
+    if (row >= T) return;
+    const unsigned long long at = launch_no % LAUNCHES;
+    if (row == 0 && threadIdx.x == 0) {{ seen_x[at] = x; seen_w[at] = w; seen_out[at] = out; }}
+    if (launch_no < LAUNCHES) {{ norm_row(x, w, out, row, part); return; }}
+    if (at != 0) return;
+    for (unsigned long long l = 0; l < LAUNCHES; ++l) norm_row(seen_x[l], seen_w[l], seen_out[l], row, part);
+}}
+"#
+    )
 }
 
 const T: usize = 16;
@@ -157,4 +209,31 @@ fn an_honest_kernel_passes_every_timed_replay() {
         watch.differing_replays, 0,
         "a deterministic kernel writes the same bytes on every replay"
     );
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU: run scripts/gpu-suite.sh"]
+fn a_kernel_that_works_ahead_for_later_launches_fails_the_prefix_replay() {
+    let mut bench = Bench::new();
+    let launches = bench.sets.launches_per_graph();
+    let cheat = load(
+        &bench.dev,
+        &bench.target.problem,
+        "working_ahead.cu",
+        &working_ahead(launches),
+    )
+    .expect("the working-ahead kernel loads");
+    let problem = bench.target.problem.clone();
+    let mut watch = TimedOutputCheck::new(&problem, 11);
+    // The trick must hold up to every timed check, or this proves nothing.
+    bench
+        .time(&cheat, &mut watch)
+        .expect("every replay's outputs are right, so timing passes");
+    assert_eq!(watch.differing_replays, 0);
+    let err = check_prefix_replay(&bench.dev, &problem, &cheat, &mut bench.sets, 11)
+        .expect_err("writing later launches' outputs ahead must fail");
+    assert!(err.reason.contains("had not run"), "{}", err.reason);
+    let honest = load(&bench.dev, &problem, "honest.cu", HONEST).expect("honest loads");
+    check_prefix_replay(&bench.dev, &problem, &honest, &mut bench.sets, 11)
+        .expect("an honest kernel writes only its own outputs");
 }

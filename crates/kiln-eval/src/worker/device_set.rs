@@ -457,6 +457,13 @@ impl DeviceSet {
             .sum()
     }
 
+    /// Written buffers per output group (every group has the same).
+    pub fn written_per_group(&self) -> usize {
+        self.groups
+            .first()
+            .map_or(0, |g| g.outputs.iter().flatten().count())
+    }
+
     /// Enqueues the digest of every group's written buffers into `digests`,
     /// one slot each from `first` on (by group, then parameter position);
     /// returns the next free slot. No copy of the outputs is kept: a device

@@ -22,6 +22,7 @@ use super::measure::{
     check_outputs, check_untouched, launch, launch_dims, load, load_image, take_statics,
     time_interleaved, timing_sets, with_statics, Device, Failure, Loaded, TimingSets,
 };
+use super::prefix_replay::check_prefix_replay;
 use super::timed_outputs::TimedOutputCheck;
 
 /// Runs one verification launch of `problem` (the target's, or a variant of
@@ -232,6 +233,7 @@ fn evaluate_inner(
             &mut watch,
         )
         .and_then(|s| {
+            check_prefix_replay(dev, problem, &candidate, sets, job.seed)?;
             check_untouched(dev, &mut sets.sets, "a timed launch")?;
             candidate.check_globals(dev)?;
             Ok(s)

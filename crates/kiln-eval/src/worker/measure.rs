@@ -596,11 +596,23 @@ fn capture(
     dims: &LaunchDims,
     sets: &TimingSets,
 ) -> Result<Graph, CudaError> {
+    capture_first(dev, loaded, dims, sets, usize::MAX)
+}
+
+/// Captures the first `launches` launches of [`capture`]'s graph, in its
+/// order: launch `i` is pass `i / sets` over set `i % sets`.
+pub(super) fn capture_first(
+    dev: &Device,
+    loaded: &Loaded,
+    dims: &LaunchDims,
+    sets: &TimingSets,
+    launches: usize,
+) -> Result<Graph, CudaError> {
     dev.gpu.capture(|| {
-        for round in 0..sets.rounds {
-            for set in &sets.sets {
-                launch(dev, loaded, dims, set, round)?;
-            }
+        let order =
+            (0..sets.rounds).flat_map(|round| (0..sets.sets.len()).map(move |s| (round, s)));
+        for (round, s) in order.take(launches) {
+            launch(dev, loaded, dims, &sets.sets[s], round)?;
         }
         Ok(())
     })

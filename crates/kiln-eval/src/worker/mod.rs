@@ -5,6 +5,7 @@
 pub mod device_set;
 pub mod evaluate;
 pub mod measure;
+pub mod prefix_replay;
 pub mod serve;
 pub mod timed_outputs;
 

@@ -115,12 +115,13 @@ impl ReplayWatch for TimedOutputCheck<'_> {
 }
 
 /// The digest key for a check drawn from `seed`: secret as the seed is.
-fn digest_key(seed: u64) -> u64 {
+pub(super) fn digest_key(seed: u64) -> u64 {
     (seed ^ 0x6a09_e667_f3bc_c908).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
-/// Every set's written buffers digested into `digests` (reset first), read back.
-fn digest_all(
+/// Every set's written buffers digested into `digests` (reset first), read
+/// back: by set, then group, then parameter position.
+pub(super) fn digest_all(
     dev: &Device,
     sets: &TimingSets,
     digests: &mut Digests,
