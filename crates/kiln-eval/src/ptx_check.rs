@@ -13,6 +13,10 @@
 //! - calls to `vprintf` (device printf), `malloc`/`free` (device heap),
 //!   `cudaLaunchDevice`/`cudaGetParameterBuffer*` (dynamic parallelism),
 //!   `__assertfail` (assert prints);
+//! - `discard` (`discard.global.L2`, `discard.L2`): it drops the cache lines
+//!   of memory it names, a weak write of indeterminate values, and the
+//!   catalog's replay, timed right after a candidate's, would then read its
+//!   inputs from DRAM while the candidate's own found them in L2;
 //! - module-scope `.global` and `.const` variables are listed
 //!   ([`PtxFacts::globals`]) so the worker can prove each is byte-identical
 //!   before and after every launch: CUDA headers bring in read-only ones, and
@@ -77,6 +81,13 @@ const FORBIDDEN_CALLS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Instruction families a candidate may not use (`discard.global.L2` is
+/// `discard` plus suffixes), with the reason given to the proposer.
+const FORBIDDEN_INSTRUCTIONS: &[(&str, &str)] = &[(
+    "discard",
+    "it evicts cache lines of memory the kernel does not own (the inputs the catalog reads next, cold) and leaves their contents indeterminate",
+)];
+
 /// One module-scope `.global` or `.const` variable of the compiled module.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PtxGlobal {
@@ -136,6 +147,19 @@ pub fn check_ptx(ptx: &str) -> Result<PtxFacts, PtxCheckError> {
                     )));
                 }
             }
+        }
+        if let Some((op, why)) = words(line).find_map(|w| {
+            FORBIDDEN_INSTRUCTIONS.iter().find_map(|(name, why)| {
+                // The instruction always carries a suffix (`discard.L2`); a
+                // function or label of the bare name is not it.
+                w.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('.'))
+                    .then_some((w, why))
+            })
+        }) {
+            return Err(reject(format!(
+                "the compiled PTX uses `{op}` (line {line_no}): {why}"
+            )));
         }
         if let Some(target) = call_target(line) {
             if let Some((_, why)) = FORBIDDEN_CALLS.iter().find(|(name, _)| *name == target) {
@@ -489,6 +513,20 @@ mod tests {
             .expect_err("dp")
             .reason
             .contains("dynamic parallelism"));
+    }
+
+    #[test]
+    fn cache_discards_are_rejected_but_not_the_bare_name() {
+        for op in [
+            "discard.global.L2 [%rd1], 128;",
+            "@%p1 discard.L2 [%rd1], 128;",
+        ] {
+            let ptx = CLEAN.replace("\tret;", &format!("\t{op}\n\tret;"));
+            let err = check_ptx(&ptx).expect_err(op);
+            assert!(err.reason.contains("discard"), "{err}");
+        }
+        let named = CLEAN.replace("\tret;", "\tcall.uni discard, (param0);\n\tret;");
+        check_ptx(&named).expect("a function named discard is not the instruction");
     }
 
     #[test]
