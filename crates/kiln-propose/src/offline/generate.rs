@@ -1,7 +1,10 @@
 //! Proposal generation: the parent's knobs, every valid single rewrite (and,
 //! when those run out, pairs), weighted by base priors times the history's
 //! multipliers, ordered by a seeded weighted shuffle, rendered, and filtered
-//! against every source the tree already holds.
+//! against every source the tree already holds. From the naive configuration
+//! (a search's seed) the family's recipes come first, in their declared order
+//! (the catalog's design first): a search evaluates only about 40 candidates,
+//! and the root takes only its first batch of children.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -50,7 +53,7 @@ pub struct Move {
 fn knob_weight(name: &str) -> f64 {
     match name {
         "vec" | "tpr" | "cpt" | "ks" | "lpk" => 2.0,
-        "keep" | "upt" | "rpb" | "sel" | "algo" | "pre" | "lay" | "map" | "pf" | "kif"
+        "keep" | "wpre" | "upt" | "rpb" | "sel" | "algo" | "pre" | "lay" | "map" | "pf" | "kif"
         | "vsplit" | "qs" => 1.3,
         "minb" => 0.5,
         _ => 1.0,
@@ -151,6 +154,15 @@ fn weighted_order(moves: &[Move], rng: &mut ChaCha8Rng) -> Vec<usize> {
     keyed.into_iter().map(|(_, i)| i).collect()
 }
 
+/// `order` with the recipes moved to the front in list order (the order [`Family::recipes`]
+/// declares them), the other moves after them in their shuffled order.
+fn recipes_first(moves: &[Move], order: Vec<usize>) -> Vec<usize> {
+    let is_recipe = |i: &usize| moves[*i].name.starts_with("recipe-");
+    let mut out: Vec<usize> = (0..moves.len()).filter(is_recipe).collect();
+    out.extend(order.into_iter().filter(|i| !is_recipe(i)));
+    out
+}
+
 /// The knobs that differ from the parent, as `name a→b` (for the reasoning line).
 fn diff(family: Family, parent: &Knobs, child: &Knobs) -> String {
     family
@@ -215,7 +227,10 @@ pub fn propose_offline(
             chosen.push((m.clone(), source));
         }
     };
-    let order = weighted_order(&singles, &mut rng);
+    let mut order = weighted_order(&singles, &mut rng);
+    if parent == family.naive(&dims) {
+        order = recipes_first(&singles, order);
+    }
     take(&singles, order, &mut chosen);
     if chosen.len() < count {
         let pairs = pair_moves(family, &dims, &parent, &singles);

@@ -10,7 +10,8 @@
 //! 2. [`generate`]: parses the parent's knobs (a seed or foreign source maps
 //!    to the family's naive knobs), lists every valid rewrite (single knob
 //!    changes, named recipes that jump to known-strong designs, then pairs),
-//!    orders them by a seeded weighted shuffle and drops sources the tree holds.
+//!    orders them by a seeded weighted shuffle (from the seed: the recipes
+//!    first, the catalog's design leading) and drops sources the tree holds.
 //! 3. [`history`]: learns from the tree which rewrites improved their parent
 //!    and turns that into prior multipliers.
 //! 4. [`seeds`]: the naive seed kernel of each family, the root of a search.

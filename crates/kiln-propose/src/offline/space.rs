@@ -173,7 +173,8 @@ impl Family {
         match self {
             Family::Swiglu => &["upt", "minb", "vec"],
             Family::MoeCombine => &["upt", "map", "minb", "vec", "block"],
-            Family::RmsNorm | Family::AddRmsNorm => &["rpb", "keep", "minb", "vec", "tpr"],
+            // w in registers needs the row there too and fits fewer elements: it goes first.
+            Family::RmsNorm | Family::AddRmsNorm => &["rpb", "wpre", "keep", "minb", "vec", "tpr"],
             Family::SoftmaxTopk | Family::SigmoidTopk => &["rpb", "lay", "minb", "tpr"],
             Family::TttLinearDecode => &["pre", "cpt", "ks", "minb"],
             Family::MoeExpertSwiglu => &["unr", "rpw", "xs", "minb", "vec", "wpb"],
@@ -242,6 +243,10 @@ impl Family {
                 ensure(
                     k.get("keep") == 0 || (nv <= 32 && d.d / tpr <= 128),
                     "keeping the row in registers needs <= 128 elements and <= 32 vectors per thread",
+                )?;
+                ensure(
+                    k.get("wpre") == 0 || (k.get("keep") == 1 && d.d / tpr <= 64),
+                    "w loaded before the reduction sits beside the kept row: <= 64 elements of each per thread",
                 )
             }
             Family::SoftmaxTopk | Family::SigmoidTopk => {
@@ -551,11 +556,12 @@ impl Family {
             ],
             Family::RmsNorm | Family::AddRmsNorm => vec![
                 format!(
-                    "{} thread(s) per row, {} rows per block, {}-element vectors, row {} between the passes, {grid}.",
+                    "{} thread(s) per row, {} rows per block, {}-element vectors, row {} between the passes, w loaded {}, {grid}.",
                     k.get("tpr"),
                     k.get("rpb"),
                     k.get("vec"),
-                    if k.get("keep") == 1 { "kept in registers" } else { "re-read" }
+                    if k.get("keep") == 1 { "kept in registers" } else { "re-read" },
+                    if k.get("wpre") == 1 { "with x before the reduction" } else { "after the reduction" }
                 ),
                 format!("x loads: {}; stores: {}; D = {}.", hint("ldh"), hint("sth"), d.d),
             ],
@@ -718,34 +724,56 @@ impl Family {
             }
             Family::RmsNorm | Family::AddRmsNorm => {
                 let v = vec8(d.d);
-                let block_tpr = (d.d / v).clamp(32, 1024);
+                let add = self == Family::AddRmsNorm;
+                // The catalog's threads per row: two 8-element vectors each, whole warps, at most
+                // 512 (D = 2048: 128, D = 4096: 256); short rows one lane per vector.
+                let cat_tpr = pow2_floor((d.d / 8).min(32 * ((d.d + 511) / 512)).clamp(1, 512));
+                let one_tpr = pow2_floor((d.d / v).clamp(1, 1024));
+                let rpb = |tpr: i64| (128 / tpr).max(1);
+                // The catalog's register cap as resident threads per SM, by 16-bit elements per
+                // thread (x and w in rmsnorm; x, residual and w in flight in add_rmsnorm), turned
+                // into the largest minimum-blocks value that fits.
+                let minb = |tpr: i64| {
+                    let epr = d.d / tpr;
+                    let threads = match (add, epr) {
+                        (false, 0..=16) | (true, 0..=8) => 2048,
+                        (true, 9..=16) => 1536,
+                        (_, 17..=32) => 1024,
+                        _ => 512,
+                    };
+                    let block = tpr * rpb(tpr);
+                    RMS_MINB.iter().copied().filter(|m| m * block <= threads).max().unwrap_or(0)
+                };
+                // x (and residual) read once: the catalog's rmsnorm keeps normal caching through the
+                // read-only path, its add_rmsnorm loads them evict-first.
+                let ldh = if add { 2 } else { 1 };
                 vec![
-                    r("recipe-warp-per-row", "one warp per row, 16-byte loads, row kept in registers, 4 rows per block (the catalog design)",
-                      vec![("tpr", 32), ("rpb", 4), ("vec", v), ("keep", 1), ("ldh", 1), ("rs", 1), ("pers", 0)]),
-                    r("recipe-block-per-row", "one block per row, one 16-byte vector per thread, shared-memory reduction across warps",
-                      vec![("tpr", block_tpr), ("rpb", 1), ("vec", v), ("keep", 1), ("ldh", 1), ("rs", 1), ("pers", 0)]),
-                    r("recipe-multi-warp-rows", "4 warps per row, 2 rows per block, streaming loads and stores",
-                      vec![("tpr", 128), ("rpb", 2), ("vec", v), ("keep", 1), ("ldh", 2), ("sth", 1), ("rs", 1), ("pers", 0)]),
+                    r("recipe-block-row-regs", "the catalog design: whole warps per row holding two 16-byte vectors of x and w each, every load issued before the reduction, registers capped for 2048 resident threads",
+                      vec![("tpr", cat_tpr), ("rpb", rpb(cat_tpr)), ("vec", v), ("keep", 1), ("wpre", 1), ("ldh", ldh), ("sth", 0), ("rs", 1), ("pers", 0), ("minb", minb(cat_tpr))]),
+                    r("recipe-block-row-stream", "the catalog design with streaming (evict-first) stores: the output is not re-read",
+                      vec![("tpr", cat_tpr), ("rpb", rpb(cat_tpr)), ("vec", v), ("keep", 1), ("wpre", 1), ("ldh", ldh), ("sth", 1), ("rs", 1), ("pers", 0), ("minb", minb(cat_tpr))]),
+                    r("recipe-vector-per-thread", "one 16-byte vector of x and w per thread (twice the threads per row), loads before the reduction, streaming stores",
+                      vec![("tpr", one_tpr), ("rpb", rpb(one_tpr)), ("vec", v), ("keep", 1), ("wpre", 1), ("ldh", ldh), ("sth", 1), ("rs", 1), ("pers", 0), ("minb", minb(one_tpr))]),
                 ]
             }
             Family::SoftmaxTopk | Family::SigmoidTopk => {
-                // Lanes per row such that each lane holds `per` experts.
-                let lanes = |per: i64| {
-                    let mut t = 1;
-                    while t < 32 && (d.e + t - 1) / t > per {
-                        t *= 2;
-                    }
-                    t
-                };
-                let (t4, t8) = (lanes(4), lanes(8));
+                let warp = 32.min(pow2_floor(d.e.max(1)));
+                let half = 16.min(pow2_floor(d.e.max(1)));
+                // Vector loads need E % tpr == 0; otherwise the strided layout.
+                let lay = |tpr: i64| i64::from(d.e % tpr == 0);
                 let mut out = vec![
-                    r("recipe-warp-per-row", "one warp per row, K rounds of arg-max by two warp reductions on order-preserving keys (the catalog design)",
-                      vec![("tpr", 32.min(pow2_floor(d.e.max(1)))), ("rpb", 4), ("lay", 0), ("sel", 2), ("algo", 0)]),
-                    r("recipe-thread-per-row", "few lanes per row holding up to 8 experts each, vector loads, sorted heads",
-                      vec![("tpr", t8), ("rpb", (128 / t8).max(1)), ("lay", 1), ("sel", 1), ("algo", 1)]),
-                    r("recipe-subwarp-heads", "4 experts per lane, vector loads, sorted heads merged by shuffles",
-                      vec![("tpr", t4), ("rpb", (128 / t4).max(1)), ("lay", 1), ("sel", 1), ("algo", 1)]),
+                    r("recipe-warp-per-row", "the catalog design: one warp per row, 4 rows per block, K rounds on integer keys made once, each round's arg-max two warp reductions (redux.sync), only the picks divided",
+                      vec![("tpr", warp), ("rpb", 4), ("lay", 0), ("sel", 2), ("algo", 0), ("fast", 0), ("ldh", 0), ("pers", 0)]),
                 ];
+                if self == Family::SoftmaxTopk {
+                    out.push(r("recipe-warp-per-row-logits", "the catalog's key rounds selecting on the logits (no row max or exp before the rounds, only the K picks exponentiated), a lane's experts one vector load",
+                               vec![("tpr", warp), ("rpb", 4), ("lay", lay(warp)), ("sel", 2), ("algo", 1), ("fast", 0), ("ldh", 0), ("pers", 0)]));
+                } else {
+                    out.push(r("recipe-warp-per-row-fast", "the catalog design with the sigmoid as __frcp_rn(1 + __expf(-x))",
+                               vec![("tpr", warp), ("rpb", 4), ("lay", 0), ("sel", 2), ("fast", 1), ("ldh", 0), ("pers", 0)]));
+                }
+                out.push(r("recipe-half-warp-rows", "two rows per warp (16 lanes each, 8 rows per block), the key rounds' arg-max as shuffle butterflies: half the instructions per row at large T",
+                           vec![("tpr", half), ("rpb", (128 / half).max(1)), ("lay", lay(half)), ("sel", 2), ("algo", 1), ("fast", 0), ("ldh", 0), ("pers", 0)]));
                 if self == Family::SigmoidTopk {
                     for rec in &mut out {
                         rec.set.retain(|(n, _)| *n != "algo");
@@ -1108,12 +1136,28 @@ const RMSNORM: &[KnobSpec] = &[
         0,
         "keep the row in registers between the sum of squares and the write"
     ),
+    knob!(
+        "wpre",
+        BOOL,
+        &[],
+        0,
+        "load w with x, before the reduction (in registers beside the kept row), or after it"
+    ),
     PERS_K,
     LDH_K,
     STH_K,
     knob!("rs", BOOL, &["div", "rsqrt"], 0, "1/sqrtf or rsqrtf"),
-    MINB_K,
+    // Up to 2048 resident threads of 128-thread blocks: a register cap of 32 (16 blocks) or 40 (12).
+    knob!(
+        "minb",
+        RMS_MINB,
+        &[],
+        0,
+        "__launch_bounds__ minimum blocks per SM (0: none): caps registers so more rows are resident"
+    ),
 ];
+
+const RMS_MINB: &[i64] = &[0, 2, 4, 8, 12, 16];
 
 const TOPK_TPR: &[i64] = &[1, 2, 4, 8, 16, 32];
 const TOPK_RPB: &[i64] = &[1, 2, 4, 8, 16, 32, 64, 128, 256];

@@ -834,3 +834,158 @@ fn qk_norm_rope_cache_knobs_reach_the_template() {
     // The knobs read back from the source.
     assert_eq!(parent_knobs(f, &dims, &src), k);
 }
+
+/// The knobs of `family` from a header text (`tpr=… …`), repaired by nothing: they must parse.
+fn knobs_of(f: Family, text: &str) -> Knobs {
+    Knobs::parse(&format!("// kiln-offline: family={} {text}\n", f.name()), f)
+        .unwrap_or_else(|| panic!("{}: {text}", f.name()))
+}
+
+#[test]
+fn from_the_seed_the_recipes_come_first_catalog_design_leading() {
+    // A search expands its root once, with a handful of children, and evaluates ~40
+    // candidates in all: the recipes (the catalog's design first) must be in that first batch.
+    for f in Family::ALL {
+        let dims = dims_of(f);
+        let d = Dims::from_static(f, &dims).expect("dims");
+        let recipes: Vec<&str> = f.recipes(&d).iter().map(|r| r.name).collect();
+        for s in 0..6 {
+            let props = propose_offline(f.name(), &dims, seed(f), 4, s, &History::new())
+                .expect("proposals");
+            let first: Vec<&str> = props.iter().take(3).map(|p| p.rewrite.as_str()).collect();
+            assert_eq!(first, recipes, "{} seed {s}", f.name());
+        }
+        // Below the root the order is the weighted shuffle again: recipes do not always lead.
+        let child = f.render(
+            &f.apply(&f.naive(&d), &[("minb", 2)], &d).expect("minb=2"),
+            &d,
+        );
+        let leads = (0..12)
+            .filter(|s| {
+                propose_offline(f.name(), &dims, &child, 1, *s, &History::new()).expect("p")[0]
+                    .rewrite
+                    .starts_with("recipe-")
+            })
+            .count();
+        assert!(leads < 12, "{}: recipes lead below the root", f.name());
+    }
+}
+
+#[test]
+fn rmsnorm_catalog_recipe_is_the_catalog_design() {
+    // kernels/rmsnorm.cu and add_rmsnorm.cu: whole warps per row with two 8-element vectors
+    // each (D = 2048: 128 threads, D = 4096: 256), one row per block, x and w loaded before
+    // the reduction, launch bounds for 2048 (rmsnorm) or 1536 (add_rmsnorm, 128-thread
+    // blocks) resident threads, x read through ldg (rmsnorm) or evict-first (add_rmsnorm).
+    for (f, d, want) in [
+        (
+            Family::RmsNorm,
+            2048,
+            "tpr=128 rpb=1 vec=8 keep=1 wpre=1 pers=0 ldh=ldg sth=plain rs=rsqrt minb=16",
+        ),
+        (
+            Family::RmsNorm,
+            4096,
+            "tpr=256 rpb=1 vec=8 keep=1 wpre=1 pers=0 ldh=ldg sth=plain rs=rsqrt minb=8",
+        ),
+        (
+            Family::AddRmsNorm,
+            2048,
+            "tpr=128 rpb=1 vec=8 keep=1 wpre=1 pers=0 ldh=cs sth=plain rs=rsqrt minb=12",
+        ),
+    ] {
+        let dims = Dims::from_static(f, &[("D".to_string(), d)].into()).expect("dims");
+        let r = f
+            .recipes(&dims)
+            .into_iter()
+            .find(|r| r.name == "recipe-block-row-regs")
+            .expect("the catalog recipe");
+        let k = f.apply(&f.naive(&dims), &r.set, &dims).expect("valid");
+        assert_eq!(k, knobs_of(f, want), "{} D={d}", f.name());
+        let block = d / 16;
+        assert_eq!(
+            f.launch(&k, &dims),
+            format!("block={block} grid=ceil_div(T, 1) smem=0")
+        );
+        let src = f.render(&k, &dims);
+        assert!(src.contains("#define KO_WPRE 1") && src.contains("#define KO_KEEP 1"));
+        assert!(src.contains("wv[i] = ld_pack<1>(w + off);"));
+    }
+}
+
+#[test]
+fn rmsnorm_w_prefetch_sits_beside_a_kept_row() {
+    let f = Family::RmsNorm;
+    let dims = Dims::from_static(f, &dims_of(f)).expect("dims");
+    // Without the row in registers there is nothing to load w beside.
+    assert!(f
+        .check(&knobs_of(f, "tpr=128 rpb=1 vec=8 keep=0 wpre=1"), &dims)
+        .is_err());
+    // 2048 / 16 = 128 elements of x and as many of w per thread: over budget.
+    assert!(f
+        .check(&knobs_of(f, "tpr=16 rpb=8 vec=8 keep=1 wpre=1"), &dims)
+        .is_err());
+    assert!(f
+        .check(&knobs_of(f, "tpr=32 rpb=4 vec=8 keep=1 wpre=1"), &dims)
+        .is_ok());
+    // Asking for wpre from a re-reading parent keeps the row too.
+    let k = f
+        .apply(
+            &knobs_of(f, "tpr=128 rpb=1 vec=8 keep=0"),
+            &[("wpre", 1)],
+            &dims,
+        )
+        .expect("wpre=1");
+    assert_eq!(k.get("keep"), 1);
+    // Dropping the kept row drops the prefetch.
+    let k = f
+        .apply(
+            &knobs_of(f, "tpr=128 rpb=1 vec=8 keep=1 wpre=1"),
+            &[("keep", 0)],
+            &dims,
+        )
+        .expect("keep=0");
+    assert_eq!(k.get("wpre"), 0);
+    // 16 blocks of 128 fill an SM; 16 of 256 would not fit.
+    assert!(f
+        .check(&knobs_of(f, "tpr=128 rpb=1 vec=8 keep=1 minb=16"), &dims)
+        .is_ok());
+    assert!(f
+        .check(&knobs_of(f, "tpr=256 rpb=1 vec=8 keep=1 minb=16"), &dims)
+        .is_err());
+}
+
+#[test]
+fn router_catalog_recipe_is_the_catalog_design() {
+    // kernels/softmax_topk.cu and sigmoid_topk.cu: one warp per row (lane l holds experts
+    // l, l + 32, …), 4 rows per block, K rounds of two warp reductions on integer keys.
+    for (f, dims, want) in [
+        (
+            Family::SoftmaxTopk,
+            vec![("E", 128), ("K", 8)],
+            "tpr=32 rpb=4 lay=strided sel=redux algo=softmax fast=0 pers=0 ldh=plain sth=plain minb=0",
+        ),
+        (
+            Family::SigmoidTopk,
+            vec![("E", 32), ("K", 4), ("N_GROUP", 1), ("TOPK_GROUP", 1)],
+            "tpr=32 rpb=4 lay=strided sel=redux fast=0 pers=0 ldh=plain sth=plain minb=0",
+        ),
+    ] {
+        let dims: BTreeMap<String, i64> = dims.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let d = Dims::from_static(f, &dims).expect("dims");
+        let r = f
+            .recipes(&d)
+            .into_iter()
+            .find(|r| r.name == "recipe-warp-per-row")
+            .expect("the catalog recipe");
+        let k = f.apply(&f.naive(&d), &r.set, &d).expect("valid");
+        assert_eq!(k, knobs_of(f, want), "{}", f.name());
+        assert_eq!(f.launch(&k, &d), "block=128 grid=ceil_div(T, 4) smem=0");
+        let src = f.render(&k, &d);
+        // Keys made once and cleared as experts are picked; no per-round float tie logic.
+        assert!(src.contains("unsigned key[EPL];"));
+        assert!(src.contains("grp_max_u32(bk)") && src.contains("grp_min_u32("));
+        // Sub-warp rows never pass a per-row member mask to redux.sync (it serialises).
+        assert!(!src.contains("gmask"));
+    }
+}

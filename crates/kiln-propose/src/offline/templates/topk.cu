@@ -1,3 +1,17 @@
+// Offline top-k router template (softmax_topk, sigmoid_topk with N_GROUP = 1).
+//
+// Math (f32 inside), per row t of logits[T,E]:
+//   softmax: p[e] = exp(l[e] - max l) / sum_e exp(l[e] - max l); idx = the K largest p, by
+//            descending p, equal p: lower expert first; weights = p[idx] (KILN_RENORM=1:
+//            divided by their sum). KO_ALGO 0 selects on exp(l - max) (p is monotone in it)
+//            and divides only the K picks; KO_ALGO 1 selects on l itself and exponentiates
+//            only the picks (exp is monotone), the full sum only when not renormalising.
+//   sigmoid: s[e] = 1/(1 + exp(-l[e])) (KILN_SIGMOID_IN_DTYPE=1: rounded to the dtype),
+//            idx = the K largest s + bias, as above; weights = s[idx] / (sum s[idx] + NORM_EPS)
+//            * SCALE (dtype mode rounds every step as HF does). The bias only chooses.
+// Launch: TPR lanes per row (a power of two <= 32), RPB rows per block, grid ceil_div(T, RPB)
+// (KO_PERS: at most KO_PERS*SMS blocks and a grid-stride loop). Rows past T join every
+// shuffle but never touch memory. Lane l writes picks l, l + TPR, ... of its row.
 #define E KILN_E
 #define K KILN_K
 #define TPR KO_TPR                    // lanes per row (a power of two <= 32)
@@ -60,11 +74,29 @@ __device__ __forceinline__ float ex(float v) {
 #endif
 }
 
-__device__ __forceinline__ float seg_max(float v) {
+// Max and min of unsigned keys over a row's TPR lanes. A whole-warp row is one redux.sync;
+// narrower rows use a shuffle butterfly, because redux.sync with a different member mask per
+// row of the warp is serialised (it measured 2-10x slower than the shuffles).
+__device__ __forceinline__ unsigned grp_max_u32(unsigned v) {
+#if TPR == 32
+    return __reduce_max_sync(0xffffffffu, v);
+#else
 #pragma unroll
-    for (int o = TPR / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    for (int o = TPR / 2; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
+#endif
 }
+__device__ __forceinline__ unsigned grp_min_u32(unsigned v) {
+#if TPR == 32
+    return __reduce_min_sync(0xffffffffu, v);
+#else
+#pragma unroll
+    for (int o = TPR / 2; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+#endif
+}
+// The row maximum: on order-preserving keys (one redux.sync for a whole-warp row).
+__device__ __forceinline__ float seg_max(float v) { return from_key(grp_max_u32(ord_key(v))); }
 __device__ __forceinline__ float seg_sum(float v) {
 #pragma unroll
     for (int o = TPR / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -74,8 +106,8 @@ __device__ __forceinline__ float seg_sum(float v) {
 @ENTRY@ {
     const int l = (int)threadIdx.x % TPR;
     const int sub = (int)threadIdx.x / TPR;
-    const long long groups = ((long long)T + RPB - 1) / RPB;
 #if KO_PERS
+    const long long groups = ((long long)T + RPB - 1) / RPB;
     for (long long grp = blockIdx.x; grp < groups; grp += gridDim.x) {
 #else
     {
@@ -131,7 +163,11 @@ __device__ __forceinline__ float seg_sum(float v) {
             }
         }
 #elif KO_ALGO == 0
-        // Full softmax first, then select on the probabilities.
+        // exp(l - max) (and, without renormalisation, its row sum) first, then select on those:
+        // p is exp(l - max) / sum, monotone in it, so only the K picks are divided (below).
+#if !KILN_RENORM
+        float rsum;
+#endif
         {
             float m = NEG_INF;
 #pragma unroll
@@ -140,12 +176,16 @@ __device__ __forceinline__ float seg_sum(float v) {
             float s = 0.f;
 #pragma unroll
             for (int j = 0; j < EPL; ++j) {
-                x[j] = (live && expert_of(l, j) < E) ? ex(x[j] - m) : 0.f;
-                s += x[j];
+                const bool ok = live && expert_of(l, j) < E;
+                const float v = ok ? ex(x[j] - m) : 0.f;
+                s += v;
+                x[j] = ok ? v : NEG_INF;
             }
-            s = seg_sum(s);
-#pragma unroll
-            for (int j = 0; j < EPL; ++j) x[j] = (live && expert_of(l, j) < E) ? x[j] / s : NEG_INF;
+#if KILN_RENORM
+            (void)s;  // the renormalised weights need only the picks' sum
+#else
+            rsum = seg_sum(s);
+#endif
         }
 #endif
         // (KO_ALGO == 1: select on the logits themselves; exp is monotonic, so the order is the same.)
@@ -156,35 +196,40 @@ __device__ __forceinline__ float seg_sum(float v) {
         float ps[K];
 #endif
 #if KO_SEL == 2
-        // K rounds: each lane's best unpicked slot, then the row's arg-max as two warp reductions
-        // over the row's lanes: the largest order-preserving key, then the lowest expert holding it.
-        const unsigned gmask = TPR == 32 ? 0xffffffffu
-                                         : ((1u << (TPR % 32)) - 1u) << ((int)threadIdx.x % 32 / TPR * TPR);
-        unsigned picked = 0u;
+        // K rounds on order-preserving integer keys made once per slot (0: padding, dead rows and
+        // experts already picked): each lane's largest key (ascending slots hold ascending experts,
+        // so a strict > keeps the lower one on ties), then the row's largest key and the lowest
+        // expert holding it as two group reductions, and the owner clears the winner's key. Why:
+        // a round costs one integer compare per slot, with no float or index tie logic.
+        unsigned key[EPL];
+#pragma unroll
+        for (int j = 0; j < EPL; ++j) key[j] = (live && expert_of(l, j) < E) ? ord_key(x[j]) : 0u;
 #pragma unroll
         for (int k = 0; k < K; ++k) {
-            float bv = NEG_INF;
-            int bi = NO_IDX;
+            unsigned bk = 0u, bi = 0xffffffffu;
+#if KO_SIGMOID
+            float bs = 0.f;
+#endif
 #pragma unroll
             for (int j = 0; j < EPL; ++j) {
-                const int e = expert_of(l, j);
-                if (e < E && !((picked >> j) & 1u) && better(x[j], e, bv, bi)) {
-                    bv = x[j];
-                    bi = e;
+                if (key[j] > bk) {
+                    bk = key[j];
+                    bi = (unsigned)expert_of(l, j);
+#if KO_SIGMOID
+                    bs = sv[j];
+#endif
                 }
             }
-            const unsigned key = ord_key(bv);
-            const unsigned top = __reduce_max_sync(gmask, key);
-            const int wi = (int)__reduce_min_sync(gmask, key == top ? (unsigned)bi : 0xffffffffu);
-            if (owner_lane(wi) == l) picked |= 1u << owner_slot(wi);
-            pv[k] = from_key(top);
-            pi[k] = wi;
-#if KO_SIGMOID
-            // The winner's unbiased score, from the lane that holds it.
-            float own = 0.f;
+            const unsigned top = grp_max_u32(bk);
+            const unsigned win = grp_min_u32(bk == top ? bi : 0xffffffffu);
 #pragma unroll
-            for (int j = 0; j < EPL; ++j) own = expert_of(l, j) == wi ? sv[j] : own;
-            ps[k] = __shfl_sync(gmask, own, owner_lane(wi), TPR);
+            for (int j = 0; j < EPL; ++j) key[j] = expert_of(l, j) == (int)win ? 0u : key[j];
+            pv[k] = from_key(top);
+            pi[k] = (int)win;
+#if KO_SIGMOID
+            // The winner's unbiased score, from the lane that holds it (every lane of the warp
+            // shuffles: rows past T take part, so the full mask is exact).
+            ps[k] = __shfl_sync(0xffffffffu, bs, owner_lane((int)win), TPR);
 #endif
         }
 #elif KO_SEL == 0
@@ -308,56 +353,70 @@ __device__ __forceinline__ float seg_sum(float v) {
         }
 #endif
 
-        // Every lane of the row now holds all K picks; lane k % TPR writes pick k.
-        float wt[K];
+        // Every lane of the row holds all K picks. The sums need every pick; the divisions only
+        // the picks a lane writes: lane l writes picks l, l + TPR, ...
+        float nu[K];  // numerator of each pick's weight, over the common den
+        float den = 0.f;
 #if KO_SIGMOID
-        float tot = 0.f;
+        (void)pv;  // the weights come from the unbiased scores ps, not the selection scores
 #pragma unroll
-        for (int k = 0; k < K; ++k) tot += ps[k];
+        for (int k = 0; k < K; ++k) {
+            nu[k] = ps[k];
+            den += ps[k];
+        }
 #if KILN_SIGMOID_IN_DTYPE
-        const float den = round_dt(round_dt(tot) + KILN_NORM_EPS);
-#pragma unroll
-        for (int k = 0; k < K; ++k) wt[k] = round_dt(round_dt(ps[k] / den) * KILN_SCALE);
+        den = round_dt(round_dt(den) + KILN_NORM_EPS);
 #else
-        const float den = tot + KILN_NORM_EPS;
-#pragma unroll
-        for (int k = 0; k < K; ++k) wt[k] = (ps[k] / den) * KILN_SCALE;
+        den = den + KILN_NORM_EPS;
 #endif
 #elif KO_ALGO == 0
+        // Picks are exp(l - max); p = that / rsum.
+#pragma unroll
+        for (int k = 0; k < K; ++k) nu[k] = pv[k];
 #if KILN_RENORM
-        float tot = 0.f;
+        // p[idx] / sum_k p[idx] = e[idx] / sum_k e[idx]: the row sum cancels.
 #pragma unroll
-        for (int k = 0; k < K; ++k) tot += pv[k];
-#pragma unroll
-        for (int k = 0; k < K; ++k) wt[k] = pv[k] / tot;
+        for (int k = 0; k < K; ++k) den += pv[k];
 #else
-#pragma unroll
-        for (int k = 0; k < K; ++k) wt[k] = pv[k];
+        den = rsum;
 #endif
 #else
         // Picks are logits and pv[0] is the row maximum.
-        float ek[K];
 #pragma unroll
-        for (int k = 0; k < K; ++k) ek[k] = ex(pv[k] - pv[0]);
+        for (int k = 0; k < K; ++k) nu[k] = ex(pv[k] - pv[0]);
 #if KILN_RENORM
-        float tot = 0.f;
 #pragma unroll
-        for (int k = 0; k < K; ++k) tot += ek[k];
+        for (int k = 0; k < K; ++k) den += nu[k];
 #else
-        float tot = 0.f;  // the full softmax denominator
+        // The full softmax denominator.
 #pragma unroll
-        for (int j = 0; j < EPL; ++j) tot += (live && expert_of(l, j) < E) ? ex(x[j] - pv[0]) : 0.f;
-        tot = seg_sum(tot);
+        for (int j = 0; j < EPL; ++j) den += (live && expert_of(l, j) < E) ? ex(x[j] - pv[0]) : 0.f;
+        den = seg_sum(den);
 #endif
-#pragma unroll
-        for (int k = 0; k < K; ++k) wt[k] = ek[k] / tot;
 #endif
         if (live) {
 #pragma unroll
-            for (int k = 0; k < K; ++k) {
-                if (k % TPR == l) {
-                    st_word<KO_STH>(weights + row * K + k, wt[k]);
-                    st_word<KO_STH>(indices + row * K + k, (unsigned int)pi[k]);
+            for (int q = 0; q < (K + TPR - 1) / TPR; ++q) {
+                const int k = q * TPR + l;
+                if (k < K) {
+                    // Pick k's numerator and expert: a select chain over this lane's candidates
+                    // (a register array indexed by a lane-dependent k would go to local memory).
+                    float n = 0.f;
+                    int ix = 0;
+#pragma unroll
+                    for (int kk = q * TPR; kk < K && kk < (q + 1) * TPR; ++kk) {
+                        n = kk == k ? nu[kk] : n;
+                        ix = kk == k ? pi[kk] : ix;
+                    }
+#if KO_SIGMOID && KILN_SIGMOID_IN_DTYPE
+                    const float wk = round_dt(round_dt(n / den) * KILN_SCALE);
+#elif KO_SIGMOID
+                    const float wk = (n / den) * KILN_SCALE;
+#else
+                    const float wk = n / den;
+#endif
+                    st_word<KO_STH>(weights + row * K + k, wk);
+                    st_word<KO_STH>(indices + row * K + k, (unsigned int)ix);
                 }
             }
         }
