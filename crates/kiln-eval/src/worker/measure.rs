@@ -599,8 +599,14 @@ fn capture(
     capture_first(dev, loaded, dims, sets, usize::MAX)
 }
 
-/// Captures the first `launches` launches of [`capture`]'s graph, in its
-/// order: launch `i` is pass `i / sets` over set `i % sets`.
+/// The order a timing graph's launches run in, as `(pass, set)`: pass by
+/// pass, every set in each (pass `r` over a set writes its output group `r`).
+pub(super) fn launch_order(rounds: usize, sets: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..rounds).flat_map(move |round| (0..sets).map(move |s| (round, s)))
+}
+
+/// Captures the first `launches` launches of [`capture`]'s graph, in
+/// [`launch_order`].
 pub(super) fn capture_first(
     dev: &Device,
     loaded: &Loaded,
@@ -609,9 +615,7 @@ pub(super) fn capture_first(
     launches: usize,
 ) -> Result<Graph, CudaError> {
     dev.gpu.capture(|| {
-        let order =
-            (0..sets.rounds).flat_map(|round| (0..sets.sets.len()).map(move |s| (round, s)));
-        for (round, s) in order.take(launches) {
+        for (round, s) in launch_order(sets.rounds, sets.sets.len()).take(launches) {
             launch(dev, loaded, dims, &sets.sets[s], round)?;
         }
         Ok(())
@@ -1310,6 +1314,12 @@ mod tests {
         // Memory bounds the count before anything else.
         let (n, _, _) = set_counts(1 << 30, L2, 4 << 30);
         assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn a_graph_launches_pass_by_pass_over_every_set() {
+        let order: Vec<_> = launch_order(2, 3).collect();
+        assert_eq!(order, [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]);
     }
 
     #[test]

@@ -21,7 +21,9 @@ use rand_chacha::ChaCha8Rng;
 use crate::record::Stage;
 use crate::targets::OpProblem;
 
-use super::measure::{capture_first, launch_dims, Device, Failure, Loaded, TimingSets};
+use super::measure::{
+    capture_first, launch_dims, launch_order, Device, Failure, Loaded, TimingSets,
+};
 use super::timed_outputs::{digest_all, digest_key};
 
 /// Replays a secret prefix of `kernel`'s timing graph over `sets` and fails
@@ -55,11 +57,13 @@ pub fn check_prefix_replay(
         .map_err(|e| Failure::cuda(Stage::Timing, "a prefix of the launches", e))?;
     let after = digest_all(dev, sets, &mut digests)
         .map_err(|e| Failure::cuda(Stage::Timing, "digesting a prefix's outputs", e))?;
+    let launched: std::collections::HashSet<(usize, usize)> =
+        launch_order(sets.rounds, n).take(m).collect();
     let mut slot = 0;
     for (s, set) in sets.sets.iter().enumerate() {
         let per_group = set.written_per_group();
         for group in 0..set.groups() {
-            let launched = group * n + s < m;
+            let launched = launched.contains(&(group, s));
             let range = slot..slot + per_group;
             slot += per_group;
             if !launched && before.get(range.clone()) != after.get(range) {
