@@ -1,6 +1,6 @@
 //! `kiln models check-kernels`: kiln-candle's own kernels (the decode
-//! projections, the KV cache write, Qwen3's fused attention inputs, the MLA
-//! keys, the shared expert's routing column, LFM2's short convolution) on the GPU against their CPU
+//! projections, the KV cache write, Qwen3's and GLM-4-9B's fused attention
+//! inputs, the MLA keys, the shared expert's routing column, LFM2's short convolution) on the GPU against their CPU
 //! paths, at the presets' shapes, with seeded random inputs.
 //!
 //! The copies must match exactly. The arithmetic kernels must match to
@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::models::config::ModelConfig;
 use crate::models::kv_cache::KvCache;
 use crate::models::layers::RopeTables;
-use crate::models::{lfm2_moe, qwen3_moe, Kernels};
+use crate::models::{glm4, lfm2_moe, qwen3_moe, Kernels};
 use crate::ops;
 use crate::ops::linear::Epilogue;
 
@@ -190,7 +190,13 @@ pub fn check_kernels(gpu: &Device, presets: &[serde_json::Value]) -> Result<Kern
                     true,
                 )?);
             }
-            ModelConfig::Glm4(_) => {}
+            ModelConfig::Glm4(c) => {
+                // A prefill-sized step early in the cache and a decode step far into it.
+                let shape = glm4::rope_shape(c);
+                for (t, pos) in [(3, 37), (1, 4000)] {
+                    checks.extend(rope_cache(gpu, shape, t, pos, &mut seed)?);
+                }
+            }
             ModelConfig::Lfm2Moe(c) => {
                 let heads = lfm2_moe::attention_heads(c);
                 checks.push(qk_norm_rope(gpu, heads, c.rope_theta(), &mut seed)?);
@@ -264,6 +270,87 @@ fn qk_norm_rope(
         // v is a copy: it must be exact.
         passed: worst <= KERNEL_REL_L2 && rel[2] == 0.0,
     })
+}
+
+/// GLM-4-9B's fused rope + cache write (`rope_cache`) at `t` tokens from
+/// `pos`: against the two launches it replaces on the GPU (rope, then the
+/// cache write reading the device positions), bit for bit over q and both
+/// whole cache buffers; and against the catalog's reference composed on the
+/// CPU (rope, then the cache write), q and k within [`KERNEL_REL_L2`], v exact.
+fn rope_cache(
+    gpu: &Device,
+    shape: kiln_kernels::reference::rope::RopeShape,
+    t: usize,
+    pos: usize,
+    seed: &mut u64,
+) -> Result<Vec<KernelCheck>> {
+    let (qh, kvh, hd) = (shape.qh, shape.kh, shape.head_dim);
+    let max_len = kiln_kernels::ops::attention::cache_positions(pos + t);
+    *seed += 1;
+    let qkv = random((t, (qh + 2 * kvh) * hd), *seed)?;
+    let run = |d: &Device, fused: bool| -> Result<[Tensor; 3]> {
+        let rope = RopeTables::new(shape, max_len, DType::BF16, d)?;
+        let mut cache = KvCache::new(kvh, max_len, hd, hd, DType::BF16, d)?;
+        let positions = rope.positions(pos, t, d)?;
+        let qkv = qkv.to_device(d)?;
+        let q = if fused {
+            cache.check_room(pos, t)?;
+            let q = ops::rope::rope_cache(&qkv, &positions, cache.buffers(), &shape)?;
+            cache.set_len(pos + t);
+            q
+        } else {
+            // The model's unfused path (glm4.rs): views of the projection.
+            let q = qkv.narrow(1, 0, qh * hd)?.reshape((t, qh, hd))?;
+            let k = qkv.narrow(1, qh * hd, kvh * hd)?.reshape((t, kvh, hd))?;
+            let v = qkv
+                .narrow(1, (qh + kvh) * hd, kvh * hd)?
+                .reshape((t, kvh, hd))?;
+            let (q, k) = rope.apply(&q, &k, pos, Some(&positions), Kernels::Kiln)?;
+            let on_gpu = d.is_cuda().then_some(&positions);
+            cache.append(&k, &v, pos, on_gpu)?;
+            q
+        };
+        let (kc, vc) = cache.buffers();
+        Ok([q, kc.copy()?, vc.copy()?])
+    };
+    let fused = run(gpu, true)?;
+    let split = run(gpu, false)?;
+    let cpu = run(&Device::Cpu, false)?;
+    let all = |x: &[Tensor; 3]| -> Result<Tensor> {
+        let flat = x
+            .iter()
+            .map(|t| t.flatten_all())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&flat, 0)?)
+    };
+    let what = format!(
+        "QH={qh} KVH={kvh} HD={hd} ROT={} T={t} at {pos}",
+        shape.rot_dim
+    );
+    let exact = judge(
+        "rope_cache",
+        format!("{what} = rope+write"),
+        &all(&fused)?,
+        &all(&split)?,
+        true,
+    )?;
+    let rel = [
+        rel_l2(&fused[0], &cpu[0])?,
+        rel_l2(&fused[1], &cpu[1])?,
+        rel_l2(&fused[2], &cpu[2])?,
+    ];
+    let worst = rel.iter().cloned().fold(0.0, f64::max);
+    Ok(vec![
+        exact,
+        KernelCheck {
+            kernel: "rope_cache".into(),
+            shape: what,
+            rel_l2: worst,
+            exact: false,
+            // v is a copy: it must be exact.
+            passed: worst <= KERNEL_REL_L2 && rel[2] == 0.0,
+        },
+    ])
 }
 
 /// The short convolution (a prefill of 5 rows, then one decode row) on the

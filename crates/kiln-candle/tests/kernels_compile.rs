@@ -1,6 +1,6 @@
 //! kiln-candle's own kernels (the synthetic-weight fill, the KV cache write,
 //! the decode projections, the shared expert's routing column, MLA keys,
-//! Qwen3's fused qk-norm + rope + cache write) compile with NVRTC, as the models build them, in
+//! Qwen3's fused qk-norm + rope + cache write, GLM-4-9B's rope + cache write) compile with NVRTC, as the models build them, in
 //! every dtype; `linear_gemv` at the projection shapes of every preset. Each
 //! one's PTX waits for the kernel before it before any memory access, so the
 //! models launch it early (`kiln_cuda::early_launch`).
@@ -69,6 +69,18 @@ fn model_side_kernels_compile_in_every_dtype() {
         compile(
             &c,
             &kiln_candle::ops::rope::qk_norm_rope_cache_build(&shape, DType::BF16).expect("build"),
+        );
+    }
+    // GLM-4-9B's attention inputs (rope + the cache write in one launch), from its config.
+    let raw = preset("glm-4-9b", Some(1)).expect("preset");
+    let Ok((ModelConfig::Glm4(g), _)) = ModelConfig::parse(&raw.to_string()) else {
+        panic!("glm-4-9b preset");
+    };
+    let glm4 = kiln_candle::models::glm4::rope_shape(&g);
+    for d in DTYPES {
+        compile(
+            &c,
+            &kiln_candle::ops::rope::rope_cache_build(&glm4, d).expect("build"),
         );
     }
     compile(&c, &kiln_candle::ops::moe::append_shared_expert_build());

@@ -36,6 +36,8 @@ pub enum Op {
     ShortConv,
     /// Per-head RMSNorm of q and k, rotate-half RoPE, k and v written into the KV cache.
     QkNormRopeCache,
+    /// RoPE on q and k of a fused qkv row, k and v written into the KV cache (no qk-norm).
+    RopeCache,
 }
 
 /// The fixed facts of one op: its name, entry point, source and signature.
@@ -63,7 +65,7 @@ impl OpSpec {
 }
 
 /// Every catalog op, in a fixed order.
-pub const CATALOG: [OpSpec; 14] = [
+pub const CATALOG: [OpSpec; 15] = [
     OpSpec {
         op: Op::RmsNorm,
         name: "rmsnorm",
@@ -188,6 +190,15 @@ pub const CATALOG: [OpSpec; 14] = [
                     const scalar_t* cos_table, const scalar_t* sin_table, const int* positions, \
                     scalar_t* q_out, scalar_t* k_cache, scalar_t* v_cache, int T, int s_max",
         static_vars: &["QH", "KVH", "D"],
+    },
+    OpSpec {
+        op: Op::RopeCache,
+        name: "rope_cache",
+        entry: "rope_cache",
+        source: include_str!("../kernels/rope_cache.cu"),
+        signature: "const scalar_t* qkv, const int* positions, scalar_t* q_out, \
+                    scalar_t* k_cache, scalar_t* v_cache, int T, int s_max",
+        static_vars: &["QH", "KVH", "HEAD_DIM", "ROT_DIM", "ROT_OFFSET"],
     },
 ];
 

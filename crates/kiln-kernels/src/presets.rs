@@ -9,6 +9,7 @@ use crate::ops::moe_expert::{MoeExpertDownConfig, MoeExpertSwigluConfig};
 use crate::ops::norm::{AddRmsNormConfig, RmsNormConfig};
 use crate::ops::qk_norm_rope::QkNormRopeConfig;
 use crate::ops::rope::RopeConfig;
+use crate::ops::rope_cache::RopeCacheConfig;
 use crate::ops::short_conv::ShortConvConfig;
 use crate::ops::swiglu::{SwigluConfig, SwigluPackedConfig};
 use crate::ops::topk::{SigmoidTopkConfig, SoftmaxTopkConfig};
@@ -245,6 +246,19 @@ pub fn all_builds(dtype: DType) -> Result<Vec<(String, KernelBuild)>> {
         "qk_norm_rope_cache lfm2",
         QkNormRopeConfig::lfm2_8b_a1b(s_max, dtype).build(),
     )?;
+    // rope_cache: GLM-4-9B (partial interleaved), and the layouts and
+    // roundings no model runs yet (rotate-half, an offset slice, f32 math).
+    let glm4 = RopeCacheConfig::glm4_9b(s_max, dtype);
+    push("rope_cache glm4-9b", glm4.build())?;
+    let mut neox = RopeCacheConfig::new(RopeConfig::qwen3_30b_a3b(dtype).shape, s_max, dtype);
+    push("rope_cache rotate-half 32/4 x 128", neox.build())?;
+    neox.shape.rope.hf_rounding = false;
+    push("rope_cache rotate-half f32 math", neox.build())?;
+    let mut off = glm4;
+    off.shape.rope.rot_offset = 32;
+    push("rope_cache interleaved offset 32", off.build())?;
+    off.shape.rope.interleaved = false;
+    push("rope_cache rotate-half offset 32", off.build())?;
     Ok(out)
 }
 

@@ -31,6 +31,7 @@
 //! product, their sum): an f32 `rsqrtf` can flip x·r by one ulp, which w and
 //! the rotation carry into the output next to the rounding of its own
 //! products: 2× the base, each head (and each cache row) scaled by itself.
+//! rope_cache is rope's arithmetic (plus copies): rope's 1× the base.
 
 use crate::catalog::Op;
 use crate::DType;

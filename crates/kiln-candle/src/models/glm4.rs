@@ -16,9 +16,10 @@
 //! `interleaved`). The tables are built in f32 and rounded to the dtype, as
 //! HF does (candle's stock model builds its angles in the model dtype).
 //!
-//! A decode step per layer: add_rmsnorm, the qkv matmul with its bias, rope,
-//! the cache write, attention, the dense matmul, add_rmsnorm, the gate-up
-//! matmul with its swiglu, the down matmul.
+//! A decode step per layer: add_rmsnorm, the qkv matmul with its bias, rope
+//! and the cache write (one `rope_cache` launch on kiln's CUDA kernels unless
+//! `KILN_ROPE_CACHE_FUSION=0`), attention, the dense matmul, add_rmsnorm, the
+//! gate-up matmul with its swiglu, the down matmul.
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
@@ -30,6 +31,7 @@ use super::kv_cache::KvCache;
 use super::layers::{attention, linear, linear_bias, Mlp, RopeTables};
 use super::Kernels;
 use crate::error::{Error, Result};
+use crate::ops;
 
 #[derive(Debug, Clone)]
 struct Layer {
@@ -45,12 +47,31 @@ struct Layer {
     mlp: Mlp,
 }
 
+/// GLM-4-9B's rotary (ChatGLM's partial interleaved RoPE) over its q and KV
+/// heads: the first `kv_channels / 2` values of each head, adjacent pairs,
+/// HF's rounding in the model dtype, base `10000 · rope_ratio`.
+pub fn rope_shape(cfg: &Glm4Config) -> RopeShape {
+    RopeShape {
+        qh: cfg.num_attention_heads,
+        kh: cfg.multi_query_group_num,
+        head_dim: cfg.kv_channels,
+        rot_dim: cfg.kv_channels / 2,
+        rot_offset: 0,
+        interleaved: true,
+        theta: cfg.rope_theta(),
+        hf_rounding: true,
+    }
+}
+
 /// GLM-4-9B for causal LM at batch 1.
 #[derive(Debug)]
 pub struct Glm4 {
     cfg: Glm4Config,
     layers: Vec<Layer>,
     dec: Decoder,
+    /// Whether `rope_cache` applies, with the pack generation it was decided
+    /// for (a pack made active later may replace rope's build).
+    rope_cache: Option<(u64, bool)>,
 }
 
 impl Glm4 {
@@ -120,24 +141,11 @@ impl Glm4 {
         } else {
             None
         };
-        let rope = RopeTables::new(
-            RopeShape {
-                qh,
-                kh: kvh,
-                head_dim: hd,
-                rot_dim: hd / 2,
-                rot_offset: 0,
-                interleaved: true,
-                theta: cfg.rope_theta(),
-                hf_rounding: true,
-            },
-            max_len,
-            dtype,
-            &dev,
-        )?;
+        let rope = RopeTables::new(rope_shape(cfg), max_len, dtype, &dev)?;
         Ok(Self {
             cfg: cfg.clone(),
             layers,
+            rope_cache: None,
             dec: Decoder {
                 embed,
                 norm,
@@ -150,6 +158,22 @@ impl Glm4 {
                 graph: None,
             },
         })
+    }
+}
+
+impl Glm4 {
+    /// [`ops::rope::rope_cache_applies`] for this model's heads, decided once
+    /// per pack generation (not at every layer of every step).
+    fn rope_cache_applies(&mut self, dtype: candle_core::DType) -> Result<bool> {
+        let generation = ops::pack::generation();
+        match self.rope_cache {
+            Some((g, applies)) if g == generation => Ok(applies),
+            _ => {
+                let applies = ops::rope::rope_cache_applies(&self.dec.rope.shape, dtype)?;
+                self.rope_cache = Some((generation, applies));
+                Ok(applies)
+            }
+        }
     }
 }
 
@@ -186,16 +210,37 @@ impl DecoderStack for Glm4 {
         let t = x.dim(0)?;
         let layer = &self.layers[l];
         let qkv = linear_bias(x, &layer.qkv, layer.qkv_bias.as_ref(), self.dec.kernels)?;
-        let q = qkv.narrow(1, 0, qh * hd)?.reshape((t, qh, hd))?;
-        let k = qkv.narrow(1, qh * hd, kvh * hd)?.reshape((t, kvh, hd))?;
-        let v = qkv
-            .narrow(1, (qh + kvh) * hd, kvh * hd)?
-            .reshape((t, kvh, hd))?;
-        let (q, k) = self
-            .dec
-            .rope
-            .apply(&q, &k, pos, positions, self.dec.kernels)?;
-        self.dec.caches[l].append(&k, &v, pos, positions)?;
+        let fused = match positions {
+            Some(_) if self.dec.kernels == Kernels::Kiln && x.device().is_cuda() => {
+                self.rope_cache_applies(qkv.dtype())?
+            }
+            _ => false,
+        };
+        let q = match positions {
+            // On kiln's CUDA kernels: rope and the cache write in one launch
+            // (bit for bit the two), positions read from the device (a
+            // replayed decode graph rewrites them).
+            Some(p) if fused => {
+                let c = &mut self.dec.caches[l];
+                c.check_room(pos, t)?;
+                let q = ops::rope::rope_cache(&qkv, p, c.buffers(), &self.dec.rope.shape)?;
+                c.set_len(pos + t);
+                q
+            }
+            _ => {
+                let q = qkv.narrow(1, 0, qh * hd)?.reshape((t, qh, hd))?;
+                let k = qkv.narrow(1, qh * hd, kvh * hd)?.reshape((t, kvh, hd))?;
+                let v = qkv
+                    .narrow(1, (qh + kvh) * hd, kvh * hd)?
+                    .reshape((t, kvh, hd))?;
+                let (q, k) = self
+                    .dec
+                    .rope
+                    .apply(&q, &k, pos, positions, self.dec.kernels)?;
+                self.dec.caches[l].append(&k, &v, pos, positions)?;
+                q
+            }
+        };
         let o = attention(
             &q,
             &self.dec.caches[l],
@@ -208,5 +253,73 @@ impl DecoderStack for Glm4 {
 
     fn feed_forward(&self, l: usize, x: &Tensor) -> Result<Tensor> {
         self.layers[l].mlp.forward(x, self.dec.kernels)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::config::{preset, ModelConfig};
+    use kiln_kernels::ops::rope_cache::RopeCacheConfig;
+
+    fn glm4_9b() -> Glm4Config {
+        let raw = preset("glm-4-9b", Some(1)).expect("preset");
+        match ModelConfig::parse(&raw.to_string()) {
+            Ok((ModelConfig::Glm4(c), _)) => c,
+            other => panic!("glm-4-9b is not chatglm: {other:?}"),
+        }
+    }
+
+    /// The catalog's GLM-4-9B rope_cache preset (what NVRTC compiles in
+    /// kiln-kernels' tests) is the model's own rotary, and the fused path
+    /// applies to it in every kernel dtype unless switched off.
+    #[test]
+    fn the_fused_rope_cache_takes_the_models_heads() {
+        let shape = rope_shape(&glm4_9b());
+        assert_eq!(
+            shape,
+            RopeCacheConfig::glm4_9b(1024, kiln_kernels::DType::BF16)
+                .shape
+                .rope
+        );
+        for dt in [
+            candle_core::DType::BF16,
+            candle_core::DType::F16,
+            candle_core::DType::F32,
+        ] {
+            assert_eq!(
+                ops::rope::rope_cache_applies(&shape, dt).expect("applies"),
+                ops::rope::rope_cache_enabled(),
+                "{dt:?}"
+            );
+        }
+        assert!(ops::rope::rope_cache_build(&shape, kiln_kernels::DType::BF16).is_ok());
+        // A shape the kernel cannot hold falls back to rope + the cache write.
+        let wide = RopeShape { qh: 96, ..shape };
+        assert!(!ops::rope::rope_cache_applies(&wide, candle_core::DType::BF16).expect("applies"));
+    }
+
+    /// The fused op is CUDA only and checks its shapes before anything else.
+    #[test]
+    fn rope_cache_refuses_cpu_tensors_and_wrong_shapes() {
+        let mut shape = rope_shape(&glm4_9b());
+        shape.qh = 2;
+        shape.kh = 1;
+        let dev = candle_core::Device::Cpu;
+        let bf = candle_core::DType::BF16;
+        let qkv = Tensor::zeros((1, 4 * 128), bf, &dev).expect("qkv");
+        let pos = Tensor::zeros(1, candle_core::DType::I32, &dev).expect("positions");
+        let cache = KvCache::new(1, 16, 128, 128, bf, &dev).expect("cache");
+        let err = ops::rope::rope_cache(&qkv, &pos, cache.buffers(), &shape)
+            .expect_err("CPU")
+            .to_string();
+        assert!(err.contains("CUDA only"), "{err}");
+        let short = Tensor::zeros((1, 3 * 128), bf, &dev).expect("qkv");
+        let err = ops::rope::rope_cache(&short, &pos, cache.buffers(), &shape)
+            .expect_err("shape")
+            .to_string();
+        assert!(err.contains("do not fit"), "{err}");
+        assert!(cache.check_room(15, 1).is_ok());
+        assert!(cache.check_room(15, 2).is_err());
     }
 }

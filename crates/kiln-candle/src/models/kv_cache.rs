@@ -65,16 +65,7 @@ impl KvCache {
         positions: Option<&Tensor>,
     ) -> Result<()> {
         let t = k.dim(0)?;
-        let max = self.k.dim(1)?;
-        if pos + t > max {
-            return Err(op_error(
-                "kv cache",
-                format!(
-                    "positions {pos}..{} exceed the cache length {max}; pass a larger --max-len",
-                    pos + t
-                ),
-            ));
-        }
+        self.check_room(pos, t)?;
         match positions {
             #[cfg(feature = "cuda")]
             Some(p) if k.device().is_cuda() => write_at_positions(k, v, p, &self.k, &self.v)?,
@@ -87,6 +78,22 @@ impl KvCache {
             }
         }
         self.len = pos + t;
+        Ok(())
+    }
+
+    /// Fails unless positions `pos..pos+t` fit the cache (a kernel that
+    /// writes it in place skips rows past the end instead of failing).
+    pub fn check_room(&self, pos: usize, t: usize) -> Result<()> {
+        let max = self.max_len();
+        if pos + t > max {
+            return Err(op_error(
+                "kv cache",
+                format!(
+                    "positions {pos}..{} exceed the cache length {max}; pass a larger --max-len",
+                    pos + t
+                ),
+            ));
+        }
         Ok(())
     }
 

@@ -203,3 +203,140 @@ pub fn qk_norm_rope_cache(
     #[cfg(not(feature = "cuda"))]
     Err(super::no_cuda(op))
 }
+
+/// Whether the rope + cache-write fusion ([`rope_cache`]) is on:
+/// `KILN_ROPE_CACHE_FUSION=0` turns it off (rope and the cache write then
+/// run as their own launches, for an A/B in one binary); read once per
+/// process, said loudly when off.
+pub fn rope_cache_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        let off = std::env::var("KILN_ROPE_CACHE_FUSION").is_ok_and(|v| v == "0");
+        if off {
+            eprintln!(
+                "kiln: KILN_ROPE_CACHE_FUSION=0: rope and the KV cache write run as their own launches"
+            );
+        }
+        !off
+    })
+}
+
+/// The catalog configuration of rope_cache for `shape` (its `kh` the KV
+/// heads) with caches of `s_max` positions.
+fn rope_cache_config(
+    shape: &RopeShape,
+    s_max: usize,
+    dtype: kiln_kernels::DType,
+) -> kiln_kernels::ops::rope_cache::RopeCacheConfig {
+    kiln_kernels::ops::rope_cache::RopeCacheConfig::new(*shape, s_max, dtype)
+}
+
+/// The compile inputs of `rope_cache` for `shape` (its `kh` the KV heads):
+/// the catalog build (S_MAX is a launch argument, so the cache length does
+/// not enter it).
+pub fn rope_cache_build(
+    shape: &RopeShape,
+    dtype: kiln_kernels::DType,
+) -> Result<kiln_kernels::KernelBuild> {
+    use kiln_kernels::ops::OpConfig;
+    rope_cache_config(shape, kiln_kernels::ops::attention::KV_CACHE_STEP, dtype)
+        .build()
+        .map_err(|e| op_error("rope_cache", e.to_string()))
+}
+
+/// Whether [`rope_cache`] may replace [`rope`] + the KV cache write for
+/// heads of `shape` in `dtype`: the fusion is on ([`rope_cache_enabled`]),
+/// the kernel takes the shape, and no pack or discovered kernel replaces the
+/// rope build the fused launch would bypass (it would silently not apply).
+pub fn rope_cache_applies(shape: &RopeShape, dtype: DType) -> Result<bool> {
+    use kiln_kernels::ops::OpConfig;
+    if !rope_cache_enabled() {
+        return Ok(false);
+    }
+    let kd = kernel_dtype("rope_cache", dtype)?;
+    let fused = rope_cache_config(shape, kiln_kernels::ops::attention::KV_CACHE_STEP, kd);
+    if fused.validate().is_err() {
+        return Ok(false);
+    }
+    let rope = RopeConfig {
+        shape: *shape,
+        dtype: kd,
+    }
+    .build()
+    .map_err(|e| op_error("rope", e.to_string()))?;
+    Ok(!super::pack::replaced(&rope))
+}
+
+/// The attention inputs of a model without qk-norm in one launch: rope on
+/// the q and k heads of `qkv[T, (QH + 2 KVH) · HD]` (the fused projection's
+/// output) at `positions` (i32 `[T]`, on the device), rotated k and raw v
+/// written into `caches` (`[KVH, S_MAX, HD]`, in place) at those positions;
+/// returns q `[T, QH, HD]`. Bit for bit [`rope`] followed by the cache
+/// write. `shape.kh` is the KV heads. CUDA only.
+pub fn rope_cache(
+    qkv: &Tensor,
+    positions: &Tensor,
+    caches: (&Tensor, &Tensor),
+    shape: &RopeShape,
+) -> Result<Tensor> {
+    let op = "rope_cache";
+    let t = qkv.dim(0)?;
+    let (qh, kvh, hd) = (shape.qh, shape.kh, shape.head_dim);
+    let s_max = caches.0.dim(1)?;
+    let fits = qkv.dims() == [t, (qh + 2 * kvh) * hd]
+        && positions.dims() == [t]
+        && positions.dtype() == DType::I32
+        && caches.0.dims() == [kvh, s_max, hd]
+        && caches.1.dims() == [kvh, s_max, hd]
+        && caches.0.dtype() == qkv.dtype()
+        && caches.1.dtype() == qkv.dtype();
+    if !fits {
+        return Err(op_error(
+            op,
+            format!(
+                "qkv {:?} {:?}, caches {:?} / {:?}, positions {:?} {:?} do not fit {shape:?}",
+                qkv.dims(),
+                qkv.dtype(),
+                caches.0.dims(),
+                caches.1.dims(),
+                positions.dims(),
+                positions.dtype()
+            ),
+        ));
+    }
+    if !qkv.device().is_cuda() {
+        return Err(op_error(
+            op,
+            "CUDA only (the CPU path runs rope and the cache write)",
+        ));
+    }
+    #[cfg(feature = "cuda")]
+    {
+        use super::device::{cuda_device, run, Param};
+        let dev = cuda_device(op, qkv)?;
+        let dtype = kernel_dtype(op, qkv.dtype())?;
+        let qkv = qkv.contiguous()?;
+        // Through the catalog's launch path: a pack or the discovered set
+        // may replace it, and its launch line sizes the launch.
+        let q = run(
+            &rope_cache_config(shape, s_max, dtype),
+            &dev,
+            t,
+            &[
+                Param::In(&qkv),
+                Param::In(positions),
+                Param::Out,
+                Param::InPlace(caches.0),
+                Param::InPlace(caches.1),
+                Param::I32(t as i32),
+                Param::I32(s_max as i32),
+            ],
+            &[(qkv.dtype(), (t, qh, hd).into())],
+        )?;
+        q.into_iter()
+            .next()
+            .ok_or_else(|| op_error(op, "no output"))
+    }
+    #[cfg(not(feature = "cuda"))]
+    Err(super::no_cuda(op))
+}

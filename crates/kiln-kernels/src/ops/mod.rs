@@ -7,6 +7,7 @@ pub mod moe_expert;
 pub mod norm;
 pub mod qk_norm_rope;
 pub mod rope;
+pub mod rope_cache;
 pub mod short_conv;
 pub mod swiglu;
 pub mod topk;

@@ -69,63 +69,75 @@ impl RopeConfig {
     }
 }
 
+/// Rejects rope shapes the rope kernels do not support (rope and
+/// rope_cache share the unit layout), naming `op` and the dimension.
+pub(crate) fn validate_shape(op: &'static str, s: &RopeShape) -> Result<()> {
+    for (name, v) in [
+        ("HEAD_DIM", s.head_dim),
+        ("ROT_DIM", s.rot_dim),
+        ("ROT_OFFSET", s.rot_offset),
+    ] {
+        if v % 8 != 0 {
+            return Err(unsupported(
+                op,
+                format!("{name}={v} is not a multiple of 8"),
+            ));
+        }
+    }
+    if s.rot_dim == 0 || s.rot_offset + s.rot_dim > s.head_dim {
+        return Err(unsupported(
+            op,
+            format!(
+                "rotary slice [{}, {}) does not fit a head of {}",
+                s.rot_offset,
+                s.rot_offset + s.rot_dim,
+                s.head_dim
+            ),
+        ));
+    }
+    if s.qh == 0 || s.qh + s.kh > 4096 {
+        return Err(unsupported(
+            op,
+            format!("QH={} KH={}: need 1 <= QH and QH+KH <= 4096", s.qh, s.kh),
+        ));
+    }
+    if !(s.theta.is_finite() && s.theta > 1.0) {
+        return Err(unsupported(
+            op,
+            format!("THETA={} must be finite and > 1", s.theta),
+        ));
+    }
+    Ok(())
+}
+
+/// The rope defines of `s` other than the head counts (shared with rope_cache).
+pub(crate) fn rope_defines(s: &RopeShape) -> Vec<(String, String)> {
+    vec![
+        ("KILN_HEAD_DIM".into(), s.head_dim.to_string()),
+        ("KILN_ROT_DIM".into(), s.rot_dim.to_string()),
+        ("KILN_ROT_OFFSET".into(), s.rot_offset.to_string()),
+        ("KILN_INTERLEAVED".into(), (s.interleaved as u8).to_string()),
+        ("KILN_THETA".into(), float_literal(s.theta)),
+        ("KILN_HF_ROUNDING".into(), (s.hf_rounding as u8).to_string()),
+    ]
+}
+
 impl OpConfig for RopeConfig {
     const OP: Op = Op::Rope;
     fn dtype(&self) -> DType {
         self.dtype
     }
     fn validate(&self) -> Result<()> {
-        let s = &self.shape;
-        let op = "rope";
-        for (name, v) in [
-            ("HEAD_DIM", s.head_dim),
-            ("ROT_DIM", s.rot_dim),
-            ("ROT_OFFSET", s.rot_offset),
-        ] {
-            if v % 8 != 0 {
-                return Err(unsupported(
-                    op,
-                    format!("{name}={v} is not a multiple of 8"),
-                ));
-            }
-        }
-        if s.rot_dim == 0 || s.rot_offset + s.rot_dim > s.head_dim {
-            return Err(unsupported(
-                op,
-                format!(
-                    "rotary slice [{}, {}) does not fit a head of {}",
-                    s.rot_offset,
-                    s.rot_offset + s.rot_dim,
-                    s.head_dim
-                ),
-            ));
-        }
-        if s.qh == 0 || s.qh + s.kh > 4096 {
-            return Err(unsupported(
-                op,
-                format!("QH={} KH={}: need 1 <= QH and QH+KH <= 4096", s.qh, s.kh),
-            ));
-        }
-        if !(s.theta.is_finite() && s.theta > 1.0) {
-            return Err(unsupported(
-                op,
-                format!("THETA={} must be finite and > 1", s.theta),
-            ));
-        }
-        Ok(())
+        validate_shape("rope", &self.shape)
     }
     fn op_defines(&self) -> Vec<(String, String)> {
         let s = &self.shape;
-        vec![
+        let mut d = vec![
             ("KILN_QH".into(), s.qh.to_string()),
             ("KILN_KH".into(), s.kh.to_string()),
-            ("KILN_HEAD_DIM".into(), s.head_dim.to_string()),
-            ("KILN_ROT_DIM".into(), s.rot_dim.to_string()),
-            ("KILN_ROT_OFFSET".into(), s.rot_offset.to_string()),
-            ("KILN_INTERLEAVED".into(), (s.interleaved as u8).to_string()),
-            ("KILN_THETA".into(), float_literal(s.theta)),
-            ("KILN_HF_ROUNDING".into(), (s.hf_rounding as u8).to_string()),
-        ]
+        ];
+        d.extend(rope_defines(s));
+        d
     }
     fn shape_vars(&self) -> Vec<(&'static str, i64)> {
         let s = &self.shape;
