@@ -38,6 +38,9 @@ fn fresh_session(seed: u64) -> Session {
     meta.model = "mock".into();
     meta.gpu_name = GPU.into();
     meta.gpu_arch = "sm_90".into();
+    // Fixed times: two sessions built a second apart must still compare equal.
+    meta.created_at = "2026-01-01T00:00:00Z".into();
+    meta.updated_at = meta.created_at.clone();
     Session::new(meta, Tree::new(seed_kernel(), seed))
 }
 
