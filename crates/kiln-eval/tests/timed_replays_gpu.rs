@@ -54,7 +54,8 @@ fn counting(from: usize, to: usize) -> String {
 /// compute all `launches` launches' rows, the others returning at once.
 fn working_ahead(launches: usize) -> String {
     format!(
-        r#"#include <cuda_bf16.h>
+        r#"// kiln: block=256 grid=T smem=0
+#include <cuda_bf16.h>
 typedef KILN_DTYPE scalar_t;
 #define LAUNCHES {launches}ULL
 __device__ unsigned long long blocks_seen;
@@ -236,4 +237,26 @@ fn a_kernel_that_works_ahead_for_later_launches_fails_the_prefix_replay() {
     let honest = load(&bench.dev, &problem, "honest.cu", HONEST).expect("honest loads");
     check_prefix_replay(&bench.dev, &problem, &honest, &mut bench.sets, 11)
         .expect("an honest kernel writes only its own outputs");
+}
+
+/// CPU (CI runs it): the stand-in kernels above have a launch line and
+/// compile for the target, so a GPU run, scarce, never finds a typo first.
+#[test]
+fn the_stand_in_kernels_parse_and_compile() {
+    let target = targets::find("qwen3_rmsnorm").expect("target");
+    let build = target.problem.build().expect("the target builds");
+    let compiler = kiln_cuda::Compiler::new()
+        .unwrap_or_else(|e| panic!("NVRTC is required for this test: {e}"));
+    for (name, src) in [
+        ("counting.cu", counting(3, 5)),
+        ("working_ahead.cu", working_ahead(24)),
+    ] {
+        kiln_kernels::LaunchLine::parse_source(&src)
+            .unwrap_or_else(|e| panic!("{name}: launch line: {e}"));
+        let mut req = kiln_cuda::CompileRequest::new(name, &src);
+        req.defines = build.defines.clone();
+        compiler
+            .compile(&req)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
 }
