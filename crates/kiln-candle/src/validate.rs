@@ -207,6 +207,9 @@ pub struct Report {
     /// Whether the projections' fused epilogues (bias, SwiGLU) were on:
     /// "on", or "off (KILN_GEMV_FUSION=0)" in an A/B.
     pub gemv_fusion: String,
+    /// Whether GLM-4-9B's rope and cache write ran as one `rope_cache`
+    /// launch where it applies: "on", or "off (KILN_ROPE_CACHE_FUSION=0)".
+    pub rope_cache_fusion: String,
     /// The prompt.
     pub prompt: Vec<u32>,
     /// Per configuration, its logits at each step on the baseline's tokens
@@ -358,6 +361,7 @@ impl Report {
         }
         s += &format!("early launch: {}\n", self.early_launch);
         s += &format!("gemv epilogues: {}\n", self.gemv_fusion);
+        s += &format!("rope + cache write fused: {}\n", self.rope_cache_fusion);
         for c in &self.configs {
             if let Some(text) = &c.text {
                 s += &format!("{} said: {text:?}\n", c.name);
@@ -560,6 +564,11 @@ pub fn run(opts: &Options, dev: &Device, progress: &mut dyn FnMut(&str)) -> Resu
             "on".into()
         } else {
             "off (KILN_GEMV_FUSION=0)".into()
+        },
+        rope_cache_fusion: if crate::ops::rope::rope_cache_enabled() {
+            "on".into()
+        } else {
+            "off (KILN_ROPE_CACHE_FUSION=0)".into()
         },
         prompt: opts.prompt.clone(),
         logits,

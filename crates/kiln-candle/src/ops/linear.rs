@@ -112,13 +112,10 @@ pub fn build_with(
 pub fn fusion_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| {
-        let off = std::env::var("KILN_GEMV_FUSION").is_ok_and(|v| v == "0");
-        if off {
-            eprintln!(
-                "kiln: KILN_GEMV_FUSION=0: the projections' bias adds and SwiGLUs run as their own launches"
-            );
-        }
-        !off
+        !super::fusion_switched_off(
+            "KILN_GEMV_FUSION",
+            "the projections' bias adds and SwiGLUs run as their own launches",
+        )
     })
 }
 

@@ -29,6 +29,16 @@ use candle_core::DType;
 
 use crate::error::{op_error, Result};
 
+/// Whether the environment turns a fusion off (`VAR=0`), said once on
+/// stderr with `what` runs instead, so an A/B in one binary is never silent.
+pub(crate) fn fusion_switched_off(var: &str, what: &str) -> bool {
+    let off = std::env::var(var).is_ok_and(|v| v == "0");
+    if off {
+        eprintln!("kiln: {var}=0: {what}");
+    }
+    off
+}
+
 /// The error for a CUDA tensor in a build without the `cuda` feature.
 #[cfg(not(feature = "cuda"))]
 pub(crate) fn no_cuda(op: &'static str) -> crate::Error {

@@ -211,13 +211,10 @@ pub fn qk_norm_rope_cache(
 pub fn rope_cache_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| {
-        let off = std::env::var("KILN_ROPE_CACHE_FUSION").is_ok_and(|v| v == "0");
-        if off {
-            eprintln!(
-                "kiln: KILN_ROPE_CACHE_FUSION=0: rope and the KV cache write run as their own launches"
-            );
-        }
-        !off
+        !super::fusion_switched_off(
+            "KILN_ROPE_CACHE_FUSION",
+            "rope and the KV cache write run as their own launches",
+        )
     })
 }
 
