@@ -50,7 +50,7 @@ pub use compiler::{nvrtc_version, Arch, CompileRequest, Compiled, Compiler, Outp
 pub use device::{device_count, driver_version, DeviceFacts, Gpu, Sentinel};
 pub use error::{CudaError, Result};
 pub use module::{Kernel, KernelArg, KernelResources, LaunchDims, Module};
-pub use probe::{Bandwidth, CopyCeiling, DifferenceMark, Digests, LaunchFloor, Probes};
+pub use probe::{Bandwidth, CopyCeiling, Digests, LaunchFloor, Probes};
 pub use timing::{Graph, L2Flush, Summary};
 
 pub use cudarc::driver::{

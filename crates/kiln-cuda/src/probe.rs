@@ -75,27 +75,19 @@ impl CopyCeiling {
     }
 }
 
-/// One device word that byte compares lower to the first offset where
-/// their buffers differ ([`Probes::mark_difference`]); `u64::MAX` means
-/// every compare since the last reset found its buffers equal.
-pub struct DifferenceMark(CudaSlice<u64>);
+/// One device word that a byte compare lowers to the first offset where
+/// its buffers differ ([`Probes::first_difference`]); `u64::MAX` means
+/// they were equal.
+struct DifferenceMark(CudaSlice<u64>);
 
 impl DifferenceMark {
     /// A mark that has seen no difference.
-    pub fn new(gpu: &Gpu) -> Result<Self> {
+    fn new(gpu: &Gpu) -> Result<Self> {
         Ok(Self(gpu.upload(&[u64::MAX])?))
     }
 
-    /// Forgets every difference seen (enqueued on the stream).
-    pub fn reset(&mut self, gpu: &Gpu) -> Result<()> {
-        gpu.stream()
-            .memcpy_htod(&[u64::MAX], &mut self.0)
-            .map_err(CudaError::driver("cuMemcpyHtoD"))
-    }
-
-    /// The lowest differing offset any compare since the reset found
-    /// (waits for them).
-    pub fn read(&self, gpu: &Gpu) -> Result<Option<u64>> {
+    /// The lowest differing offset the compare found (waits for it).
+    fn read(&self, gpu: &Gpu) -> Result<Option<u64>> {
         let at = gpu.download(&self.0)?;
         Ok(at.first().copied().filter(|&v| v != u64::MAX))
     }
@@ -177,9 +169,8 @@ impl Probes {
     }
 
     /// Enqueues a compare of the `len` bytes at `a` and `b` that lowers
-    /// `mark` to the first differing offset; nothing waits for it. Several
-    /// compares into one mark say whether any pair differed, at one read.
-    pub fn mark_difference(
+    /// `mark` to the first differing offset; nothing waits for it.
+    fn mark_difference(
         &self,
         gpu: &Gpu,
         a: u64,
