@@ -10,6 +10,14 @@
 //                                   be optimised away: bytes read / time is the
 //                                   read-streaming bandwidth.
 //   launch: grid = 4 * SMS blocks, block = 512, grid-stride loop, 4 loads in flight
+// kiln_warm_l2(src, n16, sink)      reads n16 16-byte words once through L2 at normal priority
+//                                   (ld.global.cg), folding them as kiln_stream_read does so
+//                                   the reads stay. The evaluator runs it over every input of
+//                                   a timing graph whose inputs fit in L2 before every
+//                                   replay: each replay, the candidate's or the catalog's,
+//                                   starts from the L2 the judge set up, not from whatever
+//                                   the kernel timed before it left (or evicted) there.
+//   launch: grid = 4 * SMS blocks, block = 256, grid-stride loop
 // kiln_copy(src, dst, n16)          dst[i] = src[i] for n16 16-byte words: the
 //                                   plainest kernel that moves a given number of
 //                                   bytes, shaped like kiln's elementwise ops
@@ -84,6 +92,22 @@ extern "C" __global__ void kiln_stream_read(const uint4* __restrict__ src,
         acc ^= a.x ^ a.y ^ a.z ^ a.w;
     }
     // The buffer is filled with a byte pattern whose XOR-fold is never this.
+    if (acc == 0x9E3779B9u) {
+        sink[0] = acc;
+    }
+}
+
+extern "C" __global__ void kiln_warm_l2(const uint4* __restrict__ src,
+                                        unsigned long long n16,
+                                        unsigned int* __restrict__ sink) {
+    const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+    unsigned int acc = 0;
+    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n16;
+         i += stride) {
+        const uint4 a = __ldcg(src + i);
+        acc ^= a.x ^ a.y ^ a.z ^ a.w;
+    }
+    // A write that almost never happens keeps the loads; the sink is scratch.
     if (acc == 0x9E3779B9u) {
         sink[0] = acc;
     }

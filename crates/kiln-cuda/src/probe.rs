@@ -135,6 +135,9 @@ pub struct Probes {
     first_difference: Kernel,
     digest: Kernel,
     clear_shared: Kernel,
+    warm_l2: Kernel,
+    /// The word `kiln_warm_l2` may write (scratch: nothing reads it).
+    warm_sink: CudaSlice<u32>,
 }
 
 impl Probes {
@@ -151,6 +154,8 @@ impl Probes {
             first_difference: module.kernel("kiln_first_difference")?,
             digest: module.kernel("kiln_digest")?,
             clear_shared: module.kernel("kiln_clear_shared")?,
+            warm_l2: module.kernel("kiln_warm_l2")?,
+            warm_sink: gpu.alloc_zeros::<u32>(1)?,
         })
     }
 
@@ -255,6 +260,32 @@ impl Probes {
         // SAFETY: the kernel writes only its own dynamic shared memory, of
         // the size it is launched with.
         unsafe { b.launch(cfg) }.map_err(CudaError::driver("cuLaunchKernel(kiln_clear_shared)"))?;
+        Ok(())
+    }
+
+    /// Enqueues one read of the `len` bytes at device address `at` (16-byte
+    /// aligned, of this context) through L2 at normal priority
+    /// (`kiln_warm_l2`; a tail under 16 bytes is not read): afterwards they
+    /// are in L2 as far as it holds them, whatever the kernel before left or
+    /// evicted there. Nothing waits for it.
+    pub fn warm_l2(&self, gpu: &Gpu, at: u64, len: u64) -> Result<()> {
+        let n16 = len / 16;
+        if n16 == 0 {
+            return Ok(());
+        }
+        if !at.is_multiple_of(16) {
+            return Err(CudaError::SelfCheck(
+                "an L2 warm-up needs a 16-byte aligned buffer".into(),
+            ));
+        }
+        let blocks = (4 * gpu.facts().sm_count).max(1);
+        let cfg = self.warm_l2.prepare(&LaunchDims::linear(blocks, 256, 0))?;
+        let sink = self.warm_sink.device_ptr(gpu.stream()).0;
+        let mut b = gpu.stream().launch_builder(self.warm_l2.function());
+        b.arg(&at).arg(&n16).arg(&sink);
+        // SAFETY: `at` addresses `len` readable bytes (the caller's buffer);
+        // the kernel reads them and may write the one u32 of `warm_sink`.
+        unsafe { b.launch(cfg) }.map_err(CudaError::driver("cuLaunchKernel(kiln_warm_l2)"))?;
         Ok(())
     }
 

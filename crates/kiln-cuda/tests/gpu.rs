@@ -237,3 +237,36 @@ fn digests_tell_buffers_apart_by_every_byte_and_its_place() {
     zeros[len - 3] = 1;
     assert_ne!(z, digest(&zeros, key), "a change in the tail");
 }
+
+#[test]
+#[ignore = "needs a CUDA GPU: run scripts/gpu-suite.sh"]
+fn warm_l2_leaves_a_buffer_in_l2_after_another_kernel_evicted_it() {
+    use kiln_cuda::DevicePtr;
+    let (gpu, compiler) = open();
+    let probes = Probes::load(&gpu, &compiler).expect("probe kernels load");
+    // Inputs within L2 (the evaluator warms only those), and a read of
+    // several L2s standing in for a kernel that evicted them.
+    let l2 = gpu.facts().l2_bytes as usize;
+    let len = (l2 / 2) & !0xFFF;
+    let inputs = gpu.alloc_zeros::<u8>(len).expect("inputs");
+    let other = gpu.alloc_zeros::<u8>(4 * l2).expect("other memory");
+    let (at, evict) = (
+        inputs.device_ptr(gpu.stream()).0,
+        other.device_ptr(gpu.stream()).0,
+    );
+    let read = || probes.warm_l2(&gpu, at, len as u64);
+    let (mut cold, mut warm) = (f64::MAX, f64::MAX);
+    for _ in 0..7 {
+        probes.warm_l2(&gpu, evict, 4 * l2 as u64).expect("evict");
+        cold = cold.min(gpu.time_us(read).expect("cold read"));
+        probes.warm_l2(&gpu, evict, 4 * l2 as u64).expect("evict");
+        read().expect("warm-up");
+        warm = warm.min(gpu.time_us(read).expect("warm read"));
+    }
+    println!("{len} bytes: {cold:.2} µs after an eviction, {warm:.2} µs after warm_l2");
+    assert!(
+        warm < 0.8 * cold,
+        "a read after warm_l2 ({warm:.2} µs) should find the bytes in L2, \
+         faster than after an eviction ({cold:.2} µs)"
+    );
+}

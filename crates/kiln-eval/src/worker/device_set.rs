@@ -326,6 +326,16 @@ impl DeviceSet {
         Ok(())
     }
 
+    /// Device address and length of every input buffer (every row window):
+    /// what the judge reads into L2 before a replay.
+    pub fn input_ranges(&self, gpu: &Gpu) -> Vec<(u64, u64)> {
+        self.inputs
+            .iter()
+            .flatten()
+            .map(|b| (b.ptr(gpu), b.len as u64))
+            .collect()
+    }
+
     /// Re-uploads the inputs last uploaded (after a kernel corrupted them).
     pub fn restore_inputs(&mut self, gpu: &Gpu) -> Result<(), CudaError> {
         for (buf, host) in self.inputs.iter_mut().zip(&self.uploaded) {

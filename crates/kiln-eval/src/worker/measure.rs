@@ -387,6 +387,9 @@ pub struct TimingSets {
     pub windows: usize,
     /// True when the sets together are at least twice the L2.
     pub rotated_beyond_l2: bool,
+    /// True when every set's inputs fit in L2 together ([`warms_l2`]): then
+    /// every replay starts with them read into L2 by the judge.
+    pub warms_l2: bool,
     /// The bytes a launch of the graph must move, on average over its
     /// launches ([`OpProblem::bytes_moved_on`] of each launch's own rows):
     /// what the plausibility bound and the reported bandwidth use.
@@ -443,16 +446,29 @@ impl TimingSets {
         self.rounds * self.sets.len()
     }
 
-    /// Poisons every output, resets every in-out buffer of every set and
+    /// Poisons every output, resets every in-out buffer of every set, reads
+    /// every input into L2 where they all fit in it ([`warms_l2`]) and
     /// overwrites every SM's shared memory (before every replay, timed or
-    /// not): a replay reads the same inputs as the one before it, and on the
-    /// H100 a block found in its uninitialised shared memory what the same
-    /// block wrote there one replay earlier, where a kernel could keep its
-    /// answers and copy them back instead of computing them.
+    /// not). Shared memory: a replay reads the same inputs as the one before
+    /// it, and on the H100 a block found in its uninitialised shared memory
+    /// what the same block wrote there one replay earlier, where a kernel
+    /// could keep its answers and copy them back instead of computing them.
+    /// L2: candidate and catalog replays alternate, so without the warm-up a
+    /// kernel could end its replay by evicting the inputs (prefetching other
+    /// memory costs it little) and send the catalog's next replay to DRAM.
     pub fn reset_outputs(&mut self, dev: &Device) -> Result<(), Failure> {
         for set in self.sets.iter_mut() {
             set.reset_outputs(&dev.gpu)
                 .map_err(|e| Failure::machinery("resetting timing outputs", e))?;
+        }
+        if self.warms_l2 {
+            for set in &self.sets {
+                for (at, len) in set.input_ranges(&dev.gpu) {
+                    dev.probes
+                        .warm_l2(&dev.gpu, at, len)
+                        .map_err(|e| Failure::machinery("warming L2 with the inputs", e))?;
+                }
+            }
         }
         dev.probes
             .clear_shared(&dev.gpu, SHARED_MEMORY_FILL)
@@ -482,6 +498,14 @@ pub fn set_counts(per_set: u64, l2: u64, free: u64) -> (usize, usize, bool) {
     let n = n.min((free / 4 / per_set).max(1));
     let rounds = launches.div_ceil(n).max(1);
     (n as usize, rounds as usize, n > 1 && n * per_set >= 2 * l2)
+}
+
+/// Whether the judge reads a graph's inputs (`input_bytes` over all its
+/// sets, every row window) into an L2 of `l2` bytes before every replay:
+/// when they fit, a replay is meant to find them there whatever ran before.
+/// Past that, a replay streams them from DRAM anyway.
+pub fn warms_l2(input_bytes: u64, l2: u64) -> bool {
+    input_bytes <= l2
 }
 
 /// The set counts for a shape whose rows cannot be split into one block per
@@ -577,12 +601,18 @@ pub fn timing_sets(
     let mut paired: Vec<(DeviceSet, Vec<HostBuffer>)> = sets.into_iter().zip(inputs).collect();
     paired.shuffle(&mut order);
     let (sets, inputs): (Vec<_>, Vec<_>) = paired.into_iter().unzip();
+    let input_bytes = sets
+        .iter()
+        .flat_map(|s| s.input_ranges(gpu))
+        .map(|(_, len)| len)
+        .sum();
     Ok(TimingSets {
         sets,
         inputs,
         rounds,
         windows,
         rotated_beyond_l2: rotated,
+        warms_l2: warms_l2(input_bytes, l2),
         bytes_per_launch,
         statics,
         references: vec![None; n],
@@ -1314,6 +1344,16 @@ mod tests {
         // Memory bounds the count before anything else.
         let (n, _, _) = set_counts(1 << 30, L2, 4 << 30);
         assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn inputs_are_read_into_l2_before_a_replay_only_where_they_fit() {
+        // Decode-sized sets (20 of 8 KiB): read into L2 before every replay.
+        assert!(warms_l2(20 * (8 << 10), L2));
+        assert!(warms_l2(L2, L2));
+        // Sets rotated beyond L2 stream from DRAM whatever ran before.
+        assert!(!warms_l2(3 * L2, L2));
+        assert!(!warms_l2(L2 + 1, L2));
     }
 
     #[test]
