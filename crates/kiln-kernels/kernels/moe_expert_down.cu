@@ -16,8 +16,8 @@
 // KILN_HAS_SHARED (0/1), KILN_WEIGHT_IN_DTYPE (0/1); K*I*sizeof(scalar_t) <= 48 KiB.
 // Launch: a block per (token, 8 consecutive output rows), a warp per row. The block stages h[t]
 // (K*I values) in static shared memory; each warp streams its K weight rows with 16-byte loads
-// (lane l takes the 8-element chunks l, l+32, ...; up to 16 loads per lane in flight) and reduces
-// the K dot products with warp shuffles.
+// (lane l takes the 8-element chunks l, l+32, ...; up to 16 loads per lane in flight, the first
+// 16 issued before h is staged) and reduces the K dot products with warp shuffles.
 // Early launch: the models may start this kernel while the one before it runs; it waits
 // (griddepcontrol.wait) before its first memory access.
 // kiln: block=256 grid=T*ceil_div(H, 8) smem=0
@@ -89,28 +89,41 @@ extern "C" __global__ void __launch_bounds__(256) moe_expert_down(const scalar_t
     const int r = (int)(blockIdx.x - t * ROW_BLOCKS) * WARPS + (threadIdx.x >> 5);
     const int lane = threadIdx.x & 31;
     if (t >= T) return;  // uniform over the block
-    const uint4* src = reinterpret_cast<const uint4*>(h + t * (KILN_K * KILN_I));
-    for (int v = threadIdx.x; v < HS_U4; v += blockDim.x) hs[v] = __ldg(src + v);
-    __syncthreads();
-    if (r >= KILN_H) return;
+    // A warp past the last row still stages h and meets the barrier.
+    const bool has_row = r < KILN_H;
 
     unsigned int e[KILN_K];
 #pragma unroll
     for (int k = 0; k < KILN_K; ++k) e[k] = __ldg(indices + t * KILN_K + k);
-    float part[KILN_K];
-#pragma unroll
-    for (int k = 0; k < KILN_K; ++k) part[k] = 0.f;
     // The (slot, chunk) pairs of this lane, in batches of 16 uint4 loads.
     constexpr int NCH = KILN_K * JPL;
     constexpr int BATCH = 16 / (int)NU;
+    // The weights do not depend on h: the first batch is in flight while h is staged, so the
+    // block waits for one memory latency before it streams, not for three (h, indices, weights).
+    Chunk wc[BATCH];
+#pragma unroll
+    for (int b = 0; b < BATCH; ++b) {
+        const int q = b, k = q / JPL, c = (q % JPL) * 32 + lane;
+        if (has_row && q < NCH && c < CPR && e[k] < (unsigned int)KILN_E)
+            wc[b] = load_chunk_stream(w_down + ((long long)e[k] * KILN_H + r) * KILN_I + c * 8);
+    }
+    const uint4* src = reinterpret_cast<const uint4*>(h + t * (KILN_K * KILN_I));
+    for (int v = threadIdx.x; v < HS_U4; v += blockDim.x) hs[v] = __ldg(src + v);
+    __syncthreads();
+    if (!has_row) return;
+
+    float part[KILN_K];
+#pragma unroll
+    for (int k = 0; k < KILN_K; ++k) part[k] = 0.f;
 #pragma unroll
     for (int q0 = 0; q0 < NCH; q0 += BATCH) {
-        Chunk wc[BATCH];
+        if (q0 > 0) {
 #pragma unroll
-        for (int b = 0; b < BATCH; ++b) {
-            const int q = q0 + b, k = q / JPL, c = (q % JPL) * 32 + lane;
-            if (q < NCH && c < CPR && e[k] < (unsigned int)KILN_E)
-                wc[b] = load_chunk_stream(w_down + ((long long)e[k] * KILN_H + r) * KILN_I + c * 8);
+            for (int b = 0; b < BATCH; ++b) {
+                const int q = q0 + b, k = q / JPL, c = (q % JPL) * 32 + lane;
+                if (q < NCH && c < CPR && e[k] < (unsigned int)KILN_E)
+                    wc[b] = load_chunk_stream(w_down + ((long long)e[k] * KILN_H + r) * KILN_I + c * 8);
+            }
         }
 #pragma unroll
         for (int b = 0; b < BATCH; ++b) {
