@@ -178,7 +178,7 @@ impl Family {
             Family::SoftmaxTopk | Family::SigmoidTopk => &["rpb", "lay", "minb", "tpr"],
             Family::TttLinearDecode => &["pre", "cpt", "ks", "minb"],
             Family::MoeExpertSwiglu => &["unr", "rpw", "xs", "minb", "vec", "wpb"],
-            Family::MoeExpertDown => &["unr", "rpw", "hs", "minb", "vec", "wpb"],
+            Family::MoeExpertDown => &["unr", "rpw", "hs", "flat", "minb", "vec", "wpb"],
             Family::ShortConv => &["pf", "minb", "block", "vec"],
             // The row split and q's home follow the vector width and lanes; those two come last.
             Family::DecodeAttention => &["vsplit", "kif", "qs", "minb", "lpk", "vec", "block"],
@@ -289,6 +289,10 @@ impl Family {
                 ensure(
                     staged * 4 <= 48 * 1024,
                     &format!("the staged {what} must fit 48 KiB in f32"),
+                )?;
+                ensure(
+                    self != Family::MoeExpertDown || k.get("flat") == 0 || d.k * rpw <= 32,
+                    "a flat stream keeps K * rpw partial sums per lane: at most 32",
                 )
             }
             Family::ShortConv => {
@@ -588,11 +592,16 @@ impl Family {
                 };
                 vec![
                     format!(
-                        "{} {rows} per warp, {} warps per block, {}-element vectors, {} vector(s) per row in flight per lane.",
+                        "{} {rows} per warp, {} warps per block, {}-element vectors, {} vector(s) {} in flight per lane.",
                         k.get("rpw"),
                         k.get("wpb"),
                         k.get("vec"),
-                        k.get("unr")
+                        k.get("unr"),
+                        if self == Family::MoeExpertDown && k.get("flat") == 1 {
+                            "of every row, across the K slots,"
+                        } else {
+                            "per row"
+                        }
                     ),
                     format!(
                         "Weight loads: {}; {staged_what} {}; H = {}, I = {}, K = {}.",
@@ -793,8 +802,13 @@ impl Family {
                 let staged = if self == Family::MoeExpertSwiglu { "xs" } else { "hs" };
                 let deep = if self == Family::MoeExpertSwiglu { 8 } else { 16 };
                 vec![
-                    r("recipe-warp-per-row-stream", "a warp per row, 8 warps per block, 16-byte no-allocate loads, 16 in flight per lane (the catalog design)",
-                      vec![("rpw", 1), ("wpb", 8), ("vec", 8), ("unr", deep), ("ldh", 4), (staged, 1)]),
+                    if self == Family::MoeExpertSwiglu {
+                        r("recipe-warp-per-row-stream", "a warp per row, 8 warps per block, 16-byte no-allocate loads, 8 vectors each of the gate and up rows in flight per lane (the catalog design)",
+                          vec![("rpw", 1), ("wpb", 8), ("vec", 8), ("unr", deep), ("ldh", 4), (staged, 1)])
+                    } else {
+                        r("recipe-warp-per-row-stream", "a warp per row, 8 warps per block, h[t] staged, 16-byte no-allocate loads of every slot's row, 16 in flight per lane across the slots, the first 16 issued before h is staged (the catalog design)",
+                          vec![("rpw", 1), ("wpb", 8), ("vec", 8), ("unr", deep), ("ldh", 4), (staged, 1), ("flat", 1)])
+                    },
                     r("recipe-two-rows-per-warp", "two rows per warp sharing each activation load, 4 warps per block, streaming loads",
                       vec![("rpw", 2), ("wpb", 4), ("vec", 8), ("unr", deep / 2), ("ldh", 2), (staged, 1)]),
                     r("recipe-small-blocks", "a warp per row in 2-warp blocks (more blocks in flight at T = 1), 16-byte no-allocate loads",
@@ -1303,6 +1317,13 @@ const EXPERT_DOWN: &[KnobSpec] = &[
         &[],
         0,
         "stage h[t] (K·I values) in shared memory"
+    ),
+    knob!(
+        "flat",
+        BOOL,
+        &[],
+        0,
+        "every slot's rows as one stream of (slot, vector) pairs, unr loads in flight across slots and the first batch issued before h is staged (else slot by slot)"
     ),
     MINB_K,
 ];

@@ -989,3 +989,49 @@ fn router_catalog_recipe_is_the_catalog_design() {
         assert!(!src.contains("gmask"));
     }
 }
+
+#[test]
+fn expert_down_catalog_recipe_is_the_catalog_design() {
+    // kernels/moe_expert_down.cu: a block per (token, 8 output rows), a warp per row, h[t]
+    // staged in shared memory, every slot's row streamed with 16-byte no-allocate loads as one
+    // run of (slot, vector) pairs, 16 in flight per lane, the first 16 issued before h is staged.
+    let f = Family::MoeExpertDown;
+    let dims = Dims::from_static(f, &dims_of(f)).expect("dims");
+    let r = f
+        .recipes(&dims)
+        .into_iter()
+        .find(|r| r.name == "recipe-warp-per-row-stream")
+        .expect("the catalog recipe");
+    let k = f.apply(&f.naive(&dims), &r.set, &dims).expect("valid");
+    assert_eq!(
+        k,
+        knobs_of(f, "rpw=1 wpb=8 vec=8 unr=16 ldh=na hs=1 flat=1 minb=0")
+    );
+    assert_eq!(
+        f.launch(&k, &dims),
+        "block=256 grid=T*ceil_div(H, 8) smem=0"
+    );
+    let src = f.render(&k, &dims);
+    assert!(src.contains("#define KO_FLAT 1") && src.contains("#define KO_HS 1"));
+    // The first batch of weight loads comes before h is staged and the barrier.
+    let first_load = src
+        .find("w[q][r] = ld_pack<KO_LDH>")
+        .expect("a weight load");
+    let barrier = src.find("__syncthreads()").expect("the barrier");
+    assert!(first_load < barrier);
+    // Slot by slot stays in the space, and a flat stream keeps at most 32 partial sums per lane.
+    assert!(f
+        .check(
+            &knobs_of(f, "rpw=1 wpb=8 vec=8 unr=16 ldh=na hs=1 flat=0"),
+            &dims
+        )
+        .is_ok());
+    let four_rows = knobs_of(f, "rpw=4 wpb=8 vec=8 unr=4 ldh=na hs=1 flat=1");
+    assert!(f.check(&four_rows, &dims).is_ok(), "8 slots x 4 rows");
+    let sixteen_slots: BTreeMap<String, i64> = [("H", 2048), ("I", 768), ("E", 128), ("K", 16)]
+        .iter()
+        .map(|(n, v)| (n.to_string(), *v))
+        .collect();
+    let wide = Dims::from_static(f, &sixteen_slots).expect("K=16");
+    assert!(f.check(&four_rows, &wide).is_err(), "16 slots x 4 rows");
+}
