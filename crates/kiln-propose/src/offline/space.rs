@@ -803,8 +803,8 @@ impl Family {
                 let deep = if self == Family::MoeExpertSwiglu { 8 } else { 16 };
                 vec![
                     if self == Family::MoeExpertSwiglu {
-                        r("recipe-warp-per-row-stream", "a warp per row, 8 warps per block, 16-byte no-allocate loads, 8 vectors each of the gate and up rows in flight per lane (the catalog design)",
-                          vec![("rpw", 1), ("wpb", 8), ("vec", 8), ("unr", deep), ("ldh", 4), (staged, 1)])
+                        r("recipe-warp-per-row-stream", "a warp per row, 8 warps per block, 16-byte no-allocate loads, 8 vectors each of the gate and up rows in flight per lane, x[t] through L1, silu by __frcp_rn (the catalog design)",
+                          vec![("rpw", 1), ("wpb", 8), ("vec", 8), ("unr", deep), ("ldh", 4), (staged, 0), ("act", 1)])
                     } else {
                         r("recipe-warp-per-row-stream", "a warp per row, 8 warps per block, h[t] staged, 16-byte no-allocate loads of every slot's row, 16 in flight per lane across the slots, the first 16 issued before h is staged (the catalog design)",
                           vec![("rpw", 1), ("wpb", 8), ("vec", 8), ("unr", deep), ("ldh", 4), (staged, 1), ("flat", 1)])

@@ -1035,3 +1035,29 @@ fn expert_down_catalog_recipe_is_the_catalog_design() {
     let wide = Dims::from_static(f, &sixteen_slots).expect("K=16");
     assert!(f.check(&four_rows, &wide).is_err(), "16 slots x 4 rows");
 }
+
+#[test]
+fn expert_swiglu_catalog_recipe_is_the_catalog_design() {
+    // kernels/moe_expert_swiglu.cu: a block per (slot, 8 rows), a warp per row, 8 16-byte
+    // no-allocate loads each of the gate and up rows in flight per lane (H = 2048), x[t] read
+    // through L1 (not staged: a barrier would add a memory latency before the weights),
+    // silu as g * __frcp_rn(1 + __expf(-g)).
+    let f = Family::MoeExpertSwiglu;
+    let dims = Dims::from_static(f, &dims_of(f)).expect("dims");
+    let r = f
+        .recipes(&dims)
+        .into_iter()
+        .find(|r| r.name == "recipe-warp-per-row-stream")
+        .expect("the catalog recipe");
+    let k = f.apply(&f.naive(&dims), &r.set, &dims).expect("valid");
+    assert_eq!(
+        k,
+        knobs_of(f, "rpw=1 wpb=8 vec=8 unr=8 ldh=na xs=0 act=rcp minb=0")
+    );
+    assert_eq!(
+        f.launch(&k, &dims),
+        "block=256 grid=T*K*ceil_div(I, 8) smem=0"
+    );
+    let src = f.render(&k, &dims);
+    assert!(src.contains("#define KO_XS 0") && src.contains("#define KO_ACT 1"));
+}
