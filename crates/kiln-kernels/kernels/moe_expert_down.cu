@@ -73,6 +73,20 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+#define NCH (KILN_K * JPL)                       // (slot, chunk) pairs per lane
+#define BATCH (16 / (int)NU)                     // pairs loaded at once: 16 uint4 loads
+
+// Loads pairs q0 .. q0 + BATCH - 1 of the lane's (slot, chunk) stream (slot-major) of row r.
+__device__ __forceinline__ void load_batch(Chunk (&wc)[BATCH], const scalar_t* w_down,
+                                           const unsigned int (&e)[KILN_K], int q0, int r, int lane) {
+#pragma unroll
+    for (int b = 0; b < BATCH; ++b) {
+        const int q = q0 + b, k = q / JPL, c = (q % JPL) * 32 + lane;
+        if (q < NCH && c < CPR && e[k] < (unsigned int)KILN_E)
+            wc[b] = load_chunk_stream(w_down + ((long long)e[k] * KILN_H + r) * KILN_I + c * 8);
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) moe_expert_down(const scalar_t* __restrict__ h,
                                                                   const scalar_t* __restrict__ w_down,
                                                                   const unsigned int* __restrict__ indices,
@@ -95,18 +109,10 @@ extern "C" __global__ void __launch_bounds__(256) moe_expert_down(const scalar_t
     unsigned int e[KILN_K];
 #pragma unroll
     for (int k = 0; k < KILN_K; ++k) e[k] = __ldg(indices + t * KILN_K + k);
-    // The (slot, chunk) pairs of this lane, in batches of 16 uint4 loads.
-    constexpr int NCH = KILN_K * JPL;
-    constexpr int BATCH = 16 / (int)NU;
     // The weights do not depend on h: the first batch is in flight while h is staged, so the
     // block waits for one memory latency before it streams, not for three (h, indices, weights).
     Chunk wc[BATCH];
-#pragma unroll
-    for (int b = 0; b < BATCH; ++b) {
-        const int q = b, k = q / JPL, c = (q % JPL) * 32 + lane;
-        if (has_row && q < NCH && c < CPR && e[k] < (unsigned int)KILN_E)
-            wc[b] = load_chunk_stream(w_down + ((long long)e[k] * KILN_H + r) * KILN_I + c * 8);
-    }
+    if (has_row) load_batch(wc, w_down, e, 0, r, lane);
     const uint4* src = reinterpret_cast<const uint4*>(h + t * (KILN_K * KILN_I));
     for (int v = threadIdx.x; v < HS_U4; v += blockDim.x) hs[v] = __ldg(src + v);
     __syncthreads();
@@ -117,14 +123,7 @@ extern "C" __global__ void __launch_bounds__(256) moe_expert_down(const scalar_t
     for (int k = 0; k < KILN_K; ++k) part[k] = 0.f;
 #pragma unroll
     for (int q0 = 0; q0 < NCH; q0 += BATCH) {
-        if (q0 > 0) {
-#pragma unroll
-            for (int b = 0; b < BATCH; ++b) {
-                const int q = q0 + b, k = q / JPL, c = (q % JPL) * 32 + lane;
-                if (q < NCH && c < CPR && e[k] < (unsigned int)KILN_E)
-                    wc[b] = load_chunk_stream(w_down + ((long long)e[k] * KILN_H + r) * KILN_I + c * 8);
-            }
-        }
+        if (q0 > 0) load_batch(wc, w_down, e, q0, r, lane);
 #pragma unroll
         for (int b = 0; b < BATCH; ++b) {
             const int q = q0 + b, k = q / JPL, c = (q % JPL) * 32 + lane;

@@ -1015,8 +1015,8 @@ fn expert_down_catalog_recipe_is_the_catalog_design() {
     assert!(src.contains("#define KO_FLAT 1") && src.contains("#define KO_HS 1"));
     // The first batch of weight loads comes before h is staged and the barrier.
     let first_load = src
-        .find("w[q][r] = ld_pack<KO_LDH>")
-        .expect("a weight load");
+        .find("load_pairs(w, w_down, e, 0, r0, lane);")
+        .expect("the first batch");
     let barrier = src.find("__syncthreads()").expect("the barrier");
     assert!(first_load < barrier);
     // Slot by slot stays in the space, and a flat stream keeps at most 32 partial sums per lane.
