@@ -990,6 +990,17 @@ fn router_catalog_recipe_is_the_catalog_design() {
     }
 }
 
+/// The knobs a named recipe gives from the naive configuration.
+fn recipe_knobs(f: Family, dims: &Dims, name: &str) -> Knobs {
+    let r = f
+        .recipes(dims)
+        .into_iter()
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("{}: no recipe {name}", f.name()));
+    f.apply(&f.naive(dims), &r.set, dims)
+        .expect("a valid recipe")
+}
+
 #[test]
 fn expert_down_catalog_recipe_is_the_catalog_design() {
     // kernels/moe_expert_down.cu: a block per (token, 8 output rows), a warp per row, h[t]
@@ -997,12 +1008,7 @@ fn expert_down_catalog_recipe_is_the_catalog_design() {
     // run of (slot, vector) pairs, 16 in flight per lane, the first 16 issued before h is staged.
     let f = Family::MoeExpertDown;
     let dims = Dims::from_static(f, &dims_of(f)).expect("dims");
-    let r = f
-        .recipes(&dims)
-        .into_iter()
-        .find(|r| r.name == "recipe-warp-per-row-stream")
-        .expect("the catalog recipe");
-    let k = f.apply(&f.naive(&dims), &r.set, &dims).expect("valid");
+    let k = recipe_knobs(f, &dims, "recipe-warp-per-row-stream");
     assert_eq!(
         k,
         knobs_of(f, "rpw=1 wpb=8 vec=8 unr=16 ldh=na hs=1 flat=1 minb=0")
@@ -1044,12 +1050,7 @@ fn expert_swiglu_catalog_recipe_is_the_catalog_design() {
     // silu as g * __frcp_rn(1 + __expf(-g)).
     let f = Family::MoeExpertSwiglu;
     let dims = Dims::from_static(f, &dims_of(f)).expect("dims");
-    let r = f
-        .recipes(&dims)
-        .into_iter()
-        .find(|r| r.name == "recipe-warp-per-row-stream")
-        .expect("the catalog recipe");
-    let k = f.apply(&f.naive(&dims), &r.set, &dims).expect("valid");
+    let k = recipe_knobs(f, &dims, "recipe-warp-per-row-stream");
     assert_eq!(
         k,
         knobs_of(f, "rpw=1 wpb=8 vec=8 unr=8 ldh=na xs=0 act=rcp minb=0")
