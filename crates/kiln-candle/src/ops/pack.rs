@@ -46,7 +46,12 @@ impl KernelPack {
 
     /// The pack kernel that replaces `build`, if any.
     pub fn replacement(&self, build: &KernelBuild) -> Option<&PackKernel> {
-        self.kernels.iter().find(|k| match &k.defines {
+        self.replacement_index(build).map(|i| &self.kernels[i])
+    }
+
+    /// The index of the pack kernel that replaces `build`, if any.
+    fn replacement_index(&self, build: &KernelBuild) -> Option<usize> {
+        self.kernels.iter().position(|k| match &k.defines {
             Some(d) => {
                 k.entry_point.as_deref().unwrap_or(&build.entry) == build.entry
                     && kiln_kernels::pack::same_defines(d, &build.defines)
@@ -122,21 +127,15 @@ pub fn take_replacements() -> Vec<Replacement> {
 /// `build` with the active pack's source swapped in where one applies, else
 /// the discovered set's ([`discovered`]).
 pub fn resolve(build: KernelBuild) -> KernelBuild {
-    if let Ok(g) = ACTIVE.read() {
-        if let Some(pack) = g.as_ref() {
-            if let Some(k) = pack.replacement(&build) {
-                if let (Ok(mut m), Some(entry)) =
-                    (MADE.lock(), pack.kernels.iter().position(|x| x == k))
-                {
-                    m.push(Replacement {
-                        entry,
-                        target: k.target.clone(),
-                        build: build.name.clone(),
-                    });
-                }
-                return swapped("pack", k, build);
-            }
+    if let Some((k, entry)) = active_replacement(&build) {
+        if let Ok(mut m) = MADE.lock() {
+            m.push(Replacement {
+                entry,
+                target: k.target.clone(),
+                build: build.name.clone(),
+            });
         }
+        return swapped("pack", &k, build);
     }
     swap_in(discovered(), build)
 }
@@ -145,11 +144,16 @@ pub fn resolve(build: KernelBuild) -> KernelBuild {
 /// pack's or the discovered set's): a fused path that bypasses `build`'s
 /// launch must not run then, or the replacement would silently not apply.
 pub fn replaced(build: &KernelBuild) -> bool {
-    let in_pack = ACTIVE
-        .read()
-        .ok()
-        .is_some_and(|g| g.as_ref().is_some_and(|p| p.replacement(build).is_some()));
-    in_pack || discovered().replacement(build).is_some()
+    active_replacement(build).is_some() || discovered().replacement(build).is_some()
+}
+
+/// The active pack's entry for `build` (a copy: the pack sits behind a
+/// lock) and its index in the pack.
+fn active_replacement(build: &KernelBuild) -> Option<(PackKernel, usize)> {
+    let g = ACTIVE.read().ok()?;
+    let pack = g.as_ref()?;
+    let entry = pack.replacement_index(build)?;
+    Some((pack.kernels[entry].clone(), entry))
 }
 
 /// `build` with the source of the set's entry for it, if there is one.
