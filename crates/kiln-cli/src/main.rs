@@ -26,7 +26,7 @@ fn main() -> ExitCode {
 /// The error and its causes, joined with `: `, leaving out a cause whose text
 /// the message already holds (many typed errors print their source in their own
 /// message, and `{:#}` would print it again).
-fn user_message(err: &anyhow::Error) -> String {
+pub(crate) fn user_message(err: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in err.chain() {
         let part = cause.to_string();

@@ -34,7 +34,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
     match check(args) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", crate::user_message(&err));
             ExitCode::from(USAGE)
         }
     }

@@ -353,8 +353,8 @@ fn run_session(
                 })
             }
             Err(e) => {
-                eprintln!("{}{on}: FAILED: {e:#}", target.name);
-                json!({"target": target.name, "backend": backend, "status": "failed", "device": device_no, "error": format!("{e:#}"), "session": path})
+                eprintln!("{}{on}: FAILED: {}", target.name, crate::user_message(&e));
+                json!({"target": target.name, "backend": backend, "status": "failed", "device": device_no, "error": crate::user_message(&e), "session": path})
             }
         },
     )
@@ -406,7 +406,7 @@ fn run_on_devices(
                 let mut ev = match evaluator(&args.flags, d) {
                     Ok(ev) => ev,
                     Err(e) => {
-                        eprintln!("GPU {d}: its evaluator did not start, the other devices go on: {e:#}");
+                        eprintln!("GPU {d}: its evaluator did not start, the other devices go on: {}", crate::user_message(&e));
                         return;
                     }
                 };
@@ -417,7 +417,7 @@ fn run_on_devices(
                     };
                     let row = run_session(args, backend, target, ev.as_mut(), Some((d, bars)))
                         .unwrap_or_else(|e| {
-                            json!({"target": target.name, "backend": backend, "status": "failed", "device": d, "error": format!("{e:#}")})
+                            json!({"target": target.name, "backend": backend, "status": "failed", "device": d, "error": crate::user_message(&e)})
                         });
                     if let Ok(mut r) = rows.lock() {
                         r.push((place, row));
