@@ -91,3 +91,37 @@ fn models_commands_print_help_and_say_what_is_missing() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_broken_pack_is_an_error_before_the_models_build_or_a_gpu_is_needed() {
+    if cfg!(feature = "models") {
+        eprintln!("NOT RUN: this kiln has its models; kiln-candle's tests cover the real commands");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    // No models build and no GPU: the pack is still read first, and its fault named.
+    let empty = dir.path().join("no-target");
+    let cases = [
+        ("junk.json", "{\"x\": 1}", "not a kernel pack"),
+        (
+            "no_launch.json",
+            "{\"target\": \"qwen3_rmsnorm\", \"entry_point\": \"rmsnorm\", \"source\": \"// none\\n\"}",
+            "no launch line",
+        ),
+    ];
+    for (name, text, want) in cases {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        let path = p.to_str().expect("utf-8 path");
+        let out = kiln(
+            &["validate", "--synthetic", "qwen3-30b-a3b", "--pack", path],
+            &[("KILN_MODELS_TARGET", &empty)],
+        );
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{name}: {err}");
+        assert!(
+            err.contains("--pack") && err.contains(want),
+            "{name}: {err}"
+        );
+    }
+}

@@ -9,7 +9,7 @@
 //! nothing.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -116,6 +116,22 @@ pub enum PackError {
         /// Its format tag.
         found: String,
     },
+    /// The pack file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// An entry's source has no launch line kiln can run.
+    #[error("the kernel for {target}: {reason}")]
+    LaunchLine {
+        /// The entry's target.
+        target: String,
+        /// What is wrong with its launch line.
+        reason: String,
+    },
 }
 
 /// The entries of a pack text: one exported entry, or a JSON array of entries.
@@ -132,6 +148,26 @@ pub fn parse_pack(text: &str) -> Result<Vec<PackEntry>, PackError> {
                 found: e.format.clone(),
             });
         }
+    }
+    Ok(entries)
+}
+
+/// Reads a pack file ([`parse_pack`]) and checks that every entry's source
+/// has a launch line kiln can run: what `kiln validate --pack` and the models
+/// load, so a broken pack is an error before any GPU work starts.
+pub fn read_pack(path: &Path) -> Result<Vec<PackEntry>, PackError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PackError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let entries = parse_pack(&text)?;
+    for e in &entries {
+        crate::launch::LaunchLine::parse_source(&e.source).map_err(|err| {
+            PackError::LaunchLine {
+                target: e.target.clone(),
+                reason: err.to_string(),
+            }
+        })?;
     }
     Ok(entries)
 }
@@ -230,5 +266,34 @@ mod tests {
         assert!(!same_defines(&["garbage".into()], &build));
         assert_eq!(parse_define("1X=2"), None);
         assert_eq!(parse_define("=2"), None);
+    }
+
+    #[test]
+    fn a_pack_file_is_read_only_if_every_entry_can_launch() {
+        let dir = std::env::temp_dir().join(format!("kiln-pack-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let write = |name: &str, source: &str| {
+            let e = PackEntry {
+                target: "qwen3_rmsnorm".into(),
+                entry_point: Some("rmsnorm".into()),
+                source: source.into(),
+                ..Default::default()
+            };
+            let p = dir.join(name);
+            std::fs::write(&p, serde_json::to_string(&e).expect("json")).expect("write");
+            p
+        };
+        let good = write("good.json", "// kiln: block=32 grid=T smem=0\n");
+        assert_eq!(read_pack(&good).expect("a good pack").len(), 1);
+        let bad = write("bad.json", "// no launch line\n");
+        let err = read_pack(&bad).expect_err("no launch line");
+        assert!(
+            matches!(err, PackError::LaunchLine { ref target, .. } if target == "qwen3_rmsnorm")
+        );
+        assert!(matches!(
+            read_pack(&dir.join("missing.json")),
+            Err(PackError::Read { .. })
+        ));
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

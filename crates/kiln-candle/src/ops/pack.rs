@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
-use kiln_kernels::{KernelBuild, LaunchLine};
+use kiln_kernels::KernelBuild;
 
 use crate::error::{Error, Result};
 
@@ -30,17 +30,10 @@ pub struct KernelPack {
 impl KernelPack {
     /// Reads a pack: one exported entry, or a JSON array of entries.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
+        let kernels = kiln_kernels::pack::read_pack(path).map_err(|e| match e {
+            kiln_kernels::pack::PackError::Read { path, source } => Error::Io { path, source },
+            e => Error::Config(format!("{}: {e}", path.display())),
         })?;
-        let kernels = kiln_kernels::pack::parse_pack(&text)
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-        for k in &kernels {
-            LaunchLine::parse_source(&k.source).map_err(|e| {
-                Error::Config(format!("{}: kernel for {}: {e}", path.display(), k.target))
-            })?;
-        }
         Ok(Self { kernels })
     }
 

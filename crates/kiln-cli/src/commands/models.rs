@@ -18,9 +18,15 @@ pub fn models(_: ModelsCommand) -> anyhow::Result<ExitCode> {
     hand_over()
 }
 
-/// `kiln validate`: handed to the models build.
+/// `kiln validate`: handed to the models build, once the pack it names
+/// (if any) reads as a pack: a broken file is an error before any GPU work.
 #[cfg(not(feature = "models"))]
-pub fn validate(_: &ValidateArgs) -> anyhow::Result<ExitCode> {
+pub fn validate(a: &ValidateArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    if let Some(p) = &a.pack {
+        kiln_kernels::pack::read_pack(p)
+            .with_context(|| format!("--pack {} is not a kernel pack kiln can run", p.display()))?;
+    }
     hand_over()
 }
 
