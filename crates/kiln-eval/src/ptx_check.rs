@@ -6,10 +6,13 @@
 //! device-heap call (macros, stringization, a header that wraps it), it ends
 //! up here as a special register or a call to a known symbol:
 //!
-//! - special registers that read time, performance counters or the launch
-//!   counter: `%clock`, `%clock_hi`, `%clock64`, `%globaltimer` (`_lo`/`_hi`),
-//!   `%pm0`..`%pm7` and their 64-bit forms, `%gridid` (a kernel that can tell
-//!   one launch from the next can behave differently while timed);
+//! - special registers that read time, performance counters or what identifies
+//!   a launch: `%clock`, `%clock_hi`, `%clock64`, `%globaltimer` (`_lo`/`_hi`),
+//!   `%pm0`..`%pm7` and their 64-bit forms, `%gridid`, `%current_graph_exec`
+//!   (the graph a kernel runs in) and the driver's `%envreg0`..`%envreg31`
+//!   (whose contents are the driver's and undocumented): a kernel that can
+//!   tell one launch from the next, or a graph replay from a stream launch,
+//!   can behave differently while timed;
 //! - calls to `vprintf` (device printf), `malloc`/`free` (device heap),
 //!   `cudaLaunchDevice`/`cudaGetParameterBuffer*` (dynamic parallelism),
 //!   `__assertfail` (assert prints);
@@ -34,8 +37,16 @@ use std::fmt;
 /// Most bytes of module-scope `.global` and `.const` data a candidate may carry.
 pub const MAX_GLOBAL_BYTES: u64 = 64 * 1024;
 
-/// Special-register prefixes that read a clock, a timer or a performance counter.
-const TIMER_REGISTERS: &[&str] = &["%clock", "%globaltimer", "%pm", "%gridid"];
+/// Special-register prefixes that read a clock, a timer, a performance counter
+/// or what identifies the launch.
+const FORBIDDEN_REGISTERS: &[&str] = &[
+    "%clock",
+    "%globaltimer",
+    "%pm",
+    "%gridid",
+    "%current_graph_exec",
+    "%envreg",
+];
 
 /// Symbols a candidate may not call, with the reason given to the proposer.
 const FORBIDDEN_CALLS: &[(&str, &str)] = &[
@@ -140,10 +151,12 @@ pub fn check_ptx(ptx: &str) -> Result<PtxFacts, PtxCheckError> {
         for word in words(line) {
             if let Some(reg) = word.strip_prefix('%') {
                 let reg = format!("%{reg}");
-                if let Some(prefix) = TIMER_REGISTERS.iter().find(|p| is_timer(&reg, p)) {
+                if FORBIDDEN_REGISTERS
+                    .iter()
+                    .any(|p| is_forbidden_register(&reg, p))
+                {
                     return Err(reject(format!(
-                        "the compiled PTX reads {reg} (line {line_no}; a {} register): kernels may not read clocks, timers, performance counters or launch counters",
-                        prefix.trim_start_matches('%')
+                        "the compiled PTX reads {reg} (line {line_no}): kernels may not read clocks, timers, performance counters or anything that identifies the launch"
                     )));
                 }
             }
@@ -187,10 +200,11 @@ pub fn check_ptx(ptx: &str) -> Result<PtxFacts, PtxCheckError> {
     Ok(facts)
 }
 
-/// `%clock`, `%clock_hi`, `%clock64`, `%globaltimer_lo`, `%pm3`, `%pm0_64`… but
+/// `%clock`, `%clock_hi`, `%clock64`, `%globaltimer_lo`, `%pm3`, `%pm0_64`,
+/// `%envreg7`, `%current_graph_exec`… but
 /// not an ordinary register that merely starts with the letters (`%pmx` is
 /// not a PTX register; NVVM names its own `%p`, `%r`, `%rd`, `%f`, `%fd`, `%rs`, `%h`).
-fn is_timer(reg: &str, prefix: &str) -> bool {
+fn is_forbidden_register(reg: &str, prefix: &str) -> bool {
     let Some(rest) = reg.strip_prefix(prefix) else {
         return false;
     };
@@ -464,7 +478,7 @@ mod tests {
     }
 
     #[test]
-    fn timer_registers_are_rejected_in_every_spelling() {
+    fn clock_counter_and_launch_registers_are_rejected_in_every_spelling() {
         for reg in [
             "%clock",
             "%clock64",
@@ -475,6 +489,9 @@ mod tests {
             "%pm0",
             "%pm7_64",
             "%gridid",
+            "%current_graph_exec",
+            "%envreg0",
+            "%envreg31",
         ] {
             let ptx = CLEAN.replace("%tid.x", reg);
             let err = check_ptx(&ptx).expect_err(reg);
@@ -482,7 +499,12 @@ mod tests {
         }
         // NVVM's own registers are not timers.
         for ok in ["%p1", "%rd1", "%r12", "%fd3"] {
-            assert!(!TIMER_REGISTERS.iter().any(|p| is_timer(ok, p)), "{ok}");
+            assert!(
+                !FORBIDDEN_REGISTERS
+                    .iter()
+                    .any(|p| is_forbidden_register(ok, p)),
+                "{ok}"
+            );
         }
     }
 
