@@ -16,6 +16,9 @@
 //! - calls to `vprintf` (device printf), `malloc`/`free` (device heap),
 //!   `cudaLaunchDevice`/`cudaGetParameterBuffer*` (dynamic parallelism),
 //!   `__assertfail` (assert prints);
+//! - `cvta.param`, the generic address of a kernel parameter (`&` of a
+//!   `__grid_constant__` parameter): it points into the launch's own
+//!   parameter buffer, so it too tells one launch from another;
 //! - `discard` (`discard.global.L2`, `discard.L2`): it drops the cache lines
 //!   of memory it names, a weak write of indeterminate values, and the
 //!   catalog's replay, timed right after a candidate's, would then read its
@@ -94,10 +97,19 @@ const FORBIDDEN_CALLS: &[(&str, &str)] = &[
 
 /// Instruction families a candidate may not use (`discard.global.L2` is
 /// `discard` plus suffixes), with the reason given to the proposer.
-const FORBIDDEN_INSTRUCTIONS: &[(&str, &str)] = &[(
-    "discard",
-    "it evicts cache lines of memory the kernel does not own (the inputs the catalog reads next, cold) and leaves their contents indeterminate",
-)];
+const FORBIDDEN_INSTRUCTIONS: &[(&str, &str)] = &[
+    (
+        "discard",
+        "it evicts cache lines of memory the kernel does not own (the inputs the catalog reads next, cold) and leaves their contents indeterminate",
+    ),
+    (
+        // `&param` of a `__grid_constant__` parameter: the generic address of
+        // the launch's own parameter buffer, which differs from one launch
+        // (one graph node, one graph) to the next.
+        "cvta.param",
+        "it takes the address of a kernel parameter (`&` of a `__grid_constant__` parameter), which tells one launch from another; read parameters by value",
+    ),
+];
 
 /// One module-scope `.global` or `.const` variable of the compiled module.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -549,6 +561,19 @@ mod tests {
         }
         let named = CLEAN.replace("\tret;", "\tcall.uni discard, (param0);\n\tret;");
         check_ptx(&named).expect("a function named discard is not the instruction");
+    }
+
+    #[test]
+    fn the_address_of_a_kernel_parameter_is_rejected_but_its_value_is_not() {
+        let taken = CLEAN.replace("\tret;", "\tcvta.param.u64 %rd5, %rd2;\n\tret;");
+        let err = check_ptx(&taken).expect_err("cvta.param");
+        assert!(err.reason.contains("cvta.param"), "{err}");
+        // Reading parameters, and converting generic addresses to global ones, are fine.
+        let read = CLEAN.replace(
+            "\tret;",
+            "\tld.param.u64 %rd1, [k_param_0];\n\tcvta.to.global.u64 %rd4, %rd1;\n\tret;",
+        );
+        check_ptx(&read).expect("ld.param and cvta.to.global");
     }
 
     #[test]
