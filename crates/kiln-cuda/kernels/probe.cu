@@ -17,7 +17,7 @@
 //                                   replay: each replay, the candidate's or the catalog's,
 //                                   starts from the L2 the judge set up, not from whatever
 //                                   the kernel timed before it left (or evicted) there.
-//   launch: grid = 4 * SMS blocks, block = 256, grid-stride loop
+//   launch: grid = min(4 * SMS, ceil_div(n16, 256)) blocks, block = 256, grid-stride loop
 // kiln_copy(src, dst, n16)          dst[i] = src[i] for n16 16-byte words: the
 //                                   plainest kernel that moves a given number of
 //                                   bytes, shaped like kiln's elementwise ops

@@ -278,7 +278,12 @@ impl Probes {
                 "an L2 warm-up needs a 16-byte aligned buffer".into(),
             ));
         }
-        let blocks = (4 * gpu.facts().sm_count).max(1);
+        // A small buffer needs no more blocks than it has words for.
+        let words_per_block = 256u64;
+        let blocks = n16
+            .div_ceil(words_per_block)
+            .min(4 * gpu.facts().sm_count as u64)
+            .max(1) as u32;
         let cfg = self.warm_l2.prepare(&LaunchDims::linear(blocks, 256, 0))?;
         let sink = self.warm_sink.device_ptr(gpu.stream()).0;
         let mut b = gpu.stream().launch_builder(self.warm_l2.function());
