@@ -45,6 +45,7 @@ def table(report, commit, command):
         + (f"; early launch {report['early_launch']}" if "early_launch" in report else "")
         + (f"; gemv epilogues {report['gemv_fusion']}" if "gemv_fusion" in report else "")
         + (f"; rope + cache write fused {report['rope_cache_fusion']}" if "rope_cache_fusion" in report else "")
+        + (f"; norms in the projections {report['norm_fusion']}" if report.get("norm_fusion") else "")
         + "."
     )
     if command:

@@ -9,10 +9,19 @@
 //     s = silu(y[t, i]) (f32),  out[t, i] = dtype( dtype(s) * y[t, I + i] )         out[T, I]
 // Each epilogue rounds exactly as the separate launch it replaces (a bf16 bias add; swiglu_packed
 // with KILN_SILU_IN_DTYPE=1, the same silu instructions), so fusing changes no bit of the output.
+// Norm prologue (KILN_NORM, x in the weight dtype, D = K): the RMSNorm that feeds the projection,
+// computed by every block into shared memory instead of by a launch of its own:
+//   KILN_NORM=1: xn = rmsnorm(x) * norm_w                    (the catalog rmsnorm)
+//   KILN_NORM=2: h = dtype(x + residual) -> new_residual (block 0 writes it),
+//                xn = rmsnorm(h) * norm_w                    (the catalog add_rmsnorm)
+//   then the projection above of xn. Each row's sum of squares runs over the norm kernels' own
+// lane layout (TPR threads with CPT 8-element chunks each), warp shuffles and cross-warp order,
+// and rounds as they do (KILN_EPS, KILN_CAST_BEFORE_SCALE), so xn is their output bit for bit.
 // Layout: x[T, K], w[N, K] (row-major, the nn.Linear weight), bias[N]; pointers 16-byte aligned.
 // Defines: KILN_DTYPE (w, bias and out), KILN_X_DTYPE (x; default KILN_DTYPE, may be narrower:
 // widened exactly), KILN_N (>= 1; even with KILN_GATED), KILN_K (% (16 / sizeof(dtype)) == 0),
-// KILN_RPW (weight rows per warp, 1..=4; even with KILN_GATED), KILN_GATED (0/1, default 0).
+// KILN_RPW (weight rows per warp, 1..=4; even with KILN_GATED), KILN_GATED (0/1, default 0),
+// KILN_NORM (0/1/2, default 0; 256 <= K <= 4096) with KILN_EPS and KILN_CAST_BEFORE_SCALE.
 // Launch: 256 threads (8 warps); warp j of block b computes weight rows (8b + j) * RPW .. + RPW for
 // every t < T (T <= 8: the kernel keeps T partial sums per row in registers; larger T goes to
 // cuBLAS). With KILN_GATED its RPW rows are RPW/2 gate rows i and their up rows I + i, for
@@ -25,7 +34,9 @@
 // (griddepcontrol.wait) before its first memory access.
 // Why not cuBLAS at T = 1: its M = 1 kernels run 2–4 CTAs for a 128-row router and split-K plus
 // a separate reduce for the output projections (docs/BENCHMARKS.md, the decode profile).
-// kiln: block=256 grid=ceil_div(N, 8*RPW) smem=0
+// The first weight loads of a normed projection go out before the prologue, so its memory
+// latency overlaps theirs. XS is the bytes of one normed row (0 without KILN_NORM).
+// kiln: block=256 grid=ceil_div(N, 8*RPW) smem=T*XS
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -44,6 +55,9 @@ typedef scalar_t x_t;
 #ifndef KILN_GATED
 #define KILN_GATED 0
 #endif
+#ifndef KILN_NORM
+#define KILN_NORM 0
+#endif
 
 #define VEC (16 / (int)sizeof(scalar_t))  // elements per 16-byte load
 #define NVEC (KILN_K / VEC)                // 16-byte vectors per row
@@ -56,6 +70,9 @@ static_assert(!KILN_GATED || (KILN_N % 2 == 0 && KILN_RPW % 2 == 0),
               "linear_gemv: the gated form needs an even N ([gate; up]) and an even RPW (row pairs)");
 #if KILN_GATED && defined(KILN_X_DTYPE)
 #error "linear_gemv: the gated form takes x in the weight dtype"
+#endif
+#if KILN_NORM && defined(KILN_X_DTYPE)
+#error "linear_gemv: the norm prologue takes x in the weight dtype"
 #endif
 
 __device__ __forceinline__ float to_f(float v) { return v; }
@@ -106,11 +123,139 @@ __device__ __forceinline__ float dot16(const uint4& wv, const XVec& xv) {
     return s;
 }
 
+#if KILN_NORM
+// acc[r][t] += the dot product of vector v of the warp's weight rows with vector v of the normed
+// row t in shared memory.
+__device__ __forceinline__ void accumulate(float (&acc)[KILN_RPW][MAX_T], const uint4 (&wl)[KILN_RPW],
+                                           const scalar_t* xs, int v, int T) {
+#pragma unroll
+    for (int t = 0; t < MAX_T; ++t) {
+        if (t < T) {
+            const XVec xl = reinterpret_cast<const XVec*>(xs)[(size_t)t * NVEC + v];
+#pragma unroll
+            for (int r = 0; r < KILN_RPW; ++r) acc[r][t] += dot16(wl[r], xl);
+        }
+    }
+}
+#endif
+
+#if KILN_NORM
+// The norm kernels' row layout for D = K (their launch rule): TPR threads per row, up to two
+// 8-element chunks each (CPT), WPR warps meeting in shared memory.
+#define NORM_D KILN_K
+#define NORM_CPR (NORM_D / 8)
+#define NORM_TPR_LONG ((32 * ((NORM_D + 511) / 512)) < 512 ? (32 * ((NORM_D + 511) / 512)) : 512)
+#define NORM_TPR (NORM_CPR < NORM_TPR_LONG ? NORM_CPR : NORM_TPR_LONG)
+#define NORM_CPT ((NORM_CPR + NORM_TPR - 1) / NORM_TPR)
+#define NORM_WPR (NORM_TPR / 32)
+static_assert(NORM_D % 8 == 0 && NORM_D >= 256 && NORM_TPR <= 256,
+              "linear_gemv: the norm prologue needs 256 <= K <= 4096, K % 8 == 0");
+static_assert(sizeof(x_t) == sizeof(scalar_t), "linear_gemv: the norm prologue takes x in the weight dtype");
+
+// 8 consecutive elements of the dtype, moved as whole 16-byte words.
+#define NORM_NU (sizeof(scalar_t) / 2)
+struct NormChunk { uint4 u[NORM_NU]; };
+__device__ __forceinline__ NormChunk norm_load(const scalar_t* p) {
+    NormChunk c;
+    const uint4* q = reinterpret_cast<const uint4*>(p);
+#pragma unroll
+    for (int i = 0; i < (int)NORM_NU; ++i) c.u[i] = __ldg(q + i);
+    return c;
+}
+__device__ __forceinline__ void norm_store(scalar_t* p, const NormChunk& c) {
+    uint4* q = reinterpret_cast<uint4*>(p);
+#pragma unroll
+    for (int i = 0; i < (int)NORM_NU; ++i) q[i] = c.u[i];
+}
+__device__ __forceinline__ float norm_get(const NormChunk& c, int j) {
+    return to_f(reinterpret_cast<const scalar_t*>(c.u)[j]);
+}
+__device__ __forceinline__ void norm_set(NormChunk& c, int j, float v) {
+    reinterpret_cast<scalar_t*>(c.u)[j] = from_f<scalar_t>(v);
+}
+
+// Normalises rows 0..T-1 of x (plus residual with KILN_NORM=2) into xs[T][K], as the norm kernel
+// would write them; block 0 also writes new_residual. Every thread of the block takes part.
+__device__ __forceinline__ void norm_prologue(const scalar_t* __restrict__ x,
+                                              const scalar_t* __restrict__ residual,
+                                              const scalar_t* __restrict__ norm_w,
+                                              scalar_t* __restrict__ new_residual, scalar_t* xs,
+                                              int T) {
+    __shared__ float part[8];
+    const int tr = threadIdx.x;  // the thread's place in the row; rows run one after another
+    const bool in_row = tr < NORM_TPR;
+    for (int t = 0; t < T; ++t) {
+        const size_t base = (size_t)t * NORM_D;
+        NormChunk h[NORM_CPT], wc[NORM_CPT];
+        float ss = 0.f;
+#pragma unroll
+        for (int i = 0; i < NORM_CPT; ++i) {
+            const int ci = tr + i * NORM_TPR;
+            if (in_row && ci < NORM_CPR) {
+                wc[i] = norm_load(norm_w + ci * 8);
+#if KILN_NORM == 2
+                const NormChunk a = norm_load(x + base + ci * 8);
+                const NormChunk b = norm_load(residual + base + ci * 8);
+#pragma unroll
+                for (int j = 0; j < 8; ++j) norm_set(h[i], j, norm_get(a, j) + norm_get(b, j));
+                if (blockIdx.x == 0) norm_store(new_residual + base + ci * 8, h[i]);
+#else
+                h[i] = norm_load(x + base + ci * 8);
+#endif
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < NORM_CPT; ++i) {
+            const int ci = tr + i * NORM_TPR;
+            if (in_row && ci < NORM_CPR) {
+#pragma unroll
+                for (int j = 0; j < 8; ++j) { const float v = norm_get(h[i], j); ss = fmaf(v, v, ss); }
+            }
+        }
+#if NORM_TPR <= 32
+#pragma unroll
+        for (int o = NORM_TPR / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+#else
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+        if (in_row && (tr & 31) == 0) part[tr >> 5] = ss;
+        __syncthreads();
+        ss = 0.f;
+#pragma unroll
+        for (int k = 0; k < NORM_WPR; ++k) ss += part[k];
+#endif
+        const float r = rsqrtf(ss * (1.0f / (float)NORM_D) + KILN_EPS);
+#pragma unroll
+        for (int i = 0; i < NORM_CPT; ++i) {
+            const int ci = tr + i * NORM_TPR;
+            if (in_row && ci < NORM_CPR) {
+                NormChunk o;
+#pragma unroll
+                for (int j = 0; j < 8; ++j) {
+                    const float n = norm_get(h[i], j) * r;
+#if KILN_CAST_BEFORE_SCALE
+                    norm_set(o, j, round_dt(n) * norm_get(wc[i], j));
+#else
+                    norm_set(o, j, n * norm_get(wc[i], j));
+#endif
+                }
+                norm_store(xs + base + ci * 8, o);
+            }
+        }
+        // part[] is reused by the next row, and xs is read after the last.
+        __syncthreads();
+    }
+}
+#endif
+
 extern "C" __global__ void __launch_bounds__(256) linear_gemv(const x_t* __restrict__ x,
                                                               const scalar_t* __restrict__ w,
                                                               const scalar_t* __restrict__ bias,
                                                               scalar_t* __restrict__ out,
-                                                              int t_rows) {
+                                                              int t_rows,
+                                                              const scalar_t* __restrict__ residual,
+                                                              const scalar_t* __restrict__ norm_w,
+                                                              scalar_t* __restrict__ new_residual) {
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const int warp_id = blockIdx.x * 8 + warp;
@@ -132,7 +277,11 @@ extern "C" __global__ void __launch_bounds__(256) linear_gemv(const x_t* __restr
     asm volatile("griddepcontrol.wait;" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
+#if KILN_NORM
+    if (t_rows < 1) return;  // the whole block: every thread takes part in the prologue
+#else
     if (row0 >= rows_end || t_rows < 1) return;
+#endif
     const int T = t_rows < MAX_T ? t_rows : MAX_T;
 
     float acc[KILN_RPW][MAX_T];
@@ -153,6 +302,27 @@ extern "C" __global__ void __launch_bounds__(256) linear_gemv(const x_t* __restr
         wv[r] = reinterpret_cast<const uint4*>(w + (size_t)n * KILN_K);
     }
 
+#if KILN_NORM
+    // Every warp of the block computes the normed rows, the ones past the last weight row too.
+    extern __shared__ __align__(16) unsigned char norm_smem[];
+    scalar_t* xs = reinterpret_cast<scalar_t*>(norm_smem);
+    const bool has_rows = row0 < rows_end;
+    uint4 w0[KILN_RPW];
+    if (has_rows) {
+#pragma unroll
+        for (int r = 0; r < KILN_RPW; ++r) w0[r] = __ldcs(wv[r] + lane);  // lane < NVEC: K >= 256
+    }
+    norm_prologue(x, residual, norm_w, new_residual, xs, T);
+    if (!has_rows) return;
+    accumulate(acc, w0, xs, lane, T);
+#pragma unroll 4
+    for (int v = lane + 32; v < NVEC; v += 32) {
+        uint4 wl[KILN_RPW];
+#pragma unroll
+        for (int r = 0; r < KILN_RPW; ++r) wl[r] = __ldcs(wv[r] + v);  // streamed once: evict first
+        accumulate(acc, wl, xs, v, T);
+    }
+#else
 #pragma unroll 4
     for (int v = lane; v < NVEC; v += 32) {
         uint4 wl[KILN_RPW];
@@ -167,6 +337,7 @@ extern "C" __global__ void __launch_bounds__(256) linear_gemv(const x_t* __restr
             }
         }
     }
+#endif
 
 #pragma unroll
     for (int r = 0; r < KILN_RPW; ++r) {

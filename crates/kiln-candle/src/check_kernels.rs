@@ -139,6 +139,16 @@ pub fn check_kernels(gpu: &Device, presets: &[serde_json::Value]) -> Result<Kern
                         true,
                     )?);
                 }
+                // Norm prologues at the shapes a norm feeds (not the vocabulary projection:
+                // its CPU path alone takes seconds).
+                if w_dtype == kiln_kernels::DType::BF16
+                    && (256..=4096).contains(&k)
+                    && t <= 3
+                    && n * k <= 100_000_000
+                {
+                    seed += 1;
+                    checks.extend(norm_prologue(gpu, (t, k), (&w, &b), epilogue, name, seed)?);
+                }
             }
         }
         match &cfg {
@@ -536,6 +546,85 @@ fn rel_l2(a: &Tensor, b: &Tensor) -> Result<f64> {
     } else {
         num.sqrt()
     })
+}
+
+/// The projection `name` with each norm prologue ([`ops::linear::gemv_normed`])
+/// against the norm's own launch followed by the projection, bit for bit (the
+/// new residual too), and against the CPU path.
+fn norm_prologue(
+    gpu: &Device,
+    (t, k): (usize, usize),
+    (w, b): (&Tensor, &Tensor),
+    epilogue: Epilogue,
+    name: &str,
+    seed: u64,
+) -> Result<Vec<KernelCheck>> {
+    use ops::linear::NormPrologue;
+    let x = random((t, k), seed)?;
+    let residual = random((t, k), seed + 1)?;
+    let nw = random(k, seed + 2)?;
+    let n = w.dim(0)?;
+    let bias = (epilogue == Epilogue::Bias).then_some(b);
+    let mut checks = Vec::new();
+    for add in [false, true] {
+        let run = |d: &Device| -> Result<(Tensor, Option<Tensor>, Tensor, Option<Tensor>)> {
+            let (x, r, nw, w) = (
+                x.to_device(d)?,
+                residual.to_device(d)?,
+                nw.to_device(d)?,
+                w.to_device(d)?,
+            );
+            let b = bias.map(|b| b.to_device(d)).transpose()?;
+            let norm = if add {
+                NormPrologue::AddRmsNorm {
+                    residual: &r,
+                    w: &nw,
+                    eps: 1e-5,
+                }
+            } else {
+                NormPrologue::RmsNorm { w: &nw, eps: 1e-6 }
+            };
+            let (fused, h) = ops::linear::gemv_normed(&x, &norm, &w, b.as_ref(), epilogue)?;
+            // The norm's own launch, then the projection: what the prologue replaces.
+            let (normed, h2) = if add {
+                let (n, h) = ops::norm::add_rms_norm(&x, &r, &nw, 1e-5)?;
+                (n, Some(h))
+            } else {
+                (ops::norm::rms_norm(&x, &nw, 1e-6)?, None)
+            };
+            let unfused = match epilogue {
+                Epilogue::Plain => ops::linear::gemv(&normed, &w)?,
+                Epilogue::Bias => match &b {
+                    Some(b) => ops::linear::gemv_bias(&normed, &w, b)?,
+                    None => ops::linear::gemv(&normed, &w)?,
+                },
+                Epilogue::SwiGlu => ops::linear::gemv_swiglu(&normed, &w)?,
+            };
+            Ok((fused, h, unfused, h2))
+        };
+        let (fused, h, unfused, h2) = run(gpu)?;
+        let (cpu, _, _, _) = run(&Device::Cpu)?;
+        let kernel = format!("{name}+{}", if add { "add_rmsnorm" } else { "rmsnorm" });
+        let shape = format!("N={n} K={k} T={t}");
+        checks.push(judge(&kernel, shape.clone(), &fused, &cpu, false)?);
+        checks.push(judge(
+            &kernel,
+            format!("{shape} = unfused"),
+            &fused,
+            &unfused,
+            true,
+        )?);
+        if let (Some(h), Some(h2)) = (h, h2) {
+            checks.push(judge(
+                &kernel,
+                format!("{shape} residual = unfused"),
+                &h,
+                &h2,
+                true,
+            )?);
+        }
+    }
+    Ok(checks)
 }
 
 fn judge(

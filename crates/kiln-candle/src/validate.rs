@@ -210,6 +210,10 @@ pub struct Report {
     /// Whether GLM-4-9B's rope and cache write ran as one `rope_cache`
     /// launch where it applies: "on", or "off (KILN_ROPE_CACHE_FUSION=0)".
     pub rope_cache_fusion: String,
+    /// Whether the RMSNorms before the projections ran in the projections'
+    /// prologue where it applies: "on (KILN_NORM_FUSION=1)", or "off".
+    #[serde(default)]
+    pub norm_fusion: String,
     /// The prompt.
     pub prompt: Vec<u32>,
     /// Per configuration, its logits at each step on the baseline's tokens
@@ -362,6 +366,7 @@ impl Report {
         s += &format!("early launch: {}\n", self.early_launch);
         s += &format!("gemv epilogues: {}\n", self.gemv_fusion);
         s += &format!("rope + cache write fused: {}\n", self.rope_cache_fusion);
+        s += &format!("norms in the projections: {}\n", self.norm_fusion);
         for c in &self.configs {
             if let Some(text) = &c.text {
                 s += &format!("{} said: {text:?}\n", c.name);
@@ -569,6 +574,11 @@ pub fn run(opts: &Options, dev: &Device, progress: &mut dyn FnMut(&str)) -> Resu
             "on".into()
         } else {
             "off (KILN_ROPE_CACHE_FUSION=0)".into()
+        },
+        norm_fusion: if crate::ops::linear::norm_fusion_enabled() {
+            "on (KILN_NORM_FUSION=1)".into()
+        } else {
+            "off".into()
         },
         prompt: opts.prompt.clone(),
         logits,

@@ -100,13 +100,50 @@ fn linear_gemv_compiles_and_launches_at_every_preset_projection() {
                 &linear::build_with(n, k, p.w_dtype, DType::BF16, p.epilogue),
             );
             let rpw = linear::rows_per_warp(n, p.epilogue);
+            // With a norm prologue (x in w's dtype, 256 <= K <= 4096): both kinds compile,
+            // and the normed rows take T * K * sizeof(dtype) of shared memory.
+            let normed = p.w_dtype == DType::BF16 && (256..=4096).contains(&k);
+            if normed {
+                let nw = candle_core::Tensor::zeros(
+                    k,
+                    candle_core::DType::BF16,
+                    &candle_core::Device::Cpu,
+                )
+                .expect("norm weight");
+                let r = candle_core::Tensor::zeros(
+                    (1, k),
+                    candle_core::DType::BF16,
+                    &candle_core::Device::Cpu,
+                )
+                .expect("residual");
+                for norm in [
+                    linear::NormPrologue::RmsNorm { w: &nw, eps: 1e-6 },
+                    linear::NormPrologue::AddRmsNorm {
+                        residual: &r,
+                        w: &nw,
+                        eps: 1e-5,
+                    },
+                ] {
+                    compile(
+                        &c,
+                        &linear::build_normed(n, k, p.w_dtype, p.epilogue, &norm),
+                    );
+                }
+            }
             for t in [1i64, 8] {
-                let vars: BTreeMap<String, i64> =
-                    [("N", n as i64), ("RPW", rpw as i64), ("T", t), ("SMS", 132)]
-                        .into_iter()
-                        .map(|(k, v)| (k.to_string(), v))
-                        .collect();
+                let xs = if normed { 2 * k as i64 } else { 0 };
+                let vars: BTreeMap<String, i64> = [
+                    ("N", n as i64),
+                    ("RPW", rpw as i64),
+                    ("T", t),
+                    ("SMS", 132),
+                    ("XS", xs),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
                 let dims = line.evaluate(&vars).expect("launch");
+                assert_eq!(dims.smem as i64, t * xs, "{name} N={n} K={k}");
                 // Every weight row has a warp: 8 warps per block, RPW rows each (the
                 // gated form's RPW rows are RPW/2 (gate, up) pairs: the same count).
                 assert_eq!(dims.block, (256, 1, 1));

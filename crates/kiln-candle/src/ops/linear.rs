@@ -3,6 +3,12 @@
 //! bias add or the SwiGLU that follows a projection ([`Epilogue`]): one
 //! launch fewer each, bit-identical to the two.
 //!
+//! It can also begin with the RMSNorm (or residual add and RMSNorm) whose
+//! output it reads ([`NormPrologue`], [`gemv_normed`]): every block computes
+//! the normed rows exactly as the catalog's norm kernel would, so the norm's
+//! own launch goes, and the result is the same bits. That prologue is opt-in
+//! (`KILN_NORM_FUSION=1`) until it is measured in the models.
+//!
 //! The kernel is kiln-candle's own (`kernels/linear_gemv.cu`), not a catalog
 //! op yet: the models call it for every projection at decode, and larger T
 //! (prefill) goes to cuBLAS.
@@ -106,6 +112,147 @@ pub fn build_with(
     }
 }
 
+/// The RMSNorm a projection may compute in its prologue (the kernel
+/// header's `KILN_NORM`), as the catalog norm kernel named would.
+#[derive(Debug, Clone, Copy)]
+pub enum NormPrologue<'a> {
+    /// `rmsnorm(x) * w` (the catalog `rmsnorm`) of the projection's input x.
+    RmsNorm {
+        /// The norm weight, `[K]`.
+        w: &'a Tensor,
+        /// Added to the mean square.
+        eps: f64,
+    },
+    /// `h = x + residual`, returned as the new residual, then `rmsnorm(h) * w`
+    /// (the catalog `add_rmsnorm`).
+    AddRmsNorm {
+        /// The residual stream, `[T, K]`.
+        residual: &'a Tensor,
+        /// The norm weight, `[K]`.
+        w: &'a Tensor,
+        /// Added to the mean square.
+        eps: f64,
+    },
+}
+
+impl NormPrologue<'_> {
+    /// The kernel's `KILN_NORM` value.
+    fn kind(&self) -> u8 {
+        match self {
+            Self::RmsNorm { .. } => 1,
+            Self::AddRmsNorm { .. } => 2,
+        }
+    }
+
+    fn w(&self) -> &Tensor {
+        match self {
+            Self::RmsNorm { w, .. } | Self::AddRmsNorm { w, .. } => w,
+        }
+    }
+
+    fn eps(&self) -> f64 {
+        match self {
+            Self::RmsNorm { eps, .. } | Self::AddRmsNorm { eps, .. } => *eps,
+        }
+    }
+
+    /// The catalog configuration of the norm this prologue stands for: its
+    /// defines (eps, rounding rule) are the prologue's, and a pack or
+    /// discovered kernel that replaces its build turns the prologue off.
+    fn config(
+        &self,
+        d: usize,
+        dtype: kiln_kernels::DType,
+    ) -> kiln_kernels::ops::norm::RmsNormConfig {
+        kiln_kernels::ops::norm::RmsNormConfig::new(d, self.eps(), dtype)
+    }
+
+    /// The build of the norm's own launch (what [`gemv_normed`] replaces).
+    fn norm_build(
+        &self,
+        d: usize,
+        dtype: kiln_kernels::DType,
+    ) -> Option<kiln_kernels::KernelBuild> {
+        use kiln_kernels::ops::norm::AddRmsNormConfig;
+        use kiln_kernels::ops::OpConfig;
+        let c = self.config(d, dtype);
+        match self {
+            Self::RmsNorm { .. } => c.build().ok(),
+            Self::AddRmsNorm { .. } => AddRmsNormConfig(c).build().ok(),
+        }
+    }
+}
+
+/// The compile inputs of a projection that begins with `norm` ([`build_with`]
+/// plus the prologue's defines: `KILN_NORM` and the norm's eps and rounding
+/// rule, as the catalog norm kernel is built with them).
+pub fn build_normed(
+    n: usize,
+    k: usize,
+    dtype: kiln_kernels::DType,
+    epilogue: Epilogue,
+    norm: &NormPrologue,
+) -> kiln_kernels::KernelBuild {
+    use kiln_kernels::ops::OpConfig;
+    let mut b = build_with(n, k, dtype, dtype, epilogue);
+    let kind = norm.kind();
+    b.defines.push(("KILN_NORM".into(), kind.to_string()));
+    let mut tag = String::new();
+    for (name, value) in norm.config(k, dtype).op_defines() {
+        if name == "KILN_D" {
+            continue; // the norm runs over K
+        }
+        tag += &format!("_{value}");
+        b.defines.push((name, value));
+    }
+    b.name = format!("{}_norm{kind}{tag}.cu", b.name.trim_end_matches(".cu"));
+    b
+}
+
+/// Whether the norm prologue is on: `KILN_NORM_FUSION=1` turns it on (it is
+/// not yet measured in the models); read once per process, said when on.
+pub fn norm_fusion_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        let on = std::env::var("KILN_NORM_FUSION").is_ok_and(|v| v == "1");
+        if on {
+            eprintln!(
+                "kiln: KILN_NORM_FUSION=1: the RMSNorms before the projections run in the projections' prologue"
+            );
+        }
+        on
+    })
+}
+
+/// Whether [`gemv_normed`] takes `x` normed by `norm` into a projection on
+/// `w`: the switch is on, [`gemv_applies`] holds with x in w's dtype,
+/// 256 ≤ K ≤ 4096 (the norm's row fits one block), the norm's shapes match,
+/// and no pack or discovered kernel replaces the norm (its build would then
+/// silently not run).
+pub fn norm_prologue_applies(x: &Tensor, norm: &NormPrologue, w: &Tensor) -> bool {
+    if !norm_fusion_enabled() || !gemv_applies(x, w) || x.dtype() != w.dtype() {
+        return false;
+    }
+    let Ok((_, k)) = x.dims2() else { return false };
+    let shapes_match = norm.w().dims() == [k]
+        && norm.w().dtype() == x.dtype()
+        && match norm {
+            NormPrologue::RmsNorm { .. } => true,
+            NormPrologue::AddRmsNorm { residual, .. } => {
+                residual.shape() == x.shape() && residual.dtype() == x.dtype()
+            }
+        };
+    let Ok(dtype) = kernel_dtype("linear_gemv", x.dtype()) else {
+        return false;
+    };
+    shapes_match
+        && (256..=4096).contains(&k)
+        && k % 8 == 0
+        && norm
+            .norm_build(k, dtype)
+            .is_some_and(|b| !super::pack::replaced(&b))
+}
+
 /// Whether the fused epilogues are on: `KILN_GEMV_FUSION=0` turns them off
 /// (the bias add and SwiGLU then run as their own launches, for an A/B in
 /// one binary); read once per process, said loudly when off.
@@ -137,7 +284,100 @@ pub fn gemv_swiglu(x: &Tensor, w_gate_up: &Tensor) -> Result<Tensor> {
     run(x, w_gate_up, None, Epilogue::SwiGlu)
 }
 
-fn run(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, epilogue: Epilogue) -> Result<Tensor> {
+/// The projection ([`gemv`], [`gemv_bias`] or [`gemv_swiglu`] by `epilogue`)
+/// of x normed by `norm`, in one launch: bit for bit the norm's own launch
+/// followed by the projection (see [`norm_prologue_applies`]). Returns the
+/// projection and, for [`NormPrologue::AddRmsNorm`], the new residual
+/// `x + residual`.
+pub fn gemv_normed(
+    x: &Tensor,
+    norm: &NormPrologue,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    epilogue: Epilogue,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let op = "linear_gemv";
+    let k = x.dim(candle_core::D::Minus1)?;
+    if norm.w().dims() != [k] || x.dtype() != w.dtype() || !(256..=4096).contains(&k) {
+        return Err(op_error(
+            op,
+            format!(
+                "a norm prologue over x {:?} ({:?}) with norm weight {:?} into w {:?} ({:?}):                  x and w of one dtype, 256 <= K <= 4096",
+                x.dims(),
+                x.dtype(),
+                norm.w().dims(),
+                w.dims(),
+                w.dtype()
+            ),
+        ));
+    }
+    if x.device().is_cpu() {
+        // The two launches it replaces, composed: what the fused kernel must equal.
+        let (normed, h) = match norm {
+            NormPrologue::RmsNorm { w: nw, eps } => (super::norm::rms_norm(x, nw, *eps)?, None),
+            NormPrologue::AddRmsNorm {
+                residual,
+                w: nw,
+                eps,
+            } => {
+                let (n, h) = super::norm::add_rms_norm(x, residual, nw, *eps)?;
+                (n, Some(h))
+            }
+        };
+        return Ok((run(&normed, w, bias, epilogue)?, h));
+    }
+    let o = operands(x, w, bias, epilogue)?;
+    let residual = match norm {
+        NormPrologue::RmsNorm { .. } => None,
+        NormPrologue::AddRmsNorm { residual, .. } => {
+            if residual.shape() != x.shape() || residual.dtype() != x.dtype() {
+                return Err(op_error(
+                    op,
+                    format!("residual {:?} for x {:?}", residual.dims(), x.dims()),
+                ));
+            }
+            Some(residual.contiguous()?)
+        }
+    };
+    let nw = norm.w().contiguous()?;
+    let mut out = launch(
+        &o,
+        epilogue,
+        Some(Prologue {
+            norm,
+            residual: residual.as_ref(),
+            w: &nw,
+        }),
+    )?;
+    let h = if residual.is_some() { out.pop() } else { None };
+    let y = out.pop().ok_or_else(|| op_error(op, "no output"))?;
+    Ok((y, h))
+}
+
+/// The device buffers of a norm prologue.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct Prologue<'a> {
+    norm: &'a NormPrologue<'a>,
+    residual: Option<&'a Tensor>,
+    w: &'a Tensor,
+}
+
+/// A projection's operands, checked ([`operands`]): contiguous, their shapes
+/// agreeing with the epilogue.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct Operands {
+    x: Tensor,
+    w: Tensor,
+    bias: Option<Tensor>,
+    t: usize,
+    k: usize,
+    n: usize,
+    /// Output columns (N, or N/2 for the gated form).
+    n_out: usize,
+    dtype: kiln_kernels::DType,
+}
+
+fn operands(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, epilogue: Epilogue) -> Result<Operands> {
     let op = "linear_gemv";
     if !gemv_applies(x, w) {
         return Err(op_error(
@@ -191,38 +431,72 @@ fn run(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, epilogue: Epilogue) -> Res
         (Epilogue::Bias, None) => return Err(op_error(op, "a bias epilogue without a bias")),
         _ => None,
     };
-    let dtype = kernel_dtype(op, w.dtype())?;
-    let (x, w) = (x.contiguous()?, w.contiguous()?);
-    if x.device().is_cpu() {
+    Ok(Operands {
+        x: x.contiguous()?,
+        w: w.contiguous()?,
+        bias,
+        t,
+        k,
+        n,
+        n_out,
+        dtype: kernel_dtype(op, w.dtype())?,
+    })
+}
+
+fn run(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, epilogue: Epilogue) -> Result<Tensor> {
+    let o = operands(x, w, bias, epilogue)?;
+    if o.x.device().is_cpu() {
         // The unfused ops, composed: what the fused kernel must equal.
-        let (xv, wv) = (host::values(&x)?, host::values(&w)?);
+        let (t, k, n) = (o.t, o.k, o.n);
+        let (xv, wv) = (host::values(&o.x)?, host::values(&o.w)?);
         let mut out = vec![0f64; t * n];
         for r in 0..t {
             for c in 0..n {
                 let s: f64 = (0..k).map(|i| xv[r * k + i] * wv[c * k + i]).sum();
-                out[r * n + c] = dtype.round(s);
+                out[r * n + c] = o.dtype.round(s);
             }
         }
-        let y = host::tensor(out, (t, n), w.dtype(), x.device())?;
-        return match (epilogue, &bias) {
+        let y = host::tensor(out, (t, n), o.w.dtype(), o.x.device())?;
+        return match (epilogue, &o.bias) {
             (Epilogue::Bias, Some(b)) => Ok(y.broadcast_add(b)?),
             (Epilogue::SwiGlu, _) => super::swiglu::swiglu_packed(&y),
             _ => Ok(y),
         };
     }
+    launch(&o, epilogue, None)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| op_error("linear_gemv", "no output"))
+}
+
+/// Launches `linear_gemv` on checked operands (with a norm prologue when
+/// given): the projection, then the new residual of an add-RMSNorm prologue.
+fn launch(o: &Operands, epilogue: Epilogue, prologue: Option<Prologue>) -> Result<Vec<Tensor>> {
+    let op = "linear_gemv";
     #[cfg(feature = "cuda")]
     {
         use super::device::{cuda_device, function, run_kernel, sm_count, Param};
         use std::collections::BTreeMap;
-        let dev = cuda_device(op, &x)?;
-        let x_dtype = kernel_dtype(op, x.dtype())?;
-        let func = function(&dev, &build_with(n, k, dtype, x_dtype, epilogue))?;
+        let (t, k, n) = (o.t, o.k, o.n);
+        let dev = cuda_device(op, &o.x)?;
+        let build = match &prologue {
+            Some(p) => build_normed(n, k, o.dtype, epilogue, p.norm),
+            None => build_with(n, k, o.dtype, kernel_dtype(op, o.x.dtype())?, epilogue),
+        };
+        let func = function(&dev, &build)?;
         let line = launch_line()?;
+        // The bytes of one normed row in shared memory (none without a prologue).
+        let xs = if prologue.is_some() {
+            k * o.x.dtype().size_in_bytes()
+        } else {
+            0
+        };
         let vars: BTreeMap<String, i64> = [
             ("N", n as i64),
             ("RPW", rows_per_warp(n, epilogue) as i64),
             ("T", t as i64),
             ("SMS", sm_count(&dev)? as i64),
+            ("XS", xs as i64),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -230,27 +504,45 @@ fn run(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, epilogue: Epilogue) -> Res
         let dims = line
             .evaluate(&vars)
             .map_err(|e| op_error(op, format!("launch line: {e}")))?;
-        let out = run_kernel(
+        let mut outputs = vec![(o.w.dtype(), (t, o.n_out).into())];
+        let (residual, nw, new_residual) = match &prologue {
+            Some(p) => {
+                if p.residual.is_some() {
+                    outputs.push((o.x.dtype(), (t, k).into()));
+                }
+                (
+                    Param::Maybe(p.residual),
+                    Param::In(p.w),
+                    if p.residual.is_some() {
+                        Param::Out
+                    } else {
+                        Param::Maybe(None)
+                    },
+                )
+            }
+            None => (Param::Maybe(None), Param::Maybe(None), Param::Maybe(None)),
+        };
+        run_kernel(
             op,
             &dev,
             &func,
             &dims,
             &[
-                Param::In(&x),
-                Param::In(&w),
-                Param::Maybe(bias.as_ref()),
+                Param::In(&o.x),
+                Param::In(&o.w),
+                Param::Maybe(o.bias.as_ref()),
                 Param::Out,
                 Param::I32(t as i32),
+                residual,
+                nw,
+                new_residual,
             ],
-            &[(w.dtype(), (t, n_out).into())],
-        )?;
-        out.into_iter()
-            .next()
-            .ok_or_else(|| op_error(op, "no output"))
+            &outputs,
+        )
     }
     #[cfg(not(feature = "cuda"))]
     {
-        let _ = n_out;
+        let _ = (o, epilogue, prologue);
         Err(super::no_cuda(op))
     }
 }
@@ -334,5 +626,105 @@ mod tests {
         // A bias of the wrong length.
         let b = small((1, 5), 3).flatten_all().expect("bias");
         assert!(gemv_bias(&x, &small((8, 16), 2), &b).is_err());
+    }
+
+    #[test]
+    fn a_norm_prologue_derives_its_build_from_the_norm_config() {
+        use kiln_kernels::ops::norm::RmsNormConfig;
+        use kiln_kernels::ops::OpConfig;
+        let nw = small((1, 2048), 1).flatten_all().expect("w");
+        let r = small((1, 2048), 2);
+        let plain = build_with(4608, 2048, KDType::BF16, KDType::BF16, Epilogue::Bias);
+        let rms = build_normed(
+            4608,
+            2048,
+            KDType::BF16,
+            Epilogue::Bias,
+            &NormPrologue::RmsNorm { w: &nw, eps: 1e-6 },
+        );
+        let add = build_normed(
+            4608,
+            2048,
+            KDType::BF16,
+            Epilogue::Bias,
+            &NormPrologue::AddRmsNorm {
+                residual: &r,
+                w: &nw,
+                eps: 1e-6,
+            },
+        );
+        assert_eq!(define(&rms, "KILN_NORM"), Some("1"));
+        assert_eq!(define(&add, "KILN_NORM"), Some("2"));
+        // eps and the rounding rule exactly as the catalog norm is built with them.
+        let norm = RmsNormConfig::new(2048, 1e-6, KDType::BF16).op_defines();
+        for (name, value) in norm.iter().filter(|(n, _)| n != "KILN_D") {
+            assert_eq!(define(&add, name), Some(value.as_str()), "{name}");
+        }
+        // Distinct kernels: never mistaken for each other or for the plain projection.
+        let names = [&plain.name, &rms.name, &add.name];
+        assert!(names
+            .iter()
+            .enumerate()
+            .all(|(i, a)| names[i + 1..].iter().all(|b| a != b)));
+        let other_eps = build_normed(
+            4608,
+            2048,
+            KDType::BF16,
+            Epilogue::Bias,
+            &NormPrologue::RmsNorm { w: &nw, eps: 1e-5 },
+        );
+        assert_ne!(other_eps.name, rms.name);
+    }
+
+    #[test]
+    fn a_norm_prologue_on_the_host_is_the_norm_then_the_projection() {
+        let x = small((2, 256), 1);
+        let r = small((2, 256), 2);
+        let nw = small((1, 256), 3).flatten_all().expect("w");
+        let w = small((8, 256), 4);
+        let values = |t: &Tensor| -> Vec<Vec<f32>> {
+            t.to_dtype(DType::F32)
+                .and_then(|t| t.to_vec2::<f32>())
+                .expect("values")
+        };
+        let (y, h) = gemv_normed(
+            &x,
+            &NormPrologue::RmsNorm { w: &nw, eps: 1e-6 },
+            &w,
+            None,
+            Epilogue::Plain,
+        )
+        .expect("rmsnorm prologue");
+        assert!(h.is_none());
+        let want = gemv(
+            &super::super::norm::rms_norm(&x, &nw, 1e-6).expect("norm"),
+            &w,
+        )
+        .expect("gemv");
+        assert_eq!(values(&y), values(&want));
+        let add = NormPrologue::AddRmsNorm {
+            residual: &r,
+            w: &nw,
+            eps: 1e-6,
+        };
+        let (y, h) = gemv_normed(&x, &add, &w, None, Epilogue::SwiGlu).expect("add prologue");
+        let (n, h2) = super::super::norm::add_rms_norm(&x, &r, &nw, 1e-6).expect("add norm");
+        assert_eq!(values(&y), values(&gemv_swiglu(&n, &w).expect("swiglu")));
+        assert_eq!(values(&h.expect("the new residual")), values(&h2));
+        // Rows outside 256..=4096 are refused, not silently unfused.
+        let short = small((1, 128), 5);
+        let w_short = small((8, 128), 6);
+        let nw_short = small((1, 128), 7).flatten_all().expect("w");
+        assert!(gemv_normed(
+            &short,
+            &NormPrologue::RmsNorm {
+                w: &nw_short,
+                eps: 1e-6
+            },
+            &w_short,
+            None,
+            Epilogue::Plain
+        )
+        .is_err());
     }
 }
