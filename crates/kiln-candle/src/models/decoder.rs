@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::graph::DecodeGraph;
 use super::kv_cache::KvCache;
-use super::layers::{add_rms_norm, linear, rms_norm, RopeTables};
+use super::layers::{add_rms_norm, linear, rms_norm, NormedInput, RopeTables};
 use super::{DecodeModel, Kernels};
 use crate::error::{Error, Result};
 
@@ -48,15 +48,17 @@ pub trait DecoderStack {
     fn norms(&self, l: usize) -> (Tensor, Tensor);
     /// Layer `l`'s attention on the normed `x` at positions `pos..` (writes its
     /// cache); `positions` are the rope kernel's i32 positions (kiln only).
+    /// Its first projection may compute the norm ([`NormedInput`]).
     fn attention(
         &mut self,
         l: usize,
-        x: &Tensor,
+        x: &NormedInput,
         pos: usize,
         positions: Option<&Tensor>,
     ) -> Result<Tensor>;
-    /// Layer `l`'s MLP or MoE on the normed `x`.
-    fn feed_forward(&self, l: usize, x: &Tensor) -> Result<Tensor>;
+    /// Layer `l`'s MLP or MoE on the normed `x` (its first projection may
+    /// compute the norm).
+    fn feed_forward(&self, l: usize, x: &NormedInput) -> Result<Tensor>;
     /// Clears state a step leaves besides the KV caches (in place: a decode
     /// graph reads it at its address). None by default.
     fn reset_state(&mut self) -> Result<()> {
@@ -92,24 +94,21 @@ pub(crate) fn run_step<M: DecoderStack + ?Sized>(
     let mut delta: Option<Tensor> = None;
     for l in 0..m.layer_count() {
         let (ln1, ln2) = m.norms(l);
-        let (n, h) = match delta.take() {
-            None => (rms_norm(&residual, &ln1, eps, k), residual.clone()),
-            Some(d) => match add_rms_norm(&d, &residual, &ln1, eps, k) {
-                Ok((n, h)) => (Ok(n), h),
-                Err(e) => (Err(e), residual.clone()),
-            },
+        let (a, h) = {
+            let input = NormedInput::new(delta.as_ref(), &residual, &ln1, eps, k);
+            let a = m
+                .attention(l, &input, pos, positions)
+                .map_err(at(Some(l), "attention"))?;
+            (a, input.residual().map_err(at(Some(l), "input norm"))?)
         };
-        let n = n.map_err(at(Some(l), "input norm"))?;
-        let a = m
-            .attention(l, &n, pos, positions)
-            .map_err(at(Some(l), "attention"))?;
-        let (n2, h2) =
-            add_rms_norm(&a, &h, &ln2, eps, k).map_err(at(Some(l), "post-attention norm"))?;
-        delta = Some(
-            m.feed_forward(l, &n2)
-                .map_err(at(Some(l), "feed-forward"))?,
-        );
-        residual = h2;
+        let post = NormedInput::new(Some(&a), &h, &ln2, eps, k);
+        let d = m
+            .feed_forward(l, &post)
+            .map_err(at(Some(l), "feed-forward"))?;
+        residual = post
+            .residual()
+            .map_err(at(Some(l), "post-attention norm"))?;
+        delta = Some(d);
     }
     let d = m.decoder();
     let head = || -> Result<Tensor> {

@@ -28,7 +28,7 @@ use kiln_kernels::reference::rope::RopeShape;
 use super::config::Glm4Config;
 use super::decoder::{Decoder, DecoderStack};
 use super::kv_cache::KvCache;
-use super::layers::{attention, linear, linear_bias, Mlp, RopeTables};
+use super::layers::{attention, linear, linear_normed, Mlp, NormedInput, RopeTables};
 use super::Kernels;
 use crate::error::{Error, Result};
 use crate::ops;
@@ -197,7 +197,7 @@ impl DecoderStack for Glm4 {
     fn attention(
         &mut self,
         l: usize,
-        x: &Tensor,
+        x: &NormedInput,
         pos: usize,
         positions: Option<&Tensor>,
     ) -> Result<Tensor> {
@@ -207,9 +207,9 @@ impl DecoderStack for Glm4 {
             c.multi_query_group_num,
             c.kv_channels,
         );
-        let t = x.dim(0)?;
+        let t = x.rows()?;
         let layer = &self.layers[l];
-        let qkv = linear_bias(x, &layer.qkv, layer.qkv_bias.as_ref(), self.dec.kernels)?;
+        let qkv = linear_normed(x, &layer.qkv, layer.qkv_bias.as_ref(), self.dec.kernels)?;
         let fused = match positions {
             Some(_) if self.dec.kernels == Kernels::Kiln && x.device().is_cuda() => {
                 self.rope_cache_applies(qkv.dtype())?
@@ -251,8 +251,8 @@ impl DecoderStack for Glm4 {
         linear(&o, &self.layers[l].dense, self.dec.kernels)
     }
 
-    fn feed_forward(&self, l: usize, x: &Tensor) -> Result<Tensor> {
-        self.layers[l].mlp.forward(x, self.dec.kernels)
+    fn feed_forward(&self, l: usize, x: &NormedInput) -> Result<Tensor> {
+        self.layers[l].mlp.forward_normed(x, self.dec.kernels)
     }
 }
 

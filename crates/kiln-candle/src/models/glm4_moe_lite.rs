@@ -15,7 +15,7 @@ use kiln_kernels::reference::topk::SigmoidRouting;
 use super::config::Glm4MoeLiteConfig;
 use super::decoder::{Decoder, DecoderStack};
 use super::kv_cache::KvCache;
-use super::layers::{attention, linear, rms_norm, Mlp, MlpNames, RopeTables};
+use super::layers::{attention, linear, linear_normed, Mlp, MlpNames, NormedInput, RopeTables};
 use super::moe::{MoeBlock, MoeDims, Router};
 use super::Kernels;
 use crate::error::{Error, Result};
@@ -52,12 +52,16 @@ impl LatentProjections {
         })
     }
 
-    /// `(x · q_aᵀ, x · kv_aᵀ)` for `x[T, H]`.
-    fn forward(&self, x: &Tensor, kernels: Kernels) -> Result<(Tensor, Tensor)> {
+    /// `(x · q_aᵀ, x · kv_aᵀ)` for the normed `x[T, H]` (the stacked
+    /// projection may compute the norm).
+    fn forward(&self, x: &NormedInput, kernels: Kernels) -> Result<(Tensor, Tensor)> {
         match self {
-            Self::Split { q_a, kv_a } => Ok((linear(x, q_a, kernels)?, linear(x, kv_a, kernels)?)),
+            Self::Split { q_a, kv_a } => {
+                let x = x.tensor()?;
+                Ok((linear(&x, q_a, kernels)?, linear(&x, kv_a, kernels)?))
+            }
             Self::Stacked { w, q_lora } => {
-                let both = linear(x, w, kernels)?;
+                let both = linear_normed(x, w, None, kernels)?;
                 let width = both.dim(1)?;
                 Ok((
                     both.narrow(1, 0, *q_lora)?,
@@ -247,7 +251,7 @@ impl DecoderStack for Glm4MoeLite {
     fn attention(
         &mut self,
         l: usize,
-        x: &Tensor,
+        x: &NormedInput,
         pos: usize,
         positions: Option<&Tensor>,
     ) -> Result<Tensor> {
@@ -260,20 +264,23 @@ impl DecoderStack for Glm4MoeLite {
             c.v_head_dim,
         );
         let dqk = nope + rope_d;
-        let t = x.dim(0)?;
+        let t = x.rows()?;
         let ly = &self.layers[l];
         let (q_a, ckv) = ly.latent.forward(x, k_)?; // [T, q_lora], [T, kv_lora + rope]
-        let q = linear(
-            &rms_norm(&q_a, &ly.q_a_norm, LATENT_NORM_EPS, k_)?,
+                                                    // The latent norms may run in the q_b and kv_b projections' prologues.
+        let q = linear_normed(
+            &NormedInput::new(None, &q_a, &ly.q_a_norm, LATENT_NORM_EPS, k_),
             &ly.q_b,
+            None,
             k_,
         )?;
         let q = q.reshape((t, nh, dqk))?;
         let latent = ckv.narrow(1, 0, c.kv_lora_rank)?.contiguous()?;
         let k_pe = ckv.narrow(1, c.kv_lora_rank, rope_d)?; // [T, rope], shared by the heads
-        let kv = linear(
-            &rms_norm(&latent, &ly.kv_a_norm, LATENT_NORM_EPS, k_)?,
+        let kv = linear_normed(
+            &NormedInput::new(None, &latent, &ly.kv_a_norm, LATENT_NORM_EPS, k_),
             &ly.kv_b,
+            None,
             k_,
         )?;
         let kv = kv.reshape((t, nh, nope + dv))?;
@@ -297,10 +304,11 @@ impl DecoderStack for Glm4MoeLite {
         linear(&o, &self.layers[l].o, k_)
     }
 
-    fn feed_forward(&self, l: usize, x: &Tensor) -> Result<Tensor> {
+    fn feed_forward(&self, l: usize, x: &NormedInput) -> Result<Tensor> {
         match &self.layers[l].ffn {
-            Ffn::Dense(m) => m.forward(x, self.dec.kernels),
-            Ffn::Moe(m) => m.forward(x),
+            Ffn::Dense(m) => m.forward_normed(x, self.dec.kernels),
+            // The router and the experts both read the normed row: it is materialised.
+            Ffn::Moe(m) => m.forward(&x.tensor()?),
         }
     }
 }

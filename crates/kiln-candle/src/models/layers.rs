@@ -43,6 +43,147 @@ pub fn linear_bias(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, k: Kernels) ->
     Ok(linear(x, w, k)?.broadcast_add(b)?)
 }
 
+/// A decoder sub-layer's input: the RMSNorm of the residual stream, after
+/// adding the previous sub-layer's output if there is one. It is computed
+/// by the norm's own launch when a model asks for the tensor
+/// ([`NormedInput::tensor`]), or inside the first projection that reads it
+/// where that projection can take it in its prologue ([`linear_normed`],
+/// [`Mlp::forward_normed`]; `KILN_NORM_FUSION=1`, bit for bit the same).
+/// Either way the new residual stream is [`NormedInput::residual`].
+pub struct NormedInput<'a> {
+    delta: Option<&'a Tensor>,
+    residual: &'a Tensor,
+    w: &'a Tensor,
+    eps: f64,
+    kernels: Kernels,
+    normed: std::cell::RefCell<Option<Tensor>>,
+    new_residual: std::cell::RefCell<Option<Tensor>>,
+}
+
+impl<'a> NormedInput<'a> {
+    /// `rmsnorm(delta + residual) * w` (`rmsnorm(residual) * w` without a delta).
+    pub fn new(
+        delta: Option<&'a Tensor>,
+        residual: &'a Tensor,
+        w: &'a Tensor,
+        eps: f64,
+        kernels: Kernels,
+    ) -> Self {
+        Self {
+            delta,
+            residual,
+            w,
+            eps,
+            kernels,
+            normed: Default::default(),
+            new_residual: Default::default(),
+        }
+    }
+
+    /// Rows (tokens) of the input.
+    pub fn rows(&self) -> Result<usize> {
+        Ok(self.residual.dim(0)?)
+    }
+
+    /// The device it lives on.
+    pub fn device(&self) -> &Device {
+        self.residual.device()
+    }
+
+    /// The normed tensor (the norm's own launch, the first time).
+    pub fn tensor(&self) -> Result<Tensor> {
+        if let Some(n) = self.normed.borrow().as_ref() {
+            return Ok(n.clone());
+        }
+        let (n, h) = match self.delta {
+            None => (
+                rms_norm(self.residual, self.w, self.eps, self.kernels)?,
+                self.residual.clone(),
+            ),
+            Some(d) => add_rms_norm(d, self.residual, self.w, self.eps, self.kernels)?,
+        };
+        *self.normed.borrow_mut() = Some(n.clone());
+        *self.new_residual.borrow_mut() = Some(h);
+        Ok(n)
+    }
+
+    /// The residual stream after this input's add (the residual itself
+    /// without a delta).
+    pub fn residual(&self) -> Result<Tensor> {
+        if self.new_residual.borrow().is_none() {
+            self.tensor()?;
+        }
+        self.new_residual
+            .borrow()
+            .clone()
+            .ok_or_else(|| crate::Error::Config("a normed input without its residual".into()))
+    }
+
+    /// The projection with `epilogue` of the normed input, its norm in the
+    /// projection's prologue, if that applies (kiln's kernels on CUDA, the
+    /// norm not yet computed, [`ops::linear::norm_prologue_applies`]).
+    fn fused(
+        &self,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        epilogue: ops::linear::Epilogue,
+    ) -> Result<Option<Tensor>> {
+        use ops::linear::NormPrologue;
+        if self.kernels != Kernels::Kiln
+            || !self.device().is_cuda()
+            || self.new_residual.borrow().is_some()
+        {
+            return Ok(None);
+        }
+        let (x, norm) = match self.delta {
+            None => (
+                self.residual,
+                NormPrologue::RmsNorm {
+                    w: self.w,
+                    eps: self.eps,
+                },
+            ),
+            Some(d) => (
+                d,
+                NormPrologue::AddRmsNorm {
+                    residual: self.residual,
+                    w: self.w,
+                    eps: self.eps,
+                },
+            ),
+        };
+        if !ops::linear::norm_prologue_applies(x, &norm, w) {
+            return Ok(None);
+        }
+        let (y, h) = ops::linear::gemv_normed(x, &norm, w, bias, epilogue)?;
+        *self.new_residual.borrow_mut() = Some(h.unwrap_or_else(|| self.residual.clone()));
+        Ok(Some(y))
+    }
+}
+
+/// [`linear_bias`] of a [`NormedInput`]: the norm in the projection's
+/// prologue where it applies (the bias then in its epilogue), else the
+/// norm's launch and then the projection as [`linear_bias`] runs it.
+pub fn linear_normed(
+    x: &NormedInput,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    k: Kernels,
+) -> Result<Tensor> {
+    use ops::linear::Epilogue;
+    let fused = match bias {
+        None => x.fused(w, None, Epilogue::Plain)?,
+        Some(b) if ops::linear::fusion_enabled() && b.dtype() == w.dtype() => {
+            x.fused(w, Some(b), Epilogue::Bias)?
+        }
+        Some(_) => None,
+    };
+    match fused {
+        Some(y) => Ok(y),
+        None => linear_bias(&x.tensor()?, w, bias, k),
+    }
+}
+
 /// RMSNorm over the last dimension.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, k: Kernels) -> Result<Tensor> {
     match k {
@@ -151,6 +292,19 @@ impl Mlp {
             swiglu_packed(&linear(x, &self.gate_up, k)?, k)?
         };
         linear(&h, &self.down, k)
+    }
+
+    /// [`Mlp::forward`] of a [`NormedInput`]: the norm in the gate/up
+    /// projection's prologue where it applies (the SwiGLU then in its
+    /// epilogue), else the norm's launch and then [`Mlp::forward`].
+    pub fn forward_normed(&self, x: &NormedInput, k: Kernels) -> Result<Tensor> {
+        let i = self.down.dim(1)?;
+        if ops::linear::fusion_enabled() && ops::swiglu::packed_fusable(i, self.gate_up.dtype())? {
+            if let Some(h) = x.fused(&self.gate_up, None, ops::linear::Epilogue::SwiGlu)? {
+                return linear(&h, &self.down, k);
+            }
+        }
+        self.forward(&x.tensor()?, k)
     }
 }
 

@@ -21,7 +21,7 @@ use kiln_kernels::reference::topk::SigmoidRouting;
 use super::config::Lfm2MoeConfig;
 use super::decoder::{Decoder, DecoderStack};
 use super::kv_cache::KvCache;
-use super::layers::{linear, Mlp, MlpNames, RopeTables};
+use super::layers::{linear, Mlp, MlpNames, NormedInput, RopeTables};
 use super::moe::{MoeBlock, MoeDims, Router};
 use super::qk_norm_gqa::{QkNormGqa, QkNormGqaNames};
 use super::Kernels;
@@ -336,7 +336,7 @@ impl DecoderStack for Lfm2Moe {
     fn attention(
         &mut self,
         l: usize,
-        x: &Tensor,
+        x: &NormedInput,
         pos: usize,
         positions: Option<&Tensor>,
     ) -> Result<Tensor> {
@@ -344,14 +344,14 @@ impl DecoderStack for Lfm2Moe {
             Mixer::Attention { attn, cache } => {
                 attn.forward(&mut self.dec, *cache, x, pos, positions)
             }
-            Mixer::Conv(conv) => conv.forward(x, self.dec.kernels),
+            Mixer::Conv(conv) => conv.forward(&x.tensor()?, self.dec.kernels),
         }
     }
 
-    fn feed_forward(&self, l: usize, x: &Tensor) -> Result<Tensor> {
+    fn feed_forward(&self, l: usize, x: &NormedInput) -> Result<Tensor> {
         match &self.layers[l].ffn {
-            FeedForward::Dense(mlp) => mlp.forward(x, self.dec.kernels),
-            FeedForward::Moe(moe) => moe.forward(x),
+            FeedForward::Dense(mlp) => mlp.forward_normed(x, self.dec.kernels),
+            FeedForward::Moe(moe) => moe.forward(&x.tensor()?),
         }
     }
 

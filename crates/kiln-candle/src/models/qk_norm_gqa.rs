@@ -6,7 +6,7 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
 use super::decoder::Decoder;
-use super::layers::{attention, linear, rms_norm};
+use super::layers::{attention, linear, linear_normed, rms_norm, NormedInput};
 use super::Kernels;
 use crate::error::Result;
 use crate::ops;
@@ -64,7 +64,7 @@ impl QkNormGqa {
         &self,
         dec: &mut Decoder,
         cache: usize,
-        x: &Tensor,
+        x: &NormedInput,
         pos: usize,
         positions: Option<&Tensor>,
     ) -> Result<Tensor> {
@@ -74,8 +74,8 @@ impl QkNormGqa {
             d: hd,
             eps,
         } = self.shape;
-        let t = x.dim(0)?;
-        let qkv = linear(x, &self.qkv, dec.kernels)?;
+        let t = x.rows()?;
+        let qkv = linear_normed(x, &self.qkv, None, dec.kernels)?;
         let q = match positions {
             // On CUDA: both norms, rope and the cache write in one launch.
             Some(p) if dec.kernels == Kernels::Kiln && x.device().is_cuda() => {

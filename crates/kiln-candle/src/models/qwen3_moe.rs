@@ -11,7 +11,7 @@ use candle_nn::VarBuilder;
 use super::config::Qwen3MoeConfig;
 use super::decoder::{Decoder, DecoderStack};
 use super::kv_cache::KvCache;
-use super::layers::{MlpNames, RopeTables};
+use super::layers::{MlpNames, NormedInput, RopeTables};
 use super::moe::{MoeBlock, MoeDims, Router};
 use super::qk_norm_gqa::{QkNormGqa, QkNormGqaNames};
 use super::Kernels;
@@ -152,7 +152,7 @@ impl DecoderStack for Qwen3Moe {
     fn attention(
         &mut self,
         l: usize,
-        x: &Tensor,
+        x: &NormedInput,
         pos: usize,
         positions: Option<&Tensor>,
     ) -> Result<Tensor> {
@@ -161,7 +161,8 @@ impl DecoderStack for Qwen3Moe {
             .forward(&mut self.dec, l, x, pos, positions)
     }
 
-    fn feed_forward(&self, l: usize, x: &Tensor) -> Result<Tensor> {
-        self.layers[l].moe.forward(x)
+    fn feed_forward(&self, l: usize, x: &NormedInput) -> Result<Tensor> {
+        // The router and the experts both read the normed row: it is materialised.
+        self.layers[l].moe.forward(&x.tensor()?)
     }
 }
