@@ -14,7 +14,8 @@
 //   KILN_NORM=1: xn = rmsnorm(x) * norm_w                    (the catalog rmsnorm)
 //   KILN_NORM=2: h = dtype(x + residual) -> new_residual (block 0 writes it),
 //                xn = rmsnorm(h) * norm_w                    (the catalog add_rmsnorm)
-//   then the projection above of xn. Each row's sum of squares runs over the norm kernels' own
+//   then the projection above of xn (block 0 also writes xn to normed_out when it is not null:
+//   the MoE layers' router projection hands the normed row to the experts). Each row's sum of squares runs over the norm kernels' own
 // lane layout (TPR threads with CPT 8-element chunks each), warp shuffles and cross-warp order,
 // and rounds as they do (KILN_EPS, KILN_CAST_BEFORE_SCALE), so xn is their output bit for bit.
 // Layout: x[T, K], w[N, K] (row-major, the nn.Linear weight), bias[N]; pointers 16-byte aligned.
@@ -175,11 +176,13 @@ __device__ __forceinline__ void norm_set(NormChunk& c, int j, float v) {
 }
 
 // Normalises rows 0..T-1 of x (plus residual with KILN_NORM=2) into xs[T][K], as the norm kernel
-// would write them; block 0 also writes new_residual. Every thread of the block takes part.
+// would write them; block 0 also writes new_residual and, if not null, normed_out. Every thread
+// of the block takes part.
 __device__ __forceinline__ void norm_prologue(const scalar_t* __restrict__ x,
                                               const scalar_t* __restrict__ residual,
                                               const scalar_t* __restrict__ norm_w,
-                                              scalar_t* __restrict__ new_residual, scalar_t* xs,
+                                              scalar_t* __restrict__ new_residual,
+                                              scalar_t* __restrict__ normed_out, scalar_t* xs,
                                               int T) {
     __shared__ float part[8];
     const int tr = threadIdx.x;  // the thread's place in the row; rows run one after another
@@ -240,6 +243,7 @@ __device__ __forceinline__ void norm_prologue(const scalar_t* __restrict__ x,
 #endif
                 }
                 norm_store(xs + base + ci * 8, o);
+                if (blockIdx.x == 0 && normed_out != nullptr) norm_store(normed_out + base + ci * 8, o);
             }
         }
         // part[] is reused by the next row, and xs is read after the last.
@@ -255,7 +259,8 @@ extern "C" __global__ void __launch_bounds__(256) linear_gemv(const x_t* __restr
                                                               int t_rows,
                                                               const scalar_t* __restrict__ residual,
                                                               const scalar_t* __restrict__ norm_w,
-                                                              scalar_t* __restrict__ new_residual) {
+                                                              scalar_t* __restrict__ new_residual,
+                                                              scalar_t* __restrict__ normed_out) {
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const int warp_id = blockIdx.x * 8 + warp;
@@ -312,7 +317,7 @@ extern "C" __global__ void __launch_bounds__(256) linear_gemv(const x_t* __restr
 #pragma unroll
         for (int r = 0; r < KILN_RPW; ++r) w0[r] = __ldcs(wv[r] + lane);  // lane < NVEC: K >= 256
     }
-    norm_prologue(x, residual, norm_w, new_residual, xs, T);
+    norm_prologue(x, residual, norm_w, new_residual, normed_out, xs, T);
     if (!has_rows) return;
     accumulate(acc, w0, xs, lane, T);
 #pragma unroll 4

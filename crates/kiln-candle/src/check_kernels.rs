@@ -567,7 +567,14 @@ fn norm_prologue(
     let bias = (epilogue == Epilogue::Bias).then_some(b);
     let mut checks = Vec::new();
     for add in [false, true] {
-        let run = |d: &Device| -> Result<(Tensor, Option<Tensor>, Tensor, Option<Tensor>)> {
+        // The fused launch (keeping the normed rows), the norm's own launch and
+        // the projection after it, on `d`.
+        let run = |d: &Device| -> Result<(
+            ops::linear::NormedProjection,
+            Tensor,
+            Tensor,
+            Option<Tensor>,
+        )> {
             let (x, r, nw, w) = (
                 x.to_device(d)?,
                 residual.to_device(d)?,
@@ -584,9 +591,8 @@ fn norm_prologue(
             } else {
                 NormPrologue::RmsNorm { w: &nw, eps: 1e-6 }
             };
-            let (fused, h) = ops::linear::gemv_normed(&x, &norm, &w, b.as_ref(), epilogue)?;
-            // The norm's own launch, then the projection: what the prologue replaces.
-            let (normed, h2) = if add {
+            let fused = ops::linear::gemv_normed(&x, &norm, &w, b.as_ref(), epilogue, true)?;
+            let (normed, h) = if add {
                 let (n, h) = ops::norm::add_rms_norm(&x, &r, &nw, 1e-5)?;
                 (n, Some(h))
             } else {
@@ -600,28 +606,22 @@ fn norm_prologue(
                 },
                 Epilogue::SwiGlu => ops::linear::gemv_swiglu(&normed, &w)?,
             };
-            Ok((fused, h, unfused, h2))
+            Ok((fused, unfused, normed, h))
         };
-        let (fused, h, unfused, h2) = run(gpu)?;
+        let (fused, unfused, normed, h) = run(gpu)?;
         let (cpu, _, _, _) = run(&Device::Cpu)?;
         let kernel = format!("{name}+{}", if add { "add_rmsnorm" } else { "rmsnorm" });
         let shape = format!("N={n} K={k} T={t}");
-        checks.push(judge(&kernel, shape.clone(), &fused, &cpu, false)?);
-        checks.push(judge(
-            &kernel,
-            format!("{shape} = unfused"),
-            &fused,
-            &unfused,
-            true,
-        )?);
-        if let (Some(h), Some(h2)) = (h, h2) {
-            checks.push(judge(
-                &kernel,
-                format!("{shape} residual = unfused"),
-                &h,
-                &h2,
-                true,
-            )?);
+        checks.push(judge(&kernel, shape.clone(), &fused.y, &cpu.y, false)?);
+        let exact = |what: &str, got: &Tensor, want: &Tensor| {
+            judge(&kernel, format!("{shape}{what} = unfused"), got, want, true)
+        };
+        checks.push(exact("", &fused.y, &unfused)?);
+        if let (Some(got), Some(want)) = (&fused.residual, &h) {
+            checks.push(exact(" residual", got, want)?);
+        }
+        if let Some(got) = &fused.normed {
+            checks.push(exact(" normed", got, &normed)?);
         }
     }
     Ok(checks)

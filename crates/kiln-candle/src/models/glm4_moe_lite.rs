@@ -307,8 +307,7 @@ impl DecoderStack for Glm4MoeLite {
     fn feed_forward(&self, l: usize, x: &NormedInput) -> Result<Tensor> {
         match &self.layers[l].ffn {
             Ffn::Dense(m) => m.forward_normed(x, self.dec.kernels),
-            // The router and the experts both read the normed row: it is materialised.
-            Ffn::Moe(m) => m.forward(&x.tensor()?),
+            Ffn::Moe(m) => m.forward_normed(x),
         }
     }
 }

@@ -121,12 +121,14 @@ impl<'a> NormedInput<'a> {
 
     /// The projection with `epilogue` of the normed input, its norm in the
     /// projection's prologue, if that applies (kiln's kernels on CUDA, the
-    /// norm not yet computed, [`ops::linear::norm_prologue_applies`]).
+    /// norm not yet computed, [`ops::linear::norm_prologue_applies`]). With
+    /// `keep` the normed rows are written out too, for later [`Self::tensor`]s.
     fn fused(
         &self,
         w: &Tensor,
         bias: Option<&Tensor>,
         epilogue: ops::linear::Epilogue,
+        keep: bool,
     ) -> Result<Option<Tensor>> {
         use ops::linear::NormPrologue;
         if self.kernels != Kernels::Kiln
@@ -155,9 +157,10 @@ impl<'a> NormedInput<'a> {
         if !ops::linear::norm_prologue_applies(x, &norm, w) {
             return Ok(None);
         }
-        let (y, h) = ops::linear::gemv_normed(x, &norm, w, bias, epilogue)?;
-        *self.new_residual.borrow_mut() = Some(h.unwrap_or_else(|| self.residual.clone()));
-        Ok(Some(y))
+        let p = ops::linear::gemv_normed(x, &norm, w, bias, epilogue, keep)?;
+        *self.new_residual.borrow_mut() = Some(p.residual.unwrap_or_else(|| self.residual.clone()));
+        *self.normed.borrow_mut() = p.normed;
+        Ok(Some(p.y))
     }
 }
 
@@ -172,15 +175,26 @@ pub fn linear_normed(
 ) -> Result<Tensor> {
     use ops::linear::Epilogue;
     let fused = match bias {
-        None => x.fused(w, None, Epilogue::Plain)?,
+        None => x.fused(w, None, Epilogue::Plain, false)?,
         Some(b) if ops::linear::fusion_enabled() && b.dtype() == w.dtype() => {
-            x.fused(w, Some(b), Epilogue::Bias)?
+            x.fused(w, Some(b), Epilogue::Bias, false)?
         }
         Some(_) => None,
     };
     match fused {
         Some(y) => Ok(y),
         None => linear_bias(&x.tensor()?, w, bias, k),
+    }
+}
+
+/// [`linear`] of a [`NormedInput`] that other ops read too (a MoE layer's
+/// router projection, before the experts): where the norm runs in the
+/// projection's prologue, the projection also writes the normed rows, and
+/// later [`NormedInput::tensor`]s return them without a launch.
+pub fn linear_normed_shared(x: &NormedInput, w: &Tensor, k: Kernels) -> Result<Tensor> {
+    match x.fused(w, None, ops::linear::Epilogue::Plain, true)? {
+        Some(y) => Ok(y),
+        None => linear(&x.tensor()?, w, k),
     }
 }
 
@@ -300,7 +314,7 @@ impl Mlp {
     pub fn forward_normed(&self, x: &NormedInput, k: Kernels) -> Result<Tensor> {
         let i = self.down.dim(1)?;
         if ops::linear::fusion_enabled() && ops::swiglu::packed_fusable(i, self.gate_up.dtype())? {
-            if let Some(h) = x.fused(&self.gate_up, None, ops::linear::Epilogue::SwiGlu)? {
+            if let Some(h) = x.fused(&self.gate_up, None, ops::linear::Epilogue::SwiGlu, false)? {
                 return linear(&h, &self.down, k);
             }
         }

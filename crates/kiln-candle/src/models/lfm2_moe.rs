@@ -351,7 +351,7 @@ impl DecoderStack for Lfm2Moe {
     fn feed_forward(&self, l: usize, x: &NormedInput) -> Result<Tensor> {
         match &self.layers[l].ffn {
             FeedForward::Dense(mlp) => mlp.forward_normed(x, self.dec.kernels),
-            FeedForward::Moe(moe) => moe.forward(&x.tensor()?),
+            FeedForward::Moe(moe) => moe.forward_normed(x),
         }
     }
 

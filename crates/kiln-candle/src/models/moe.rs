@@ -10,7 +10,7 @@
 use candle_core::{DType, Tensor, D};
 use kiln_kernels::reference::topk::SigmoidRouting;
 
-use super::layers::{linear, Mlp, MlpNames};
+use super::layers::{linear, linear_normed_shared, Mlp, MlpNames, NormedInput};
 use super::Kernels;
 use crate::error::{op_error, Result};
 use crate::ops;
@@ -154,7 +154,28 @@ impl MoeBlock {
 
     /// `x[T, H]` → `[T, H]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (weights, indices) = self.route(x)?;
+        self.forward_routed(x, None)
+    }
+
+    /// [`MoeBlock::forward`] of a [`NormedInput`]: where the router's weight is
+    /// in the model dtype (Qwen3, LFM2), its projection may compute the norm and
+    /// hand the normed row on to the experts ([`linear_normed_shared`]).
+    pub fn forward_normed(&self, x: &NormedInput) -> Result<Tensor> {
+        let logits = match (&self.router, self.kernels) {
+            (Router::Softmax { .. }, Kernels::Kiln) => {
+                Some(linear_normed_shared(x, &self.gate, self.kernels)?)
+            }
+            (Router::Sigmoid { routing, .. }, Kernels::Kiln) if routing.sigmoid_in_dtype => {
+                Some(linear_normed_shared(x, &self.gate, self.kernels)?)
+            }
+            _ => None,
+        };
+        self.forward_routed(&x.tensor()?, logits)
+    }
+
+    /// The layer on `x` with the router's logits already made, if they were.
+    fn forward_routed(&self, x: &Tensor, logits: Option<Tensor>) -> Result<Tensor> {
+        let (weights, indices) = self.route_with(x, logits)?;
         let routed = match &self.experts {
             ExpertWeights::Kiln { gate, up, down } => {
                 let (w, idx) = if gate.dim(0)? > self.e {
@@ -183,13 +204,22 @@ impl MoeBlock {
 
     /// The router's choice for `x[T, H]`: `(weights[T,K] f32, indices[T,K] u32)`.
     pub fn route(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        self.route_with(x, None)
+    }
+
+    /// [`MoeBlock::route`], the model-dtype logits taken as given where they were made.
+    fn route_with(&self, x: &Tensor, logits: Option<Tensor>) -> Result<(Tensor, Tensor)> {
+        let logits = |x: &Tensor| match &logits {
+            Some(l) => Ok(l.clone()),
+            None => linear(x, &self.gate, self.kernels),
+        };
         match (&self.router, self.kernels) {
             (Router::Softmax { renorm }, Kernels::Kiln) => {
-                ops::router::softmax_topk(&linear(x, &self.gate, self.kernels)?, self.k, *renorm)
+                ops::router::softmax_topk(&logits(x)?, self.k, *renorm)
             }
             (Router::Sigmoid { bias, routing }, Kernels::Kiln) if routing.sigmoid_in_dtype => {
                 // LFM2: logits, sigmoid and weights in the model dtype.
-                ops::router::sigmoid_topk(&linear(x, &self.gate, self.kernels)?, bias, *routing)
+                ops::router::sigmoid_topk(&logits(x)?, bias, *routing)
             }
             (Router::Sigmoid { bias, routing }, Kernels::Kiln) => {
                 // f32 logits of the bf16 hidden state widened to f32, as HF computes

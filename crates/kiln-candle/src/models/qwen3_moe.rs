@@ -162,7 +162,6 @@ impl DecoderStack for Qwen3Moe {
     }
 
     fn feed_forward(&self, l: usize, x: &NormedInput) -> Result<Tensor> {
-        // The router and the experts both read the normed row: it is materialised.
-        self.layers[l].moe.forward(&x.tensor()?)
+        self.layers[l].moe.forward_normed(x)
     }
 }

@@ -284,25 +284,38 @@ pub fn gemv_swiglu(x: &Tensor, w_gate_up: &Tensor) -> Result<Tensor> {
     run(x, w_gate_up, None, Epilogue::SwiGlu)
 }
 
+/// What [`gemv_normed`] returns.
+#[derive(Debug)]
+pub struct NormedProjection {
+    /// The projection.
+    pub y: Tensor,
+    /// The new residual `x + residual` of an add-RMSNorm prologue.
+    pub residual: Option<Tensor>,
+    /// The normed rows, when they were asked for.
+    pub normed: Option<Tensor>,
+}
+
 /// The projection ([`gemv`], [`gemv_bias`] or [`gemv_swiglu`] by `epilogue`)
 /// of x normed by `norm`, in one launch: bit for bit the norm's own launch
-/// followed by the projection (see [`norm_prologue_applies`]). Returns the
-/// projection and, for [`NormPrologue::AddRmsNorm`], the new residual
-/// `x + residual`.
+/// followed by the projection (see [`norm_prologue_applies`]). With
+/// `keep_normed` the normed rows come back too (a MoE layer's router
+/// projection hands them to the experts).
 pub fn gemv_normed(
     x: &Tensor,
     norm: &NormPrologue,
     w: &Tensor,
     bias: Option<&Tensor>,
     epilogue: Epilogue,
-) -> Result<(Tensor, Option<Tensor>)> {
+    keep_normed: bool,
+) -> Result<NormedProjection> {
     let op = "linear_gemv";
     let k = x.dim(candle_core::D::Minus1)?;
     if norm.w().dims() != [k] || x.dtype() != w.dtype() || !(256..=4096).contains(&k) {
         return Err(op_error(
             op,
             format!(
-                "a norm prologue over x {:?} ({:?}) with norm weight {:?} into w {:?} ({:?}):                  x and w of one dtype, 256 <= K <= 4096",
+                "a norm prologue over x {:?} ({:?}) with norm weight {:?} into w {:?} ({:?}): \
+                 x and w of one dtype, 256 <= K <= 4096",
                 x.dims(),
                 x.dtype(),
                 norm.w().dims(),
@@ -313,7 +326,7 @@ pub fn gemv_normed(
     }
     if x.device().is_cpu() {
         // The two launches it replaces, composed: what the fused kernel must equal.
-        let (normed, h) = match norm {
+        let (normed, residual) = match norm {
             NormPrologue::RmsNorm { w: nw, eps } => (super::norm::rms_norm(x, nw, *eps)?, None),
             NormPrologue::AddRmsNorm {
                 residual,
@@ -324,7 +337,11 @@ pub fn gemv_normed(
                 (n, Some(h))
             }
         };
-        return Ok((run(&normed, w, bias, epilogue)?, h));
+        return Ok(NormedProjection {
+            y: run(&normed, w, bias, epilogue)?,
+            residual,
+            normed: keep_normed.then_some(normed),
+        });
     }
     let o = operands(x, w, bias, epilogue)?;
     let residual = match norm {
@@ -347,11 +364,18 @@ pub fn gemv_normed(
             norm,
             residual: residual.as_ref(),
             w: &nw,
+            keep_normed,
         }),
-    )?;
-    let h = if residual.is_some() { out.pop() } else { None };
-    let y = out.pop().ok_or_else(|| op_error(op, "no output"))?;
-    Ok((y, h))
+    )?
+    .into_iter();
+    let y = out.next().ok_or_else(|| op_error(op, "no output"))?;
+    let residual = if residual.is_some() { out.next() } else { None };
+    let normed = if keep_normed { out.next() } else { None };
+    Ok(NormedProjection {
+        y,
+        residual,
+        normed,
+    })
 }
 
 /// The device buffers of a norm prologue.
@@ -360,6 +384,8 @@ struct Prologue<'a> {
     norm: &'a NormPrologue<'a>,
     residual: Option<&'a Tensor>,
     w: &'a Tensor,
+    /// Whether block 0 writes the normed rows out too.
+    keep_normed: bool,
 }
 
 /// A projection's operands, checked ([`operands`]): contiguous, their shapes
@@ -504,23 +530,30 @@ fn launch(o: &Operands, epilogue: Epilogue, prologue: Option<Prologue>) -> Resul
         let dims = line
             .evaluate(&vars)
             .map_err(|e| op_error(op, format!("launch line: {e}")))?;
+        // Outputs in the order of their parameters: the projection, then the
+        // new residual and the normed rows where the prologue writes them.
         let mut outputs = vec![(o.w.dtype(), (t, o.n_out).into())];
-        let (residual, nw, new_residual) = match &prologue {
-            Some(p) => {
-                if p.residual.is_some() {
-                    outputs.push((o.x.dtype(), (t, k).into()));
-                }
-                (
-                    Param::Maybe(p.residual),
-                    Param::In(p.w),
-                    if p.residual.is_some() {
-                        Param::Out
-                    } else {
-                        Param::Maybe(None)
-                    },
-                )
+        let mut out_if = |on: bool| {
+            if on {
+                outputs.push((o.x.dtype(), (t, k).into()));
+                Param::Out
+            } else {
+                Param::Maybe(None)
             }
-            None => (Param::Maybe(None), Param::Maybe(None), Param::Maybe(None)),
+        };
+        let (residual, nw, new_residual, normed_out) = match &prologue {
+            Some(p) => (
+                Param::Maybe(p.residual),
+                Param::In(p.w),
+                out_if(p.residual.is_some()),
+                out_if(p.keep_normed),
+            ),
+            None => (
+                Param::Maybe(None),
+                Param::Maybe(None),
+                Param::Maybe(None),
+                Param::Maybe(None),
+            ),
         };
         run_kernel(
             op,
@@ -536,6 +569,7 @@ fn launch(o: &Operands, epilogue: Epilogue, prologue: Option<Prologue>) -> Resul
                 residual,
                 nw,
                 new_residual,
+                normed_out,
             ],
             &outputs,
         )
@@ -687,27 +721,27 @@ mod tests {
                 .and_then(|t| t.to_vec2::<f32>())
                 .expect("values")
         };
-        let (y, h) = gemv_normed(
+        let p = gemv_normed(
             &x,
             &NormPrologue::RmsNorm { w: &nw, eps: 1e-6 },
             &w,
             None,
             Epilogue::Plain,
+            true,
         )
         .expect("rmsnorm prologue");
-        assert!(h.is_none());
-        let want = gemv(
-            &super::super::norm::rms_norm(&x, &nw, 1e-6).expect("norm"),
-            &w,
-        )
-        .expect("gemv");
-        assert_eq!(values(&y), values(&want));
+        assert!(p.residual.is_none());
+        let normed = super::super::norm::rms_norm(&x, &nw, 1e-6).expect("norm");
+        assert_eq!(values(&p.y), values(&gemv(&normed, &w).expect("gemv")));
+        assert_eq!(values(&p.normed.expect("kept")), values(&normed));
         let add = NormPrologue::AddRmsNorm {
             residual: &r,
             w: &nw,
             eps: 1e-6,
         };
-        let (y, h) = gemv_normed(&x, &add, &w, None, Epilogue::SwiGlu).expect("add prologue");
+        let p = gemv_normed(&x, &add, &w, None, Epilogue::SwiGlu, false).expect("add prologue");
+        assert!(p.normed.is_none());
+        let (y, h) = (p.y, p.residual);
         let (n, h2) = super::super::norm::add_rms_norm(&x, &r, &nw, 1e-6).expect("add norm");
         assert_eq!(values(&y), values(&gemv_swiglu(&n, &w).expect("swiglu")));
         assert_eq!(values(&h.expect("the new residual")), values(&h2));
@@ -723,7 +757,8 @@ mod tests {
             },
             &w_short,
             None,
-            Epilogue::Plain
+            Epilogue::Plain,
+            false,
         )
         .is_err());
     }
