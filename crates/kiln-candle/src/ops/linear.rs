@@ -224,16 +224,23 @@ pub fn norm_fusion_enabled() -> bool {
     })
 }
 
+/// The most shared memory the normed rows may take: a launch asks for no
+/// more than the default dynamic limit.
+pub const NORMED_ROWS_MAX_BYTES: usize = 48 * 1024;
+
 /// Whether [`gemv_normed`] takes `x` normed by `norm` into a projection on
 /// `w`: the switch is on, [`gemv_applies`] holds with x in w's dtype,
-/// 256 ≤ K ≤ 4096 (the norm's row fits one block), the norm's shapes match,
-/// and no pack or discovered kernel replaces the norm (its build would then
-/// silently not run).
+/// 256 ≤ K ≤ 4096 (the norm's row fits one block), the normed rows fit
+/// [`NORMED_ROWS_MAX_BYTES`], the norm's shapes match, and no pack or
+/// discovered kernel replaces the norm (its build would then silently not run).
 pub fn norm_prologue_applies(x: &Tensor, norm: &NormPrologue, w: &Tensor) -> bool {
     if !norm_fusion_enabled() || !gemv_applies(x, w) || x.dtype() != w.dtype() {
         return false;
     }
-    let Ok((_, k)) = x.dims2() else { return false };
+    let Ok((t, k)) = x.dims2() else { return false };
+    if t * k * x.dtype().size_in_bytes() > NORMED_ROWS_MAX_BYTES {
+        return false;
+    }
     let shapes_match = norm.w().dims() == [k]
         && norm.w().dtype() == x.dtype()
         && match norm {
@@ -310,12 +317,17 @@ pub fn gemv_normed(
 ) -> Result<NormedProjection> {
     let op = "linear_gemv";
     let k = x.dim(candle_core::D::Minus1)?;
-    if norm.w().dims() != [k] || x.dtype() != w.dtype() || !(256..=4096).contains(&k) {
+    let rows_bytes = x.elem_count() * x.dtype().size_in_bytes();
+    if norm.w().dims() != [k]
+        || x.dtype() != w.dtype()
+        || !(256..=4096).contains(&k)
+        || rows_bytes > NORMED_ROWS_MAX_BYTES
+    {
         return Err(op_error(
             op,
             format!(
                 "a norm prologue over x {:?} ({:?}) with norm weight {:?} into w {:?} ({:?}): \
-                 x and w of one dtype, 256 <= K <= 4096",
+                 x and w of one dtype, 256 <= K <= 4096, x at most {NORMED_ROWS_MAX_BYTES} bytes",
                 x.dims(),
                 x.dtype(),
                 norm.w().dims(),
@@ -761,5 +773,15 @@ mod tests {
             false,
         )
         .is_err());
+        // So are rows that would not fit the launch's shared memory (8 x 4096 bf16).
+        let (tall, w_tall) = (small((8, 4096), 8), small((8, 4096), 9));
+        let nw_tall = small((1, 4096), 10).flatten_all().expect("w");
+        let too_big = NormPrologue::RmsNorm {
+            w: &nw_tall,
+            eps: 1e-6,
+        };
+        assert!(gemv_normed(&tall, &too_big, &w_tall, None, Epilogue::Plain, false).is_err());
+        let fits = tall.narrow(0, 0, 6).expect("6 rows");
+        assert!(gemv_normed(&fits, &too_big, &w_tall, None, Epilogue::Plain, false).is_ok());
     }
 }
