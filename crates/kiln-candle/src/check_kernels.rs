@@ -567,14 +567,8 @@ fn norm_prologue(
     let bias = (epilogue == Epilogue::Bias).then_some(b);
     let mut checks = Vec::new();
     for add in [false, true] {
-        // The fused launch (keeping the normed rows), the norm's own launch and
-        // the projection after it, on `d`.
-        let run = |d: &Device| -> Result<(
-            ops::linear::NormedProjection,
-            Tensor,
-            Tensor,
-            Option<Tensor>,
-        )> {
+        // The fused launch (keeping the normed rows) on `d`.
+        let run_fused = |d: &Device| -> Result<ops::linear::NormedProjection> {
             let (x, r, nw, w) = (
                 x.to_device(d)?,
                 residual.to_device(d)?,
@@ -591,25 +585,28 @@ fn norm_prologue(
             } else {
                 NormPrologue::RmsNorm { w: &nw, eps: 1e-6 }
             };
-            let fused = ops::linear::gemv_normed(&x, &norm, &w, b.as_ref(), epilogue, true)?;
-            let (normed, h) = if add {
-                let (n, h) = ops::norm::add_rms_norm(&x, &r, &nw, 1e-5)?;
-                (n, Some(h))
-            } else {
-                (ops::norm::rms_norm(&x, &nw, 1e-6)?, None)
-            };
-            let unfused = match epilogue {
-                Epilogue::Plain => ops::linear::gemv(&normed, &w)?,
-                Epilogue::Bias => match &b {
-                    Some(b) => ops::linear::gemv_bias(&normed, &w, b)?,
-                    None => ops::linear::gemv(&normed, &w)?,
-                },
-                Epilogue::SwiGlu => ops::linear::gemv_swiglu(&normed, &w)?,
-            };
-            Ok((fused, unfused, normed, h))
+            ops::linear::gemv_normed(&x, &norm, &w, b.as_ref(), epilogue, true)
         };
-        let (fused, unfused, normed, h) = run(gpu)?;
-        let (cpu, _, _, _) = run(&Device::Cpu)?;
+        // The norm's own launch and the projection after it, on the GPU: what
+        // the prologue replaces.
+        let (xg, rg, nwg, wg) = (
+            x.to_device(gpu)?,
+            residual.to_device(gpu)?,
+            nw.to_device(gpu)?,
+            w.to_device(gpu)?,
+        );
+        let (normed, h) = if add {
+            let (n, h) = ops::norm::add_rms_norm(&xg, &rg, &nwg, 1e-5)?;
+            (n, Some(h))
+        } else {
+            (ops::norm::rms_norm(&xg, &nwg, 1e-6)?, None)
+        };
+        let unfused = match (epilogue, bias) {
+            (Epilogue::Bias, Some(b)) => ops::linear::gemv_bias(&normed, &wg, &b.to_device(gpu)?)?,
+            (Epilogue::SwiGlu, _) => ops::linear::gemv_swiglu(&normed, &wg)?,
+            _ => ops::linear::gemv(&normed, &wg)?,
+        };
+        let (fused, cpu) = (run_fused(gpu)?, run_fused(&Device::Cpu)?);
         let kernel = format!("{name}+{}", if add { "add_rmsnorm" } else { "rmsnorm" });
         let shape = format!("N={n} K={k} T={t}");
         checks.push(judge(&kernel, shape.clone(), &fused.y, &cpu.y, false)?);
