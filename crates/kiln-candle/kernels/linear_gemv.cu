@@ -9,18 +9,20 @@
 //     s = silu(y[t, i]) (f32),  out[t, i] = dtype( dtype(s) * y[t, I + i] )         out[T, I]
 // Each epilogue rounds exactly as the separate launch it replaces (a bf16 bias add; swiglu_packed
 // with KILN_SILU_IN_DTYPE=1, the same silu instructions), so fusing changes no bit of the output.
-// Norm prologue (KILN_NORM, x in the weight dtype, D = K): the RMSNorm that feeds the projection,
+// Norm prologue (KILN_NORM, D = K, the norm in x's dtype): the RMSNorm that feeds the projection,
 // computed by every block into shared memory instead of by a launch of its own:
 //   KILN_NORM=1: xn = rmsnorm(x) * norm_w                    (the catalog rmsnorm)
 //   KILN_NORM=2: h = dtype(x + residual) -> new_residual (block 0 writes it),
 //                xn = rmsnorm(h) * norm_w                    (the catalog add_rmsnorm)
 //   then the projection above of xn (block 0 also writes xn to normed_out when it is not null:
-//   the MoE layers' router projection hands the normed row to the experts). Each row's sum of squares runs over the norm kernels' own
-// lane layout (TPR threads with CPT 8-element chunks each), warp shuffles and cross-warp order,
-// and rounds as they do (KILN_EPS, KILN_CAST_BEFORE_SCALE), so xn is their output bit for bit.
+//   the MoE layers' router projection hands the normed row to the experts). Each row's sum of
+// squares runs over the norm kernels' own lane layout (TPR threads with CPT 8-element chunks
+// each), warp shuffles and cross-warp order, and rounds as they do (KILN_EPS,
+// KILN_CAST_BEFORE_SCALE), so xn is their output bit for bit.
 // Layout: x[T, K], w[N, K] (row-major, the nn.Linear weight), bias[N]; pointers 16-byte aligned.
-// Defines: KILN_DTYPE (w, bias and out), KILN_X_DTYPE (x; default KILN_DTYPE, may be narrower:
-// widened exactly), KILN_N (>= 1; even with KILN_GATED), KILN_K (% (16 / sizeof(dtype)) == 0),
+// Defines: KILN_DTYPE (w, bias and out), KILN_X_DTYPE (x, and the norm prologue's buffers; default
+// KILN_DTYPE, may be narrower: widened exactly), KILN_N (>= 1; even with KILN_GATED),
+// KILN_K (% (16 / sizeof(dtype)) == 0),
 // KILN_RPW (weight rows per warp, 1..=4; even with KILN_GATED), KILN_GATED (0/1, default 0),
 // KILN_NORM (0/1/2, default 0; 256 <= K <= 4096) with KILN_EPS and KILN_CAST_BEFORE_SCALE.
 // Launch: 256 threads (8 warps); warp j of block b computes weight rows (8b + j) * RPW .. + RPW for
@@ -71,9 +73,6 @@ static_assert(!KILN_GATED || (KILN_N % 2 == 0 && KILN_RPW % 2 == 0),
               "linear_gemv: the gated form needs an even N ([gate; up]) and an even RPW (row pairs)");
 #if KILN_GATED && defined(KILN_X_DTYPE)
 #error "linear_gemv: the gated form takes x in the weight dtype"
-#endif
-#if KILN_NORM && defined(KILN_X_DTYPE)
-#error "linear_gemv: the norm prologue takes x in the weight dtype"
 #endif
 
 __device__ __forceinline__ float to_f(float v) { return v; }
@@ -128,7 +127,7 @@ __device__ __forceinline__ float dot16(const uint4& wv, const XVec& xv) {
 // acc[r][t] += the dot product of vector v of the warp's weight rows with vector v of the normed
 // row t in shared memory.
 __device__ __forceinline__ void accumulate(float (&acc)[KILN_RPW][MAX_T], const uint4 (&wl)[KILN_RPW],
-                                           const scalar_t* xs, int v, int T) {
+                                           const x_t* xs, int v, int T) {
 #pragma unroll
     for (int t = 0; t < MAX_T; ++t) {
         if (t < T) {
@@ -151,39 +150,40 @@ __device__ __forceinline__ void accumulate(float (&acc)[KILN_RPW][MAX_T], const 
 #define NORM_WPR (NORM_TPR / 32)
 static_assert(NORM_D % 8 == 0 && NORM_D >= 256 && NORM_TPR <= 256,
               "linear_gemv: the norm prologue needs 256 <= K <= 4096, K % 8 == 0");
-static_assert(sizeof(x_t) == sizeof(scalar_t), "linear_gemv: the norm prologue takes x in the weight dtype");
+// The norm runs in x's dtype (the norm kernel's), whatever the weight's: GLM-4.7-Flash's f32
+// router reads the bf16 normed row widened.
+__device__ __forceinline__ float round_x(float v) { return to_f(from_f<x_t>(v)); }
 
 // 8 consecutive elements of the dtype, moved as whole 16-byte words.
-#define NORM_NU (sizeof(scalar_t) / 2)
+#define NORM_NU (sizeof(x_t) / 2)
 struct NormChunk { uint4 u[NORM_NU]; };
-__device__ __forceinline__ NormChunk norm_load(const scalar_t* p) {
+__device__ __forceinline__ NormChunk norm_load(const x_t* p) {
     NormChunk c;
     const uint4* q = reinterpret_cast<const uint4*>(p);
 #pragma unroll
     for (int i = 0; i < (int)NORM_NU; ++i) c.u[i] = __ldg(q + i);
     return c;
 }
-__device__ __forceinline__ void norm_store(scalar_t* p, const NormChunk& c) {
+__device__ __forceinline__ void norm_store(x_t* p, const NormChunk& c) {
     uint4* q = reinterpret_cast<uint4*>(p);
 #pragma unroll
     for (int i = 0; i < (int)NORM_NU; ++i) q[i] = c.u[i];
 }
 __device__ __forceinline__ float norm_get(const NormChunk& c, int j) {
-    return to_f(reinterpret_cast<const scalar_t*>(c.u)[j]);
+    return to_f(reinterpret_cast<const x_t*>(c.u)[j]);
 }
 __device__ __forceinline__ void norm_set(NormChunk& c, int j, float v) {
-    reinterpret_cast<scalar_t*>(c.u)[j] = from_f<scalar_t>(v);
+    reinterpret_cast<x_t*>(c.u)[j] = from_f<x_t>(v);
 }
 
 // Normalises rows 0..T-1 of x (plus residual with KILN_NORM=2) into xs[T][K], as the norm kernel
 // would write them; block 0 also writes new_residual and, if not null, normed_out. Every thread
 // of the block takes part.
-__device__ __forceinline__ void norm_prologue(const scalar_t* __restrict__ x,
-                                              const scalar_t* __restrict__ residual,
-                                              const scalar_t* __restrict__ norm_w,
-                                              scalar_t* __restrict__ new_residual,
-                                              scalar_t* __restrict__ normed_out, scalar_t* xs,
-                                              int T) {
+__device__ __forceinline__ void norm_prologue(const x_t* __restrict__ x,
+                                              const x_t* __restrict__ residual,
+                                              const x_t* __restrict__ norm_w,
+                                              x_t* __restrict__ new_residual,
+                                              x_t* __restrict__ normed_out, x_t* xs, int T) {
     __shared__ float part[8];
     const int tr = threadIdx.x;  // the thread's place in the row; rows run one after another
     const bool in_row = tr < NORM_TPR;
@@ -237,7 +237,7 @@ __device__ __forceinline__ void norm_prologue(const scalar_t* __restrict__ x,
                 for (int j = 0; j < 8; ++j) {
                     const float n = norm_get(h[i], j) * r;
 #if KILN_CAST_BEFORE_SCALE
-                    norm_set(o, j, round_dt(n) * norm_get(wc[i], j));
+                    norm_set(o, j, round_x(n) * norm_get(wc[i], j));
 #else
                     norm_set(o, j, n * norm_get(wc[i], j));
 #endif
@@ -257,10 +257,10 @@ extern "C" __global__ void __launch_bounds__(256) linear_gemv(const x_t* __restr
                                                               const scalar_t* __restrict__ bias,
                                                               scalar_t* __restrict__ out,
                                                               int t_rows,
-                                                              const scalar_t* __restrict__ residual,
-                                                              const scalar_t* __restrict__ norm_w,
-                                                              scalar_t* __restrict__ new_residual,
-                                                              scalar_t* __restrict__ normed_out) {
+                                                              const x_t* __restrict__ residual,
+                                                              const x_t* __restrict__ norm_w,
+                                                              x_t* __restrict__ new_residual,
+                                                              x_t* __restrict__ normed_out) {
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const int warp_id = blockIdx.x * 8 + warp;
@@ -310,7 +310,7 @@ extern "C" __global__ void __launch_bounds__(256) linear_gemv(const x_t* __restr
 #if KILN_NORM
     // Every warp of the block computes the normed rows, the ones past the last weight row too.
     extern __shared__ __align__(16) unsigned char norm_smem[];
-    scalar_t* xs = reinterpret_cast<scalar_t*>(norm_smem);
+    x_t* xs = reinterpret_cast<x_t*>(norm_smem);
     const bool has_rows = row0 < rows_end;
     uint4 w0[KILN_RPW];
     if (has_rows) {

@@ -141,7 +141,8 @@ pub fn check_kernels(gpu: &Device, presets: &[serde_json::Value]) -> Result<Kern
                 }
                 // Norm prologues at the shapes a norm feeds (not the vocabulary projection:
                 // its CPU path alone takes seconds).
-                if w_dtype == kiln_kernels::DType::BF16
+                // x is bf16; an f32 weight (GLM-4.7-Flash's router) only in a plain projection.
+                if (w_dtype == kiln_kernels::DType::BF16 || epilogue == Epilogue::Plain)
                     && (256..=4096).contains(&k)
                     && t <= 3
                     && n * k <= 100_000_000

@@ -100,9 +100,11 @@ fn linear_gemv_compiles_and_launches_at_every_preset_projection() {
                 &linear::build_with(n, k, p.w_dtype, DType::BF16, p.epilogue),
             );
             let rpw = linear::rows_per_warp(n, p.epilogue);
-            // With a norm prologue (x in w's dtype, 256 <= K <= 4096): both kinds compile,
-            // and the normed rows take T * K * sizeof(dtype) of shared memory.
-            let normed = p.w_dtype == DType::BF16 && (256..=4096).contains(&k);
+            // With a norm prologue (x in bf16, w too unless the projection is plain: the
+            // f32 router; 256 <= K <= 4096): both kinds compile, and the normed rows take
+            // T * K * 2 bytes of shared memory.
+            let normed = (p.w_dtype == DType::BF16 || p.epilogue == linear::Epilogue::Plain)
+                && (256..=4096).contains(&k);
             if normed {
                 let nw = candle_core::Tensor::zeros(
                     k,
@@ -126,7 +128,7 @@ fn linear_gemv_compiles_and_launches_at_every_preset_projection() {
                 ] {
                     compile(
                         &c,
-                        &linear::build_normed(n, k, p.w_dtype, p.epilogue, &norm),
+                        &linear::build_normed(n, k, p.w_dtype, DType::BF16, p.epilogue, &norm),
                     );
                 }
             }

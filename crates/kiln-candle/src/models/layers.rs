@@ -119,6 +119,16 @@ impl<'a> NormedInput<'a> {
             .ok_or_else(|| crate::Error::Config("a normed input without its residual".into()))
     }
 
+    /// `x · wᵀ` of the normed rows for a [`NormedInput`] that other ops read
+    /// too (a MoE layer's router projection, before the experts), if the
+    /// norm can run in the projection's prologue: the projection then also
+    /// writes the normed rows, and later [`Self::tensor`]s return them
+    /// without a launch. `None` where it cannot: the caller projects as it
+    /// would have.
+    pub fn project_shared(&self, w: &Tensor) -> Result<Option<Tensor>> {
+        self.fused(w, None, ops::linear::Epilogue::Plain, true)
+    }
+
     /// The projection with `epilogue` of the normed input, its norm in the
     /// projection's prologue, if that applies (kiln's kernels on CUDA, the
     /// norm not yet computed, [`ops::linear::norm_prologue_applies`]). With
@@ -154,7 +164,7 @@ impl<'a> NormedInput<'a> {
                 },
             ),
         };
-        if !ops::linear::norm_prologue_applies(x, &norm, w) {
+        if !ops::linear::norm_prologue_applies(x, &norm, w, epilogue) {
             return Ok(None);
         }
         let p = ops::linear::gemv_normed(x, &norm, w, bias, epilogue, keep)?;
@@ -184,17 +194,6 @@ pub fn linear_normed(
     match fused {
         Some(y) => Ok(y),
         None => linear_bias(&x.tensor()?, w, bias, k),
-    }
-}
-
-/// [`linear`] of a [`NormedInput`] that other ops read too (a MoE layer's
-/// router projection, before the experts): where the norm runs in the
-/// projection's prologue, the projection also writes the normed rows, and
-/// later [`NormedInput::tensor`]s return them without a launch.
-pub fn linear_normed_shared(x: &NormedInput, w: &Tensor, k: Kernels) -> Result<Tensor> {
-    match x.fused(w, None, ops::linear::Epilogue::Plain, true)? {
-        Some(y) => Ok(y),
-        None => linear(&x.tensor()?, w, k),
     }
 }
 

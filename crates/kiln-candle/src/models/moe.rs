@@ -10,7 +10,7 @@
 use candle_core::{DType, Tensor, D};
 use kiln_kernels::reference::topk::SigmoidRouting;
 
-use super::layers::{linear, linear_normed_shared, Mlp, MlpNames, NormedInput};
+use super::layers::{linear, Mlp, MlpNames, NormedInput};
 use super::Kernels;
 use crate::error::{op_error, Result};
 use crate::ops;
@@ -157,18 +157,14 @@ impl MoeBlock {
         self.forward_routed(x, None)
     }
 
-    /// [`MoeBlock::forward`] of a [`NormedInput`]: where the router's weight is
-    /// in the model dtype (Qwen3, LFM2), its projection may compute the norm and
-    /// hand the normed row on to the experts ([`linear_normed_shared`]).
+    /// [`MoeBlock::forward`] of a [`NormedInput`]: the router's projection
+    /// may compute the norm and hand the normed row on to the experts
+    /// ([`NormedInput::project_shared`]; GLM-4.7-Flash's f32 router widens
+    /// the bf16 row as its own gemv does).
     pub fn forward_normed(&self, x: &NormedInput) -> Result<Tensor> {
-        let logits = match (&self.router, self.kernels) {
-            (Router::Softmax { .. }, Kernels::Kiln) => {
-                Some(linear_normed_shared(x, &self.gate, self.kernels)?)
-            }
-            (Router::Sigmoid { routing, .. }, Kernels::Kiln) if routing.sigmoid_in_dtype => {
-                Some(linear_normed_shared(x, &self.gate, self.kernels)?)
-            }
-            _ => None,
+        let logits = match self.kernels {
+            Kernels::Kiln => x.project_shared(&self.gate)?,
+            Kernels::Candle => None,
         };
         self.forward_routed(&x.tensor()?, logits)
     }
@@ -207,9 +203,9 @@ impl MoeBlock {
         self.route_with(x, None)
     }
 
-    /// [`MoeBlock::route`], the model-dtype logits taken as given where they were made.
-    fn route_with(&self, x: &Tensor, logits: Option<Tensor>) -> Result<(Tensor, Tensor)> {
-        let logits = |x: &Tensor| match &logits {
+    /// [`MoeBlock::route`], the router's logits taken as `given` where they were made.
+    fn route_with(&self, x: &Tensor, given: Option<Tensor>) -> Result<(Tensor, Tensor)> {
+        let logits = |x: &Tensor| match &given {
             Some(l) => Ok(l.clone()),
             None => linear(x, &self.gate, self.kernels),
         };
@@ -225,10 +221,13 @@ impl MoeBlock {
                 // f32 logits of the bf16 hidden state widened to f32, as HF computes
                 // them; at decode the projection widens x itself (one launch, the
                 // same values), elsewhere x is cast first.
-                let logits = if x.device().is_cuda() && ops::linear::gemv_applies(x, &self.gate) {
-                    ops::linear::gemv(x, &self.gate)?
-                } else {
-                    linear(&x.to_dtype(DType::F32)?, &self.gate, self.kernels)?
+                let logits = match (
+                    given,
+                    x.device().is_cuda() && ops::linear::gemv_applies(x, &self.gate),
+                ) {
+                    (Some(l), _) => l,
+                    (None, true) => ops::linear::gemv(x, &self.gate)?,
+                    (None, false) => linear(&x.to_dtype(DType::F32)?, &self.gate, self.kernels)?,
                 };
                 ops::router::sigmoid_topk(&logits, bias, *routing)
             }

@@ -185,20 +185,21 @@ impl NormPrologue<'_> {
 
 /// The compile inputs of a projection that begins with `norm` ([`build_with`]
 /// plus the prologue's defines: `KILN_NORM` and the norm's eps and rounding
-/// rule, as the catalog norm kernel is built with them).
+/// rule, as the catalog norm kernel of x's dtype is built with them).
 pub fn build_normed(
     n: usize,
     k: usize,
-    dtype: kiln_kernels::DType,
+    w_dtype: kiln_kernels::DType,
+    x_dtype: kiln_kernels::DType,
     epilogue: Epilogue,
     norm: &NormPrologue,
 ) -> kiln_kernels::KernelBuild {
     use kiln_kernels::ops::OpConfig;
-    let mut b = build_with(n, k, dtype, dtype, epilogue);
+    let mut b = build_with(n, k, w_dtype, x_dtype, epilogue);
     let kind = norm.kind();
     b.defines.push(("KILN_NORM".into(), kind.to_string()));
     let mut tag = String::new();
-    for (name, value) in norm.config(k, dtype).op_defines() {
+    for (name, value) in norm.config(k, x_dtype).op_defines() {
         if name == "KILN_D" {
             continue; // the norm runs over K
         }
@@ -229,12 +230,21 @@ pub fn norm_fusion_enabled() -> bool {
 pub const NORMED_ROWS_MAX_BYTES: usize = 48 * 1024;
 
 /// Whether [`gemv_normed`] takes `x` normed by `norm` into a projection on
-/// `w`: the switch is on, [`gemv_applies`] holds with x in w's dtype,
+/// `w` with `epilogue`: the switch is on, [`gemv_applies`] holds (x in w's
+/// dtype, or narrower for a plain projection: GLM-4.7-Flash's f32 router),
 /// 256 ≤ K ≤ 4096 (the norm's row fits one block), the normed rows fit
 /// [`NORMED_ROWS_MAX_BYTES`], the norm's shapes match, and no pack or
 /// discovered kernel replaces the norm (its build would then silently not run).
-pub fn norm_prologue_applies(x: &Tensor, norm: &NormPrologue, w: &Tensor) -> bool {
-    if !norm_fusion_enabled() || !gemv_applies(x, w) || x.dtype() != w.dtype() {
+pub fn norm_prologue_applies(
+    x: &Tensor,
+    norm: &NormPrologue,
+    w: &Tensor,
+    epilogue: Epilogue,
+) -> bool {
+    if !norm_fusion_enabled()
+        || !gemv_applies(x, w)
+        || (x.dtype() != w.dtype() && epilogue != Epilogue::Plain)
+    {
         return false;
     }
     let Ok((t, k)) = x.dims2() else { return false };
@@ -319,7 +329,8 @@ pub fn gemv_normed(
     let k = x.dim(candle_core::D::Minus1)?;
     let rows_bytes = x.elem_count() * x.dtype().size_in_bytes();
     if norm.w().dims() != [k]
-        || x.dtype() != w.dtype()
+        || norm.w().dtype() != x.dtype()
+        || (x.dtype() != w.dtype() && epilogue != Epilogue::Plain)
         || !(256..=4096).contains(&k)
         || rows_bytes > NORMED_ROWS_MAX_BYTES
     {
@@ -327,7 +338,8 @@ pub fn gemv_normed(
             op,
             format!(
                 "a norm prologue over x {:?} ({:?}) with norm weight {:?} into w {:?} ({:?}): \
-                 x and w of one dtype, 256 <= K <= 4096, x at most {NORMED_ROWS_MAX_BYTES} bytes",
+                 the norm weight in x's dtype, x in w's dtype unless the projection is plain, \
+                 256 <= K <= 4096, x at most {NORMED_ROWS_MAX_BYTES} bytes",
                 x.dims(),
                 x.dtype(),
                 norm.w().dims(),
@@ -518,7 +530,14 @@ fn launch(o: &Operands, epilogue: Epilogue, prologue: Option<Prologue>) -> Resul
         let (t, k, n) = (o.t, o.k, o.n);
         let dev = cuda_device(op, &o.x)?;
         let build = match &prologue {
-            Some(p) => build_normed(n, k, o.dtype, epilogue, p.norm),
+            Some(p) => build_normed(
+                n,
+                k,
+                o.dtype,
+                kernel_dtype(op, o.x.dtype())?,
+                epilogue,
+                p.norm,
+            ),
             None => build_with(n, k, o.dtype, kernel_dtype(op, o.x.dtype())?, epilogue),
         };
         let func = function(&dev, &build)?;
@@ -685,12 +704,14 @@ mod tests {
             4608,
             2048,
             KDType::BF16,
+            KDType::BF16,
             Epilogue::Bias,
             &NormPrologue::RmsNorm { w: &nw, eps: 1e-6 },
         );
         let add = build_normed(
             4608,
             2048,
+            KDType::BF16,
             KDType::BF16,
             Epilogue::Bias,
             &NormPrologue::AddRmsNorm {
@@ -715,6 +736,7 @@ mod tests {
         let other_eps = build_normed(
             4608,
             2048,
+            KDType::BF16,
             KDType::BF16,
             Epilogue::Bias,
             &NormPrologue::RmsNorm { w: &nw, eps: 1e-5 },
@@ -773,6 +795,15 @@ mod tests {
             false,
         )
         .is_err());
+        // An f32 weight on the bf16 row (GLM-4.7-Flash's router): a plain projection only.
+        let w32 = w.to_dtype(DType::F32).expect("f32 weight");
+        let rms = NormPrologue::RmsNorm { w: &nw, eps: 1e-6 };
+        let p = gemv_normed(&x, &rms, &w32, None, Epilogue::Plain, false).expect("mixed plain");
+        assert_eq!(
+            values(&p.y),
+            values(&gemv(&normed, &w32).expect("mixed gemv"))
+        );
+        assert!(gemv_normed(&x, &rms, &w32, None, Epilogue::SwiGlu, false).is_err());
         // So are rows that would not fit the launch's shared memory (8 x 4096 bf16).
         let (tall, w_tall) = (small((8, 4096), 8), small((8, 4096), 9));
         let nw_tall = small((1, 4096), 10).flatten_all().expect("w");
