@@ -267,7 +267,8 @@ impl DecoderStack for Glm4MoeLite {
         let t = x.rows()?;
         let ly = &self.layers[l];
         let (q_a, ckv) = ly.latent.forward(x, k_)?; // [T, q_lora], [T, kv_lora + rope]
-                                                    // The latent norms may run in the q_b and kv_b projections' prologues.
+
+        // The latent norms may run in the q_b and kv_b projections' prologues.
         let q = linear_normed(
             &NormedInput::new(None, &q_a, &ly.q_a_norm, LATENT_NORM_EPS, k_),
             &ly.q_b,
