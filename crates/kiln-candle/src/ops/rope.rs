@@ -170,38 +170,14 @@ pub fn qk_norm_rope_cache(
             "CUDA only (the CPU path runs rmsnorm, rope and the cache write)",
         ));
     }
-    #[cfg(feature = "cuda")]
-    {
-        use super::device::{cuda_device, run, Param};
-        let dev = cuda_device(op, qkv)?;
-        let dtype = kernel_dtype(op, qkv.dtype())?;
-        // Through the catalog's launch path: a pack or the discovered set
-        // may replace it, and its launch line sizes the launch.
-        let q = run(
-            &qk_norm_rope_config(s, s_max, dtype),
-            &dev,
-            t,
-            &[
-                Param::In(qkv),
-                Param::In(weights.0),
-                Param::In(weights.1),
-                Param::In(tables.0),
-                Param::In(tables.1),
-                Param::In(positions),
-                Param::Out,
-                Param::InPlace(caches.0),
-                Param::InPlace(caches.1),
-                Param::I32(t as i32),
-                Param::I32(s_max as i32),
-            ],
-            &[(qkv.dtype(), (t, s.qh, s.d).into())],
-        )?;
-        q.into_iter()
-            .next()
-            .ok_or_else(|| op_error(op, "no output"))
-    }
-    #[cfg(not(feature = "cuda"))]
-    Err(super::no_cuda(op))
+    let dtype = kernel_dtype(op, qkv.dtype())?;
+    into_caches(
+        &qk_norm_rope_config(s, s_max, dtype),
+        &[qkv, weights.0, weights.1, tables.0, tables.1],
+        positions,
+        caches,
+        (t, s.qh, s.d),
+    )
 }
 
 /// Whether the rope + cache-write fusion ([`rope_cache`]) is on:
@@ -307,33 +283,52 @@ pub fn rope_cache(
             "CUDA only (the CPU path runs rope and the cache write)",
         ));
     }
+    let dtype = kernel_dtype(op, qkv.dtype())?;
+    into_caches(
+        &rope_cache_config(shape, s_max, dtype),
+        &[&qkv.contiguous()?],
+        positions,
+        caches,
+        (t, qh, hd),
+    )
+}
+
+/// Launches an attention-input op of the catalog (`config`) that reads
+/// `inputs` (qkv first) and the tokens' `positions`, returns q of `q_shape`
+/// and writes k and v into `caches` in place: what `qk_norm_rope_cache` and
+/// `rope_cache` share. Through the catalog's launch path, so a pack or the
+/// discovered set may replace the kernel, and its launch line sizes the launch.
+fn into_caches<C: kiln_kernels::OpConfig>(
+    config: &C,
+    inputs: &[&Tensor],
+    positions: &Tensor,
+    caches: (&Tensor, &Tensor),
+    q_shape: (usize, usize, usize),
+) -> Result<Tensor> {
+    let op = config.spec().name;
     #[cfg(feature = "cuda")]
     {
         use super::device::{cuda_device, run, Param};
+        let qkv = inputs.first().ok_or_else(|| op_error(op, "no qkv input"))?;
         let dev = cuda_device(op, qkv)?;
-        let dtype = kernel_dtype(op, qkv.dtype())?;
-        let qkv = qkv.contiguous()?;
-        // Through the catalog's launch path: a pack or the discovered set
-        // may replace it, and its launch line sizes the launch.
-        let q = run(
-            &rope_cache_config(shape, s_max, dtype),
-            &dev,
-            t,
-            &[
-                Param::In(&qkv),
-                Param::In(positions),
-                Param::Out,
-                Param::InPlace(caches.0),
-                Param::InPlace(caches.1),
-                Param::I32(t as i32),
-                Param::I32(s_max as i32),
-            ],
-            &[(qkv.dtype(), (t, qh, hd).into())],
-        )?;
+        let (t, s_max) = (q_shape.0, caches.0.dim(1)?);
+        let mut params: Vec<Param> = inputs.iter().map(|x| Param::In(x)).collect();
+        params.extend([
+            Param::In(positions),
+            Param::Out,
+            Param::InPlace(caches.0),
+            Param::InPlace(caches.1),
+            Param::I32(t as i32),
+            Param::I32(s_max as i32),
+        ]);
+        let q = run(config, &dev, t, &params, &[(qkv.dtype(), q_shape.into())])?;
         q.into_iter()
             .next()
             .ok_or_else(|| op_error(op, "no output"))
     }
     #[cfg(not(feature = "cuda"))]
-    Err(super::no_cuda(op))
+    {
+        let _ = (inputs, positions, caches, q_shape);
+        Err(super::no_cuda(op))
+    }
 }
