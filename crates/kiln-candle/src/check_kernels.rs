@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::models::config::ModelConfig;
 use crate::models::kv_cache::KvCache;
-use crate::models::layers::RopeTables;
+use crate::models::layers::{split_qkv, RopeTables};
 use crate::models::{glm4, lfm2_moe, qwen3_moe, Kernels};
 use crate::ops;
 use crate::ops::linear::Epilogue;
@@ -255,11 +255,7 @@ fn qk_norm_rope(
             cache.set_len(pos + t);
             q
         } else {
-            let q = qkv.narrow(1, 0, qh * hd)?.reshape((t, qh, hd))?;
-            let k = qkv.narrow(1, qh * hd, kvh * hd)?.reshape((t, kvh, hd))?;
-            let v = qkv
-                .narrow(1, (qh + kvh) * hd, kvh * hd)?
-                .reshape((t, kvh, hd))?;
+            let (q, k, v) = split_qkv(&qkv, (qh, kvh, hd))?;
             let q = ops::norm::rms_norm(&q.contiguous()?, &qn, eps)?;
             let k = ops::norm::rms_norm(&k.contiguous()?, &kn, eps)?;
             let (q, k) = rope.apply(&q, &k, pos, Some(&positions), Kernels::Kiln)?;
@@ -311,11 +307,7 @@ fn rope_cache(
             q
         } else {
             // The model's unfused path (glm4.rs): views of the projection.
-            let q = qkv.narrow(1, 0, qh * hd)?.reshape((t, qh, hd))?;
-            let k = qkv.narrow(1, qh * hd, kvh * hd)?.reshape((t, kvh, hd))?;
-            let v = qkv
-                .narrow(1, (qh + kvh) * hd, kvh * hd)?
-                .reshape((t, kvh, hd))?;
+            let (q, k, v) = split_qkv(&qkv, (qh, kvh, hd))?;
             let (q, k) = rope.apply(&q, &k, pos, Some(&positions), Kernels::Kiln)?;
             let on_gpu = d.is_cuda().then_some(&positions);
             cache.append(&k, &v, pos, on_gpu)?;

@@ -28,7 +28,7 @@ use kiln_kernels::reference::rope::RopeShape;
 use super::config::Glm4Config;
 use super::decoder::{Decoder, DecoderStack};
 use super::kv_cache::KvCache;
-use super::layers::{attention, linear, linear_normed, Mlp, NormedInput, RopeTables};
+use super::layers::{attention, linear, linear_normed, split_qkv, Mlp, NormedInput, RopeTables};
 use super::Kernels;
 use crate::error::{Error, Result};
 use crate::ops;
@@ -228,11 +228,7 @@ impl DecoderStack for Glm4 {
                 q
             }
             _ => {
-                let q = qkv.narrow(1, 0, qh * hd)?.reshape((t, qh, hd))?;
-                let k = qkv.narrow(1, qh * hd, kvh * hd)?.reshape((t, kvh, hd))?;
-                let v = qkv
-                    .narrow(1, (qh + kvh) * hd, kvh * hd)?
-                    .reshape((t, kvh, hd))?;
+                let (q, k, v) = split_qkv(&qkv, (qh, kvh, hd))?;
                 let (q, k) = self
                     .dec
                     .rope

@@ -197,6 +197,21 @@ pub fn linear_normed(
     }
 }
 
+/// The q, k and v heads of a fused projection's output `qkv[T, (QH + 2 KVH)·HD]`
+/// for `(QH, KVH, HD)`: views `[T, QH, HD]`, `[T, KVH, HD]`, `[T, KVH, HD]`.
+pub fn split_qkv(
+    qkv: &Tensor,
+    (qh, kvh, hd): (usize, usize, usize),
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let t = qkv.dim(0)?;
+    let q = qkv.narrow(1, 0, qh * hd)?.reshape((t, qh, hd))?;
+    let k = qkv.narrow(1, qh * hd, kvh * hd)?.reshape((t, kvh, hd))?;
+    let v = qkv
+        .narrow(1, (qh + kvh) * hd, kvh * hd)?
+        .reshape((t, kvh, hd))?;
+    Ok((q, k, v))
+}
+
 /// RMSNorm over the last dimension.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, k: Kernels) -> Result<Tensor> {
     match k {

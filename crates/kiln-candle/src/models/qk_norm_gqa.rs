@@ -6,7 +6,7 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
 use super::decoder::Decoder;
-use super::layers::{attention, linear, linear_normed, rms_norm, NormedInput};
+use super::layers::{attention, linear, linear_normed, rms_norm, split_qkv, NormedInput};
 use super::Kernels;
 use crate::error::Result;
 use crate::ops;
@@ -92,11 +92,7 @@ impl QkNormGqa {
                 q
             }
             _ => {
-                let q = qkv.narrow(1, 0, qh * hd)?.reshape((t, qh, hd))?;
-                let k = qkv.narrow(1, qh * hd, kvh * hd)?.reshape((t, kvh, hd))?;
-                let v = qkv
-                    .narrow(1, (qh + kvh) * hd, kvh * hd)?
-                    .reshape((t, kvh, hd))?;
+                let (q, k, v) = split_qkv(&qkv, (qh, kvh, hd))?;
                 let q = rms_norm(&q.contiguous()?, &self.q_norm, eps, dec.kernels)?;
                 let k = rms_norm(&k.contiguous()?, &self.k_norm, eps, dec.kernels)?;
                 let (q, k) = dec.rope.apply(&q, &k, pos, positions, dec.kernels)?;
