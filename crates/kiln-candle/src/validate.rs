@@ -211,7 +211,8 @@ pub struct Report {
     /// launch where it applies: "on", or "off (KILN_ROPE_CACHE_FUSION=0)".
     pub rope_cache_fusion: String,
     /// Whether the RMSNorms before the projections ran in the projections'
-    /// prologue where it applies: "on (KILN_NORM_FUSION=1)", or "off".
+    /// prologue where it applies: "on (projections of at most N MiB)", or
+    /// "off (KILN_NORM_FUSION=0)".
     #[serde(default)]
     pub norm_fusion: String,
     /// The prompt.
@@ -576,9 +577,12 @@ pub fn run(opts: &Options, dev: &Device, progress: &mut dyn FnMut(&str)) -> Resu
             "off (KILN_ROPE_CACHE_FUSION=0)".into()
         },
         norm_fusion: if crate::ops::linear::norm_fusion_enabled() {
-            "on (KILN_NORM_FUSION=1)".into()
+            format!(
+                "on (projections of at most {} MiB)",
+                crate::ops::linear::norm_prologue_max_weight_bytes() >> 20
+            )
         } else {
-            "off".into()
+            "off (KILN_NORM_FUSION=0)".into()
         },
         prompt: opts.prompt.clone(),
         logits,

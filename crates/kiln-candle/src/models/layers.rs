@@ -48,7 +48,8 @@ pub fn linear_bias(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, k: Kernels) ->
 /// by the norm's own launch when a model asks for the tensor
 /// ([`NormedInput::tensor`]), or inside the first projection that reads it
 /// where that projection can take it in its prologue ([`linear_normed`],
-/// [`Mlp::forward_normed`]; `KILN_NORM_FUSION=1`, bit for bit the same).
+/// [`Mlp::forward_normed`]; bit for bit the same, see
+/// [`crate::ops::linear::norm_prologue_applies`]).
 /// Either way the new residual stream is [`NormedInput::residual`].
 pub struct NormedInput<'a> {
     delta: Option<&'a Tensor>,

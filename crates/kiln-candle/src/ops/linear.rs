@@ -6,8 +6,9 @@
 //! It can also begin with the RMSNorm (or residual add and RMSNorm) whose
 //! output it reads ([`NormPrologue`], [`gemv_normed`]): every block computes
 //! the normed rows exactly as the catalog's norm kernel would, so the norm's
-//! own launch goes, and the result is the same bits. That prologue is opt-in
-//! (`KILN_NORM_FUSION=1`) until it is measured in the models.
+//! own launch goes, and the result is the same bits. It is on for
+//! projections of at most [`NORM_PROLOGUE_MAX_WEIGHT_BYTES`] of weights
+//! (measured in the models, see there); `KILN_NORM_FUSION=0` turns it off.
 //!
 //! The kernel is kiln-candle's own (`kernels/linear_gemv.cu`), not a catalog
 //! op yet: the models call it for every projection at decode, and larger T
@@ -210,18 +211,47 @@ pub fn build_normed(
     b
 }
 
-/// Whether the norm prologue is on: `KILN_NORM_FUSION=1` turns it on (it is
-/// not yet measured in the models); read once per process, said when on.
+/// Whether the norm prologue is on: `KILN_NORM_FUSION=0` turns it off (the
+/// norms then run as their own launches, for an A/B in one binary); read
+/// once per process, said loudly when off.
 pub fn norm_fusion_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| {
-        let on = std::env::var("KILN_NORM_FUSION").is_ok_and(|v| v == "1");
-        if on {
-            eprintln!(
-                "kiln: KILN_NORM_FUSION=1: the RMSNorms before the projections run in the projections' prologue"
-            );
+        !super::fusion_switched_off(
+            "KILN_NORM_FUSION",
+            "the RMSNorms before the projections run as their own launches",
+        )
+    })
+}
+
+/// The most weight bytes of a projection that takes the norm prologue.
+///
+/// Every block of the projection computes the norm before its first
+/// multiply-add, so the prologue's latency is paid once per wave of blocks,
+/// while the launch it saves is paid once. Measured on an H100 (2026-12-07,
+/// graph decode, same tokens): the prologue on projections of at most 21 MB
+/// made Qwen3-30B-A3B 3.3 % and GLM-4.7-Flash 9 % faster, and on GLM-4-9B's
+/// 38 MB qkv and 224 MB gate/up projections 0.5 % slower. The limit sits
+/// between the two; `KILN_NORM_PROLOGUE_MAX_MIB` moves it (for an A/B).
+pub const NORM_PROLOGUE_MAX_WEIGHT_BYTES: usize = 32 << 20;
+
+/// [`NORM_PROLOGUE_MAX_WEIGHT_BYTES`], or `KILN_NORM_PROLOGUE_MAX_MIB` MiB
+/// where set (read once per process, said when set).
+pub fn norm_prologue_max_weight_bytes() -> usize {
+    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        match std::env::var("KILN_NORM_PROLOGUE_MAX_MIB")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            Some(mib) => {
+                eprintln!(
+                    "kiln: KILN_NORM_PROLOGUE_MAX_MIB={mib}: the norm prologue applies to projections of at most {mib} MiB"
+                );
+                mib << 20
+            }
+            None => NORM_PROLOGUE_MAX_WEIGHT_BYTES,
         }
-        on
     })
 }
 
@@ -230,7 +260,8 @@ pub fn norm_fusion_enabled() -> bool {
 pub const NORMED_ROWS_MAX_BYTES: usize = 48 * 1024;
 
 /// Whether [`gemv_normed`] takes `x` normed by `norm` into a projection on
-/// `w` with `epilogue`: the switch is on, [`gemv_applies`] holds (x in w's
+/// `w` with `epilogue`: the switch is on, w holds at most
+/// [`norm_prologue_max_weight_bytes`], [`gemv_applies`] holds (x in w's
 /// dtype, or narrower for a plain projection: GLM-4.7-Flash's f32 router),
 /// 256 ≤ K ≤ 4096 (the norm's row fits one block), the normed rows fit
 /// [`NORMED_ROWS_MAX_BYTES`], the norm's shapes match, and no pack or
@@ -242,6 +273,7 @@ pub fn norm_prologue_applies(
     epilogue: Epilogue,
 ) -> bool {
     if !norm_fusion_enabled()
+        || w.elem_count() * w.dtype().size_in_bytes() > norm_prologue_max_weight_bytes()
         || !gemv_applies(x, w)
         || (x.dtype() != w.dtype() && epilogue != Epilogue::Plain)
     {
