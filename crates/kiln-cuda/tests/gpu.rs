@@ -270,3 +270,51 @@ fn warm_l2_leaves_a_buffer_in_l2_after_another_kernel_evicted_it() {
          faster than after an eviction ({cold:.2} µs)"
     );
 }
+
+#[test]
+#[ignore = "needs a CUDA GPU: run scripts/gpu-suite.sh"]
+fn islands_hold_whole_pages_alone_and_round_trip_their_bytes() {
+    use kiln_cuda::{Island, ISLAND_PAGE};
+    let (gpu, compiler) = open();
+    let probes = Probes::load(&gpu, &compiler).expect("probe kernels load");
+    let mut a = Island::new(&gpu, 10_000, 3, 5).expect("island a");
+    let b = Island::new(&gpu, ISLAND_PAGE + 1, 1, 1).expect("island b");
+    assert_eq!(a.len(), ISLAND_PAGE);
+    assert_eq!(b.len(), 2 * ISLAND_PAGE);
+    assert_eq!(a.ptr() % ISLAND_PAGE as u64, 0);
+    // Neither island's mapped pages come within a page of the other's.
+    let (lo, hi) = if a.ptr() < b.ptr() {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    assert!(
+        lo.ptr() + lo.len() as u64 + ISLAND_PAGE as u64 <= hi.ptr(),
+        "islands at {:#x}+{} and {:#x} have no unmapped page between them",
+        lo.ptr(),
+        lo.len(),
+        hi.ptr()
+    );
+    let bytes: Vec<u8> = (0..4099u32).map(|i| (i * 7 + 1) as u8).collect();
+    a.fill(&gpu, 0, ISLAND_PAGE, 1, 0xA5).expect("fill");
+    a.upload(&gpu, 17, &bytes).expect("upload");
+    assert_eq!(a.download(&gpu, 17, bytes.len()).expect("download"), bytes);
+    assert_eq!(a.download(&gpu, 0, 17).expect("download"), vec![0xA5; 17]);
+    let after = a.download(&gpu, 17 + bytes.len(), 64).expect("download");
+    assert_eq!(after, vec![0xA5; 64]);
+    // A device copy into the island, checked with the probe compare.
+    let src = gpu.upload(&bytes).expect("upload");
+    let src_ptr = {
+        use kiln_cuda::DevicePtr;
+        src.device_ptr(gpu.stream()).0
+    };
+    // SAFETY: `src` holds `bytes.len()` bytes and outlives the copy (the
+    // compare below waits for it).
+    unsafe { a.copy_from(&gpu, src_ptr, 4096, bytes.len()) }.expect("copy");
+    let same = probes
+        .first_difference(&gpu, a.ptr() + 4096, src_ptr, bytes.len() as u64)
+        .expect("compare");
+    assert_eq!(same, None);
+    assert!(a.upload(&gpu, ISLAND_PAGE - 1, &[0, 0]).is_err());
+    assert!(a.download(&gpu, ISLAND_PAGE, 1).is_err());
+}

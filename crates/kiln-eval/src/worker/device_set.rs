@@ -6,14 +6,25 @@
 //! to the output groups: every launch updates its own copy, and every copy is
 //! reset to the drawn values before every launch, as outputs are poisoned.
 //!
-//! Every buffer sits between two guard zones filled with [`GUARD_BYTE`]; a
-//! kernel that writes past either end of any buffer (an output's or an
-//! input's) is caught by [`DeviceSet::damaged_guard`]. A set may hold several
-//! *output groups* over the same inputs: in a timing graph every launch
-//! writes its own outputs, all poisoned before the graph runs, so no launch
-//! ever finds an earlier launch's answer where it writes.
+//! Every buffer sits between two guard zones filled with [`GUARD_BYTE`], in
+//! an [`Island`] of its own: device memory mapped alone at a random place in
+//! an address range reserved for it, with unmapped gaps on both sides. The
+//! trailing guard runs to the island's last mapped byte, so a kernel that
+//! writes past either end of any buffer (an output's or an input's) is
+//! caught by [`DeviceSet::damaged_guard`], and one that reaches further
+//! faults: there is no allocator slack past a buffer to keep state in from
+//! one launch to the next, and no judge memory at a distance a kernel could
+//! know (the pristine copies of the inputs, the probes' buffers).
+//!
+//! A set may hold several *output groups* over the same inputs: in a timing
+//! graph every launch writes its own outputs, all poisoned before the graph
+//! runs, so no launch ever finds an earlier launch's answer where it writes.
 
-use kiln_cuda::{CudaError, CudaSlice, DevicePtr, Digests, Gpu, KernelArg, Probes};
+use kiln_cuda::{
+    CudaError, CudaSlice, DevicePtr, Digests, Gpu, Island, KernelArg, Probes, ISLAND_PAGE,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 use crate::targets::{BufferSpec, ElemKind, HostBuffer, Role};
 
@@ -24,51 +35,112 @@ pub const GUARD_BYTES: usize = 4096;
 /// What every guard byte holds; anything else means a kernel wrote there.
 pub const GUARD_BYTE: u8 = 0xA5;
 
-/// One buffer between its guard zones.
+/// Most unmapped pages on either side of a buffer's island (at least one):
+/// the distance from one island to any other device memory is a secret
+/// draw, so a kernel that guesses it most likely faults.
+pub const MAX_GAP_PAGES: usize = 128;
+
+/// One buffer between its guard zones, alone in its island.
 struct Guarded {
-    buf: CudaSlice<u8>,
+    island: Island,
     /// Bytes the kernel may touch (between the guards).
     len: usize,
 }
 
 impl Guarded {
-    fn new(gpu: &Gpu, len: usize) -> Result<Self, CudaError> {
-        let mut buf = gpu.alloc_zeros::<u8>(len + 2 * GUARD_BYTES)?;
+    fn new(gpu: &Gpu, len: usize, placement: &mut ChaCha8Rng) -> Result<Self, CudaError> {
+        let before = placement.gen_range(1..=MAX_GAP_PAGES);
+        let after = placement.gen_range(1..=MAX_GAP_PAGES);
+        let mut island = Island::new(gpu, len + 2 * GUARD_BYTES, before, after)?;
+        let all = island.len();
+        island.fill(gpu, 0, all, 1, GUARD_BYTE as u32)?;
+        Ok(Self { island, len })
+    }
+
+    fn ptr(&self) -> u64 {
+        self.island.ptr() + GUARD_BYTES as u64
+    }
+
+    /// Byte offset and length of the trailing guard: to the island's end.
+    fn trailing(&self) -> (usize, usize) {
+        let at = GUARD_BYTES + self.len;
+        (at, self.island.len() - at)
+    }
+
+    fn download(&self, gpu: &Gpu) -> Result<Vec<u8>, CudaError> {
+        self.island.download(gpu, GUARD_BYTES, self.len)
+    }
+
+    fn upload(&mut self, gpu: &Gpu, host: &[u8]) -> Result<(), CudaError> {
+        self.island.upload(gpu, GUARD_BYTES, host)
+    }
+
+    /// The first guard byte that changed: `(before the buffer?, offset into
+    /// the guard)`, to 16 bytes in the trailing guard past its first 16.
+    /// The long trailing guard is compared on the device with `pattern`.
+    fn damaged(
+        &self,
+        gpu: &Gpu,
+        probes: &Probes,
+        pattern: &GuardPattern,
+    ) -> Result<Option<(bool, usize)>, CudaError> {
+        let front = self.island.download(gpu, 0, GUARD_BYTES)?;
+        if let Some(i) = front.iter().position(|&b| b != GUARD_BYTE) {
+            return Ok(Some((true, GUARD_BYTES - i)));
+        }
+        // The trailing guard starts wherever the buffer ends: its bytes up
+        // to a 16-byte boundary are read here, the rest (most of a page) is
+        // compared on the device.
+        let (at, len) = self.trailing();
+        let head = (at.next_multiple_of(16) - at).min(len);
+        let first = self.island.download(gpu, at, head)?;
+        if let Some(i) = first.iter().position(|&b| b != GUARD_BYTE) {
+            return Ok(Some((false, i)));
+        }
+        let rest = len - head;
+        if rest > pattern.len {
+            return Err(CudaError::SelfCheck(format!(
+                "a trailing guard of {rest} bytes is longer than the guard pattern ({})",
+                pattern.len
+            )));
+        }
+        let differs = probes.first_difference(
+            gpu,
+            self.island.ptr() + (at + head) as u64,
+            pattern.ptr(gpu),
+            rest as u64,
+        )?;
+        Ok(differs.map(|i| (false, head + i as usize)))
+    }
+
+    /// Restores both guard zones (after a damaged one was reported).
+    fn reset_guards(&mut self, gpu: &Gpu) -> Result<(), CudaError> {
+        self.island
+            .fill(gpu, 0, GUARD_BYTES, 1, GUARD_BYTE as u32)?;
+        let (at, len) = self.trailing();
+        self.island.fill(gpu, at, len, 1, GUARD_BYTE as u32)
+    }
+}
+
+/// Device bytes all [`GUARD_BYTE`], as long as the longest trailing guard:
+/// what the guards are compared with on the device.
+struct GuardPattern {
+    buf: CudaSlice<u8>,
+    len: usize,
+}
+
+impl GuardPattern {
+    fn new(gpu: &Gpu) -> Result<Self, CudaError> {
+        // A trailing guard is shorter than a page plus a guard zone: an
+        // island rounds `len + 2 × GUARD_BYTES` up to whole pages.
+        let len = ISLAND_PAGE + GUARD_BYTES;
+        let mut buf = gpu.alloc_zeros::<u8>(len)?;
         gpu.memset_bytes(&mut buf, GUARD_BYTE)?;
         Ok(Self { buf, len })
     }
 
     fn ptr(&self, gpu: &Gpu) -> u64 {
-        self.buf.device_ptr(gpu.stream()).0 + GUARD_BYTES as u64
-    }
-
-    fn download(&self, gpu: &Gpu) -> Result<Vec<u8>, CudaError> {
-        gpu.download_range(&self.buf, GUARD_BYTES, self.len)
-    }
-
-    /// The first guard byte that changed: `(before the buffer?, offset into the guard)`.
-    fn damaged(&self, gpu: &Gpu) -> Result<Option<(bool, usize)>, CudaError> {
-        let front = gpu.download_range(&self.buf, 0, GUARD_BYTES)?;
-        if let Some(i) = front.iter().position(|&b| b != GUARD_BYTE) {
-            return Ok(Some((true, GUARD_BYTES - i)));
-        }
-        let back = gpu.download_range(&self.buf, GUARD_BYTES + self.len, GUARD_BYTES)?;
-        Ok(back
-            .iter()
-            .position(|&b| b != GUARD_BYTE)
-            .map(|i| (false, i)))
-    }
-
-    /// Restores both guard zones (after a damaged one was reported).
-    fn reset_guards(&mut self, gpu: &Gpu) -> Result<(), CudaError> {
-        gpu.fill_words_range(&mut self.buf, 0, GUARD_BYTES, 1, GUARD_BYTE as u32)?;
-        gpu.fill_words_range(
-            &mut self.buf,
-            GUARD_BYTES + self.len,
-            GUARD_BYTES,
-            1,
-            GUARD_BYTE as u32,
-        )
+        self.buf.device_ptr(gpu.stream()).0
     }
 }
 
@@ -166,6 +238,11 @@ pub struct DeviceSet {
     pristine: Vec<Option<CudaSlice<u8>>>,
     /// `int` arguments passed after `T` (decode_attention's `past`).
     scalars: Vec<i32>,
+    /// Where the islands go: seeded from the operating system, never told
+    /// to a kernel.
+    placement: ChaCha8Rng,
+    /// What the guards are compared against.
+    guard_pattern: GuardPattern,
 }
 
 impl DeviceSet {
@@ -185,6 +262,7 @@ impl DeviceSet {
         windows: usize,
     ) -> Result<Self, CudaError> {
         let windows = windows.max(1);
+        let mut placement = ChaCha8Rng::seed_from_u64(rand::random());
         let mut inputs = Vec::with_capacity(specs.len());
         let mut window_stride = Vec::with_capacity(specs.len());
         for (i, s) in specs.iter().enumerate() {
@@ -195,9 +273,9 @@ impl DeviceSet {
             inputs.push(if bytes == 0 || s.role != Role::Input {
                 None
             } else if stride > 0 {
-                Some(Guarded::new(gpu, stride * windows)?)
+                Some(Guarded::new(gpu, stride * windows, &mut placement)?)
             } else {
-                Some(Guarded::new(gpu, bytes)?)
+                Some(Guarded::new(gpu, bytes, &mut placement)?)
             });
         }
         let uploaded = vec![None; specs.len()];
@@ -212,6 +290,8 @@ impl DeviceSet {
             uploaded,
             pristine,
             scalars: Vec::new(),
+            placement,
+            guard_pattern: GuardPattern::new(gpu)?,
         };
         set.add_output_group(gpu)?;
         Ok(set)
@@ -227,9 +307,9 @@ impl DeviceSet {
             outputs.push(if bytes == 0 || !s.role.is_written() {
                 None
             } else {
-                let mut buf = Guarded::new(gpu, bytes)?;
+                let mut buf = Guarded::new(gpu, bytes, &mut self.placement)?;
                 if let (Role::InOut, Some(host)) = (s.role, uploaded) {
-                    gpu.upload_range(host, &mut buf.buf, GUARD_BYTES)?;
+                    buf.upload(gpu, host)?;
                 }
                 Some(buf)
             });
@@ -289,7 +369,7 @@ impl DeviceSet {
             let host = next.next().map(HostBuffer::to_bytes).unwrap_or_default();
             if spec.role == Role::InOut {
                 for buf in self.groups.iter_mut().filter_map(|g| g.outputs[i].as_mut()) {
-                    gpu.upload_range(&host, &mut buf.buf, GUARD_BYTES)?;
+                    buf.upload(gpu, &host)?;
                 }
                 self.pristine[i] = if host.is_empty() {
                     None
@@ -316,7 +396,7 @@ impl DeviceSet {
                 }
             };
             if let Some(buf) = self.inputs[i].as_mut() {
-                gpu.upload_range(&host, &mut buf.buf, GUARD_BYTES)?;
+                buf.upload(gpu, &host)?;
                 if host.len() == buf.len {
                     self.pristine[i] = Some(gpu.upload(&host)?);
                 }
@@ -328,11 +408,11 @@ impl DeviceSet {
 
     /// Device address and length of every input buffer (every row window):
     /// what the judge reads into L2 before a replay.
-    pub fn input_ranges(&self, gpu: &Gpu) -> Vec<(u64, u64)> {
+    pub fn input_ranges(&self) -> Vec<(u64, u64)> {
         self.inputs
             .iter()
             .flatten()
-            .map(|b| (b.ptr(gpu), b.len as u64))
+            .map(|b| (b.ptr(), b.len as u64))
             .collect()
     }
 
@@ -340,7 +420,7 @@ impl DeviceSet {
     pub fn restore_inputs(&mut self, gpu: &Gpu) -> Result<(), CudaError> {
         for (buf, host) in self.inputs.iter_mut().zip(&self.uploaded) {
             if let (Some(buf), Some(host)) = (buf.as_mut(), host) {
-                gpu.upload_range(host, &mut buf.buf, GUARD_BYTES)?;
+                buf.upload(gpu, host)?;
                 buf.reset_guards(gpu)?;
             }
         }
@@ -371,9 +451,19 @@ impl DeviceSet {
                 match (spec.role, uploaded) {
                     (Role::InOut, Some(host)) => match pristine {
                         Some(start) => {
-                            gpu.copy_range(start, 0, &mut buf.buf, GUARD_BYTES, host.len())?
+                            let len = host.len().min(start.len());
+                            // SAFETY: the pristine copy holds `len` bytes and
+                            // lives as long as the set.
+                            unsafe {
+                                buf.island.copy_from(
+                                    gpu,
+                                    start.device_ptr(gpu.stream()).0,
+                                    GUARD_BYTES,
+                                    len,
+                                )?
+                            }
                         }
-                        None => gpu.upload_range(host, &mut buf.buf, GUARD_BYTES)?,
+                        None => buf.upload(gpu, host)?,
                     },
                     (Role::InOut, None) => {
                         return Err(CudaError::SelfCheck(format!(
@@ -384,7 +474,7 @@ impl DeviceSet {
                     _ => {
                         let (word, pattern) = poison_word(spec.kind);
                         let len = buf.len;
-                        gpu.fill_words_range(&mut buf.buf, GUARD_BYTES, len, word, pattern)?;
+                        buf.island.fill(gpu, GUARD_BYTES, len, word, pattern)?;
                     }
                 }
             }
@@ -395,7 +485,7 @@ impl DeviceSet {
     /// The launch arguments writing into output group `group`: every
     /// buffer's pointer (0 for null; a windowed input's at the group's
     /// window), `int T`, then the op's run-time scalars.
-    pub fn args(&self, gpu: &Gpu, group: usize) -> Vec<KernelArg> {
+    pub fn args(&self, group: usize) -> Vec<KernelArg> {
         let group = &self.groups[group.min(self.groups.len() - 1)];
         let mut args: Vec<KernelArg> = self
             .inputs
@@ -403,8 +493,8 @@ impl DeviceSet {
             .zip(&group.outputs)
             .zip(&self.window_stride)
             .map(|((i, o), stride)| match (i, o) {
-                (Some(b), _) => KernelArg::Ptr(b.ptr(gpu) + (stride * group.window) as u64),
-                (None, Some(b)) => KernelArg::Ptr(b.ptr(gpu)),
+                (Some(b), _) => KernelArg::Ptr(b.ptr() + (stride * group.window) as u64),
+                (None, Some(b)) => KernelArg::Ptr(b.ptr()),
                 (None, None) => KernelArg::Ptr(0),
             })
             .collect();
@@ -449,7 +539,7 @@ impl DeviceSet {
                 for &r in rows {
                     let start = r * row_bytes;
                     if start + row_bytes <= b.len {
-                        bytes.extend(gpu.download_range(&b.buf, GUARD_BYTES + start, row_bytes)?);
+                        bytes.extend(b.island.download(gpu, GUARD_BYTES + start, row_bytes)?);
                     }
                 }
             }
@@ -488,7 +578,7 @@ impl DeviceSet {
     ) -> Result<usize, CudaError> {
         let mut slot = first;
         for out in self.groups.iter().flat_map(|g| g.outputs.iter().flatten()) {
-            probes.digest(gpu, out.ptr(gpu), out.len as u64, digests, slot)?;
+            probes.digest(gpu, out.ptr(), out.len as u64, digests, slot)?;
             slot += 1;
         }
         Ok(slot)
@@ -509,7 +599,7 @@ impl DeviceSet {
                 Some(copy) => probes
                     .first_difference(
                         gpu,
-                        buf.ptr(gpu),
+                        buf.ptr(),
                         copy.device_ptr(gpu.stream()).0,
                         buf.len as u64,
                     )?
@@ -527,7 +617,7 @@ impl DeviceSet {
     }
 
     /// The first buffer whose guard zone was written, as a sentence.
-    pub fn damaged_guard(&self, gpu: &Gpu) -> Result<Option<String>, CudaError> {
+    pub fn damaged_guard(&self, gpu: &Gpu, probes: &Probes) -> Result<Option<String>, CudaError> {
         let all = self.inputs.iter().enumerate().chain(
             self.groups
                 .iter()
@@ -535,7 +625,7 @@ impl DeviceSet {
         );
         for (i, buf) in all {
             if let Some(buf) = buf {
-                if let Some((before, offset)) = buf.damaged(gpu)? {
+                if let Some((before, offset)) = buf.damaged(gpu, probes, &self.guard_pattern)? {
                     let name = &self.specs[i].name;
                     return Ok(Some(if before {
                         format!("the kernel wrote {offset} bytes before the start of `{name}`")

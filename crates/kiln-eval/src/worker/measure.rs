@@ -256,7 +256,7 @@ pub fn launch(
     set: &DeviceSet,
     group: usize,
 ) -> Result<(), CudaError> {
-    let args = set.args(&dev.gpu, group);
+    let args = set.args(group);
     // SAFETY: the arguments follow the op's signature (checked statically for
     // candidates), and every pointer addresses a buffer sized for `set.t` rows
     // (between guard zones).
@@ -463,7 +463,7 @@ impl TimingSets {
         }
         if self.warms_l2 {
             for set in &self.sets {
-                for (at, len) in set.input_ranges(&dev.gpu) {
+                for (at, len) in set.input_ranges() {
                     dev.probes
                         .warm_l2(&dev.gpu, at, len)
                         .map_err(|e| Failure::machinery("warming L2 with the inputs", e))?;
@@ -603,7 +603,7 @@ pub fn timing_sets(
     let (sets, inputs): (Vec<_>, Vec<_>) = paired.into_iter().unzip();
     let input_bytes = sets
         .iter()
-        .flat_map(|s| s.input_ranges(gpu))
+        .flat_map(|s| s.input_ranges())
         .map(|(_, len)| len)
         .sum();
     Ok(TimingSets {
@@ -929,7 +929,7 @@ pub fn check_untouched(dev: &Device, sets: &mut [DeviceSet], when: &str) -> Resu
             .mutated_input(gpu, &dev.probes)
             .map_err(|e| Failure::cuda(Stage::Verify, "comparing inputs", e))?;
         let guard = set
-            .damaged_guard(gpu)
+            .damaged_guard(gpu, &dev.probes)
             .map_err(|e| Failure::cuda(Stage::Verify, "reading guard zones", e))?;
         if mutated.is_some() || guard.is_some() {
             set.restore_inputs(gpu)
