@@ -53,6 +53,11 @@ impl Guarded {
         let after = placement.gen_range(1..=MAX_GAP_PAGES);
         let mut island = Island::new(gpu, len + 2 * GUARD_BYTES, before, after)?;
         let all = island.len();
+        if all != GUARD_BYTES + len + trailing_guard_bytes(len) {
+            return Err(CudaError::SelfCheck(format!(
+                "an island for {len} bytes maps {all}, not the whole pages the guards assume"
+            )));
+        }
         island.fill(gpu, 0, all, 1, GUARD_BYTE as u32)?;
         Ok(Self { island, len })
     }
@@ -122,6 +127,17 @@ impl Guarded {
     }
 }
 
+/// The trailing guard of a buffer of `len` bytes: what is left of its
+/// island's whole pages after the leading guard and the buffer.
+fn trailing_guard_bytes(len: usize) -> usize {
+    (len + 2 * GUARD_BYTES).div_ceil(ISLAND_PAGE) * ISLAND_PAGE - GUARD_BYTES - len
+}
+
+/// Bytes of [`GuardPattern`]: a trailing guard is shorter than a page plus a
+/// guard zone, since an island rounds `len + 2 × GUARD_BYTES` up to whole
+/// pages (a test pins it).
+const GUARD_PATTERN_BYTES: usize = ISLAND_PAGE + GUARD_BYTES;
+
 /// Device bytes all [`GUARD_BYTE`], as long as the longest trailing guard:
 /// what the guards are compared with on the device.
 struct GuardPattern {
@@ -131,9 +147,7 @@ struct GuardPattern {
 
 impl GuardPattern {
     fn new(gpu: &Gpu) -> Result<Self, CudaError> {
-        // A trailing guard is shorter than a page plus a guard zone: an
-        // island rounds `len + 2 × GUARD_BYTES` up to whole pages.
-        let len = ISLAND_PAGE + GUARD_BYTES;
+        let len = GUARD_PATTERN_BYTES;
         let mut buf = gpu.alloc_zeros::<u8>(len)?;
         gpu.memset_bytes(&mut buf, GUARD_BYTE)?;
         Ok(Self { buf, len })
@@ -644,6 +658,27 @@ impl DeviceSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_trailing_guard_is_a_guard_long_and_fits_the_pattern() {
+        for len in (0..20_000)
+            .chain([
+                ISLAND_PAGE - 2 * GUARD_BYTES - 1,
+                ISLAND_PAGE - 2 * GUARD_BYTES,
+            ])
+            .chain([
+                ISLAND_PAGE - 2 * GUARD_BYTES + 1,
+                3 * ISLAND_PAGE,
+                400 << 20,
+            ])
+        {
+            let trailing = trailing_guard_bytes(len);
+            assert!(trailing >= GUARD_BYTES, "len {len}: {trailing}");
+            // The device compare covers it after at most 15 bytes on the host.
+            assert!(trailing < GUARD_PATTERN_BYTES, "len {len}: {trailing}");
+            assert_eq!((GUARD_BYTES + len + trailing) % ISLAND_PAGE, 0, "len {len}");
+        }
+    }
 
     #[test]
     fn windows_start_aligned_and_hold_their_rows_in_order() {
