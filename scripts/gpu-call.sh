@@ -4,8 +4,11 @@
 # after each one packs every folder so far into $OUT/${RESULTS:-results}.tgz
 # and appends its summary to $OUT/summary.txt: only a few files come back from
 # the GPU machine, and a call cut off by its time limit still returns what
-# finished.
+# finished. KILN_SPEC_LIMIT=SECONDS in an argument's settings stops that
+# argument's suites after so long and still packs what they wrote (a
+# `timeout` around this script would lose the argument's folder).
 #   scripts/gpu-call.sh "tests:KILN_TESTS=kiln-kernels-gpu_ops" "models:KILN_VALIDATE_ARGS=--layers 2"
+#   scripts/gpu-call.sh "tests:KILN_TESTS=kiln-cli-red_team;KILN_SPEC_LIMIT=300"
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-$PWD/gpu-results}
@@ -25,7 +28,9 @@ for spec in "$@"; do
     for kv in $envs; do export "${kv?}"; done
     unset IFS
     # shellcheck disable=SC2086
-    OUT="$dir" "$root/gpu-bundle/run.sh" $suites
+    OUT="$dir" timeout "${KILN_SPEC_LIMIT:-0}" "$root/gpu-bundle/run.sh" $suites
+    rc=$?
+    [ "$rc" = 124 ] && echo "- STOPPED after KILN_SPEC_LIMIT=${KILN_SPEC_LIMIT} s: what follows is what finished" >> "$dir/summary.md"
   ) > "$dir/console.txt" 2>&1
   { echo "## run-$i: $spec ($(( $(date +%s) - start )) s)"; cat "$dir/summary.md" 2>/dev/null; echo; } >> "$out/summary.txt"
   tar czf "$out/${RESULTS:-results}.tgz" -C "$work" $(cd "$work" && ls -d run-*)
