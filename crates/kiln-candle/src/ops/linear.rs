@@ -240,17 +240,23 @@ pub const NORM_PROLOGUE_MAX_WEIGHT_BYTES: usize = 32 << 20;
 pub fn norm_prologue_max_weight_bytes() -> usize {
     static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *MAX.get_or_init(|| {
-        match std::env::var("KILN_NORM_PROLOGUE_MAX_MIB")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-        {
-            Some(mib) => {
+        let Ok(v) = std::env::var("KILN_NORM_PROLOGUE_MAX_MIB") else {
+            return NORM_PROLOGUE_MAX_WEIGHT_BYTES;
+        };
+        match v.trim().parse::<usize>() {
+            Ok(mib) => {
                 eprintln!(
                     "kiln: KILN_NORM_PROLOGUE_MAX_MIB={mib}: the norm prologue applies to projections of at most {mib} MiB"
                 );
                 mib << 20
             }
-            None => NORM_PROLOGUE_MAX_WEIGHT_BYTES,
+            Err(_) => {
+                eprintln!(
+                    "kiln: WARNING: KILN_NORM_PROLOGUE_MAX_MIB={v:?} is not a whole number of MiB and took no effect; the limit stays {} MiB",
+                    NORM_PROLOGUE_MAX_WEIGHT_BYTES >> 20
+                );
+                NORM_PROLOGUE_MAX_WEIGHT_BYTES
+            }
         }
     })
 }
