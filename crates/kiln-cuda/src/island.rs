@@ -52,6 +52,20 @@ impl Island {
         let ctx = gpu.context().clone();
         ctx.bind_to_thread()
             .map_err(CudaError::driver("cuCtxSetCurrent"))?;
+        let vmm = ctx
+            .attribute(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_VIRTUAL_ADDRESS_MANAGEMENT_SUPPORTED,
+            )
+            .map_err(CudaError::driver("cuDeviceGetAttribute"))?;
+        if vmm == 0 {
+            return Err(CudaError::SelfCheck(format!(
+                "GPU {} ({}) or its driver does not support the driver's virtual memory calls, which \
+                 kiln's judge needs to map every candidate buffer alone; use a GPU and driver that \
+                 support them (`kiln doctor` checks it)",
+                gpu.facts().ordinal,
+                gpu.facts().name
+            )));
+        }
         let mapped_bytes = bytes.max(1).div_ceil(ISLAND_PAGE) * ISLAND_PAGE;
         let reserved_bytes = mapped_bytes + (gap_before + gap_after) * ISLAND_PAGE;
         // SAFETY: a zeroed CUmemAllocationProp is the documented default; the

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use kiln_cuda::{Compiler, CopyCeiling, DeviceFacts, Gpu, Probes};
+use kiln_cuda::{Compiler, CopyCeiling, DeviceFacts, Gpu, Island, Probes, ISLAND_PAGE};
 use serde_json::json;
 
 use crate::cli::DoctorArgs;
@@ -12,6 +12,25 @@ use crate::cli::DoctorArgs;
 struct Check {
     name: &'static str,
     outcome: Result<String, String>,
+}
+
+/// Maps one island (what the judge hands a candidate every buffer in),
+/// writes a pattern into it and reads it back.
+fn island_check(gpu: &Gpu) -> Result<String, String> {
+    let mut island = Island::new(gpu, 1, 1, 1).map_err(|e| e.to_string())?;
+    let len = island.len();
+    island
+        .fill(gpu, 0, len, 4, 0x5A5A_A5A5)
+        .map_err(|e| e.to_string())?;
+    let back = island.download(gpu, 0, len).map_err(|e| e.to_string())?;
+    let want = 0x5A5A_A5A5u32.to_le_bytes();
+    if back.chunks(4).any(|w| w != want) {
+        return Err("an island read back other bytes than were written into it".into());
+    }
+    Ok(format!(
+        "every judged buffer is mapped alone in {} MiB pages with unmapped pages around it",
+        ISLAND_PAGE >> 20
+    ))
 }
 
 /// Runs every check and prints the report.
@@ -61,6 +80,10 @@ pub fn run(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
                         .self_check(gpu)
                         .map(|()| "axpy on 1M floats: every element matches".to_string())
                         .map_err(|e| e.to_string()),
+                });
+                checks.push(Check {
+                    name: "isolated buffers",
+                    outcome: island_check(gpu),
                 });
                 let bw = probes.bandwidth(gpu);
                 let bw_copy = bw.as_ref().ok().copied();
