@@ -10,6 +10,8 @@
 //!    [`early_launch`] launches a kernel whose PTX waits for the kernel
 //!    before it (programmatic dependent launch) while that kernel still runs.
 //! 5. Time with [`Gpu::time_us`] (CUDA events) and [`Gpu::capture`] (CUDA graphs).
+//! 6. [`Island`] maps device memory alone, with unmapped pages around it: what
+//!    the judge hands an untrusted kernel.
 //!
 //! ```no_run
 //! use kiln_cuda::{CompileRequest, Compiler, Gpu, LaunchDims, PushKernelArg};
