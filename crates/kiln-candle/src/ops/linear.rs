@@ -665,6 +665,56 @@ mod tests {
     use candle_core::{DType, Device};
     use kiln_kernels::DType as KDType;
 
+    /// The weight limit in the presets' terms: every projection after a norm
+    /// that the H100 A/B (2026-12-07) ran faster with the prologue takes it;
+    /// GLM-4-9B's two, which ran slower, do not.
+    #[test]
+    fn the_weight_limit_splits_the_presets_as_measured() {
+        use crate::models::config::preset;
+        let fits = |bytes: usize| bytes <= NORM_PROLOGUE_MAX_WEIGHT_BYTES;
+        let dim = |v: &serde_json::Value, key: &str| {
+            v[key]
+                .as_u64()
+                .unwrap_or_else(|| panic!("preset without {key}")) as usize
+        };
+        let (bf16, f32) = (2, 4);
+
+        let q = preset("qwen3-30b-a3b", None).expect("preset");
+        let hidden = dim(&q, "hidden_size");
+        let qkv = (dim(&q, "num_attention_heads") + 2 * dim(&q, "num_key_value_heads"))
+            * dim(&q, "head_dim")
+            * hidden
+            * bf16;
+        assert!(fits(qkv), "Qwen3 qkv: {qkv} bytes");
+        assert!(fits(dim(&q, "num_experts") * hidden * bf16), "Qwen3 router");
+
+        let g = preset("glm-4.7-flash", None).expect("preset");
+        let hidden = dim(&g, "hidden_size");
+        let heads = dim(&g, "num_attention_heads");
+        let (q_rank, kv_rank) = (dim(&g, "q_lora_rank"), dim(&g, "kv_lora_rank"));
+        let (nope, rope) = (dim(&g, "qk_nope_head_dim"), dim(&g, "qk_rope_head_dim"));
+        let latent = (q_rank + kv_rank + rope) * hidden * bf16;
+        let q_b = heads * (nope + rope) * q_rank * bf16;
+        let kv_b = heads * (nope + dim(&g, "v_head_dim")) * kv_rank * bf16;
+        for (name, bytes) in [("latent", latent), ("q_b", q_b), ("kv_b", kv_b)] {
+            assert!(fits(bytes), "GLM-4.7-Flash {name}: {bytes} bytes");
+        }
+        assert!(
+            fits(dim(&g, "n_routed_experts") * hidden * f32),
+            "GLM-4.7-Flash router"
+        );
+
+        let c = preset("glm-4-9b", None).expect("preset");
+        let hidden = dim(&c, "hidden_size");
+        let qkv = (dim(&c, "num_attention_heads") + 2 * dim(&c, "multi_query_group_num"))
+            * dim(&c, "kv_channels")
+            * hidden
+            * bf16;
+        let gate_up = 2 * dim(&c, "ffn_hidden_size") * hidden * bf16;
+        assert!(!fits(qkv), "GLM-4-9B qkv: {qkv} bytes");
+        assert!(!fits(gate_up), "GLM-4-9B gate/up: {gate_up} bytes");
+    }
+
     fn define<'a>(b: &'a kiln_kernels::KernelBuild, name: &str) -> Option<&'a str> {
         b.defines
             .iter()
