@@ -30,7 +30,7 @@ for spec in "$@"; do
     # shellcheck disable=SC2086
     OUT="$dir" timeout "${KILN_SPEC_LIMIT:-0}" "$root/gpu-bundle/run.sh" $suites
     rc=$?
-    [ "$rc" = 124 ] && echo "- STOPPED after KILN_SPEC_LIMIT=${KILN_SPEC_LIMIT}  s: the lines above are what finished" >> "$dir/summary.md"
+    [ "$rc" = 124 ] && echo "- STOPPED after KILN_SPEC_LIMIT=${KILN_SPEC_LIMIT} s: the lines above are what finished" >> "$dir/summary.md"
   ) > "$dir/console.txt" 2>&1
   { echo "## run-$i: $spec ($(( $(date +%s) - start )) s)"; cat "$dir/summary.md" 2>/dev/null; echo; } >> "$out/summary.txt"
   tar czf "$out/${RESULTS:-results}.tgz" -C "$work" $(cd "$work" && ls -d run-*)
