@@ -281,31 +281,56 @@ pub fn norm_prologue_applies(
     if !norm_fusion_enabled()
         || w.elem_count() * w.dtype().size_in_bytes() > norm_prologue_max_weight_bytes()
         || !gemv_applies(x, w)
-        || (x.dtype() != w.dtype() && epilogue != Epilogue::Plain)
     {
         return false;
     }
-    let Ok((t, k)) = x.dims2() else { return false };
-    if t * k * x.dtype().size_in_bytes() > NORMED_ROWS_MAX_BYTES {
-        return false;
-    }
-    let shapes_match = norm.w().dims() == [k]
-        && norm.w().dtype() == x.dtype()
-        && match norm {
-            NormPrologue::RmsNorm { .. } => true,
-            NormPrologue::AddRmsNorm { residual, .. } => {
-                residual.shape() == x.shape() && residual.dtype() == x.dtype()
-            }
-        };
+    let Ok((_, k)) = x.dims2() else { return false };
     let Ok(dtype) = kernel_dtype("linear_gemv", x.dtype()) else {
         return false;
     };
-    shapes_match
-        && (256..=4096).contains(&k)
+    prologue_mismatch(x, norm, w, epilogue).is_none()
         && k % 8 == 0
         && norm
             .norm_build(k, dtype)
             .is_some_and(|b| !super::pack::replaced(&b))
+}
+
+/// Why `norm` cannot run in the prologue of the projection of x on w with
+/// `epilogue` (its shapes and sizes), or `None` when it can: the norm
+/// weight `[K]` and the residual (of an add-RMSNorm) in x's shape and dtype,
+/// x in w's dtype unless the projection is plain, 256 ≤ K ≤ 4096, and the
+/// normed rows within [`NORMED_ROWS_MAX_BYTES`].
+fn prologue_mismatch(
+    x: &Tensor,
+    norm: &NormPrologue,
+    w: &Tensor,
+    epilogue: Epilogue,
+) -> Option<String> {
+    let k = x.dims().last().copied().unwrap_or(0);
+    let residual_fits = match norm {
+        NormPrologue::RmsNorm { .. } => true,
+        NormPrologue::AddRmsNorm { residual, .. } => {
+            residual.shape() == x.shape() && residual.dtype() == x.dtype()
+        }
+    };
+    let fits = norm.w().dims() == [k]
+        && norm.w().dtype() == x.dtype()
+        && residual_fits
+        && (x.dtype() == w.dtype() || epilogue == Epilogue::Plain)
+        && (256..=4096).contains(&k)
+        && x.elem_count() * x.dtype().size_in_bytes() <= NORMED_ROWS_MAX_BYTES;
+    (!fits).then(|| {
+        format!(
+            "a norm prologue over x {:?} ({:?}) with norm weight {:?} into w {:?} ({:?}): \
+             the norm weight and any residual in x's shape and dtype, x in w's dtype unless \
+             the projection is plain, 256 <= K <= 4096, x at most {NORMED_ROWS_MAX_BYTES} bytes",
+            x.dims(),
+            x.dtype(),
+            norm.w().dims(),
+            w.dims(),
+            w.dtype()
+        )
+    })
 }
 
 /// Whether the fused epilogues are on: `KILN_GEMV_FUSION=0` turns them off
@@ -364,27 +389,8 @@ pub fn gemv_normed(
     keep_normed: bool,
 ) -> Result<NormedProjection> {
     let op = "linear_gemv";
-    let k = x.dim(candle_core::D::Minus1)?;
-    let rows_bytes = x.elem_count() * x.dtype().size_in_bytes();
-    if norm.w().dims() != [k]
-        || norm.w().dtype() != x.dtype()
-        || (x.dtype() != w.dtype() && epilogue != Epilogue::Plain)
-        || !(256..=4096).contains(&k)
-        || rows_bytes > NORMED_ROWS_MAX_BYTES
-    {
-        return Err(op_error(
-            op,
-            format!(
-                "a norm prologue over x {:?} ({:?}) with norm weight {:?} into w {:?} ({:?}): \
-                 the norm weight in x's dtype, x in w's dtype unless the projection is plain, \
-                 256 <= K <= 4096, x at most {NORMED_ROWS_MAX_BYTES} bytes",
-                x.dims(),
-                x.dtype(),
-                norm.w().dims(),
-                w.dims(),
-                w.dtype()
-            ),
-        ));
+    if let Some(why) = prologue_mismatch(x, norm, w, epilogue) {
+        return Err(op_error(op, why));
     }
     if x.device().is_cpu() {
         // The two launches it replaces, composed: what the fused kernel must equal.
@@ -408,15 +414,7 @@ pub fn gemv_normed(
     let o = operands(x, w, bias, epilogue)?;
     let residual = match norm {
         NormPrologue::RmsNorm { .. } => None,
-        NormPrologue::AddRmsNorm { residual, .. } => {
-            if residual.shape() != x.shape() || residual.dtype() != x.dtype() {
-                return Err(op_error(
-                    op,
-                    format!("residual {:?} for x {:?}", residual.dims(), x.dims()),
-                ));
-            }
-            Some(residual.contiguous()?)
-        }
+        NormPrologue::AddRmsNorm { residual, .. } => Some(residual.contiguous()?),
     };
     let nw = norm.w().contiguous()?;
     let mut out = launch(
