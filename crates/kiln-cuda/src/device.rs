@@ -187,30 +187,13 @@ impl Gpu {
     ) -> Result<()> {
         let bytes = buf.num_bytes();
         let (ptr, _sync) = buf.device_ptr_mut(&self.stream);
-        let stream = self.stream.cu_stream();
-        // SAFETY: `ptr` addresses `bytes` bytes on this context; each memset
-        // writes `bytes / word_bytes` whole words.
-        let status = unsafe {
-            match word_bytes {
-                2 => cudarc::driver::sys::cuMemsetD16Async(ptr, pattern as u16, bytes / 2, stream),
-                4 => cudarc::driver::sys::cuMemsetD32Async(ptr, pattern, bytes / 4, stream),
-                _ => cudarc::driver::sys::cuMemsetD8Async(ptr, pattern as u8, bytes, stream),
-            }
-        };
-        status.result().map_err(CudaError::driver("cuMemsetAsync"))
+        // SAFETY: `ptr` addresses `bytes` bytes on this context.
+        unsafe { memset_words(ptr, bytes, word_bytes, pattern, self.stream.cu_stream()) }
     }
 
     /// Sets every byte of a buffer to `value` (used to evict L2 and to poison).
     pub fn memset_bytes<T>(&self, buf: &mut CudaSlice<T>, value: u8) -> Result<()> {
-        let bytes = buf.num_bytes();
-        let (ptr, _sync) = buf.device_ptr_mut(&self.stream);
-        // SAFETY: `ptr` addresses `bytes` bytes on this context.
-        let status = unsafe {
-            cudarc::driver::sys::cuMemsetD8Async(ptr, value, bytes, self.stream.cu_stream())
-        };
-        status
-            .result()
-            .map_err(CudaError::driver("cuMemsetD8Async"))
+        self.fill_words(buf, 1, value as u32)
     }
 
     /// Free and total device memory in bytes.
@@ -219,6 +202,31 @@ impl Gpu {
             .mem_get_info()
             .map_err(CudaError::driver("cuMemGetInfo"))
     }
+}
+
+/// Fills `len` bytes at `ptr` with a repeated 1-, 2- or 4-byte word (the low
+/// bytes of `pattern`; any other size fills bytes), enqueued on `stream`.
+///
+/// # Safety
+/// `ptr..ptr + len` must be device memory of the stream's context, and
+/// `len` a multiple of `word_bytes`.
+pub(crate) unsafe fn memset_words(
+    ptr: cudarc::driver::sys::CUdeviceptr,
+    len: usize,
+    word_bytes: usize,
+    pattern: u32,
+    stream: cudarc::driver::sys::CUstream,
+) -> Result<()> {
+    use cudarc::driver::sys;
+    // SAFETY: the caller's contract; each call writes whole words.
+    let status = unsafe {
+        match word_bytes {
+            2 => sys::cuMemsetD16Async(ptr, pattern as u16, len / 2, stream),
+            4 => sys::cuMemsetD32Async(ptr, pattern, len / 4, stream),
+            _ => sys::cuMemsetD8Async(ptr, pattern as u8, len, stream),
+        }
+    };
+    status.result().map_err(CudaError::driver("cuMemsetAsync"))
 }
 
 /// An element type with a bit pattern that no honest kernel output equals.

@@ -230,16 +230,8 @@ impl Island {
                 "a fill of {len} bytes at {offset} is not in whole {word}-byte words"
             )));
         }
-        let stream = gpu.stream().cu_stream();
-        // SAFETY: `at..at+len` is mapped (checked above); whole words.
-        let status = unsafe {
-            match word {
-                2 => sys::cuMemsetD16Async(at, pattern as u16, len / 2, stream),
-                4 => sys::cuMemsetD32Async(at, pattern, len / 4, stream),
-                _ => sys::cuMemsetD8Async(at, pattern as u8, len, stream),
-            }
-        };
-        check("cuMemsetAsync", status)
+        // SAFETY: `at..at+len` is mapped (checked above), in whole words.
+        unsafe { crate::device::memset_words(at, len, word, pattern, gpu.stream().cu_stream()) }
     }
 }
 
