@@ -6,8 +6,9 @@ Usage: python3 bench/ncu_step.py NCU.csv[.gz]
 The CSV comes from `ncu --csv --print-units base --cache-control none
 --clock-control none --metrics gpu__time_duration.sum kiln-models validate ...`.
 A forward pass starts at each embedding gather (candle's `is_u32_*` kernel);
-kiln's single-token steps are those that write the KV cache and normalise a
-single row. The last such step is printed kernel by kernel (µs, grid), with
+kiln's single-token steps are those that write the KV cache and run kiln's
+own projection kernel (`linear_gemv` takes at most 8 rows: prefill goes to
+cuBLAS). The last such step is printed kernel by kernel (µs, grid), with
 the layer-independent head and tail and the per-layer sum.
 """
 
@@ -33,7 +34,7 @@ def main():
     single = [
         s for s in steps
         if any("kv_cache_write" in k or "qk_norm_rope_cache" in k for k, _, _ in s)
-        and any(k == "rmsnorm" and g == "(1, 1, 1)" for k, _, g in s)
+        and any(k == "linear_gemv" for k, _, _ in s)
     ]
     if not single:
         sys.exit("no single-token kiln step in this profile")

@@ -19,12 +19,20 @@
 // squares runs over the norm kernels' own lane layout (TPR threads with CPT 8-element chunks
 // each), warp shuffles and cross-warp order, and rounds as they do (KILN_EPS,
 // KILN_CAST_BEFORE_SCALE), so xn is their output bit for bit.
+// Router epilogue (KILN_ROUTER, a plain projection of N = E router logits): the catalog router
+// on the logits as written, by the last block to finish (a count in blocks_done, zero between
+// launches, set back to zero by that block), bit for bit its own launch:
+//   KILN_ROUTER=1: softmax_topk (KILN_TOPK, KILN_RENORM)
+//   KILN_ROUTER=2: sigmoid_topk with one group (KILN_TOPK, KILN_N_GROUP=1, KILN_NORM_EPS,
+//                  KILN_SCALE, KILN_SIGMOID_IN_DTYPE; select_bias[E] f32)
+//   -> topk_weights[T, TOPK] f32, topk_indices[T, TOPK] u32, sorted by descending weight.
 // Layout: x[T, K], w[N, K] (row-major, the nn.Linear weight), bias[N]; pointers 16-byte aligned.
 // Defines: KILN_DTYPE (w, bias and out), KILN_X_DTYPE (x, and the norm prologue's buffers; default
 // KILN_DTYPE, may be narrower: widened exactly), KILN_N (>= 1; even with KILN_GATED),
 // KILN_K (% (16 / sizeof(dtype)) == 0),
 // KILN_RPW (weight rows per warp, 1..=4; even with KILN_GATED), KILN_GATED (0/1, default 0),
-// KILN_NORM (0/1/2, default 0; 256 <= K <= 4096) with KILN_EPS and KILN_CAST_BEFORE_SCALE.
+// KILN_NORM (0/1/2, default 0; 256 <= K <= 4096) with KILN_EPS and KILN_CAST_BEFORE_SCALE,
+// KILN_ROUTER (0/1/2, default 0; N <= 256) with the router's defines above.
 // Launch: 256 threads (8 warps); warp j of block b computes weight rows (8b + j) * RPW .. + RPW for
 // every t < T (T <= 8: the kernel keeps T partial sums per row in registers; larger T goes to
 // cuBLAS). With KILN_GATED its RPW rows are RPW/2 gate rows i and their up rows I + i, for
@@ -60,6 +68,9 @@ typedef scalar_t x_t;
 #endif
 #ifndef KILN_NORM
 #define KILN_NORM 0
+#endif
+#ifndef KILN_ROUTER
+#define KILN_ROUTER 0
 #endif
 
 #define VEC (16 / (int)sizeof(scalar_t))  // elements per 16-byte load
@@ -252,6 +263,177 @@ __device__ __forceinline__ void norm_prologue(const x_t* __restrict__ x,
 }
 #endif
 
+#if KILN_ROUTER
+// The router epilogue: the catalog router (softmax_topk, or sigmoid_topk with one group) of each
+// row of logits this launch wrote, run by the last block to finish, so the router's own launch
+// goes. The row routines are the catalog kernels' instruction for instruction (one warp per row,
+// lane l holding experts l, l+32, ...), on the logits as written (rounded to the dtype).
+#define R_E KILN_N
+#define R_K KILN_TOPK
+#define R_EPL ((R_E + 31) / 32)  // experts per lane
+static_assert(!KILN_GATED, "linear_gemv: the router epilogue follows a plain projection");
+static_assert(R_E >= 1 && R_E <= 256, "linear_gemv: the router epilogue needs 1 <= N (experts) <= 256");
+static_assert(R_K >= 1 && R_K <= R_E && R_K <= 32, "linear_gemv: the router's K must be in 1..=min(N, 32)");
+
+// Warp-wide max and min of unsigned keys (redux.sync from sm_80 on).
+__device__ __forceinline__ unsigned warp_max_u32(unsigned v) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+    return __reduce_max_sync(0xffffffffu, v);
+#else
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+#endif
+}
+__device__ __forceinline__ unsigned warp_min_u32(unsigned v) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+    return __reduce_min_sync(0xffffffffu, v);
+#else
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+#endif
+}
+// A logit another block wrote: through L2 (this SM's L1 may not see it).
+__device__ __forceinline__ float load_logit(const scalar_t* p) { return to_f(__ldcg(p)); }
+
+#if KILN_ROUTER == 1
+// softmax_topk's row: softmax over all experts, top-k, KILN_RENORM.
+__device__ __forceinline__ void route_row(const scalar_t* lr, const float* /*select_bias*/,
+                                          float* weights, unsigned* indices, int lane) {
+    float x[R_EPL];
+    unsigned om = 0u;  // below every float's key
+#pragma unroll
+    for (int j = 0; j < R_EPL; ++j) {
+        const int e = lane + 32 * j;
+        x[j] = e < R_E ? load_logit(lr + e) : 0.f;
+        if (e < R_E) {
+            const unsigned b = __float_as_uint(x[j]);
+            om = max(om, b ^ ((unsigned)((int)b >> 31) | 0x80000000u));
+        }
+    }
+    const unsigned mo = warp_max_u32(om);
+    const float m = __uint_as_float(mo ^ ((mo & 0x80000000u) ? 0x80000000u : 0xffffffffu));
+    unsigned key[R_EPL];
+    float s = 0.f;
+#pragma unroll
+    for (int j = 0; j < R_EPL; ++j) {
+        const int e = lane + 32 * j;
+        const float v = e < R_E ? expf(x[j] - m) : 0.f;
+        s += v;
+        key[j] = e < R_E ? __float_as_uint(v) + 1u : 0u;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    float my_p = 0.f, tot = 0.f;
+    unsigned my_i = 0;
+#pragma unroll 1
+    for (int k = 0; k < R_K; ++k) {
+        unsigned bk = 0, bi = 0xffffffffu;
+#pragma unroll
+        for (int j = 0; j < R_EPL; ++j)
+            if (key[j] > bk) { bk = key[j]; bi = lane + 32 * j; }
+        const unsigned top = warp_max_u32(bk);
+        const unsigned win = warp_min_u32(bk == top ? bi : 0xffffffffu);
+#pragma unroll
+        for (int j = 0; j < R_EPL; ++j)
+            if (lane + 32 * j == (int)win) key[j] = 0u;
+        const float p = __uint_as_float(top - 1u) / s;
+        tot += p;
+        if (lane == k) { my_p = p; my_i = win; }
+    }
+#if KILN_RENORM
+    my_p = my_p / tot;
+#endif
+    if (lane < R_K) {
+        weights[lane] = my_p;
+        indices[lane] = my_i;
+    }
+}
+#elif KILN_ROUTER == 2
+#if KILN_N_GROUP != 1
+#error "linear_gemv: the router epilogue runs sigmoid_topk with one group only"
+#endif
+// sigmoid_topk's row with one group: sigmoid scores, the bias-corrected top-k, normalised, scaled.
+__device__ __forceinline__ void route_row(const scalar_t* lr, const float* select_bias,
+                                          float* weights, unsigned* indices, int lane) {
+    float s[R_EPL], c[R_EPL];
+#pragma unroll
+    for (int j = 0; j < R_EPL; ++j) {
+        const int e = lane + 32 * j;
+        if (e < R_E) {
+            float v = 1.0f / (1.0f + expf(-load_logit(lr + e)));
+#if KILN_SIGMOID_IN_DTYPE
+            v = round_dt(v);
+#endif
+            s[j] = v;
+            c[j] = v + __ldg(select_bias + e);
+        } else {
+            s[j] = 0.f;
+            c[j] = -__int_as_float(0x7f800000);
+        }
+    }
+    unsigned key[R_EPL];
+#pragma unroll
+    for (int j = 0; j < R_EPL; ++j) {
+        const unsigned b = __float_as_uint(c[j]);
+        key[j] = (lane + 32 * j) < R_E ? (b ^ ((unsigned)((int)b >> 31) | 0x80000000u)) : 0u;
+    }
+    float my_s = 0.f, tot = 0.f;
+    unsigned my_i = 0;
+#pragma unroll 1
+    for (int k = 0; k < R_K; ++k) {
+        unsigned bk = 0, bi = 0xffffffffu;
+        float bs = 0.f;
+#pragma unroll
+        for (int j = 0; j < R_EPL; ++j)
+            if (key[j] > bk) { bk = key[j]; bi = lane + 32 * j; bs = s[j]; }
+        const unsigned top = warp_max_u32(bk);
+        const unsigned win = warp_min_u32(bk == top ? bi : 0xffffffffu);
+        const float ws = __shfl_sync(0xffffffffu, bs, win & 31);
+#pragma unroll
+        for (int j = 0; j < R_EPL; ++j)
+            if (lane + 32 * j == (int)win) key[j] = 0u;
+        tot += ws;
+        if (lane == k) { my_s = ws; my_i = win; }
+    }
+#if KILN_SIGMOID_IN_DTYPE
+    const float den = round_dt(round_dt(tot) + KILN_NORM_EPS);
+    const float w = round_dt(round_dt(my_s / den) * KILN_SCALE);
+#else
+    const float den = tot + KILN_NORM_EPS;
+    const float q = my_s / den;
+    const float w = q * KILN_SCALE;
+#endif
+    if (lane < R_K) {
+        weights[lane] = w;
+        indices[lane] = my_i;
+    }
+}
+#else
+#error "linear_gemv: KILN_ROUTER must be 0, 1 (softmax_topk) or 2 (sigmoid_topk)"
+#endif
+
+// Counts this block done; the last of the grid to finish routes every row (one warp a row) and
+// sets the count back to zero, so the next launch (a graph replay too) finds it there.
+__device__ __forceinline__ void route_after_last_block(const scalar_t* logits, const float* select_bias,
+                                                       float* weights, unsigned* indices,
+                                                       unsigned* blocks_done, int T) {
+    __shared__ unsigned last;
+    __threadfence();  // this block's logits are visible to every SM before it is counted
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(blocks_done, 1u) == gridDim.x - 1 ? 1u : 0u;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();  // the other blocks' logits, counted before this block's, are read after it
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int t = warp; t < T; t += (int)(blockDim.x >> 5))
+        route_row(logits + (size_t)t * R_E, select_bias, weights + (size_t)t * R_K,
+                  indices + (size_t)t * R_K, lane);
+    if (threadIdx.x == 0) *blocks_done = 0u;
+}
+#endif
+
 extern "C" __global__ void __launch_bounds__(256) linear_gemv(const x_t* __restrict__ x,
                                                               const scalar_t* __restrict__ w,
                                                               const scalar_t* __restrict__ bias,
@@ -260,7 +442,11 @@ extern "C" __global__ void __launch_bounds__(256) linear_gemv(const x_t* __restr
                                                               const x_t* __restrict__ residual,
                                                               const x_t* __restrict__ norm_w,
                                                               x_t* __restrict__ new_residual,
-                                                              x_t* __restrict__ normed_out) {
+                                                              x_t* __restrict__ normed_out,
+                                                              const float* __restrict__ select_bias,
+                                                              float* __restrict__ topk_weights,
+                                                              unsigned int* __restrict__ topk_indices,
+                                                              unsigned int* __restrict__ blocks_done) {
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const int warp_id = blockIdx.x * 8 + warp;
@@ -282,10 +468,13 @@ extern "C" __global__ void __launch_bounds__(256) linear_gemv(const x_t* __restr
     asm volatile("griddepcontrol.wait;" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
-#if KILN_NORM
-    if (t_rows < 1) return;  // the whole block: every thread takes part in the prologue
-#else
-    if (row0 >= rows_end || t_rows < 1) return;
+    // t_rows is the same for every block: the whole grid leaves (no router count is taken).
+    if (t_rows < 1) return;
+    // A warp past the last row does no projection, but stays for the norm prologue's and the
+    // router epilogue's barriers.
+    const bool has_rows = row0 < rows_end;
+#if !KILN_NORM && !KILN_ROUTER
+    if (!has_rows) return;
 #endif
     const int T = t_rows < MAX_T ? t_rows : MAX_T;
 
@@ -311,17 +500,18 @@ extern "C" __global__ void __launch_bounds__(256) linear_gemv(const x_t* __restr
     // Every warp of the block computes the normed rows, the ones past the last weight row too.
     extern __shared__ __align__(16) unsigned char norm_smem[];
     x_t* xs = reinterpret_cast<x_t*>(norm_smem);
-    const bool has_rows = row0 < rows_end;
     uint4 w0[KILN_RPW];
     if (has_rows) {
 #pragma unroll
         for (int r = 0; r < KILN_RPW; ++r) w0[r] = __ldcs(wv[r] + lane);  // lane < NVEC: K >= 256
     }
     norm_prologue(x, residual, norm_w, new_residual, normed_out, xs, T);
+#if !KILN_ROUTER
     if (!has_rows) return;
-    accumulate(acc, w0, xs, lane, T);
+#endif
+    if (has_rows) accumulate(acc, w0, xs, lane, T);
 #pragma unroll 4
-    for (int v = lane + 32; v < NVEC; v += 32) {
+    for (int v = has_rows ? lane + 32 : NVEC; v < NVEC; v += 32) {
         uint4 wl[KILN_RPW];
 #pragma unroll
         for (int r = 0; r < KILN_RPW; ++r) wl[r] = __ldcs(wv[r] + v);  // streamed once: evict first
@@ -329,7 +519,7 @@ extern "C" __global__ void __launch_bounds__(256) linear_gemv(const x_t* __restr
     }
 #else
 #pragma unroll 4
-    for (int v = lane; v < NVEC; v += 32) {
+    for (int v = has_rows ? lane : NVEC; v < NVEC; v += 32) {
         uint4 wl[KILN_RPW];
 #pragma unroll
         for (int r = 0; r < KILN_RPW; ++r) wl[r] = __ldcs(wv[r] + v);  // streamed once: evict first
@@ -356,7 +546,7 @@ extern "C" __global__ void __launch_bounds__(256) linear_gemv(const x_t* __restr
             }
         }
     }
-    if (lane == 0) {
+    if (lane == 0 && has_rows) {
 #if KILN_GATED
 #pragma unroll
         for (int r = 0; r < P; ++r) {
@@ -385,4 +575,7 @@ extern "C" __global__ void __launch_bounds__(256) linear_gemv(const x_t* __restr
         }
 #endif
     }
+#if KILN_ROUTER
+    route_after_last_block(out, select_bias, topk_weights, topk_indices, blocks_done, T);
+#endif
 }

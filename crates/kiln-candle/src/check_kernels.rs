@@ -85,6 +85,7 @@ pub fn check_kernels(gpu: &Device, presets: &[serde_json::Value]) -> Result<Kern
     }
     let mut checks = Vec::new();
     let mut seed = 1u64;
+    checks.extend(argmax(gpu, presets)?);
     for raw in presets {
         let (cfg, _) = ModelConfig::parse(&raw.to_string())?;
         for Projection {
@@ -150,6 +151,12 @@ pub fn check_kernels(gpu: &Device, presets: &[serde_json::Value]) -> Result<Kern
                     seed += 1;
                     checks.extend(norm_prologue(gpu, (t, k), (&w, &b), epilogue, name, seed)?);
                 }
+            }
+        }
+        if let Some((p, router)) = router_epilogue(&cfg)? {
+            for t in [1, 3, 8] {
+                seed += 10;
+                checks.extend(router_in_projection(gpu, t, p, &router, seed)?);
             }
         }
         match &cfg {
@@ -493,6 +500,224 @@ pub fn projections(cfg: &ModelConfig) -> Vec<Projection> {
             ]
         }
     }
+}
+
+/// Greedy decoding's argmax over each preset's vocabulary of random f32
+/// logits, twice in a row on one scratch (the second launch finds it set
+/// back to zero), with a planted tie for the largest value (the lower index
+/// wins) and then a NaN (it wins), against the host rule.
+fn argmax(gpu: &Device, presets: &[serde_json::Value]) -> Result<Vec<KernelCheck>> {
+    let mut checks = Vec::new();
+    let scratch = ops::argmax::ArgmaxScratch::new(gpu)?;
+    for (n, raw) in presets.iter().enumerate() {
+        let vocab = raw["vocab_size"]
+            .as_u64()
+            .or_else(|| raw["padded_vocab_size"].as_u64())
+            .unwrap_or(151_936) as usize;
+        let mut v: Vec<f32> = random(vocab, 7000 + n as u64)?
+            .to_dtype(DType::F32)?
+            .to_vec1()?;
+        let top = ops::argmax::argmax_host(&v) as usize;
+        // A tie with the largest value, at a lower index and at a higher one.
+        let (low, high) = (top / 3, top + (vocab - top) / 2);
+        let mut cases = vec![("random", v.clone())];
+        if high > top && low < top {
+            v[high] = v[top];
+            cases.push(("tie above", v.clone()));
+            v[low] = v[top];
+            cases.push(("tie below", v.clone()));
+        }
+        v[vocab - 1] = f32::NAN;
+        cases.push(("nan", v));
+        for (what, values) in cases {
+            let want = ops::argmax::argmax_host(&values);
+            let x = Tensor::from_vec(values, vocab, gpu)?;
+            for launch in 1..=2 {
+                let got = ops::argmax::argmax(&x, &scratch)?;
+                checks.push(KernelCheck {
+                    kernel: "argmax".into(),
+                    shape: format!("V={vocab} {what} (launch {launch}): got {got}, want {want}"),
+                    rel_l2: if got == want { 0.0 } else { 1.0 },
+                    exact: true,
+                    passed: got == want,
+                });
+            }
+        }
+    }
+    Ok(checks)
+}
+
+/// A MoE model's router projection and the router its last block can run
+/// ([`ops::linear::RouterEpilogue`]), as the model's MoE blocks build them;
+/// `None` for a dense model or a grouped router.
+pub fn router_epilogue(
+    cfg: &ModelConfig,
+) -> Result<Option<(Projection, ops::linear::RouterEpilogue)>> {
+    use kiln_kernels::DType::{BF16, F32};
+    use ops::linear::RouterEpilogue;
+    let router = |n, k, w_dtype, r| {
+        let p = Projection {
+            n,
+            k,
+            w_dtype,
+            epilogue: Epilogue::Plain,
+        };
+        Some((p, r))
+    };
+    Ok(match cfg {
+        ModelConfig::Qwen3Moe(c) => router(
+            c.num_experts,
+            c.hidden_size,
+            BF16,
+            RouterEpilogue::Softmax {
+                k: c.num_experts_per_tok,
+                renorm: c.norm_topk_prob,
+            },
+        ),
+        ModelConfig::Glm4MoeLite(c) => {
+            let routing = crate::models::glm4_moe_lite::routing(c);
+            (routing.n_group == 1).then_some(()).and_then(|_| {
+                router(
+                    c.n_routed_experts,
+                    c.hidden_size,
+                    F32,
+                    RouterEpilogue::Sigmoid(routing),
+                )
+            })
+        }
+        ModelConfig::Lfm2Moe(c) => router(
+            c.num_experts,
+            c.hidden_size,
+            BF16,
+            RouterEpilogue::Sigmoid(lfm2_moe::routing(c, DType::BF16)?),
+        ),
+        ModelConfig::Glm4(_) => None,
+    })
+}
+
+/// The router projection `p` of `t` rows with each norm prologue and
+/// `router` in its last block ([`ops::linear::gemv_normed_routed`]),
+/// launched twice (the second launch finds the count the first set back to
+/// zero), against the norm's launch, the projection and the router's own
+/// launch, bit for bit, and the routing against the CPU path.
+fn router_in_projection(
+    gpu: &Device,
+    t: usize,
+    p: Projection,
+    router: &ops::linear::RouterEpilogue,
+    seed: u64,
+) -> Result<Vec<KernelCheck>> {
+    use ops::linear::{NormPrologue, RouterEpilogue};
+    let (n, k) = (p.n, p.k);
+    let x = random((t, k), seed)?;
+    let residual = random((t, k), seed + 1)?;
+    let nw = random(k, seed + 2)?;
+    let w = random((n, k), seed + 3)?.to_dtype(candle_dtype(p.w_dtype))?;
+    // A selection bias of a few hundredths, as trained routers carry.
+    let bias = (random(n, seed + 4)?.to_dtype(DType::F32)? * 0.02)?;
+    let sigmoid = matches!(router, RouterEpilogue::Sigmoid(_));
+    let blocks_done = ops::linear::BlocksDone::new(gpu)?;
+    fn norm_of<'a>(add: bool, residual: &'a Tensor, w: &'a Tensor) -> NormPrologue<'a> {
+        if add {
+            NormPrologue::AddRmsNorm {
+                residual,
+                w,
+                eps: 1e-5,
+            }
+        } else {
+            NormPrologue::RmsNorm { w, eps: 1e-6 }
+        }
+    }
+    let mut checks = Vec::new();
+    for add in [false, true] {
+        let on = |d: &Device| -> Result<(Tensor, Tensor, Tensor, Tensor, Tensor)> {
+            Ok((
+                x.to_device(d)?,
+                residual.to_device(d)?,
+                nw.to_device(d)?,
+                w.to_device(d)?,
+                bias.to_device(d)?,
+            ))
+        };
+        let (xg, rg, nwg, wg, bg) = on(gpu)?;
+        let norm = norm_of(add, &rg, &nwg);
+        let sb = sigmoid.then_some(&bg);
+        let fused = [0, 1]
+            .iter()
+            .map(|_| ops::linear::gemv_normed_routed(&xg, &norm, &wg, router, sb, &blocks_done))
+            .collect::<Result<Vec<_>>>()?;
+        // The three launches it replaces.
+        let (normed, h) = if add {
+            let (n, h) = ops::norm::add_rms_norm(&xg, &rg, &nwg, 1e-5)?;
+            (n, Some(h))
+        } else {
+            (ops::norm::rms_norm(&xg, &nwg, 1e-6)?, None)
+        };
+        let logits = ops::linear::gemv(&normed, &wg)?;
+        let (uw, ui) = match router {
+            RouterEpilogue::Softmax { k, renorm } => {
+                ops::router::softmax_topk(&logits, *k, *renorm)?
+            }
+            RouterEpilogue::Sigmoid(routing) => ops::router::sigmoid_topk(&logits, &bg, *routing)?,
+        };
+        let (xc, rc, nwc, wc, bc) = on(&Device::Cpu)?;
+        let cpu = ops::linear::gemv_normed_routed(
+            &xc,
+            &norm_of(add, &rc, &nwc),
+            &wc,
+            router,
+            sigmoid.then_some(&bc),
+            &ops::linear::BlocksDone::new(&Device::Cpu)?,
+        )?;
+        let kernel = format!(
+            "linear_gemv+{}+{}",
+            if add { "add_rmsnorm" } else { "rmsnorm" },
+            if sigmoid {
+                "sigmoid_topk"
+            } else {
+                "softmax_topk"
+            }
+        );
+        let shape = format!("N={n} K={k} T={t} w {}", p.w_dtype);
+        let indices = |i: &Tensor| i.to_dtype(DType::F32);
+        for (launch, f) in fused.iter().enumerate() {
+            let exact = |what: &str, got: &Tensor, want: &Tensor| {
+                judge(
+                    &kernel,
+                    format!("{shape}{what} (launch {}) = unfused", launch + 1),
+                    got,
+                    want,
+                    true,
+                )
+            };
+            checks.push(exact(" logits", &f.projection.y, &logits)?);
+            checks.push(exact(" weights", &f.weights, &uw)?);
+            checks.push(exact(" indices", &indices(&f.indices)?, &indices(&ui)?)?);
+            if let (Some(got), Some(want)) = (&f.projection.residual, &h) {
+                checks.push(exact(" residual", got, want)?);
+            }
+            if let Some(got) = &f.projection.normed {
+                checks.push(exact(" normed", got, &normed)?);
+            }
+        }
+        // The routing against the CPU path: the same experts in the same order
+        // (random logits leave no near-ties), weights to rounding.
+        checks.push(judge(
+            &kernel,
+            format!("{shape} indices = cpu"),
+            &indices(&fused[0].indices)?,
+            &indices(&cpu.indices)?,
+            true,
+        )?);
+        checks.push(judge(
+            &kernel,
+            format!("{shape} weights"),
+            &fused[0].weights,
+            &cpu.weights,
+            false,
+        )?);
+    }
+    Ok(checks)
 }
 
 /// candle's dtype for a kernel dtype.

@@ -26,6 +26,7 @@ use crate::models::lfm2_moe::Lfm2Moe;
 use crate::models::qwen3_moe::Qwen3Moe;
 use crate::models::stock::{StockGlm4, StockQwen3Moe};
 use crate::models::{DecodeModel, Kernels};
+use crate::ops::argmax::{argmax, argmax_host, ArgmaxScratch};
 use crate::ops::pack::{self, KernelPack};
 use crate::synth::{Rounding, SyntheticBackend};
 
@@ -215,6 +216,11 @@ pub struct Report {
     /// "off (KILN_NORM_FUSION=0)".
     #[serde(default)]
     pub norm_fusion: String,
+    /// Whether the MoE routers ran in their projection's last block where
+    /// it applies: "on (with the norm prologue)", or "off
+    /// (KILN_ROUTER_FUSION=1 turns it on)".
+    #[serde(default)]
+    pub router_fusion: String,
     /// The prompt.
     pub prompt: Vec<u32>,
     /// Per configuration, its logits at each step on the baseline's tokens
@@ -368,6 +374,7 @@ impl Report {
         s += &format!("gemv epilogues: {}\n", self.gemv_fusion);
         s += &format!("rope + cache write fused: {}\n", self.rope_cache_fusion);
         s += &format!("norms in the projections: {}\n", self.norm_fusion);
+        s += &format!("routers in the projections: {}\n", self.router_fusion);
         for c in &self.configs {
             if let Some(text) = &c.text {
                 s += &format!("{} said: {text:?}\n", c.name);
@@ -583,6 +590,11 @@ pub fn run(opts: &Options, dev: &Device, progress: &mut dyn FnMut(&str)) -> Resu
             )
         } else {
             "off (KILN_NORM_FUSION=0)".into()
+        },
+        router_fusion: if crate::ops::linear::router_fusion_enabled() {
+            "on (where the norm prologue applies)".into()
+        } else {
+            "off (KILN_ROUTER_FUSION=1 turns it on)".into()
         },
         prompt: opts.prompt.clone(),
         logits,
@@ -905,6 +917,8 @@ fn greedy(
     keep_logits: bool,
 ) -> Result<GreedyRun> {
     let dev = model.device().clone();
+    let scratch = ArgmaxScratch::new(&dev)?;
+    let argmax = |logits: &Tensor| argmax(logits, &scratch);
     model.reset()?;
     dev.synchronize()?;
     let t0 = Instant::now();
@@ -966,20 +980,6 @@ fn teacher_forced(
     }
     all.push(logits);
     Ok((max_diff, agree as f64 / n.max(1) as f64, all))
-}
-
-fn argmax(logits: &Tensor) -> Result<u32> {
-    Ok(logits.argmax(0)?.to_scalar::<u32>()?)
-}
-
-fn argmax_host(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best
 }
 
 fn median(v: &[f64]) -> f64 {

@@ -1,5 +1,5 @@
 //! kiln-candle's own kernels (the synthetic-weight fill, the KV cache write,
-//! the decode projections, the shared expert's routing column, MLA keys,
+//! the decode projections, the shared expert's routing column, MLA keys, greedy decoding's argmax,
 //! Qwen3's fused qk-norm + rope + cache write, GLM-4-9B's rope + cache write) compile with NVRTC, as the models build them, in
 //! every dtype; `linear_gemv` at the projection shapes of every preset. Each
 //! one's PTX waits for the kernel before it before any memory access, so the
@@ -52,6 +52,7 @@ fn model_side_kernels_compile_in_every_dtype() {
         compile(&c, &write_build(d));
         compile(&c, &linear::build(128, 2048, d));
         compile(&c, &kiln_candle::ops::attention::mla_key_build(d));
+        compile(&c, &kiln_candle::ops::argmax::build(d));
     }
     // Qwen3-30B-A3B's attention inputs (and the other head dims the kernel takes).
     let raw = preset("qwen3-30b-a3b", Some(1)).expect("preset");
@@ -84,6 +85,45 @@ fn model_side_kernels_compile_in_every_dtype() {
         );
     }
     compile(&c, &kiln_candle::ops::moe::append_shared_expert_build());
+}
+
+#[test]
+fn router_epilogues_compile_at_every_moe_preset() {
+    let c = Compiler::new().expect("NVRTC (run scripts/setup.sh)");
+    let mut routers = 0;
+    for name in ["qwen3-30b-a3b", "glm-4.7-flash", "glm-4-9b", "lfm2-8b-a1b"] {
+        let raw = preset(name, Some(1)).expect("preset");
+        let (cfg, _) = ModelConfig::parse(&raw.to_string()).expect("config");
+        let Some((p, router)) = kiln_candle::check_kernels::router_epilogue(&cfg).expect("router")
+        else {
+            continue;
+        };
+        routers += 1;
+        let nw =
+            candle_core::Tensor::zeros(p.k, candle_core::DType::BF16, &candle_core::Device::Cpu)
+                .expect("norm weight");
+        let r = candle_core::Tensor::zeros(
+            (1, p.k),
+            candle_core::DType::BF16,
+            &candle_core::Device::Cpu,
+        )
+        .expect("residual");
+        for norm in [
+            linear::NormPrologue::RmsNorm { w: &nw, eps: 1e-6 },
+            linear::NormPrologue::AddRmsNorm {
+                residual: &r,
+                w: &nw,
+                eps: 1e-5,
+            },
+        ] {
+            compile(
+                &c,
+                &linear::build_normed_routed(p.n, p.k, p.w_dtype, DType::BF16, &norm, &router),
+            );
+        }
+    }
+    // Qwen3's softmax router, GLM-4.7-Flash's and LFM2's sigmoid ones.
+    assert_eq!(routers, 3);
 }
 
 #[test]

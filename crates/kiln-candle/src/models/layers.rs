@@ -130,25 +130,42 @@ impl<'a> NormedInput<'a> {
         self.fused(w, None, ops::linear::Epilogue::Plain, true)
     }
 
-    /// The projection with `epilogue` of the normed input, its norm in the
-    /// projection's prologue, if that applies (kiln's kernels on CUDA, the
-    /// norm not yet computed, [`ops::linear::norm_prologue_applies`]). With
-    /// `keep` the normed rows are written out too, for later [`Self::tensor`]s.
-    fn fused(
+    /// A MoE layer's router in one launch: the norm in the router
+    /// projection's prologue, the router (`router`, with a sigmoid router's
+    /// `select_bias`) in its last block, the normed rows kept for the experts
+    /// ([`ops::linear::gemv_normed_routed`]), if that applies
+    /// ([`ops::linear::router_epilogue_applies`]): `(weights, indices)`.
+    /// `None` where it does not: the caller routes as it would have.
+    pub fn project_routed(
         &self,
         w: &Tensor,
-        bias: Option<&Tensor>,
-        epilogue: ops::linear::Epilogue,
-        keep: bool,
-    ) -> Result<Option<Tensor>> {
+        router: &ops::linear::RouterEpilogue,
+        select_bias: Option<&Tensor>,
+        blocks_done: &ops::linear::BlocksDone,
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        let Some((x, norm)) = self.prologue() else {
+            return Ok(None);
+        };
+        if !ops::linear::router_epilogue_applies(x, &norm, w, router, select_bias) {
+            return Ok(None);
+        }
+        let r = ops::linear::gemv_normed_routed(x, &norm, w, router, select_bias, blocks_done)?;
+        self.keep(r.projection.residual, r.projection.normed);
+        Ok(Some((r.weights, r.indices)))
+    }
+
+    /// The projection's input and the norm its prologue would compute, if a
+    /// prologue may run at all (kiln's kernels on CUDA, the norm not yet
+    /// computed).
+    fn prologue(&self) -> Option<(&Tensor, ops::linear::NormPrologue<'_>)> {
         use ops::linear::NormPrologue;
         if self.kernels != Kernels::Kiln
             || !self.device().is_cuda()
             || self.new_residual.borrow().is_some()
         {
-            return Ok(None);
+            return None;
         }
-        let (x, norm) = match self.delta {
+        Some(match self.delta {
             None => (
                 self.residual,
                 NormPrologue::RmsNorm {
@@ -164,13 +181,35 @@ impl<'a> NormedInput<'a> {
                     eps: self.eps,
                 },
             ),
+        })
+    }
+
+    /// Records what a fused launch computed: the new residual (the residual
+    /// itself without a delta) and the normed rows, if written.
+    fn keep(&self, residual: Option<Tensor>, normed: Option<Tensor>) {
+        *self.new_residual.borrow_mut() = Some(residual.unwrap_or_else(|| self.residual.clone()));
+        *self.normed.borrow_mut() = normed;
+    }
+
+    /// The projection with `epilogue` of the normed input, its norm in the
+    /// projection's prologue, if that applies (kiln's kernels on CUDA, the
+    /// norm not yet computed, [`ops::linear::norm_prologue_applies`]). With
+    /// `keep` the normed rows are written out too, for later [`Self::tensor`]s.
+    fn fused(
+        &self,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        epilogue: ops::linear::Epilogue,
+        keep: bool,
+    ) -> Result<Option<Tensor>> {
+        let Some((x, norm)) = self.prologue() else {
+            return Ok(None);
         };
         if !ops::linear::norm_prologue_applies(x, &norm, w, epilogue) {
             return Ok(None);
         }
         let p = ops::linear::gemv_normed(x, &norm, w, bias, epilogue, keep)?;
-        *self.new_residual.borrow_mut() = Some(p.residual.unwrap_or_else(|| self.residual.clone()));
-        *self.normed.borrow_mut() = p.normed;
+        self.keep(p.residual, p.normed);
         Ok(Some(p.y))
     }
 }

@@ -58,6 +58,9 @@ pub struct MoeBlock {
     k: usize,
     i: usize,
     kernels: Kernels,
+    /// The router epilogue's count of finished blocks (kiln's kernels on
+    /// CUDA): one per block, allocated at load, outside any graph capture.
+    blocks_done: Option<ops::linear::BlocksDone>,
 }
 
 /// What a MoE block needs from the config.
@@ -140,7 +143,14 @@ impl MoeBlock {
                 }
             }
         };
+        let blocks_done = match kernels {
+            Kernels::Kiln if gate.device().is_cuda() => {
+                Some(ops::linear::BlocksDone::new(gate.device())?)
+            }
+            _ => None,
+        };
         Ok(Self {
+            blocks_done,
             gate,
             router,
             experts,
@@ -161,7 +171,16 @@ impl MoeBlock {
     /// may compute the norm and hand the normed row on to the experts
     /// ([`NormedInput::project_shared`]; GLM-4.7-Flash's f32 router widens
     /// the bf16 row as its own gemv does).
+    /// Where the router can run in the projection's last block too
+    /// ([`NormedInput::project_routed`]), the whole routing is one launch.
     pub fn forward_normed(&self, x: &NormedInput) -> Result<Tensor> {
+        if let (Some(blocks_done), Some((router, bias))) = (&self.blocks_done, self.epilogue()) {
+            if let Some((weights, indices)) =
+                x.project_routed(&self.gate, &router, bias, blocks_done)?
+            {
+                return self.experts(&x.tensor()?, weights, indices);
+            }
+        }
         let logits = match self.kernels {
             Kernels::Kiln => x.project_shared(&self.gate)?,
             Kernels::Candle => None,
@@ -169,9 +188,34 @@ impl MoeBlock {
         self.forward_routed(&x.tensor()?, logits)
     }
 
+    /// The router as a projection's epilogue, and a sigmoid router's
+    /// selection bias; `None` for routers the epilogue does not run
+    /// (grouped selection).
+    fn epilogue(&self) -> Option<(ops::linear::RouterEpilogue, Option<&Tensor>)> {
+        use ops::linear::RouterEpilogue;
+        match &self.router {
+            Router::Softmax { renorm } => Some((
+                RouterEpilogue::Softmax {
+                    k: self.k,
+                    renorm: *renorm,
+                },
+                None,
+            )),
+            Router::Sigmoid { bias, routing } if routing.n_group == 1 => {
+                Some((RouterEpilogue::Sigmoid(*routing), Some(bias)))
+            }
+            Router::Sigmoid { .. } => None,
+        }
+    }
+
     /// The layer on `x` with the router's logits already made, if they were.
     fn forward_routed(&self, x: &Tensor, logits: Option<Tensor>) -> Result<Tensor> {
         let (weights, indices) = self.route_with(x, logits)?;
+        self.experts(x, weights, indices)
+    }
+
+    /// The routed experts (and the shared one) on `x` with the router's choice.
+    fn experts(&self, x: &Tensor, weights: Tensor, indices: Tensor) -> Result<Tensor> {
         let routed = match &self.experts {
             ExpertWeights::Kiln { gate, up, down } => {
                 let (w, idx) = if gate.dim(0)? > self.e {

@@ -15,6 +15,7 @@
 //! (prefill) goes to cuBLAS.
 
 use candle_core::Tensor;
+use kiln_kernels::reference::topk::SigmoidRouting;
 
 use super::{host, kernel_dtype};
 use crate::error::{op_error, Result};
@@ -411,12 +412,29 @@ pub fn gemv_normed(
             normed: keep_normed.then_some(normed),
         });
     }
+    let (p, _) = launch_normed(x, norm, w, bias, epilogue, keep_normed, None)?;
+    Ok(p)
+}
+
+/// [`gemv_normed`]'s launch, with a router epilogue when given: the
+/// projection, then the routing `(weights, indices)` if asked for.
+fn launch_normed(
+    x: &Tensor,
+    norm: &NormPrologue,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    epilogue: Epilogue,
+    keep_normed: bool,
+    router: Option<RouterLaunch>,
+) -> Result<(NormedProjection, Option<(Tensor, Tensor)>)> {
+    let op = "linear_gemv";
     let o = operands(x, w, bias, epilogue)?;
     let residual = match norm {
         NormPrologue::RmsNorm { .. } => None,
         NormPrologue::AddRmsNorm { residual, .. } => Some(residual.contiguous()?),
     };
     let nw = norm.w().contiguous()?;
+    let routed = router.is_some();
     let mut out = launch(
         &o,
         epilogue,
@@ -426,15 +444,308 @@ pub fn gemv_normed(
             w: &nw,
             keep_normed,
         }),
+        router,
     )?
     .into_iter();
     let y = out.next().ok_or_else(|| op_error(op, "no output"))?;
     let residual = if residual.is_some() { out.next() } else { None };
     let normed = if keep_normed { out.next() } else { None };
-    Ok(NormedProjection {
-        y,
-        residual,
-        normed,
+    let routing = if routed {
+        let weights = out
+            .next()
+            .ok_or_else(|| op_error(op, "no router weights"))?;
+        let indices = out
+            .next()
+            .ok_or_else(|| op_error(op, "no router indices"))?;
+        Some((weights, indices))
+    } else {
+        None
+    };
+    Ok((
+        NormedProjection {
+            y,
+            residual,
+            normed,
+        },
+        routing,
+    ))
+}
+
+/// The router a projection of router logits may run in its last block (the
+/// kernel header's `KILN_ROUTER`): the catalog router of the same
+/// configuration, on the logits as the projection wrote them, bit for bit its
+/// own launch, so that launch goes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RouterEpilogue {
+    /// `softmax_topk` (Qwen3-MoE).
+    Softmax {
+        /// Experts per token.
+        k: usize,
+        /// Renormalise the K weights.
+        renorm: bool,
+    },
+    /// `sigmoid_topk` with one expert group (GLM-4.7-Flash, LFM2); its
+    /// selection bias comes with the launch.
+    Sigmoid(SigmoidRouting),
+}
+
+impl RouterEpilogue {
+    /// The kernel's `KILN_ROUTER` value.
+    fn kind(&self) -> u8 {
+        match self {
+            Self::Softmax { .. } => 1,
+            Self::Sigmoid(_) => 2,
+        }
+    }
+
+    /// Experts per token.
+    pub fn k(&self) -> usize {
+        match self {
+            Self::Softmax { k, .. } => *k,
+            Self::Sigmoid(routing) => routing.k,
+        }
+    }
+
+    /// The catalog router's own launch over `e` logits of `dtype`: its
+    /// defines (the epilogue's) and its build (a pack or discovered kernel
+    /// that replaces it turns the epilogue off).
+    fn catalog(
+        &self,
+        e: usize,
+        dtype: kiln_kernels::DType,
+    ) -> (Vec<(String, String)>, Option<kiln_kernels::KernelBuild>) {
+        use kiln_kernels::ops::topk::{SigmoidTopkConfig, SoftmaxTopkConfig};
+        use kiln_kernels::ops::OpConfig;
+        fn both<C: OpConfig>(c: C) -> (Vec<(String, String)>, Option<kiln_kernels::KernelBuild>) {
+            (c.op_defines(), c.build().ok())
+        }
+        match self {
+            Self::Softmax { k, renorm } => both(SoftmaxTopkConfig {
+                e,
+                k: *k,
+                renorm: *renorm,
+                dtype,
+            }),
+            Self::Sigmoid(routing) => both(SigmoidTopkConfig { routing: *routing }),
+        }
+    }
+}
+
+/// A count of finished blocks for one call site of a router epilogue: one
+/// u32 on the device, zero between launches (the last block sets it back),
+/// so it is allocated once, outside any graph capture, and kept.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub struct BlocksDone(Tensor);
+
+impl BlocksDone {
+    /// A zero count on `dev`.
+    pub fn new(dev: &candle_core::Device) -> Result<Self> {
+        Ok(Self(Tensor::zeros(1, candle_core::DType::U32, dev)?))
+    }
+}
+
+/// A router epilogue and its call site's count, for [`launch`].
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+#[derive(Clone, Copy)]
+struct RouterLaunch<'a> {
+    router: &'a RouterEpilogue,
+    /// The sigmoid router's selection bias.
+    select_bias: Option<&'a Tensor>,
+    blocks_done: &'a BlocksDone,
+}
+
+/// Whether the router epilogue is on: `KILN_ROUTER_FUSION=1` turns it on
+/// (until it is measured in the models, the routers run as their own
+/// launches by default); read once per process, said when on.
+pub fn router_fusion_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        let on = std::env::var("KILN_ROUTER_FUSION").is_ok_and(|v| v == "1");
+        if on {
+            eprintln!(
+                "kiln: KILN_ROUTER_FUSION=1: the MoE routers run in their projection's last block"
+            );
+        }
+        on
+    })
+}
+
+/// Why `router` cannot follow the projection on `w` (its logits' shape and
+/// dtype against the router's), or `None` when it can: `E = N ≤ 256`,
+/// `1 ≤ K ≤ min(E, 32)`, one expert group, the logits (w's dtype) in the
+/// routing's dtype, and the bias `[E]` f32.
+fn router_mismatch(
+    w: &Tensor,
+    router: &RouterEpilogue,
+    select_bias: Option<&Tensor>,
+) -> Option<String> {
+    let e = w.dims().first().copied().unwrap_or(0);
+    let k = router.k();
+    let fits = (1..=256).contains(&e)
+        && (1..=e.min(32)).contains(&k)
+        && match (router, select_bias) {
+            (RouterEpilogue::Softmax { .. }, None) => true,
+            (RouterEpilogue::Sigmoid(routing), Some(bias)) => {
+                routing.e == e
+                    && routing.n_group == 1
+                    && kernel_dtype("linear_gemv", w.dtype()).ok() == Some(routing.dtype)
+                    && bias.dims() == [e]
+                    && bias.dtype() == candle_core::DType::F32
+            }
+            _ => false,
+        };
+    (!fits).then(|| {
+        format!(
+            "a router epilogue ({router:?}) after a projection on w {:?} ({:?}): E = N <= 256, \
+             1 <= K <= min(E, 32), one expert group, the logits in the routing's dtype, an f32 \
+             bias of E values for a sigmoid router and none for a softmax one",
+            w.dims(),
+            w.dtype()
+        )
+    })
+}
+
+/// Whether [`gemv_normed_routed`] takes the router projection of `x` normed
+/// by `norm` on `w`, followed by `router`: the switch is on, the norm
+/// prologue applies ([`norm_prologue_applies`]), the router fits its
+/// logits, and no pack or discovered kernel replaces the router.
+pub fn router_epilogue_applies(
+    x: &Tensor,
+    norm: &NormPrologue,
+    w: &Tensor,
+    router: &RouterEpilogue,
+    select_bias: Option<&Tensor>,
+) -> bool {
+    if !router_fusion_enabled() || !norm_prologue_applies(x, norm, w, Epilogue::Plain) {
+        return false;
+    }
+    let Ok(dtype) = kernel_dtype("linear_gemv", w.dtype()) else {
+        return false;
+    };
+    router_mismatch(w, router, select_bias).is_none()
+        && router
+            .catalog(w.dims()[0], dtype)
+            .1
+            .is_some_and(|b| !super::pack::replaced(&b))
+}
+
+/// `build` with `router` in its last block: `KILN_ROUTER` and the catalog
+/// router's defines for `n` experts whose logits are `dtype` (its `KILN_K`
+/// as `KILN_TOPK`: `KILN_K` is the projection's row length; its `KILN_E` is
+/// `KILN_N`).
+fn with_router(
+    mut build: kiln_kernels::KernelBuild,
+    n: usize,
+    dtype: kiln_kernels::DType,
+    router: &RouterEpilogue,
+) -> kiln_kernels::KernelBuild {
+    let kind = router.kind();
+    build.defines.push(("KILN_ROUTER".into(), kind.to_string()));
+    let mut tag = String::new();
+    for (name, value) in router.catalog(n, dtype).0 {
+        let name = match name.as_str() {
+            "KILN_E" => continue,
+            "KILN_K" => "KILN_TOPK".to_string(),
+            _ => name,
+        };
+        tag += &format!("_{value}");
+        build.defines.push((name, value));
+    }
+    build.name = format!(
+        "{}_router{kind}{tag}.cu",
+        build.name.trim_end_matches(".cu")
+    );
+    build
+}
+
+/// The compile inputs of a router projection that begins with `norm` and
+/// ends in `router` ([`build_normed`] of a plain projection, then the
+/// router's defines).
+pub fn build_normed_routed(
+    n: usize,
+    k: usize,
+    w_dtype: kiln_kernels::DType,
+    x_dtype: kiln_kernels::DType,
+    norm: &NormPrologue,
+    router: &RouterEpilogue,
+) -> kiln_kernels::KernelBuild {
+    with_router(
+        build_normed(n, k, w_dtype, x_dtype, Epilogue::Plain, norm),
+        n,
+        w_dtype,
+        router,
+    )
+}
+
+/// What [`gemv_normed_routed`] returns.
+#[derive(Debug)]
+pub struct RoutedProjection {
+    /// The router logits, the new residual and the normed rows.
+    pub projection: NormedProjection,
+    /// The router's weights, `[T, K]` f32.
+    pub weights: Tensor,
+    /// The router's expert indices, `[T, K]` u32.
+    pub indices: Tensor,
+}
+
+/// A MoE layer's router in one launch: x normed by `norm` (the normed rows
+/// kept, for the experts), projected on the router weight `w`, and routed by
+/// `router` in the last block; bit for bit the norm's launch, the projection
+/// and the router's launch (see [`router_epilogue_applies`]). A sigmoid
+/// router takes its `select_bias`; `blocks_done` is the call site's own count.
+pub fn gemv_normed_routed(
+    x: &Tensor,
+    norm: &NormPrologue,
+    w: &Tensor,
+    router: &RouterEpilogue,
+    select_bias: Option<&Tensor>,
+    blocks_done: &BlocksDone,
+) -> Result<RoutedProjection> {
+    let op = "linear_gemv";
+    if let Some(why) = prologue_mismatch(x, norm, w, Epilogue::Plain)
+        .or_else(|| router_mismatch(w, router, select_bias))
+    {
+        return Err(op_error(op, why));
+    }
+    if x.device().is_cpu() {
+        // The three launches it replaces, composed: what the fused kernel must equal.
+        let projection = gemv_normed(x, norm, w, None, Epilogue::Plain, true)?;
+        let (weights, indices) = match (router, select_bias) {
+            (RouterEpilogue::Softmax { k, renorm }, _) => {
+                super::router::softmax_topk(&projection.y, *k, *renorm)?
+            }
+            (RouterEpilogue::Sigmoid(routing), Some(bias)) => {
+                super::router::sigmoid_topk(&projection.y, bias, *routing)?
+            }
+            (RouterEpilogue::Sigmoid(_), None) => {
+                return Err(op_error(op, "a sigmoid router without its bias"))
+            }
+        };
+        return Ok(RoutedProjection {
+            projection,
+            weights,
+            indices,
+        });
+    }
+    let (projection, routing) = launch_normed(
+        x,
+        norm,
+        w,
+        None,
+        Epilogue::Plain,
+        true,
+        Some(RouterLaunch {
+            router,
+            select_bias: select_bias.map(|b| b.contiguous()).transpose()?.as_ref(),
+            blocks_done,
+        }),
+    )?;
+    let (weights, indices) = routing.ok_or_else(|| op_error(op, "no routing"))?;
+    Ok(RoutedProjection {
+        projection,
+        weights,
+        indices,
     })
 }
 
@@ -549,15 +860,22 @@ fn run(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, epilogue: Epilogue) -> Res
             _ => Ok(y),
         };
     }
-    launch(&o, epilogue, None)?
+    launch(&o, epilogue, None, None)?
         .into_iter()
         .next()
         .ok_or_else(|| op_error("linear_gemv", "no output"))
 }
 
-/// Launches `linear_gemv` on checked operands (with a norm prologue when
-/// given): the projection, then the new residual of an add-RMSNorm prologue.
-fn launch(o: &Operands, epilogue: Epilogue, prologue: Option<Prologue>) -> Result<Vec<Tensor>> {
+/// Launches `linear_gemv` on checked operands (with a norm prologue and a
+/// router epilogue when given): the projection, then the new residual of an
+/// add-RMSNorm prologue, the normed rows if kept, and the router's weights
+/// and indices.
+fn launch(
+    o: &Operands,
+    epilogue: Epilogue,
+    prologue: Option<Prologue>,
+    router: Option<RouterLaunch>,
+) -> Result<Vec<Tensor>> {
     let op = "linear_gemv";
     #[cfg(feature = "cuda")]
     {
@@ -575,6 +893,10 @@ fn launch(o: &Operands, epilogue: Epilogue, prologue: Option<Prologue>) -> Resul
                 p.norm,
             ),
             None => build_with(n, k, o.dtype, kernel_dtype(op, o.x.dtype())?, epilogue),
+        };
+        let build = match &router {
+            Some(r) => with_router(build, n, o.dtype, r.router),
+            None => build,
         };
         let func = function(&dev, &build)?;
         let line = launch_line()?;
@@ -622,6 +944,25 @@ fn launch(o: &Operands, epilogue: Epilogue, prologue: Option<Prologue>) -> Resul
                 Param::Maybe(None),
             ),
         };
+        let (select_bias, topk_weights, topk_indices, blocks_done) = match &router {
+            Some(r) => {
+                let k = r.router.k();
+                outputs.push((candle_core::DType::F32, (t, k).into()));
+                outputs.push((candle_core::DType::U32, (t, k).into()));
+                (
+                    Param::Maybe(r.select_bias),
+                    Param::Out,
+                    Param::Out,
+                    Param::InPlace(&r.blocks_done.0),
+                )
+            }
+            None => (
+                Param::Maybe(None),
+                Param::Maybe(None),
+                Param::Maybe(None),
+                Param::Maybe(None),
+            ),
+        };
         run_kernel(
             op,
             &dev,
@@ -637,13 +978,17 @@ fn launch(o: &Operands, epilogue: Epilogue, prologue: Option<Prologue>) -> Resul
                 nw,
                 new_residual,
                 normed_out,
+                select_bias,
+                topk_weights,
+                topk_indices,
+                blocks_done,
             ],
             &outputs,
         )
     }
     #[cfg(not(feature = "cuda"))]
     {
-        let _ = (o, epilogue, prologue);
+        let _ = (o, epilogue, prologue, router);
         Err(super::no_cuda(op))
     }
 }
@@ -828,6 +1173,98 @@ mod tests {
             &NormPrologue::RmsNorm { w: &nw, eps: 1e-5 },
         );
         assert_ne!(other_eps.name, rms.name);
+    }
+
+    #[test]
+    fn a_router_epilogue_derives_its_build_from_the_catalog_router() {
+        use kiln_kernels::ops::topk::{SigmoidTopkConfig, SoftmaxTopkConfig};
+        use kiln_kernels::ops::OpConfig;
+        let nw = small((1, 2048), 1).flatten_all().expect("w");
+        let norm = NormPrologue::RmsNorm { w: &nw, eps: 1e-6 };
+        let softmax = RouterEpilogue::Softmax { k: 8, renorm: true };
+        let b = build_normed_routed(128, 2048, KDType::BF16, KDType::BF16, &norm, &softmax);
+        assert_eq!(define(&b, "KILN_ROUTER"), Some("1"));
+        // The router's K is KILN_TOPK; KILN_K stays the projection's row length.
+        assert_eq!(define(&b, "KILN_TOPK"), Some("8"));
+        assert_eq!(define(&b, "KILN_K"), Some("2048"));
+        assert_eq!(define(&b, "KILN_N"), Some("128"));
+        let catalog = SoftmaxTopkConfig {
+            e: 128,
+            k: 8,
+            renorm: true,
+            dtype: KDType::BF16,
+        };
+        assert_eq!(define(&b, "KILN_RENORM"), Some("1"));
+        assert_eq!(catalog.op_defines().len(), 3, "E, K and RENORM");
+
+        let routing = SigmoidTopkConfig::glm47_flash().routing;
+        let sigmoid = RouterEpilogue::Sigmoid(routing);
+        let g = build_normed_routed(routing.e, 2048, KDType::F32, KDType::BF16, &norm, &sigmoid);
+        assert_eq!(define(&g, "KILN_ROUTER"), Some("2"));
+        assert_eq!(
+            define(&g, "KILN_TOPK"),
+            Some(routing.k.to_string().as_str())
+        );
+        for (name, value) in (SigmoidTopkConfig { routing }).op_defines() {
+            if name != "KILN_E" && name != "KILN_K" {
+                assert_eq!(define(&g, &name), Some(value.as_str()), "{name}");
+            }
+        }
+        // Distinct kernels from the normed projection alone and from each other.
+        let plain = build_normed(
+            128,
+            2048,
+            KDType::BF16,
+            KDType::BF16,
+            Epilogue::Plain,
+            &norm,
+        );
+        let renorm_off = RouterEpilogue::Softmax {
+            k: 8,
+            renorm: false,
+        };
+        let off = build_normed_routed(128, 2048, KDType::BF16, KDType::BF16, &norm, &renorm_off);
+        let names = [&plain.name, &b.name, &off.name];
+        assert!(names
+            .iter()
+            .enumerate()
+            .all(|(i, a)| names[i + 1..].iter().all(|b| a != b)));
+    }
+
+    #[test]
+    fn misfit_router_epilogues_are_errors() {
+        let x = small((1, 256), 1);
+        let nw = small((1, 256), 2).flatten_all().expect("w");
+        let norm = NormPrologue::RmsNorm { w: &nw, eps: 1e-6 };
+        let w = small((64, 256), 3);
+        let bias = Tensor::zeros(64, DType::F32, &Device::Cpu).expect("bias");
+        let done = BlocksDone::new(&Device::Cpu).expect("count");
+        let mut routing = kiln_kernels::ops::topk::SigmoidTopkConfig::glm47_flash().routing;
+        routing.dtype = KDType::BF16;
+        let sigmoid = RouterEpilogue::Sigmoid(routing);
+        // A sigmoid router without its bias, a softmax router with one.
+        assert!(gemv_normed_routed(&x, &norm, &w, &sigmoid, None, &done).is_err());
+        let softmax = RouterEpilogue::Softmax { k: 4, renorm: true };
+        assert!(gemv_normed_routed(&x, &norm, &w, &softmax, Some(&bias), &done).is_err());
+        // Grouped selection is the catalog kernel's alone.
+        let mut grouped = routing;
+        grouped.n_group = 8;
+        grouped.topk_group = 4;
+        let grouped = RouterEpilogue::Sigmoid(grouped);
+        assert!(gemv_normed_routed(&x, &norm, &w, &grouped, Some(&bias), &done).is_err());
+        // More than 256 experts, or K past 32.
+        let wide = small((300, 256), 4);
+        assert!(gemv_normed_routed(&x, &norm, &wide, &softmax, None, &done).is_err());
+        let many = RouterEpilogue::Softmax {
+            k: 40,
+            renorm: true,
+        };
+        assert!(gemv_normed_routed(&x, &norm, &w, &many, None, &done).is_err());
+        // What fits runs (on the host: the three ops composed).
+        let r = gemv_normed_routed(&x, &norm, &w, &sigmoid, Some(&bias), &done).expect("fits");
+        assert_eq!(r.weights.dims(), [1, routing.k]);
+        assert_eq!(r.indices.dims(), [1, routing.k]);
+        assert!(r.projection.normed.is_some());
     }
 
     #[test]

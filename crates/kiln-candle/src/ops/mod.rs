@@ -11,6 +11,7 @@
 //!
 //! Inputs must be contiguous and in the op's storage dtype (bf16, f16 or f32).
 
+pub mod argmax;
 pub mod attention;
 #[cfg(feature = "cuda")]
 pub(crate) mod device;
