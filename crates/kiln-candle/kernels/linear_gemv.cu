@@ -45,8 +45,9 @@
 // (griddepcontrol.wait) before its first memory access.
 // Why not cuBLAS at T = 1: its M = 1 kernels run 2–4 CTAs for a 128-row router and split-K plus
 // a separate reduce for the output projections (docs/BENCHMARKS.md, the decode profile).
-// The first weight loads of a normed projection go out before the prologue, so its memory
-// latency overlaps theirs. XS is the bytes of one normed row (0 without KILN_NORM).
+// The first weight loads of a normed projection (all of a lane's share of a router's row, up to
+// 8 vectors) go out before the prologue, so its memory latency overlaps theirs.
+// XS is the bytes of one normed row (0 without KILN_NORM).
 // kiln: block=256 grid=ceil_div(N, 8*RPW) smem=T*XS
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -161,6 +162,11 @@ __device__ __forceinline__ void accumulate(float (&acc)[KILN_RPW][MAX_T], const 
 #define NORM_WPR (NORM_TPR / 32)
 static_assert(NORM_D % 8 == 0 && NORM_D >= 256 && NORM_TPR <= 256,
               "linear_gemv: the norm prologue needs 256 <= K <= 4096, K % 8 == 0");
+// Weight vectors per row a lane loads before the prologue: all of its share of the row, up to 8
+// 16-byte registers over its RPW rows (K >= 256 gives every lane at least one: NVEC >= 32).
+#define NORM_PRE_MAX (8 / KILN_RPW)
+#define NORM_PRE ((NVEC / 32) < NORM_PRE_MAX ? (NVEC / 32) : NORM_PRE_MAX)
+static_assert(NORM_PRE >= 1, "linear_gemv: the norm prologue needs a whole vector per lane");
 // The norm runs in x's dtype (the norm kernel's), whatever the weight's: GLM-4.7-Flash's f32
 // router reads the bf16 normed row widened.
 __device__ __forceinline__ float round_x(float v) { return to_f(from_f<x_t>(v)); }
@@ -500,18 +506,24 @@ extern "C" __global__ void __launch_bounds__(256) linear_gemv(const x_t* __restr
     // Every warp of the block computes the normed rows, the ones past the last weight row too.
     extern __shared__ __align__(16) unsigned char norm_smem[];
     x_t* xs = reinterpret_cast<x_t*>(norm_smem);
-    uint4 w0[KILN_RPW];
+    // A lane's first NORM_PRE vectors of each of its rows are in flight while the block norms.
+    uint4 w0[NORM_PRE][KILN_RPW];
     if (has_rows) {
 #pragma unroll
-        for (int r = 0; r < KILN_RPW; ++r) w0[r] = __ldcs(wv[r] + lane);  // lane < NVEC: K >= 256
+        for (int p = 0; p < NORM_PRE; ++p)
+#pragma unroll
+            for (int r = 0; r < KILN_RPW; ++r) w0[p][r] = __ldcs(wv[r] + lane + 32 * p);
     }
     norm_prologue(x, residual, norm_w, new_residual, normed_out, xs, T);
 #if !KILN_ROUTER
     if (!has_rows) return;
 #endif
-    if (has_rows) accumulate(acc, w0, xs, lane, T);
+    if (has_rows) {
+#pragma unroll
+        for (int p = 0; p < NORM_PRE; ++p) accumulate(acc, w0[p], xs, lane + 32 * p, T);
+    }
 #pragma unroll 4
-    for (int v = has_rows ? lane + 32 : NVEC; v < NVEC; v += 32) {
+    for (int v = has_rows ? lane + 32 * NORM_PRE : NVEC; v < NVEC; v += 32) {
         uint4 wl[KILN_RPW];
 #pragma unroll
         for (int r = 0; r < KILN_RPW; ++r) wl[r] = __ldcs(wv[r] + v);  // streamed once: evict first
