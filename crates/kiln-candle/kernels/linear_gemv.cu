@@ -25,7 +25,9 @@
 //   KILN_ROUTER=1: softmax_topk (KILN_TOPK, KILN_RENORM)
 //   KILN_ROUTER=2: sigmoid_topk with one group (KILN_TOPK, KILN_N_GROUP=1, KILN_NORM_EPS,
 //                  KILN_SCALE, KILN_SIGMOID_IN_DTYPE; select_bias[E] f32)
-//   -> topk_weights[T, TOPK] f32, topk_indices[T, TOPK] u32, sorted by descending weight.
+//   -> topk_weights[T, TOPK] f32, topk_indices[T, TOPK] u32, sorted by descending weight;
+//   KILN_APPEND_SHARED=1 adds append_shared_expert's column: [T, TOPK + 1], column TOPK holding
+//   weight 1 and index E (the stacked shared expert).
 // Layout: x[T, K], w[N, K] (row-major, the nn.Linear weight), bias[N]; pointers 16-byte aligned.
 // Defines: KILN_DTYPE (w, bias and out), KILN_X_DTYPE (x, and the norm prologue's buffers; default
 // KILN_DTYPE, may be narrower: widened exactly), KILN_N (>= 1; even with KILN_GATED),
@@ -277,9 +279,14 @@ __device__ __forceinline__ void norm_prologue(const x_t* __restrict__ x,
 #define R_E KILN_N
 #define R_K KILN_TOPK
 #define R_EPL ((R_E + 31) / 32)  // experts per lane
+#ifndef KILN_APPEND_SHARED
+#define KILN_APPEND_SHARED 0
+#endif
+#define R_W (R_K + KILN_APPEND_SHARED)  // columns of the routing out
 static_assert(!KILN_GATED, "linear_gemv: the router epilogue follows a plain projection");
 static_assert(R_E >= 1 && R_E <= 256, "linear_gemv: the router epilogue needs 1 <= N (experts) <= 256");
-static_assert(R_K >= 1 && R_K <= R_E && R_K <= 32, "linear_gemv: the router's K must be in 1..=min(N, 32)");
+static_assert(R_K >= 1 && R_K <= R_E && R_W <= 32,
+              "linear_gemv: the router's K (and the shared expert's column) must be in 1..=min(N, 32)");
 
 // Warp-wide max and min of unsigned keys (redux.sync from sm_80 on).
 __device__ __forceinline__ unsigned warp_max_u32(unsigned v) {
@@ -433,9 +440,17 @@ __device__ __forceinline__ void route_after_last_block(const scalar_t* logits, c
     if (!last) return;
     __threadfence();  // the other blocks' logits, counted before this block's, are read after it
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    for (int t = warp; t < T; t += (int)(blockDim.x >> 5))
-        route_row(logits + (size_t)t * R_E, select_bias, weights + (size_t)t * R_K,
-                  indices + (size_t)t * R_K, lane);
+    for (int t = warp; t < T; t += (int)(blockDim.x >> 5)) {
+        route_row(logits + (size_t)t * R_E, select_bias, weights + (size_t)t * R_W,
+                  indices + (size_t)t * R_W, lane);
+#if KILN_APPEND_SHARED
+        // append_shared_expert's column: the stacked shared expert, index E, weight exactly 1.
+        if (lane == R_K) {
+            weights[(size_t)t * R_W + R_K] = 1.0f;
+            indices[(size_t)t * R_W + R_K] = (unsigned)R_E;
+        }
+#endif
+    }
     if (threadIdx.x == 0) *blocks_done = 0u;
 }
 #endif

@@ -153,10 +153,10 @@ pub fn check_kernels(gpu: &Device, presets: &[serde_json::Value]) -> Result<Kern
                 }
             }
         }
-        if let Some((p, router)) = router_epilogue(&cfg)? {
+        if let Some((p, router, shared)) = router_epilogue(&cfg)? {
             for t in [1, 3, 8] {
                 seed += 10;
-                checks.extend(router_in_projection(gpu, t, p, &router, seed)?);
+                checks.extend(router_in_projection(gpu, t, p, &router, shared, seed)?);
             }
         }
         match &cfg {
@@ -547,12 +547,14 @@ fn argmax(gpu: &Device, presets: &[serde_json::Value]) -> Result<Vec<KernelCheck
     Ok(checks)
 }
 
-/// A MoE model's router projection and the router its last block can run
-/// ([`ops::linear::RouterEpilogue`]), as the model's MoE blocks build them;
-/// `None` for a dense model or a grouped router.
+/// A MoE model's router projection, the router its last block can run
+/// ([`ops::linear::RouterEpilogue`]) and whether the shared expert's column
+/// goes with it (a shared expert as wide as the routed ones is stacked), as
+/// the model's MoE blocks build them; `None` for a dense model or a grouped
+/// router.
 pub fn router_epilogue(
     cfg: &ModelConfig,
-) -> Result<Option<(Projection, ops::linear::RouterEpilogue)>> {
+) -> Result<Option<(Projection, ops::linear::RouterEpilogue, bool)>> {
     use kiln_kernels::DType::{BF16, F32};
     use ops::linear::RouterEpilogue;
     let router = |n, k, w_dtype, r| {
@@ -562,7 +564,7 @@ pub fn router_epilogue(
             w_dtype,
             epilogue: Epilogue::Plain,
         };
-        Some((p, r))
+        Some((p, r, false))
     };
     Ok(match cfg {
         ModelConfig::Qwen3Moe(c) => router(
@@ -605,6 +607,7 @@ fn router_in_projection(
     t: usize,
     p: Projection,
     router: &ops::linear::RouterEpilogue,
+    shared: bool,
     seed: u64,
 ) -> Result<Vec<KernelCheck>> {
     use ops::linear::{NormPrologue, RouterEpilogue};
@@ -644,7 +647,9 @@ fn router_in_projection(
         let sb = sigmoid.then_some(&bg);
         let fused = [0, 1]
             .iter()
-            .map(|_| ops::linear::gemv_normed_routed(&xg, &norm, &wg, router, sb, &blocks_done))
+            .map(|_| {
+                ops::linear::gemv_normed_routed(&xg, &norm, &wg, router, sb, shared, &blocks_done)
+            })
             .collect::<Result<Vec<_>>>()?;
         // The three launches it replaces.
         let (normed, h) = if add {
@@ -660,6 +665,11 @@ fn router_in_projection(
             }
             RouterEpilogue::Sigmoid(routing) => ops::router::sigmoid_topk(&logits, &bg, *routing)?,
         };
+        let (uw, ui) = if shared {
+            ops::moe::append_shared_expert(&uw, &ui, n)?
+        } else {
+            (uw, ui)
+        };
         let (xc, rc, nwc, wc, bc) = on(&Device::Cpu)?;
         let cpu = ops::linear::gemv_normed_routed(
             &xc,
@@ -667,6 +677,7 @@ fn router_in_projection(
             &wc,
             router,
             sigmoid.then_some(&bc),
+            shared,
             &ops::linear::BlocksDone::new(&Device::Cpu)?,
         )?;
         let kernel = format!(

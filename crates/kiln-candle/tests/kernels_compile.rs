@@ -94,7 +94,8 @@ fn router_epilogues_compile_at_every_moe_preset() {
     for name in ["qwen3-30b-a3b", "glm-4.7-flash", "glm-4-9b", "lfm2-8b-a1b"] {
         let raw = preset(name, Some(1)).expect("preset");
         let (cfg, _) = ModelConfig::parse(&raw.to_string()).expect("config");
-        let Some((p, router)) = kiln_candle::check_kernels::router_epilogue(&cfg).expect("router")
+        let Some((p, router, shared)) =
+            kiln_candle::check_kernels::router_epilogue(&cfg).expect("router")
         else {
             continue;
         };
@@ -118,7 +119,15 @@ fn router_epilogues_compile_at_every_moe_preset() {
         ] {
             compile(
                 &c,
-                &linear::build_normed_routed(p.n, p.k, p.w_dtype, DType::BF16, &norm, &router),
+                &linear::build_normed_routed(
+                    p.n,
+                    p.k,
+                    p.w_dtype,
+                    DType::BF16,
+                    &norm,
+                    &router,
+                    shared,
+                ),
             );
         }
     }

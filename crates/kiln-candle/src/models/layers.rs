@@ -134,22 +134,32 @@ impl<'a> NormedInput<'a> {
     /// projection's prologue, the router (`router`, with a sigmoid router's
     /// `select_bias`) in its last block, the normed rows kept for the experts
     /// ([`ops::linear::gemv_normed_routed`]), if that applies
-    /// ([`ops::linear::router_epilogue_applies`]): `(weights, indices)`.
+    /// ([`ops::linear::router_epilogue_applies`]): `(weights, indices)`,
+    /// with the stacked shared expert's column where `append_shared`.
     /// `None` where it does not: the caller routes as it would have.
     pub fn project_routed(
         &self,
         w: &Tensor,
         router: &ops::linear::RouterEpilogue,
         select_bias: Option<&Tensor>,
+        append_shared: bool,
         blocks_done: &ops::linear::BlocksDone,
     ) -> Result<Option<(Tensor, Tensor)>> {
         let Some((x, norm)) = self.prologue() else {
             return Ok(None);
         };
-        if !ops::linear::router_epilogue_applies(x, &norm, w, router, select_bias) {
+        if !ops::linear::router_epilogue_applies(x, &norm, w, router, select_bias, append_shared) {
             return Ok(None);
         }
-        let r = ops::linear::gemv_normed_routed(x, &norm, w, router, select_bias, blocks_done)?;
+        let r = ops::linear::gemv_normed_routed(
+            x,
+            &norm,
+            w,
+            router,
+            select_bias,
+            append_shared,
+            blocks_done,
+        )?;
         self.keep(r.projection.residual, r.projection.normed);
         Ok(Some((r.weights, r.indices)))
     }

@@ -175,10 +175,11 @@ impl MoeBlock {
     /// ([`NormedInput::project_routed`]), the whole routing is one launch.
     pub fn forward_normed(&self, x: &NormedInput) -> Result<Tensor> {
         if let (Some(blocks_done), Some((router, bias))) = (&self.blocks_done, self.epilogue()) {
+            let shared = self.stacks_shared()?;
             if let Some((weights, indices)) =
-                x.project_routed(&self.gate, &router, bias, blocks_done)?
+                x.project_routed(&self.gate, &router, bias, shared, blocks_done)?
             {
-                return self.experts(&x.tensor()?, weights, indices);
+                return self.experts(&x.tensor()?, weights, indices, shared);
             }
         }
         let logits = match self.kernels {
@@ -211,14 +212,30 @@ impl MoeBlock {
     /// The layer on `x` with the router's logits already made, if they were.
     fn forward_routed(&self, x: &Tensor, logits: Option<Tensor>) -> Result<Tensor> {
         let (weights, indices) = self.route_with(x, logits)?;
-        self.experts(x, weights, indices)
+        self.experts(x, weights, indices, false)
     }
 
-    /// The routed experts (and the shared one) on `x` with the router's choice.
-    fn experts(&self, x: &Tensor, weights: Tensor, indices: Tensor) -> Result<Tensor> {
+    /// Whether the shared expert is stacked after the routed ones (kiln's
+    /// experts): its column is appended to every token's routing.
+    fn stacks_shared(&self) -> Result<bool> {
+        Ok(match &self.experts {
+            ExpertWeights::Kiln { gate, .. } => gate.dim(0)? > self.e,
+            ExpertWeights::Candle { .. } => false,
+        })
+    }
+
+    /// The routed experts (and the shared one) on `x` with the router's
+    /// choice; `appended`: the stacked shared expert's column is in it already.
+    fn experts(
+        &self,
+        x: &Tensor,
+        weights: Tensor,
+        indices: Tensor,
+        appended: bool,
+    ) -> Result<Tensor> {
         let routed = match &self.experts {
             ExpertWeights::Kiln { gate, up, down } => {
-                let (w, idx) = if gate.dim(0)? > self.e {
+                let (w, idx) = if gate.dim(0)? > self.e && !appended {
                     // The stacked shared expert: index E, weight exactly 1.
                     ops::moe::append_shared_expert(&weights, &indices, self.e)?
                 } else {

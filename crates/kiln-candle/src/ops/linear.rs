@@ -550,6 +550,8 @@ impl BlocksDone {
 #[derive(Clone, Copy)]
 struct RouterLaunch<'a> {
     router: &'a RouterEpilogue,
+    /// Whether the routing also gets `append_shared_expert`'s column.
+    append_shared: bool,
     /// The sigmoid router's selection bias.
     select_bias: Option<&'a Tensor>,
     blocks_done: &'a BlocksDone,
@@ -579,11 +581,13 @@ fn router_mismatch(
     w: &Tensor,
     router: &RouterEpilogue,
     select_bias: Option<&Tensor>,
+    append_shared: bool,
 ) -> Option<String> {
     let e = w.dims().first().copied().unwrap_or(0);
     let k = router.k();
     let fits = (1..=256).contains(&e)
         && (1..=e.min(32)).contains(&k)
+        && k + (append_shared as usize) <= 32
         && match (router, select_bias) {
             (RouterEpilogue::Softmax { .. }, None) => true,
             (RouterEpilogue::Sigmoid(routing), Some(bias)) => {
@@ -598,7 +602,7 @@ fn router_mismatch(
     (!fits).then(|| {
         format!(
             "a router epilogue ({router:?}) after a projection on w {:?} ({:?}): E = N <= 256, \
-             1 <= K <= min(E, 32), one expert group, the logits in the routing's dtype, an f32 \
+             1 <= K <= min(E, 32) (K <= 31 with the shared expert's column), one expert group, the logits in the routing's dtype, an f32 \
              bias of E values for a sigmoid router and none for a softmax one",
             w.dims(),
             w.dtype()
@@ -616,6 +620,7 @@ pub fn router_epilogue_applies(
     w: &Tensor,
     router: &RouterEpilogue,
     select_bias: Option<&Tensor>,
+    append_shared: bool,
 ) -> bool {
     if !router_fusion_enabled() || !norm_prologue_applies(x, norm, w, Epilogue::Plain) {
         return false;
@@ -623,7 +628,8 @@ pub fn router_epilogue_applies(
     let Ok(dtype) = kernel_dtype("linear_gemv", w.dtype()) else {
         return false;
     };
-    router_mismatch(w, router, select_bias).is_none()
+    router_mismatch(w, router, select_bias, append_shared).is_none()
+        && (!append_shared || !super::pack::replaced(&super::moe::append_shared_expert_build()))
         && router
             .catalog(w.dims()[0], dtype)
             .1
@@ -639,6 +645,7 @@ fn with_router(
     n: usize,
     dtype: kiln_kernels::DType,
     router: &RouterEpilogue,
+    append_shared: bool,
 ) -> kiln_kernels::KernelBuild {
     let kind = router.kind();
     build.defines.push(("KILN_ROUTER".into(), kind.to_string()));
@@ -652,6 +659,12 @@ fn with_router(
         tag += &format!("_{value}");
         build.defines.push((name, value));
     }
+    if append_shared {
+        build
+            .defines
+            .push(("KILN_APPEND_SHARED".into(), "1".into()));
+        tag += "_shared";
+    }
     build.name = format!(
         "{}_router{kind}{tag}.cu",
         build.name.trim_end_matches(".cu")
@@ -661,7 +674,7 @@ fn with_router(
 
 /// The compile inputs of a router projection that begins with `norm` and
 /// ends in `router` ([`build_normed`] of a plain projection, then the
-/// router's defines).
+/// router's defines), with `append_shared_expert`'s column where asked.
 pub fn build_normed_routed(
     n: usize,
     k: usize,
@@ -669,12 +682,14 @@ pub fn build_normed_routed(
     x_dtype: kiln_kernels::DType,
     norm: &NormPrologue,
     router: &RouterEpilogue,
+    append_shared: bool,
 ) -> kiln_kernels::KernelBuild {
     with_router(
         build_normed(n, k, w_dtype, x_dtype, Epilogue::Plain, norm),
         n,
         w_dtype,
         router,
+        append_shared,
     )
 }
 
@@ -693,18 +708,21 @@ pub struct RoutedProjection {
 /// kept, for the experts), projected on the router weight `w`, and routed by
 /// `router` in the last block; bit for bit the norm's launch, the projection
 /// and the router's launch (see [`router_epilogue_applies`]). A sigmoid
-/// router takes its `select_bias`; `blocks_done` is the call site's own count.
+/// router takes its `select_bias`; `blocks_done` is the call site's own
+/// count. With `append_shared` the routing also holds the stacked shared
+/// expert's column, as `append_shared_expert` appends it (`[T, K + 1]`).
 pub fn gemv_normed_routed(
     x: &Tensor,
     norm: &NormPrologue,
     w: &Tensor,
     router: &RouterEpilogue,
     select_bias: Option<&Tensor>,
+    append_shared: bool,
     blocks_done: &BlocksDone,
 ) -> Result<RoutedProjection> {
     let op = "linear_gemv";
     if let Some(why) = prologue_mismatch(x, norm, w, Epilogue::Plain)
-        .or_else(|| router_mismatch(w, router, select_bias))
+        .or_else(|| router_mismatch(w, router, select_bias, append_shared))
     {
         return Err(op_error(op, why));
     }
@@ -722,6 +740,11 @@ pub fn gemv_normed_routed(
                 return Err(op_error(op, "a sigmoid router without its bias"))
             }
         };
+        let (weights, indices) = if append_shared {
+            super::moe::append_shared_expert(&weights, &indices, w.dim(0)?)?
+        } else {
+            (weights, indices)
+        };
         return Ok(RoutedProjection {
             projection,
             weights,
@@ -737,6 +760,7 @@ pub fn gemv_normed_routed(
         true,
         Some(RouterLaunch {
             router,
+            append_shared,
             select_bias: select_bias.map(|b| b.contiguous()).transpose()?.as_ref(),
             blocks_done,
         }),
@@ -895,7 +919,7 @@ fn launch(
             None => build_with(n, k, o.dtype, kernel_dtype(op, o.x.dtype())?, epilogue),
         };
         let build = match &router {
-            Some(r) => with_router(build, n, o.dtype, r.router),
+            Some(r) => with_router(build, n, o.dtype, r.router, r.append_shared),
             None => build,
         };
         let func = function(&dev, &build)?;
@@ -946,7 +970,7 @@ fn launch(
         };
         let (select_bias, topk_weights, topk_indices, blocks_done) = match &router {
             Some(r) => {
-                let k = r.router.k();
+                let k = r.router.k() + r.append_shared as usize;
                 outputs.push((candle_core::DType::F32, (t, k).into()));
                 outputs.push((candle_core::DType::U32, (t, k).into()));
                 (
@@ -1182,7 +1206,15 @@ mod tests {
         let nw = small((1, 2048), 1).flatten_all().expect("w");
         let norm = NormPrologue::RmsNorm { w: &nw, eps: 1e-6 };
         let softmax = RouterEpilogue::Softmax { k: 8, renorm: true };
-        let b = build_normed_routed(128, 2048, KDType::BF16, KDType::BF16, &norm, &softmax);
+        let b = build_normed_routed(
+            128,
+            2048,
+            KDType::BF16,
+            KDType::BF16,
+            &norm,
+            &softmax,
+            false,
+        );
         assert_eq!(define(&b, "KILN_ROUTER"), Some("1"));
         // The router's K is KILN_TOPK; KILN_K stays the projection's row length.
         assert_eq!(define(&b, "KILN_TOPK"), Some("8"));
@@ -1199,8 +1231,18 @@ mod tests {
 
         let routing = SigmoidTopkConfig::glm47_flash().routing;
         let sigmoid = RouterEpilogue::Sigmoid(routing);
-        let g = build_normed_routed(routing.e, 2048, KDType::F32, KDType::BF16, &norm, &sigmoid);
+        let g = build_normed_routed(
+            routing.e,
+            2048,
+            KDType::F32,
+            KDType::BF16,
+            &norm,
+            &sigmoid,
+            true,
+        );
         assert_eq!(define(&g, "KILN_ROUTER"), Some("2"));
+        assert_eq!(define(&g, "KILN_APPEND_SHARED"), Some("1"));
+        assert_eq!(define(&b, "KILN_APPEND_SHARED"), None);
         assert_eq!(
             define(&g, "KILN_TOPK"),
             Some(routing.k.to_string().as_str())
@@ -1223,7 +1265,15 @@ mod tests {
             k: 8,
             renorm: false,
         };
-        let off = build_normed_routed(128, 2048, KDType::BF16, KDType::BF16, &norm, &renorm_off);
+        let off = build_normed_routed(
+            128,
+            2048,
+            KDType::BF16,
+            KDType::BF16,
+            &norm,
+            &renorm_off,
+            false,
+        );
         let names = [&plain.name, &b.name, &off.name];
         assert!(names
             .iter()
@@ -1243,27 +1293,41 @@ mod tests {
         routing.dtype = KDType::BF16;
         let sigmoid = RouterEpilogue::Sigmoid(routing);
         // A sigmoid router without its bias, a softmax router with one.
-        assert!(gemv_normed_routed(&x, &norm, &w, &sigmoid, None, &done).is_err());
+        assert!(gemv_normed_routed(&x, &norm, &w, &sigmoid, None, false, &done).is_err());
         let softmax = RouterEpilogue::Softmax { k: 4, renorm: true };
-        assert!(gemv_normed_routed(&x, &norm, &w, &softmax, Some(&bias), &done).is_err());
+        assert!(gemv_normed_routed(&x, &norm, &w, &softmax, Some(&bias), false, &done).is_err());
         // Grouped selection is the catalog kernel's alone.
         let mut grouped = routing;
         grouped.n_group = 8;
         grouped.topk_group = 4;
         let grouped = RouterEpilogue::Sigmoid(grouped);
-        assert!(gemv_normed_routed(&x, &norm, &w, &grouped, Some(&bias), &done).is_err());
+        assert!(gemv_normed_routed(&x, &norm, &w, &grouped, Some(&bias), false, &done).is_err());
         // More than 256 experts, or K past 32.
         let wide = small((300, 256), 4);
-        assert!(gemv_normed_routed(&x, &norm, &wide, &softmax, None, &done).is_err());
+        assert!(gemv_normed_routed(&x, &norm, &wide, &softmax, None, false, &done).is_err());
         let many = RouterEpilogue::Softmax {
             k: 40,
             renorm: true,
         };
-        assert!(gemv_normed_routed(&x, &norm, &w, &many, None, &done).is_err());
+        assert!(gemv_normed_routed(&x, &norm, &w, &many, None, false, &done).is_err());
         // What fits runs (on the host: the three ops composed).
-        let r = gemv_normed_routed(&x, &norm, &w, &sigmoid, Some(&bias), &done).expect("fits");
-        assert_eq!(r.weights.dims(), [1, routing.k]);
-        assert_eq!(r.indices.dims(), [1, routing.k]);
+        let r =
+            gemv_normed_routed(&x, &norm, &w, &sigmoid, Some(&bias), true, &done).expect("fits");
+        // With the shared expert's column: weight 1, index E.
+        assert_eq!(r.weights.dims(), [1, routing.k + 1]);
+        let last = |t: &Tensor| {
+            t.to_dtype(DType::F32)
+                .and_then(|t| t.to_vec2::<f32>())
+                .expect("values")[0][routing.k]
+        };
+        assert_eq!(last(&r.weights), 1.0);
+        assert_eq!(last(&r.indices), 64.0);
+        // K = 32 leaves no lane for the shared expert's column.
+        let full = RouterEpilogue::Softmax {
+            k: 32,
+            renorm: true,
+        };
+        assert!(gemv_normed_routed(&x, &norm, &w, &full, None, true, &done).is_err());
         assert!(r.projection.normed.is_some());
     }
 
