@@ -27,6 +27,7 @@ use crate::models::qwen3_moe::Qwen3Moe;
 use crate::models::stock::{StockGlm4, StockQwen3Moe};
 use crate::models::{DecodeModel, Kernels};
 use crate::ops::argmax::{argmax, argmax_host, ArgmaxScratch};
+use crate::ops::linear::RouterFusion;
 use crate::ops::pack::{self, KernelPack};
 use crate::synth::{Rounding, SyntheticBackend};
 
@@ -216,9 +217,9 @@ pub struct Report {
     /// "off (KILN_NORM_FUSION=0)".
     #[serde(default)]
     pub norm_fusion: String,
-    /// Whether the MoE routers ran in their projection's last block where
-    /// it applies: "on (with the norm prologue)", or "off
-    /// (KILN_ROUTER_FUSION=1 turns it on)".
+    /// Where the MoE routers ran in their projection's last block (with
+    /// the norm prologue): everywhere, only where it also appends the shared
+    /// expert (the default), or nowhere.
     #[serde(default)]
     pub router_fusion: String,
     /// The prompt.
@@ -591,10 +592,12 @@ pub fn run(opts: &Options, dev: &Device, progress: &mut dyn FnMut(&str)) -> Resu
         } else {
             "off (KILN_NORM_FUSION=0)".into()
         },
-        router_fusion: if crate::ops::linear::router_fusion_enabled() {
-            "on (where the norm prologue applies)".into()
-        } else {
-            "off (KILN_ROUTER_FUSION=1 turns it on)".into()
+        router_fusion: match crate::ops::linear::router_fusion() {
+            RouterFusion::On => "on (KILN_ROUTER_FUSION=1: every router that fits)".into(),
+            RouterFusion::WithSharedExpert => {
+                "where it also appends the shared expert (KILN_ROUTER_FUSION=1: everywhere)".into()
+            }
+            RouterFusion::Off => "off (KILN_ROUTER_FUSION=0)".into(),
         },
         prompt: opts.prompt.clone(),
         logits,
