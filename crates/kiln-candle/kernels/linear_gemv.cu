@@ -34,15 +34,18 @@
 // KILN_K (% (16 / sizeof(dtype)) == 0),
 // KILN_RPW (weight rows per warp, 1..=4; even with KILN_GATED), KILN_GATED (0/1, default 0),
 // KILN_NORM (0/1/2, default 0; 256 <= K <= 4096) with KILN_EPS and KILN_CAST_BEFORE_SCALE,
-// KILN_ROUTER (0/1/2, default 0; N <= 256) with the router's defines above.
+// KILN_ROUTER (0/1/2, default 0; N <= 256) with the router's defines above,
+// KILN_UNROLL (the K loop's unroll: how many steps' loads a warp issues before their FMAs;
+// default 4).
 // Launch: 256 threads (8 warps); warp j of block b computes weight rows (8b + j) * RPW .. + RPW for
 // every t < T (T <= 8: the kernel keeps T partial sums per row in registers; larger T goes to
 // cuBLAS). With KILN_GATED its RPW rows are RPW/2 gate rows i and their up rows I + i, for
 // i = (8b + j) * RPW/2 .. + RPW/2, so the grid is the same.
 // Each lane loads 16-byte vectors of a weight row at stride 32 vectors, all RPW rows' loads of
 // one step issued before their FMAs, so a warp keeps RPW * 16 B * 32 in flight per step and the
-// full K loop is unrolled by 4. x is read through the read-only cache (at most 8 rows of K values:
-// it stays in L1 while the weight streams past). Lanes meet by shuffles; lane 0 writes.
+// full K loop is unrolled by KILN_UNROLL. x is read through the read-only cache (at most 8 rows
+// of K values: it stays in L1 while the weight streams past). Lanes meet by shuffles; lane 0
+// writes.
 // Early launch: the models may start this kernel while the one before it runs; it waits
 // (griddepcontrol.wait) before its first memory access.
 // Why not cuBLAS at T = 1: its M = 1 kernels run 2–4 CTAs for a 128-row router and split-K plus
@@ -74,6 +77,9 @@ typedef scalar_t x_t;
 #endif
 #ifndef KILN_ROUTER
 #define KILN_ROUTER 0
+#endif
+#ifndef KILN_UNROLL
+#define KILN_UNROLL 4
 #endif
 
 #define VEC (16 / (int)sizeof(scalar_t))  // elements per 16-byte load
@@ -537,7 +543,7 @@ extern "C" __global__ void __launch_bounds__(256) linear_gemv(const x_t* __restr
 #pragma unroll
         for (int p = 0; p < NORM_PRE; ++p) accumulate(acc, w0[p], xs, lane + 32 * p, T);
     }
-#pragma unroll 4
+#pragma unroll KILN_UNROLL
     for (int v = has_rows ? lane + 32 * NORM_PRE : NVEC; v < NVEC; v += 32) {
         uint4 wl[KILN_RPW];
 #pragma unroll
@@ -545,7 +551,7 @@ extern "C" __global__ void __launch_bounds__(256) linear_gemv(const x_t* __restr
         accumulate(acc, wl, xs, v, T);
     }
 #else
-#pragma unroll 4
+#pragma unroll KILN_UNROLL
     for (int v = has_rows ? lane : NVEC; v < NVEC; v += 32) {
         uint4 wl[KILN_RPW];
 #pragma unroll

@@ -222,6 +222,10 @@ pub struct Report {
     /// expert (the default), or nowhere.
     #[serde(default)]
     pub router_fusion: String,
+    /// The projections' K-loop unroll (`KILN_GEMV_UNROLL`; 0 in reports
+    /// from before it was recorded).
+    #[serde(default)]
+    pub gemv_unroll: usize,
     /// The prompt.
     pub prompt: Vec<u32>,
     /// Per configuration, its logits at each step on the baseline's tokens
@@ -376,6 +380,7 @@ impl Report {
         s += &format!("rope + cache write fused: {}\n", self.rope_cache_fusion);
         s += &format!("norms in the projections: {}\n", self.norm_fusion);
         s += &format!("routers in the projections: {}\n", self.router_fusion);
+        s += &format!("gemv K-loop unroll: {}\n", self.gemv_unroll);
         for c in &self.configs {
             if let Some(text) = &c.text {
                 s += &format!("{} said: {text:?}\n", c.name);
@@ -599,6 +604,7 @@ pub fn run(opts: &Options, dev: &Device, progress: &mut dyn FnMut(&str)) -> Resu
             }
             RouterFusion::Off => "off (KILN_ROUTER_FUSION=0)".into(),
         },
+        gemv_unroll: crate::ops::linear::gemv_unroll(),
         prompt: opts.prompt.clone(),
         logits,
     })

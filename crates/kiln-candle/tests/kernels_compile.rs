@@ -144,10 +144,14 @@ fn linear_gemv_compiles_and_launches_at_every_preset_projection() {
         assert!(shapes.len() >= 4, "{name}");
         for p in shapes {
             let (n, k) = (p.n, p.k);
-            compile(
-                &c,
-                &linear::build_with(n, k, p.w_dtype, DType::BF16, p.epilogue),
-            );
+            let plain = linear::build_with(n, k, p.w_dtype, DType::BF16, p.epilogue);
+            compile(&c, &plain);
+            // The other K-loop unrolls `KILN_GEMV_UNROLL` may ask for.
+            for unroll in ["1", "8", "16"] {
+                let mut b = plain.clone();
+                b.defines.push(("KILN_UNROLL".into(), unroll.into()));
+                compile(&c, &b);
+            }
             let rpw = linear::rows_per_warp(n, p.epilogue);
             // With a norm prologue (x in bf16, w too unless the projection is plain: the
             // f32 router; 256 <= K <= 4096): both kinds compile, and the normed rows take

@@ -74,6 +74,36 @@ pub fn rows_per_warp(n: usize, epilogue: Epilogue) -> usize {
     }
 }
 
+/// The K loop's unroll of every projection (the kernel's `KILN_UNROLL`
+/// default): how many steps' weight loads a warp issues before their
+/// multiply-adds.
+pub const DEFAULT_GEMV_UNROLL: usize = 4;
+
+/// [`DEFAULT_GEMV_UNROLL`], or `KILN_GEMV_UNROLL` (1, 2, 4, 8 or 16) where
+/// set, for an A/B in one binary (read once per process, said when set; any
+/// other value is a loud warning and takes no effect).
+pub fn gemv_unroll() -> usize {
+    static UNROLL: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *UNROLL.get_or_init(|| {
+        let Ok(v) = std::env::var("KILN_GEMV_UNROLL") else {
+            return DEFAULT_GEMV_UNROLL;
+        };
+        match v.trim().parse::<usize>() {
+            Ok(u) if [1, 2, 4, 8, 16].contains(&u) => {
+                eprintln!("kiln: KILN_GEMV_UNROLL={u}: the projections' K loops unroll by {u}");
+                u
+            }
+            _ => {
+                eprintln!(
+                    "kiln: WARNING: KILN_GEMV_UNROLL={v:?} is not 1, 2, 4, 8 or 16 and took no effect; \
+                     the projections' K loops unroll by {DEFAULT_GEMV_UNROLL}"
+                );
+                DEFAULT_GEMV_UNROLL
+            }
+        }
+    })
+}
+
 /// The compile inputs for an `n × k` weight of `dtype`, x of the same dtype.
 pub fn build(n: usize, k: usize, dtype: kiln_kernels::DType) -> kiln_kernels::KernelBuild {
     build_with(n, k, dtype, dtype, Epilogue::Plain)
@@ -97,6 +127,11 @@ pub fn build_with(
         ("KILN_RPW".into(), rpw.to_string()),
     ];
     let mut name = format!("linear_gemv_{w_dtype}_N{n}_K{k}_RPW{rpw}");
+    let unroll = gemv_unroll();
+    if unroll != DEFAULT_GEMV_UNROLL {
+        defines.push(("KILN_UNROLL".into(), unroll.to_string()));
+        name += &format!("_u{unroll}");
+    }
     if x_dtype != w_dtype {
         let (_, x_type) = x_dtype.define();
         defines.push(("KILN_X_DTYPE".into(), x_type));
@@ -1137,6 +1172,11 @@ mod tests {
         let gated = build_with(27392, 4096, KDType::BF16, KDType::BF16, Epilogue::SwiGlu);
         // The bias is a runtime pointer: the same compiled kernel.
         assert_eq!(plain, bias);
+        // The default unroll is the source's own: no define, no new name.
+        if gemv_unroll() == DEFAULT_GEMV_UNROLL {
+            assert_eq!(define(&plain, "KILN_UNROLL"), None);
+            assert!(!plain.name.contains("_u"), "{}", plain.name);
+        }
         assert_eq!(define(&plain, "KILN_GATED"), None);
         assert_eq!(define(&gated, "KILN_GATED"), Some("1"));
         assert!(gated.name.ends_with("_swiglu.cu"), "{}", gated.name);
