@@ -37,6 +37,40 @@ fn compile(c: &Compiler, b: &KernelBuild) {
     );
 }
 
+/// A row length's norm weight and residual (bf16 zeros: a build reads only
+/// their shapes), and the two prologues over them: RMSNorm and add-RMSNorm.
+struct NormInputs {
+    w: candle_core::Tensor,
+    residual: candle_core::Tensor,
+}
+
+impl NormInputs {
+    fn new(k: usize) -> Self {
+        let zeros = |shape: &[usize]| {
+            candle_core::Tensor::zeros(shape, candle_core::DType::BF16, &candle_core::Device::Cpu)
+                .expect("zeros")
+        };
+        Self {
+            w: zeros(&[k]),
+            residual: zeros(&[1, k]),
+        }
+    }
+
+    fn prologues(&self) -> [linear::NormPrologue<'_>; 2] {
+        [
+            linear::NormPrologue::RmsNorm {
+                w: &self.w,
+                eps: 1e-6,
+            },
+            linear::NormPrologue::AddRmsNorm {
+                residual: &self.residual,
+                w: &self.w,
+                eps: 1e-5,
+            },
+        ]
+    }
+}
+
 /// Every projection a preset's kiln model makes at decode.
 fn projections(name: &str) -> Vec<kiln_candle::check_kernels::Projection> {
     let raw = preset(name, Some(1)).expect("preset");
@@ -100,23 +134,8 @@ fn router_epilogues_compile_at_every_moe_preset() {
             continue;
         };
         routers += 1;
-        let nw =
-            candle_core::Tensor::zeros(p.k, candle_core::DType::BF16, &candle_core::Device::Cpu)
-                .expect("norm weight");
-        let r = candle_core::Tensor::zeros(
-            (1, p.k),
-            candle_core::DType::BF16,
-            &candle_core::Device::Cpu,
-        )
-        .expect("residual");
-        for norm in [
-            linear::NormPrologue::RmsNorm { w: &nw, eps: 1e-6 },
-            linear::NormPrologue::AddRmsNorm {
-                residual: &r,
-                w: &nw,
-                eps: 1e-5,
-            },
-        ] {
+        let inputs = NormInputs::new(p.k);
+        for norm in inputs.prologues() {
             compile(
                 &c,
                 &linear::build_normed_routed(
@@ -159,26 +178,8 @@ fn linear_gemv_compiles_and_launches_at_every_preset_projection() {
             let normed = (p.w_dtype == DType::BF16 || p.epilogue == linear::Epilogue::Plain)
                 && (256..=4096).contains(&k);
             if normed {
-                let nw = candle_core::Tensor::zeros(
-                    k,
-                    candle_core::DType::BF16,
-                    &candle_core::Device::Cpu,
-                )
-                .expect("norm weight");
-                let r = candle_core::Tensor::zeros(
-                    (1, k),
-                    candle_core::DType::BF16,
-                    &candle_core::Device::Cpu,
-                )
-                .expect("residual");
-                for norm in [
-                    linear::NormPrologue::RmsNorm { w: &nw, eps: 1e-6 },
-                    linear::NormPrologue::AddRmsNorm {
-                        residual: &r,
-                        w: &nw,
-                        eps: 1e-5,
-                    },
-                ] {
+                let inputs = NormInputs::new(k);
+                for norm in inputs.prologues() {
                     compile(
                         &c,
                         &linear::build_normed(n, k, p.w_dtype, DType::BF16, p.epilogue, &norm),
