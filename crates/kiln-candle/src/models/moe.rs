@@ -1,9 +1,10 @@
 //! The sparse MoE block: router, routed experts and the optional shared expert.
 //!
-//! On kiln's kernels a decode step is one router kernel and two expert
-//! kernels (gathered gate/up with SwiGLU, gathered down with the weighted
-//! combine). The shared expert rides along as one more stacked expert with
-//! weight 1, so it costs no extra launch. On plain candle ops the block runs
+//! On kiln's kernels a decode step is one router kernel (or none, where the
+//! router runs in its projection's last block) and two expert kernels
+//! (gathered gate/up with SwiGLU, gathered down with the weighted combine).
+//! The shared expert rides along as one more stacked expert with weight 1,
+//! so it costs no extra launch. On plain candle ops the block runs
 //! like candle's own fused MoE (`moe_gemm`, CUDA) or a gather + batched
 //! matmul (CPU).
 
@@ -59,7 +60,7 @@ pub struct MoeBlock {
     i: usize,
     kernels: Kernels,
     /// The router epilogue's count of finished blocks (kiln's kernels on
-    /// CUDA): one per block, allocated at load, outside any graph capture.
+    /// CUDA): one per MoE block, allocated at load, outside any graph capture.
     blocks_done: Option<ops::linear::BlocksDone>,
 }
 

@@ -10,6 +10,12 @@
 //! projections of at most [`NORM_PROLOGUE_MAX_WEIGHT_BYTES`] of weights
 //! (measured in the models, see there); `KILN_NORM_FUSION=0` turns it off.
 //!
+//! A MoE layer's router projection can also end in the router itself
+//! ([`RouterEpilogue`], [`gemv_normed_routed`]): the last block to finish
+//! runs the catalog router on the logits, bit for bit its own launch, and
+//! may append the stacked shared expert's column. Where it runs by default
+//! is [`RouterFusion`] (measured in the models, see there).
+//!
 //! The kernel is kiln-candle's own (`kernels/linear_gemv.cu`), not a catalog
 //! op yet: the models call it for every projection at decode, and larger T
 //! (prefill) goes to cuBLAS.
@@ -677,8 +683,9 @@ fn router_mismatch(
     (!fits).then(|| {
         format!(
             "a router epilogue ({router:?}) after a projection on w {:?} ({:?}): E = N <= 256, \
-             1 <= K <= min(E, 32) (K <= 31 with the shared expert's column), one expert group, the logits in the routing's dtype, an f32 \
-             bias of E values for a sigmoid router and none for a softmax one",
+             1 <= K <= min(E, 32) (K <= 31 with the shared expert's column), one expert \
+             group, the logits in the routing's dtype, an f32 bias of E values for a sigmoid \
+             router and none for a softmax one",
             w.dims(),
             w.dtype()
         )
