@@ -178,6 +178,9 @@ pub fn check_kernels(gpu: &Device, presets: &[serde_json::Value]) -> Result<Kern
                         &ckv.narrow(1, c.kv_lora_rank, rope)?,
                     )
                 };
+                for (t, pos) in [(3, 37), (1, 4000)] {
+                    checks.extend(mla_rope_cache(gpu, c, t, pos, &mut seed)?);
+                }
                 let shape = format!("T={t} NH={nh} NOPE={nope} ROPE={rope}");
                 checks.push(judge(
                     "mla_key",
@@ -361,6 +364,93 @@ fn rope_cache(
             passed: worst <= KERNEL_REL_L2 && rel[2] == 0.0,
         },
     ])
+}
+
+/// GLM-4.7-Flash's attention inputs in one launch ([`ops::attention::mla_rope_cache`])
+/// against `mla_key`, rope and the cache write, bit for bit (q and both caches), at
+/// `t` tokens from `pos`, the key's no-rope part and the value strided views of one
+/// projection as in the model; and against the CPU path.
+fn mla_rope_cache(
+    gpu: &Device,
+    c: &crate::models::config::Glm4MoeLiteConfig,
+    t: usize,
+    pos: usize,
+    seed: &mut u64,
+) -> Result<Vec<KernelCheck>> {
+    let (nh, nope, rope_d, dv) = (
+        c.num_attention_heads,
+        c.qk_nope_head_dim,
+        c.qk_rope_head_dim,
+        c.v_head_dim,
+    );
+    let dqk = nope + rope_d;
+    let shape = crate::models::glm4_moe_lite::rope_shape(c);
+    let max_len = kiln_kernels::ops::attention::cache_positions(pos + t);
+    *seed += 1;
+    let q = random((t, nh, dqk), *seed)?;
+    let kv = random((t, nh, nope + dv), *seed + 1)?;
+    let ckv = random((t, c.kv_lora_rank + rope_d), *seed + 2)?;
+    let run = |d: &Device, fused: bool| -> Result<[Tensor; 3]> {
+        let rope = RopeTables::new(shape, max_len, DType::BF16, d)?;
+        let mut cache = KvCache::new(nh, max_len, dqk, dv, DType::BF16, d)?;
+        let positions = rope.positions(pos, t, d)?;
+        let (q, kv, ckv) = (q.to_device(d)?, kv.to_device(d)?, ckv.to_device(d)?);
+        let k_nope = kv.narrow(2, 0, nope)?;
+        let v = kv.narrow(2, nope, dv)?;
+        let k_pe = ckv.narrow(1, c.kv_lora_rank, rope_d)?;
+        let q = if fused {
+            cache.check_room(pos, t)?;
+            let q = ops::attention::mla_rope_cache(
+                &q,
+                &k_nope,
+                &k_pe,
+                &v,
+                &positions,
+                cache.buffers(),
+                &shape,
+            )?;
+            cache.set_len(pos + t);
+            q
+        } else {
+            // The model's unfused path (glm4_moe_lite.rs).
+            let k = ops::attention::mla_key(&k_nope, &k_pe)?;
+            let (q, k) = rope.apply(&q, &k, pos, Some(&positions), Kernels::Kiln)?;
+            let on_gpu = d.is_cuda().then_some(&positions);
+            cache.append(&k, &v, pos, on_gpu)?;
+            q
+        };
+        let (kc, vc) = cache.buffers();
+        Ok([q, kc.copy()?, vc.copy()?])
+    };
+    let fused = run(gpu, true)?;
+    let split = run(gpu, false)?;
+    let cpu = run(&Device::Cpu, false)?;
+    let what = format!("NH={nh} NOPE={nope} ROPE={rope_d} DV={dv} T={t} at {pos}");
+    let mut checks = Vec::new();
+    for (i, part) in ["q", "k cache", "v cache"].iter().enumerate() {
+        checks.push(judge(
+            "mla_rope_cache",
+            format!("{what} {part} = mla_key+rope+write"),
+            &fused[i],
+            &split[i],
+            true,
+        )?);
+    }
+    let rel = [
+        rel_l2(&fused[0], &cpu[0])?,
+        rel_l2(&fused[1], &cpu[1])?,
+        rel_l2(&fused[2], &cpu[2])?,
+    ];
+    let worst = rel.iter().cloned().fold(0.0, f64::max);
+    checks.push(KernelCheck {
+        kernel: "mla_rope_cache".into(),
+        shape: what,
+        rel_l2: worst,
+        exact: false,
+        // v is a copy: it must be exact.
+        passed: worst <= KERNEL_REL_L2 && rel[2] == 0.0,
+    });
+    Ok(checks)
 }
 
 /// The short convolution (a prefill of 5 rows, then one decode row) on the

@@ -226,6 +226,10 @@ pub struct Report {
     /// from before it was recorded).
     #[serde(default)]
     pub gemv_unroll: usize,
+    /// Whether GLM-4.7-Flash's MLA key, rope and cache write ran as one
+    /// `mla_rope_cache` launch: "on (KILN_MLA_ROPE_CACHE_FUSION=1)" or "off".
+    #[serde(default)]
+    pub mla_rope_cache_fusion: String,
     /// The prompt.
     pub prompt: Vec<u32>,
     /// Per configuration, its logits at each step on the baseline's tokens
@@ -381,6 +385,10 @@ impl Report {
         s += &format!("norms in the projections: {}\n", self.norm_fusion);
         s += &format!("routers in the projections: {}\n", self.router_fusion);
         s += &format!("gemv K-loop unroll: {}\n", self.gemv_unroll);
+        s += &format!(
+            "MLA key + rope + cache write fused: {}\n",
+            self.mla_rope_cache_fusion
+        );
         for c in &self.configs {
             if let Some(text) = &c.text {
                 s += &format!("{} said: {text:?}\n", c.name);
@@ -605,6 +613,11 @@ pub fn run(opts: &Options, dev: &Device, progress: &mut dyn FnMut(&str)) -> Resu
             RouterFusion::Off => "off (KILN_ROUTER_FUSION=0)".into(),
         },
         gemv_unroll: crate::ops::linear::gemv_unroll(),
+        mla_rope_cache_fusion: if crate::ops::attention::mla_rope_cache_enabled() {
+            "on (KILN_MLA_ROPE_CACHE_FUSION=1)".into()
+        } else {
+            "off (KILN_MLA_ROPE_CACHE_FUSION=1 turns it on)".into()
+        },
         prompt: opts.prompt.clone(),
         logits,
     })

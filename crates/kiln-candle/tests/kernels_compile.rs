@@ -1,6 +1,7 @@
 //! kiln-candle's own kernels (the synthetic-weight fill, the KV cache write,
 //! the decode projections, the shared expert's routing column, MLA keys, greedy decoding's argmax,
-//! Qwen3's fused qk-norm + rope + cache write, GLM-4-9B's rope + cache write) compile with NVRTC, as the models build them, in
+//! Qwen3's fused qk-norm + rope + cache write, GLM-4-9B's rope + cache write, GLM-4.7-Flash's
+//! MLA key + rope + cache write) compile with NVRTC, as the models build them, in
 //! every dtype; `linear_gemv` at the projection shapes of every preset. Each
 //! one's PTX waits for the kernel before it before any memory access, so the
 //! models launch it early (`kiln_cuda::early_launch`).
@@ -119,6 +120,18 @@ fn model_side_kernels_compile_in_every_dtype() {
         );
     }
     compile(&c, &kiln_candle::ops::moe::append_shared_expert_build());
+    // GLM-4.7-Flash's attention inputs in one launch, from its config.
+    let raw = preset("glm-4.7-flash", Some(1)).expect("preset");
+    let Ok((ModelConfig::Glm4MoeLite(g), _)) = ModelConfig::parse(&raw.to_string()) else {
+        panic!("glm-4.7-flash preset");
+    };
+    let mla = kiln_candle::models::glm4_moe_lite::rope_shape(&g);
+    for d in DTYPES {
+        compile(
+            &c,
+            &kiln_candle::ops::attention::mla_rope_cache_build(&mla, d),
+        );
+    }
 }
 
 #[test]

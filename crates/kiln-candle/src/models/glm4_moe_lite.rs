@@ -6,6 +6,8 @@
 //! keys of `qk_nope + qk_rope` values per head, values of `v_head_dim`; the
 //! cache holds decompressed keys and values. RoPE rotates the last
 //! `qk_rope_head_dim` values of every query and key head as adjacent pairs.
+//! On kiln's CUDA kernels with `KILN_MLA_ROPE_CACHE_FUSION=1`, building the
+//! keys, rope and the cache write are one `mla_rope_cache` launch.
 
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
@@ -91,6 +93,9 @@ pub struct Glm4MoeLite {
     cfg: Glm4MoeLiteConfig,
     layers: Vec<Layer>,
     dec: Decoder,
+    /// Whether `mla_rope_cache` applies, with the pack generation it was
+    /// decided for (a pack made active later may replace rope's build).
+    mla_rope_cache: Option<(u64, bool)>,
 }
 
 impl Glm4MoeLite {
@@ -152,24 +157,11 @@ impl Glm4MoeLite {
             });
             caches.push(KvCache::new(nh, max_len, dqk, dv, dtype, &dev)?);
         }
-        let rope = RopeTables::new(
-            RopeShape {
-                qh: nh,
-                kh: nh,
-                head_dim: dqk,
-                rot_dim: cfg.qk_rope_head_dim,
-                rot_offset: cfg.qk_nope_head_dim,
-                interleaved: cfg.rope_interleave,
-                theta: cfg.rope_theta,
-                hf_rounding: true,
-            },
-            max_len,
-            dtype,
-            &dev,
-        )?;
+        let rope = RopeTables::new(rope_shape(cfg), max_len, dtype, &dev)?;
         Ok(Self {
             cfg: cfg.clone(),
             layers,
+            mla_rope_cache: None,
             dec: Decoder {
                 embed,
                 norm: Some(vb.pp("model.norm").get(h, "weight")?),
@@ -182,6 +174,23 @@ impl Glm4MoeLite {
                 graph: None,
             },
         })
+    }
+}
+
+/// RoPE over the decompressed heads: the last `qk_rope_head_dim` values of
+/// every query and key head (`qk_nope + qk_rope` values), as HF rotates them
+/// in the model dtype.
+pub fn rope_shape(cfg: &Glm4MoeLiteConfig) -> RopeShape {
+    let nh = cfg.num_attention_heads;
+    RopeShape {
+        qh: nh,
+        kh: nh,
+        head_dim: cfg.qk_nope_head_dim + cfg.qk_rope_head_dim,
+        rot_dim: cfg.qk_rope_head_dim,
+        rot_offset: cfg.qk_nope_head_dim,
+        interleaved: cfg.rope_interleave,
+        theta: cfg.rope_theta,
+        hf_rounding: true,
     }
 }
 
@@ -229,6 +238,23 @@ pub fn moe_block(
     )?;
     let router = Router::Sigmoid { bias, routing };
     Ok(Some(MoeBlock::load(&v, dims, router, kernels)?))
+}
+
+impl Glm4MoeLite {
+    /// [`ops::attention::mla_rope_cache_applies`] for this model's heads,
+    /// decided once per pack generation (not at every layer of every step).
+    fn mla_rope_cache_applies(&mut self, dtype: candle_core::DType) -> Result<bool> {
+        let generation = crate::ops::pack::generation();
+        match self.mla_rope_cache {
+            Some((g, applies)) if g == generation => Ok(applies),
+            _ => {
+                let applies =
+                    crate::ops::attention::mla_rope_cache_applies(&self.dec.rope.shape, dtype)?;
+                self.mla_rope_cache = Some((generation, applies));
+                Ok(applies)
+            }
+        }
+    }
 }
 
 impl DecoderStack for Glm4MoeLite {
@@ -287,20 +313,48 @@ impl DecoderStack for Glm4MoeLite {
         let kv = kv.reshape((t, nh, nope + dv))?;
         let k_nope = kv.narrow(2, 0, nope)?;
         let v = kv.narrow(2, nope, dv)?;
-        let k = match k_ {
-            Kernels::Kiln => crate::ops::attention::mla_key(&k_nope, &k_pe)?,
-            Kernels::Candle => {
-                let pe = k_pe
-                    .reshape((t, 1, rope_d))?
-                    .broadcast_as((t, nh, rope_d))?;
-                Tensor::cat(&[&k_nope, &pe], 2)?
+        let fused = match positions {
+            Some(_) if k_ == Kernels::Kiln && q.device().is_cuda() => {
+                self.mla_rope_cache_applies(q.dtype())?
+            }
+            _ => false,
+        };
+        let q = match positions {
+            // On kiln's CUDA kernels: the key, rope and the cache write in one
+            // launch (bit for bit the three), positions read from the device.
+            Some(p) if fused => {
+                let c = &mut self.dec.caches[l];
+                c.check_room(pos, t)?;
+                let q = crate::ops::attention::mla_rope_cache(
+                    &q,
+                    &k_nope,
+                    &k_pe,
+                    &v,
+                    p,
+                    c.buffers(),
+                    &self.dec.rope.shape,
+                )?;
+                c.set_len(pos + t);
+                q
+            }
+            _ => {
+                let k = match k_ {
+                    Kernels::Kiln => crate::ops::attention::mla_key(&k_nope, &k_pe)?,
+                    Kernels::Candle => {
+                        let pe = k_pe
+                            .reshape((t, 1, rope_d))?
+                            .broadcast_as((t, nh, rope_d))?;
+                        Tensor::cat(&[&k_nope, &pe], 2)?
+                    }
+                };
+                let (q, k) = self
+                    .dec
+                    .rope
+                    .apply(&q.contiguous()?, &k, pos, positions, k_)?;
+                self.dec.caches[l].append(&k, &v, pos, positions)?;
+                q
             }
         };
-        let (q, k) = self
-            .dec
-            .rope
-            .apply(&q.contiguous()?, &k, pos, positions, k_)?;
-        self.dec.caches[l].append(&k, &v, pos, positions)?;
         let o = attention(&q, &self.dec.caches[l], pos, 1.0 / (dqk as f64).sqrt(), k_)?;
         linear(&o, &self.layers[l].o, k_)
     }
