@@ -347,23 +347,30 @@ fn rope_cache(
         &all(&split)?,
         true,
     )?;
+    Ok(vec![exact, against_cpu("rope_cache", what, &fused, &cpu)?])
+}
+
+/// An attention-input launch's `[q, k cache, v cache]` against the CPU path's:
+/// q and k to [`KERNEL_REL_L2`], v (a copy) exactly.
+fn against_cpu(
+    kernel: &str,
+    shape: String,
+    got: &[Tensor; 3],
+    cpu: &[Tensor; 3],
+) -> Result<KernelCheck> {
     let rel = [
-        rel_l2(&fused[0], &cpu[0])?,
-        rel_l2(&fused[1], &cpu[1])?,
-        rel_l2(&fused[2], &cpu[2])?,
+        rel_l2(&got[0], &cpu[0])?,
+        rel_l2(&got[1], &cpu[1])?,
+        rel_l2(&got[2], &cpu[2])?,
     ];
     let worst = rel.iter().cloned().fold(0.0, f64::max);
-    Ok(vec![
-        exact,
-        KernelCheck {
-            kernel: "rope_cache".into(),
-            shape: what,
-            rel_l2: worst,
-            exact: false,
-            // v is a copy: it must be exact.
-            passed: worst <= KERNEL_REL_L2 && rel[2] == 0.0,
-        },
-    ])
+    Ok(KernelCheck {
+        kernel: kernel.into(),
+        shape,
+        rel_l2: worst,
+        exact: false,
+        passed: worst <= KERNEL_REL_L2 && rel[2] == 0.0,
+    })
 }
 
 /// GLM-4.7-Flash's attention inputs in one launch ([`ops::attention::mla_rope_cache`])
@@ -436,20 +443,7 @@ fn mla_rope_cache(
             true,
         )?);
     }
-    let rel = [
-        rel_l2(&fused[0], &cpu[0])?,
-        rel_l2(&fused[1], &cpu[1])?,
-        rel_l2(&fused[2], &cpu[2])?,
-    ];
-    let worst = rel.iter().cloned().fold(0.0, f64::max);
-    checks.push(KernelCheck {
-        kernel: "mla_rope_cache".into(),
-        shape: what,
-        rel_l2: worst,
-        exact: false,
-        // v is a copy: it must be exact.
-        passed: worst <= KERNEL_REL_L2 && rel[2] == 0.0,
-    });
+    checks.push(against_cpu("mla_rope_cache", what, &fused, &cpu)?);
     Ok(checks)
 }
 

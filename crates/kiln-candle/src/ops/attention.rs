@@ -405,33 +405,24 @@ mod tests {
         ] {
             assert!(mla_rope_cache_mismatch(&bad).is_some(), "{bad:?}");
         }
-        // On the CPU it is an error that names the path to take instead.
         let z =
             |dims: &[usize]| Tensor::zeros(dims, candle_core::DType::BF16, &cpu).expect("zeros");
         let positions = Tensor::zeros(1, candle_core::DType::I32, &cpu).expect("positions");
         let (kc, vc) = (z(&[20, 16, 256]), z(&[20, 16, 256]));
-        let err = mla_rope_cache(
-            &z(&[1, 20, 256]),
-            &z(&[1, 20, 192]),
-            &z(&[1, 64]),
-            &z(&[1, 20, 256]),
-            &positions,
-            (&kc, &vc),
-            &shape,
-        )
-        .expect_err("CUDA only");
-        assert!(err.to_string().contains("CUDA only"), "{err}");
-        // A k_pe of the wrong width is refused before anything runs.
-        let err = mla_rope_cache(
-            &z(&[1, 20, 256]),
-            &z(&[1, 20, 192]),
-            &z(&[1, 32]),
-            &z(&[1, 20, 256]),
-            &positions,
-            (&kc, &vc),
-            &shape,
-        )
-        .expect_err("misfit");
-        assert!(err.to_string().contains("do not fit"), "{err}");
+        // On the CPU it is an error that names the path to take instead; a
+        // k_pe of the wrong width is refused before that.
+        for (pe_width, says) in [(64, "CUDA only"), (32, "do not fit")] {
+            let err = mla_rope_cache(
+                &z(&[1, 20, 256]),
+                &z(&[1, 20, 192]),
+                &z(&[1, pe_width]),
+                &z(&[1, 20, 256]),
+                &positions,
+                (&kc, &vc),
+                &shape,
+            )
+            .expect_err("refused");
+            assert!(err.to_string().contains(says), "{err}");
+        }
     }
 }
