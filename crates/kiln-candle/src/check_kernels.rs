@@ -1,7 +1,9 @@
 //! `kiln models check-kernels`: kiln-candle's own kernels (the decode
-//! projections, the KV cache write, Qwen3's and GLM-4-9B's fused attention
-//! inputs, the MLA keys, the shared expert's routing column, LFM2's short convolution) on the GPU against their CPU
-//! paths, at the presets' shapes, with seeded random inputs.
+//! projections with their norm prologues and router epilogues, the KV cache
+//! write, Qwen3's, GLM-4-9B's and GLM-4.7-Flash's fused attention inputs, the
+//! MLA keys, the shared expert's routing column, LFM2's short convolution,
+//! greedy decoding's argmax) on the GPU against their CPU paths and the
+//! launches they replace, at the presets' shapes, with seeded random inputs.
 //!
 //! The copies must match exactly. The arithmetic kernels must match to
 //! [`KERNEL_REL_L2`]: their CPU paths compute in float64 (or compose the
