@@ -46,6 +46,9 @@ def table(report, commit, command):
         + (f"; gemv epilogues {report['gemv_fusion']}" if "gemv_fusion" in report else "")
         + (f"; rope + cache write fused {report['rope_cache_fusion']}" if "rope_cache_fusion" in report else "")
         + (f"; norms in the projections {report['norm_fusion']}" if report.get("norm_fusion") else "")
+        + (f"; routers in the projections {report['router_fusion']}" if report.get("router_fusion") else "")
+        + (f"; gemv K-loop unroll {report['gemv_unroll']}" if report.get("gemv_unroll") else "")
+        + (f"; MLA key + rope + cache write fused {report['mla_rope_cache_fusion']}" if report.get("mla_rope_cache_fusion") else "")
         + "."
     )
     if command:
