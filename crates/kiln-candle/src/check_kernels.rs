@@ -664,14 +664,18 @@ pub fn router_epilogue(
         ),
         ModelConfig::Glm4MoeLite(c) => {
             let routing = crate::models::glm4_moe_lite::routing(c);
-            (routing.n_group == 1).then_some(()).and_then(|_| {
-                router(
-                    c.n_routed_experts,
-                    c.hidden_size,
-                    F32,
-                    RouterEpilogue::Sigmoid(routing),
-                )
-            })
+            // The model stacks a single shared expert (as wide as the routed
+            // ones), so its router also writes the shared column.
+            let stacked = c.n_shared_experts == 1;
+            match router(
+                c.n_routed_experts,
+                c.hidden_size,
+                F32,
+                RouterEpilogue::Sigmoid(routing),
+            ) {
+                Some((p, r, _)) if routing.n_group == 1 => Some((p, r, stacked)),
+                _ => None,
+            }
         }
         ModelConfig::Lfm2Moe(c) => router(
             c.num_experts,

@@ -138,6 +138,7 @@ fn model_side_kernels_compile_in_every_dtype() {
 fn router_epilogues_compile_at_every_moe_preset() {
     let c = Compiler::new().expect("NVRTC (run scripts/setup.sh)");
     let mut routers = 0;
+    let mut with_shared = Vec::new();
     for name in ["qwen3-30b-a3b", "glm-4.7-flash", "glm-4-9b", "lfm2-8b-a1b"] {
         let raw = preset(name, Some(1)).expect("preset");
         let (cfg, _) = ModelConfig::parse(&raw.to_string()).expect("config");
@@ -147,6 +148,9 @@ fn router_epilogues_compile_at_every_moe_preset() {
             continue;
         };
         routers += 1;
+        if shared {
+            with_shared.push(name);
+        }
         let inputs = NormInputs::new(p.k);
         for norm in inputs.prologues() {
             compile(
@@ -163,8 +167,10 @@ fn router_epilogues_compile_at_every_moe_preset() {
             );
         }
     }
-    // Qwen3's softmax router, GLM-4.7-Flash's and LFM2's sigmoid ones.
+    // Qwen3's softmax router, GLM-4.7-Flash's and LFM2's sigmoid ones; only
+    // GLM-4.7-Flash stacks a shared expert, so only its router writes that column.
     assert_eq!(routers, 3);
+    assert_eq!(with_shared, ["glm-4.7-flash"]);
 }
 
 #[test]
