@@ -236,7 +236,7 @@ impl MoeBlock {
     ) -> Result<Tensor> {
         let routed = match &self.experts {
             ExpertWeights::Kiln { gate, up, down } => {
-                let (w, idx) = if gate.dim(0)? > self.e && !appended {
+                let (w, idx) = if self.stacks_shared()? && !appended {
                     // The stacked shared expert: index E, weight exactly 1.
                     ops::moe::append_shared_expert(&weights, &indices, self.e)?
                 } else {

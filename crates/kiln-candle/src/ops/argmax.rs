@@ -74,8 +74,7 @@ fn launch(x: &Tensor, dtype: kiln_kernels::DType, scratch: &ArgmaxScratch) -> Re
         use super::device::{cuda_device, function, run_kernel, sm_count, Param};
         let dev = cuda_device(op, x)?;
         let func = function(&dev, &build(dtype))?;
-        let line = kiln_kernels::LaunchLine::parse_source(SOURCE)
-            .map_err(|e| op_error(op, format!("launch line: {e}")))?;
+        let line = launch_line()?;
         let vars: std::collections::BTreeMap<String, i64> = [
             ("V".to_string(), x.elem_count() as i64),
             ("SMS".to_string(), sm_count(&dev)? as i64),
@@ -106,6 +105,16 @@ fn launch(x: &Tensor, dtype: kiln_kernels::DType, scratch: &ArgmaxScratch) -> Re
         let _ = (x, dtype, scratch);
         Err(super::no_cuda(op))
     }
+}
+
+/// The kernel's launch line, parsed once (greedy decoding launches it every token).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn launch_line() -> Result<&'static kiln_kernels::LaunchLine> {
+    static LINE: std::sync::OnceLock<std::result::Result<kiln_kernels::LaunchLine, String>> =
+        std::sync::OnceLock::new();
+    LINE.get_or_init(|| kiln_kernels::LaunchLine::parse_source(SOURCE).map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| op_error("argmax", format!("launch line: {e}")))
 }
 
 #[cfg(test)]
